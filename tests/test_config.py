@@ -1,0 +1,72 @@
+import pytest
+
+from textgan.config import ConfigError, help_text, parse_args
+from textgan.recipes.mle import MLEConfig
+from textgan.recipes.scratchgan import ScratchGANConfig
+
+
+def test_defaults_and_overrides():
+    config = parse_args(ScratchGANConfig, ["steps=7", "normalize_advantages=true", "discount=0.5", "data=my.txt"])
+    assert config.steps == 7 and config.normalize_advantages is True and config.discount == 0.5
+    assert config.data == "my.txt"
+    assert parse_args(ScratchGANConfig, []) == ScratchGANConfig()
+
+
+def test_unknown_key_names_the_closest():
+    with pytest.raises(ConfigError, match="unknown config key 'stpes' \\(did you mean 'steps'\\?\\)"):
+        parse_args(MLEConfig, ["stpes=3"])
+
+
+@pytest.mark.parametrize("item, message", [
+    ("steps=ten", "steps: expected an integer"),
+    ("lr=fast", "lr: expected a number"),
+    ("resume=maybe", "resume: expected true or false"),
+    ("batch_size=-4", "batch_size must be positive"),
+    ("temperature=0", "temperature must be positive"),
+    ("tokenizer=chars", "tokenizer must be one of"),
+])
+def test_ill_typed_and_out_of_range_values(item, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_args(MLEConfig, [item])
+
+
+def test_recipe_specific_checks():
+    with pytest.raises(ConfigError, match="baseline must be one of"):
+        parse_args(ScratchGANConfig, ["baseline=median"])
+    with pytest.raises(ConfigError, match="discount must be in"):
+        parse_args(ScratchGANConfig, ["discount=2"])
+
+
+def test_yaml_preset_then_overrides(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("steps: 11\nlr: 0.01\n")
+    config = parse_args(MLEConfig, [str(preset), "steps=12"])
+    assert config.steps == 12 and config.lr == 0.01
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stepz: 1\n")
+    with pytest.raises(ConfigError, match="stepz"):
+        parse_args(MLEConfig, [str(bad)])
+    with pytest.raises(ConfigError, match="no such preset"):
+        parse_args(MLEConfig, [str(tmp_path / "missing.yaml")])
+    with pytest.raises(ConfigError, match="cannot read argument"):
+        parse_args(MLEConfig, ["--steps", "3"])
+
+
+def test_every_field_has_help():
+    text = help_text(ScratchGANConfig, "prog")
+    for line in text.splitlines():
+        if line.startswith("  "):
+            assert len(line.split("default", 1)[1].split()) >= 2, line
+
+
+def test_presets_in_repository_are_valid():
+    from pathlib import Path
+
+    from textgan.recipes import mle, scratchgan, seqgan
+
+    configs = {"mle": mle.MLEConfig, "scratchgan": scratchgan.ScratchGANConfig, "seqgan": seqgan.SeqGANConfig}
+    presets = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+    assert presets
+    for preset in presets:
+        recipe = next(name for name in configs if preset.stem.endswith(name))
+        parse_args(configs[recipe], [str(preset)])

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from conftest import shared_data
+from textgan.data import DataError, batch_at, encode, load_corpus, read_lines, sequence_mask
+from textgan.tokenization import special_ids
+
+
+def test_read_lines_errors(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_lines(tmp_path / "missing.txt")
+    with pytest.raises(DataError, match="directory"):
+        read_lines(tmp_path)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(DataError, match="no sentences"):
+        read_lines(empty)
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n\n")
+    with pytest.raises(DataError, match="no sentences"):
+        read_lines(blank)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine line\n\xff\xfe broken\n")
+    with pytest.raises(DataError, match="UTF-8"):
+        read_lines(bad)
+
+
+def test_text_file_split_is_deterministic(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(f"sentence number {i}" for i in range(100)) + "\n\n")
+    a = load_corpus(str(path), valid_fraction=0.1, seed=3)
+    b = load_corpus(str(path), valid_fraction=0.1, seed=3)
+    c = load_corpus(str(path), valid_fraction=0.1, seed=4)
+    assert a.train == b.train and a.valid == b.valid
+    assert a.valid != c.valid
+    assert len(a.valid) == 10 and len(a.train) == 90
+    assert not set(a.train) & set(a.valid)
+    assert a.grammar is None
+
+
+def test_grammar_corpus():
+    corpus = load_corpus("grammar", grammar_sentences=200, valid_fraction=0.1, seed=0)
+    assert len(corpus.train) == 200 and len(corpus.valid) == 20
+    assert corpus.grammar is not None
+    assert corpus.train == load_corpus("grammar", grammar_sentences=200, seed=0).train
+
+
+def test_encode_and_mask(word_tokenizer):
+    bos, eos, pad = special_ids(word_tokenizer)
+    ids, dropped = encode(["a man", "a b c d e f g h"], word_tokenizer, max_length=4)
+    assert dropped == 1
+    assert ids.shape == (1, 6)
+    assert ids[0, 0] == bos and ids[0, 3] == eos and ids[0, 4] == pad
+    mask = sequence_mask(ids[:, 1:], eos)
+    assert mask.tolist() == [[True, True, True, False, False]]
+
+
+def test_batches_are_reproducible(word_tokenizer, sentences):
+    ids, _ = encode(sentences, word_tokenizer, max_length=20)
+    _, eos, _ = special_ids(word_tokenizer)
+    a = batch_at(ids, 16, step=5, seed=0, eos_id=eos)
+    assert torch.equal(a, batch_at(ids, 16, step=5, seed=0, eos_id=eos))
+    assert not torch.equal(a, batch_at(ids, 16, step=6, seed=0, eos_id=eos))
+    assert (a == eos).any(dim=1).all()  # trimming keeps every end token
+
+
+def test_coco_loads_from_shared_data():
+    train = shared_data("coco", "train.txt")
+    corpus = load_corpus(str(train), valid_source=str(shared_data("coco", "test.txt")))
+    assert 9_999 <= len(corpus.train) <= 10_000 and 9_999 <= len(corpus.valid) <= 10_000

@@ -1,0 +1,68 @@
+import pytest
+import torch
+from torch.testing import assert_close
+
+from textgan.losses import discriminator_loss, mle_loss
+from textgan.models import build_discriminator
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_token_discriminator_scores_prefixes_causally(kind):
+    d = build_discriminator(kind, vocab_size=50, pad_id=0, dim=16, dropout=0.0).eval()
+    tokens = torch.randint(1, 50, (4, 9))
+    logits = d(tokens)
+    assert logits.shape == (4, 9)
+    changed = tokens.clone()
+    changed[:, 5:] = torch.randint(1, 50, (4, 4))
+    # position t judges the prefix up to t: later tokens must not change it
+    assert_close(d(changed)[:, :5], logits[:, :5])
+
+
+def test_cnn_discriminator_shapes_and_short_input():
+    d = build_discriminator("cnn", vocab_size=50, pad_id=0, dim=16).eval()
+    assert d(torch.randint(1, 50, (3, 12))).shape == (3,)
+    assert d(torch.randint(1, 50, (3, 2))).shape == (3,)  # shorter than the widest filter
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer", "cnn"])
+def test_spectral_norm_bounds_linear_layers(kind):
+    d = build_discriminator(kind, vocab_size=50, pad_id=0, dim=16, spectral_norm=True).train()
+    for _ in range(30):  # power iteration converges as the module runs in training mode
+        d(torch.randint(1, 50, (2, 6)))
+    heads = [m for m in d.modules() if isinstance(m, torch.nn.Linear)]
+    assert heads
+    for layer in heads:
+        assert torch.linalg.matrix_norm(layer.weight.detach(), ord=2) <= 1.05
+
+
+def test_unknown_discriminator():
+    with pytest.raises(ValueError, match="unknown discriminator"):
+        build_discriminator("gru", 10, 0)
+
+
+def test_discriminator_objectives_hand_computed():
+    real = torch.tensor([2.0, 0.0])
+    fake = torch.tensor([-1.0, 3.0])
+    softplus = torch.nn.functional.softplus
+    bce = (softplus(-real).mean() + softplus(fake).mean())
+    assert_close(discriminator_loss(real, fake, objective="bce"), bce)
+    # hinge: relu(1-2)=0, relu(1-0)=1 -> 0.5; relu(1-1)=0, relu(1+3)=4 -> 2
+    assert_close(discriminator_loss(real, fake, objective="hinge"), torch.tensor(2.5))
+    # lsgan: 0.5*((2-1)^2 + (0-1)^2)/2 = 0.5; 0.5*(1 + 9)/2 = 2.5
+    assert_close(discriminator_loss(real, fake, objective="lsgan"), torch.tensor(3.0))
+    with pytest.raises(ValueError):
+        discriminator_loss(real, fake, objective="wasserstein")
+
+
+def test_discriminator_loss_respects_masks():
+    real = torch.tensor([[1.0, 100.0]])
+    fake = torch.tensor([[-1.0, -100.0]])
+    mask = torch.tensor([[True, False]])
+    loss = discriminator_loss(real, fake, mask, mask, objective="hinge")
+    assert_close(loss, torch.tensor(0.0))
+
+
+def test_mle_loss_masks_padding():
+    logprobs = torch.tensor([[-1.0, -3.0, -50.0]])
+    mask = torch.tensor([[True, True, False]])
+    assert_close(mle_loss(logprobs, mask), torch.tensor(2.0))

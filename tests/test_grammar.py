@@ -1,0 +1,76 @@
+import itertools
+import math
+import random
+from collections import Counter
+
+import pytest
+
+from textgan.grammar import Grammar
+
+# An ambiguous grammar: "a b" has two derivations (S -> A B and S -> X), probabilities add up.
+TOY = """
+S -> A B @3 | X @1 | A @1
+A -> a
+B -> b @1 | b b @1 | @2
+X -> a b
+"""
+
+
+def test_toy_logprob_sums_over_derivations():
+    g = Grammar.from_text(TOY)
+    # P(a b) = P(S->A B) P(B->b) + P(S->X) = 3/5 * 1/4 + 1/5
+    assert math.exp(g.logprob("a b")) == pytest.approx(3 / 5 * 1 / 4 + 1 / 5)
+    # P(a) = P(S->A B) P(B->eps) + P(S->A) = 3/5 * 1/2 + 1/5
+    assert math.exp(g.logprob("a")) == pytest.approx(3 / 5 * 1 / 2 + 1 / 5)
+    assert math.exp(g.logprob("a b b")) == pytest.approx(3 / 5 * 1 / 4)
+    assert g.logprob("b a") == -math.inf
+    assert g.logprob("") == -math.inf
+
+
+def test_toy_probabilities_sum_to_one_and_match_sampling():
+    g = Grammar.from_text(TOY)
+    strings = [" ".join(w) for n in range(0, 4) for w in itertools.product("ab", repeat=n)]
+    total = sum(math.exp(g.logprob(s)) for s in strings)
+    assert total == pytest.approx(1.0)
+    counts = Counter(g.sample_corpus(20000, seed=1))
+    for s, c in counts.items():
+        p = math.exp(g.logprob(s))
+        assert abs(c / 20000 - p) < 5 * math.sqrt(p * (1 - p) / 20000) + 1e-3
+
+
+def test_recursive_grammar_is_rejected():
+    with pytest.raises(ValueError, match="recursive"):
+        Grammar.from_text("S -> a S | b")
+
+
+def test_missing_rule_is_rejected():
+    with pytest.raises(ValueError, match="no rules"):
+        Grammar.from_text("S -> a NOUN")
+
+
+def test_default_grammar_corpus():
+    g = Grammar.default()
+    assert 300 <= len(g.vocabulary) <= 1000
+    corpus = g.sample_corpus(2000, seed=0)
+    assert corpus == g.sample_corpus(2000, seed=0)
+    assert corpus != g.sample_corpus(2000, seed=1)
+    lengths = [len(s.split()) for s in corpus]
+    assert min(lengths) >= 3 and max(lengths) <= 22
+    assert sum(lengths) / len(lengths) > 6
+    assert all(g.is_grammatical(s) for s in corpus[:500])
+
+
+def test_default_grammar_scores_corruptions_as_ungrammatical():
+    g = Grammar.default()
+    rng = random.Random(0)
+    sentence = "a man riding a red bike down a busy street ."
+    assert g.is_grammatical(sentence)
+    words = sentence.split()
+    swapped = words[:]
+    swapped[1], swapped[2] = swapped[2], swapped[1]
+    assert not g.is_grammatical(swapped)
+    assert not g.is_grammatical(words[:-3])  # cut mid-phrase
+    assert not g.is_grammatical(words + ["."])
+    shuffled = words[:]
+    rng.shuffle(shuffled)
+    assert g.logprob(shuffled) < g.logprob(words) or shuffled == words

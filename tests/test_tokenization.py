@@ -1,0 +1,41 @@
+import pytest
+from transformers import AutoTokenizer
+
+from textgan.tokenization import SPECIAL_TOKENS, build_tokenizer, special_ids
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe", "unigram"])
+def test_tokenizer_roundtrip_and_save(kind, sentences, tmp_path):
+    tokenizer = build_tokenizer(kind, sentences, vocab_size=None if kind == "word" else 200)
+    for token in SPECIAL_TOKENS:
+        assert tokenizer.convert_tokens_to_ids(token) is not None
+    bos, eos, pad = special_ids(tokenizer)
+    assert len({bos, eos, pad}) == 3
+    text = sentences[0]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids) == text
+    assert tokenizer(text)["input_ids"][0] == bos  # special tokens on: BOS in front
+    tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").is_file()
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded(text, add_special_tokens=False)["input_ids"] == ids
+    assert loaded.eos_token == "<eos>" and loaded.pad_token == "<pad>"
+
+
+def test_word_tokenizer_vocab_and_unknown(sentences):
+    tokenizer = build_tokenizer("word", sentences, vocab_size=20)
+    assert len(tokenizer) == 20
+    ids = tokenizer("zzz-unseen a", add_special_tokens=False)["input_ids"]
+    assert ids[0] == tokenizer.unk_token_id
+
+
+def test_subword_tokenizers_split_unseen_words(sentences):
+    tokenizer = build_tokenizer("bpe", sentences, vocab_size=200)
+    ids = tokenizer("giraffes riding", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == "giraffes riding"
+
+
+def test_unknown_kind():
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        build_tokenizer("chars", ["a b"])

@@ -1,0 +1,138 @@
+"""Checkpoints: safetensors for every tensor, JSON for everything else. Never pickle.
+
+A checkpoint is a folder ``checkpoints/step_00001234/`` with
+
+- ``tensors.safetensors``: module weights (``model/<name>/<param>``), optimizer moments
+  (``optim/<name>/<index>/<key>``) and the torch RNG state;
+- ``state.json``: step, config, optimizer hyper-parameters, baselines, Python RNG state, and
+  anything else the recipe passes.
+
+It is written into a temporary folder, flushed, and renamed into place, so a crash never
+leaves a half-written checkpoint under a final name. The last ``keep`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PREFIX = "step_"
+
+
+def _optimizer_split(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optim/{name}/{index}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}/{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_join(name: str, tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    prefix = f"optim/{name}/"
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            index, field = key[len(prefix):].split("/", 1)
+            state.setdefault(int(index), {})[field] = value
+    for key, value in meta["scalars"].items():
+        index, field = key.split("/", 1)
+        state.setdefault(int(index), {})[field] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    step: int,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    state: dict[str, Any],
+    keep: int = 3,
+) -> Path:
+    """Write ``directory/step_<step>/`` atomically and prune to the newest ``keep``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {"rng/torch": torch.get_rng_state()}
+    optim_meta = {}
+    seen: set[int] = set()
+    for name, module in modules.items():
+        for key, value in module.state_dict().items():
+            value = value.detach().cpu().contiguous()
+            if value.data_ptr() in seen:  # tied weights (embedding = output layer): store a copy
+                value = value.clone()
+            seen.add(value.data_ptr())
+            tensors[f"model/{name}/{key}"] = value
+    for name, optimizer in optimizers.items():
+        optim_tensors, optim_meta[name] = _optimizer_split(name, optimizer)
+        tensors.update(optim_tensors)
+    python_rng = random.getstate()
+    meta = dict(state, step=step, optimizers=optim_meta,
+                python_rng=[python_rng[0], list(python_rng[1]), python_rng[2]])
+
+    final = directory / f"{PREFIX}{step:08d}"
+    tmp = directory / f".tmp_{PREFIX}{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(tensors, tmp / "tensors.safetensors")
+    with open(tmp / "state.json", "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+        f.flush()
+        os.fsync(f.fileno())
+    with open(tmp / "tensors.safetensors", "rb") as f:
+        os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
+             and (p / "state.json").is_file() and (p / "tensors.safetensors").is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def load_checkpoint(
+    path: str | Path,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Restore modules, optimizers and RNG states in place; return the JSON state."""
+    path = Path(path)
+    tensors = load_file(path / "tensors.safetensors", device=str(map_location))
+    meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    for name, module in modules.items():
+        prefix = f"model/{name}/"
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(_optimizer_join(name, tensors, meta["optimizers"][name]))
+    torch.set_rng_state(tensors["rng/torch"].cpu())
+    version, internal, gauss = meta["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    return meta

@@ -1,0 +1,138 @@
+"""Recipe configuration: a dataclass with one-line help per field, YAML presets, key=value overrides.
+
+    python -m textgan.recipes.scratchgan                         # the dataclass defaults
+    python -m textgan.recipes.scratchgan recipes/coco_scratchgan.yaml steps=2000 seed=1
+    python -m textgan.recipes.scratchgan --help                  # every field, its type and default
+
+Later sources win: defaults, then the YAML preset, then ``key=value`` pairs in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and what to do."""
+
+
+def arg(default: Any, help: str) -> Any:
+    """A config field with a one-line description."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert ``value`` (a string from the command line, or a YAML value) to ``typ``."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value) if not isinstance(value, str) else int(value.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if typ is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    return value
+
+
+def _unknown(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else "; run with --help to list the keys"
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def apply_overrides(config, overrides: dict[str, Any]):
+    """Return a copy of ``config`` with ``overrides`` applied, each checked and converted."""
+    types = _types(type(config))
+    valid = [f.name for f in dataclasses.fields(config)]
+    values = {}
+    for key, value in overrides.items():
+        if key not in types:
+            raise _unknown(key, valid)
+        values[key] = _coerce(key, value, types[key])
+    return dataclasses.replace(config, **values)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such preset file; see the recipes/ folder for presets")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a valid YAML file ({type(e).__name__}); fix its syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a preset must be a mapping of config keys to values")
+    return data
+
+
+def help_text(cls, prog: str) -> str:
+    lines = [f"usage: {prog} [PRESET.yaml] [key=value ...]", "", (cls.__doc__ or "").strip(), "", "fields:"]
+    types = _types(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        typ = getattr(types[f.name], "__name__", str(types[f.name]))
+        lines.append(f"  {f.name:<24} {typ:<6} default {default!r:<14} {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def parse_args(cls, argv: list[str] | None = None, prog: str = "recipe"):
+    """Build a ``cls`` config from ``argv``: an optional YAML preset then key=value pairs.
+
+    Prints help and exits 0 on ``-h``/``--help``. Raises :class:`ConfigError` on bad input.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text(cls, prog))
+        raise SystemExit(0)
+    config = cls()
+    overrides: dict[str, Any] = {}
+    for position, item in enumerate(argv):
+        if "=" in item and not item.startswith("-"):
+            key, value = item.split("=", 1)
+            overrides[key.strip()] = value
+        elif position == 0 and item.endswith((".yaml", ".yml")):
+            config = apply_overrides(config, load_yaml(item))
+        else:
+            raise ConfigError(f"cannot read argument {item!r}; give key=value pairs (and optionally a preset .yaml first)")
+    config = apply_overrides(config, overrides)
+    check = getattr(config, "check", None)
+    if check is not None:
+        check()
+    return config
+
+
+def to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)

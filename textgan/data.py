@@ -1,0 +1,135 @@
+"""Corpora: the embedded grammar, local text files, or a Hugging Face dataset; batches of ids.
+
+A corpus is a list of training sentences and a list of validation sentences. Files hold one
+sentence per line. Splitting and shuffling are deterministic for a given seed, and batches are
+drawn by ``(seed, step)`` so that a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .grammar import Grammar
+
+
+class DataError(ValueError):
+    """A corpus could not be read; the message says what to do."""
+
+
+@dataclass
+class Corpus:
+    train: list[str]
+    valid: list[str]
+    grammar: Grammar | None = None  # the true distribution, when the corpus was sampled from one
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Non-empty, stripped lines of a UTF-8 text file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file; give a text file with one sentence per line")
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give a text file with one sentence per line")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise DataError(f"{path}: no sentences (the file is empty or blank); give one sentence per line")
+    return lines
+
+
+def _hf_lines(name: str, split: str, column: str) -> list[str]:
+    import datasets
+
+    config = None
+    if ":" in name:
+        name, config = name.split(":", 1)
+    dataset = datasets.load_dataset(name, config, split=split)
+    if column not in dataset.column_names:
+        raise DataError(f"dataset {name} has no column {column!r}; set hf_text_column to one of {dataset.column_names}")
+    return [str(t).strip() for t in dataset[column] if str(t).strip()]
+
+
+def load_corpus(
+    source: str = "grammar",
+    *,
+    valid_source: str = "",
+    hf_split: str = "train",
+    hf_text_column: str = "text",
+    grammar_sentences: int = 20000,
+    valid_fraction: float = 0.05,
+    seed: int = 0,
+) -> Corpus:
+    """Load a corpus.
+
+    Args:
+        source: ``grammar`` (the embedded caption grammar), a path to a text file, or
+            ``hf:NAME`` / ``hf:NAME:CONFIG`` for a Hugging Face dataset (needs the network).
+        valid_source: a separate validation file; if empty, ``valid_fraction`` of the
+            training sentences (shuffled by ``seed``) are held out.
+        grammar_sentences: how many sentences to sample from the grammar.
+    """
+    grammar = None
+    if source == "grammar":
+        grammar = Grammar.default()
+        # Training and validation sentences come from independent seeds of the same grammar.
+        train = grammar.sample_corpus(grammar_sentences, seed=seed)
+        n_valid = max(1, int(round(grammar_sentences * valid_fraction)))
+        valid = grammar.sample_corpus(n_valid, seed=seed + 1_000_003)
+        return Corpus(train, valid, grammar)
+    lines = _hf_lines(source[3:], hf_split, hf_text_column) if source.startswith("hf:") else read_lines(source)
+    if valid_source:
+        return Corpus(lines, read_lines(valid_source))
+    shuffled = lines[:]
+    random.Random(seed).shuffle(shuffled)
+    n_valid = int(round(len(shuffled) * valid_fraction))
+    if len(shuffled) < 2 or n_valid < 1:
+        raise DataError(f"{source}: too few sentences ({len(lines)}) to hold out a validation set; add sentences or give valid_file")
+    return Corpus(shuffled[n_valid:], shuffled[:n_valid])
+
+
+def encode(sentences: list[str], tokenizer, max_length: int) -> tuple[torch.Tensor, int]:
+    """Token ids ``[bos, w1 .. wn, eos, pad ..]`` of shape (N, max_length + 2).
+
+    Sentences longer than ``max_length`` tokens are dropped. Returns the ids and how many
+    sentences were dropped.
+    """
+    from .tokenization import special_ids
+
+    bos, eos, pad = special_ids(tokenizer)
+    encoded = tokenizer(sentences, add_special_tokens=False)["input_ids"]
+    kept = [ids for ids in encoded if 0 < len(ids) <= max_length]
+    ids = torch.full((len(kept), max_length + 2), pad, dtype=torch.long)
+    for row, tokens in enumerate(kept):
+        ids[row, 0] = bos
+        ids[row, 1 : len(tokens) + 1] = torch.tensor(tokens)
+        ids[row, len(tokens) + 1] = eos
+    return ids, len(sentences) - len(kept)
+
+
+def sequence_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """True up to and including the first ``eos_id`` of each row. ids: (B, T) -> (B, T) bool."""
+    is_eos = ids == eos_id
+    before_eos = torch.cumsum(is_eos.long(), dim=1) - is_eos.long() == 0
+    return before_eos
+
+
+def batch_at(ids: torch.Tensor, batch_size: int, step: int, seed: int, eos_id: int | None = None) -> torch.Tensor:
+    """A random batch determined by ``(seed, step)``, so a resumed run draws the same batches.
+
+    ids are ``[bos, tokens.., eos, pad..]`` rows; with ``eos_id``, the columns after the
+    longest row's end are cut off. ids: (N, L) -> (B, L') with L' <= L.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    batch = ids[torch.randint(len(ids), (batch_size,), generator=generator)]
+    if eos_id is not None:
+        length = int(sequence_mask(batch[:, 1:], eos_id).sum(dim=1).max())
+        batch = batch[:, : length + 1]
+    return batch

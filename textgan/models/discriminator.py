@@ -1,0 +1,96 @@
+"""Discriminators: a per-token (per-prefix) one for dense rewards, and SeqGAN's CNN.
+
+- :class:`TokenDiscriminator` scores every prefix of a sentence, as ScratchGAN's does: an
+  LSTM, or a causal Transformer, over token embeddings. Output (B, T) logits.
+- :class:`CNNDiscriminator` scores whole sentences with convolutions of several widths,
+  max-pooling over time, a highway layer and dropout, as in SeqGAN. Output (B,) logits.
+
+Both take tokens without BOS, ``(B, T)`` with padding after EOS.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+
+def apply_spectral_norm(module: nn.Module) -> nn.Module:
+    """Spectrally normalise every Linear and Conv1d weight of ``module`` in place."""
+    for child in list(module.modules()):
+        if isinstance(child, (nn.Linear, nn.Conv1d)):
+            _spectral_norm(child)
+    return module
+
+
+class TokenDiscriminator(nn.Module):
+    """Logit of "real" for every prefix: ``logits[:, t]`` judges ``tokens[:, : t + 1]``."""
+
+    def __init__(self, vocab_size: int, pad_id: int, *, kind: str = "lstm", dim: int = 128,
+                 n_layers: int = 1, n_heads: int = 4, dropout: float = 0.1, max_positions: int = 64):
+        super().__init__()
+        if kind not in ("lstm", "transformer"):
+            raise ValueError(f"unknown token discriminator kind {kind!r}; choose lstm or transformer")
+        self.kind = kind
+        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.dropout = nn.Dropout(dropout)
+        if kind == "lstm":
+            self.encoder = nn.LSTM(dim, dim, num_layers=n_layers, batch_first=True,
+                                   dropout=dropout if n_layers > 1 else 0.0)
+        else:
+            self.position = nn.Embedding(max_positions, dim)
+            layer = nn.TransformerEncoderLayer(dim, n_heads, 4 * dim, dropout, batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, T) long -> (B, T) float logits."""
+        x = self.dropout(self.embedding(tokens))  # (B, T, D)
+        if self.kind == "lstm":
+            h, _ = self.encoder(x)
+        else:
+            T = tokens.shape[1]
+            x = x + self.position(torch.arange(T, device=tokens.device))
+            causal = nn.Transformer.generate_square_subsequent_mask(T, device=tokens.device)
+            h = self.encoder(x, mask=causal, is_causal=True)
+        return self.head(self.dropout(h)).squeeze(-1)
+
+
+class CNNDiscriminator(nn.Module):
+    """SeqGAN's sentence classifier: multi-width convolutions, max-over-time, highway."""
+
+    def __init__(self, vocab_size: int, pad_id: int, *, dim: int = 64,
+                 filter_sizes: tuple[int, ...] = (2, 3, 4, 5), num_filters: int = 64, dropout: float = 0.25):
+        super().__init__()
+        self.pad_id = pad_id
+        self.min_length = max(filter_sizes)
+        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.convs = nn.ModuleList(nn.Conv1d(dim, num_filters, k) for k in filter_sizes)
+        features = num_filters * len(filter_sizes)
+        self.highway = nn.Linear(features, 2 * features)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(features, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, T) long -> (B,) float logits."""
+        if tokens.shape[1] < self.min_length:
+            tokens = nn.functional.pad(tokens, (0, self.min_length - tokens.shape[1]), value=self.pad_id)
+        x = self.embedding(tokens).transpose(1, 2)  # (B, D, T)
+        pooled = torch.cat([torch.relu(conv(x)).amax(dim=2) for conv in self.convs], dim=1)  # (B, F)
+        transform, gate = self.highway(pooled).chunk(2, dim=1)
+        gate = torch.sigmoid(gate)
+        h = gate * torch.relu(transform) + (1 - gate) * pooled
+        return self.head(self.dropout(h)).squeeze(-1)
+
+
+def build_discriminator(kind: str, vocab_size: int, pad_id: int, *, dim: int = 128, n_layers: int = 1,
+                        dropout: float = 0.1, spectral_norm: bool = False, max_positions: int = 64) -> nn.Module:
+    """``kind``: ``lstm`` or ``transformer`` (per-token), or ``cnn`` (per-sentence)."""
+    if kind == "cnn":
+        model = CNNDiscriminator(vocab_size, pad_id, dim=dim, dropout=dropout)
+    elif kind in ("lstm", "transformer"):
+        model = TokenDiscriminator(vocab_size, pad_id, kind=kind, dim=dim, n_layers=n_layers,
+                                   dropout=dropout, max_positions=max_positions)
+    else:
+        raise ValueError(f"unknown discriminator {kind!r}; choose lstm, transformer or cnn")
+    return apply_spectral_norm(model) if spectral_norm else model

@@ -1,0 +1,119 @@
+"""The generator: any ``transformers`` causal LM; by default a small Llama trained from scratch.
+
+Keeping the generator a stock ``transformers`` model means a trained one is saved in the
+Hugging Face format and loads anywhere (``AutoModelForCausalLM.from_pretrained``,
+``pipeline("text-generation")``), and a pretrained LM can be dropped in as the generator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+class ModelError(ValueError):
+    """A model folder could not be used; the message says what to do."""
+
+
+def build_generator(
+    vocab_size: int,
+    *,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    d_model: int = 128,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    d_ff: int = 0,
+    max_positions: int = 64,
+    dropout: float = 0.0,
+):
+    """A Llama-architecture decoder sized for a CPU (about 0.5M parameters by default)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if d_model % n_heads:
+        raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        intermediate_size=d_ff or 4 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_heads,
+        max_position_embeddings=max_positions,
+        attention_dropout=dropout,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    _set_generation_defaults(model, max_positions)
+    return model
+
+
+def _set_generation_defaults(model, max_positions: int) -> None:
+    config = model.config
+    gen = model.generation_config
+    gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = config.bos_token_id, config.eos_token_id, config.pad_token_id
+    gen.do_sample = True
+    gen.max_length = max_positions
+
+
+def load_generator(path: str, *, trust_remote_code: bool = False):
+    """Load a causal LM and its tokenizer from a local folder or a hub name.
+
+    Returns (model, tokenizer). Raises :class:`ModelError` with a one-line explanation when
+    ``path`` is not a causal LM folder.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    local = Path(path).expanduser()
+    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise ModelError(f"{path}: no such folder; give the 'generator' folder of a textgan run or a Hugging Face model name")
+    if local.exists():
+        if not local.is_dir():
+            raise ModelError(f"{path} is a file; give the folder of a trained generator (it holds config.json)")
+        if not (local / "config.json").is_file():
+            raise ModelError(f"{path} has no config.json; give the 'generator' folder of a textgan run or a Hugging Face model folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"cannot load a causal LM from {path}: {first_line}") from None
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise ModelError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the model only {model.get_input_embeddings().num_embeddings}; they do not belong together")
+    return model, tokenizer
+
+
+def export_generator(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save model and tokenizer in Hugging Face format (safetensors weights)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def token_logprobs(model, ids: torch.Tensor, with_entropy: bool = False):
+    """Log-probabilities of ``ids[:, 1:]`` given their prefixes, by one teacher-forced pass.
+
+    Args:
+        ids: (B, T+1) long, starting with BOS.
+    Returns:
+        logprobs (B, T) float; with ``with_entropy``, also the policy entropy (B, T).
+    """
+    logits = model(input_ids=ids[:, :-1]).logits.float()  # (B, T, V)
+    logp = F.log_softmax(logits, dim=-1)
+    logprobs = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    if not with_entropy:
+        return logprobs
+    entropy = -(logp.exp() * logp).sum(-1)
+    return logprobs, entropy

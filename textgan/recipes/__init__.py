@@ -1,0 +1,6 @@
+"""Runnable recipes: ``python -m textgan.recipes.<name>`` or ``textgan train <name>``.
+
+Each recipe is one explicit training loop over the library's components.
+"""
+
+RECIPES = ("scratchgan", "seqgan", "mle")

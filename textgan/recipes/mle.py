@@ -1,0 +1,57 @@
+"""Maximum-likelihood training of the generator: the baseline every text GAN is measured against.
+
+    python -m textgan.recipes.mle [PRESET.yaml] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from ..config import arg
+from ..data import batch_at
+from ..training import (Run, RunConfig, evaluate, finish, mle_step, periodic, prepare, progress, restore,
+                        seed_everything)
+
+
+@dataclass
+class MLEConfig(RunConfig):
+    """Train the generator by maximum likelihood (teacher forcing)."""
+
+    out_dir: str = arg("runs/mle", "run folder: config, metrics log, checkpoints, samples, exported generator")
+    steps: int = arg(1500, "training steps")
+    lr: float = arg(2e-3, "AdamW learning rate")
+    weight_decay: float = arg(0.01, "AdamW weight decay")
+    grad_clip: float = arg(1.0, "gradient-norm clipping")
+
+
+def main(config: MLEConfig) -> dict:
+    run = Run(config)
+    seed_everything(config.seed)
+    setup = prepare(config, run)
+    generator = setup.generator
+    optimizer = torch.optim.AdamW(generator.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    modules, optimizers = {"generator": generator}, {"generator": optimizer}
+    state = restore(run, modules, optimizers, setup.device)
+    start = state["step"] if state else 0
+
+    with progress(config.steps, start, "mle") as bar:
+        for step in range(start, config.steps):
+            # 1. a batch of real sentences
+            batch = batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id).to(setup.device)
+            # 2. one teacher-forced step
+            loss = mle_step(generator, optimizer, batch, setup.eos_id, config.grad_clip)
+            bar.update(1)
+            periodic(run, setup, config, step + 1, {"gen/mle_loss": loss}, bar, modules, optimizers)
+
+    scores, samples = evaluate(setup, config)
+    run.write_samples(config.steps, samples)
+    return finish(run, setup, scores)
+
+
+if __name__ == "__main__":
+    from ._cli import run_recipe
+
+    sys.exit(run_recipe(MLEConfig, main, "python -m textgan.recipes.mle"))

@@ -1,0 +1,167 @@
+"""ScratchGAN-style training (d'Autume et al. 2019): a text GAN that needs no pretraining.
+
+The generator writes a batch of sentences; a per-token discriminator scores every prefix,
+giving a dense reward for every token; discounted returns minus a moving-average baseline
+weight the policy-gradient (REINFORCE) update; then the discriminator learns to tell the
+batch from real sentences. Optional MLE pretraining steps run first.
+
+    python -m textgan.recipes.scratchgan [PRESET.yaml] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ConfigError, arg
+from ..data import batch_at, sequence_mask
+from ..losses import DISC_OBJECTIVES, discriminator_loss
+from ..models.discriminator import build_discriminator
+from ..models.generator import token_logprobs
+from ..rl import (BASELINE_KINDS, REWARD_KINDS, EMABaseline, baseline_values, discounted_returns, masked_mean,
+                  normalize_advantages, reinforce_loss, rewards_from_logits)
+from ..sampling import sample
+from ..training import (Run, RunConfig, evaluate, finish, mle_step, periodic, prepare, progress, restore,
+                        seed_everything)
+
+
+@dataclass
+class ScratchGANConfig(RunConfig):
+    """Train a text GAN from scratch with dense per-token rewards (ScratchGAN)."""
+
+    out_dir: str = arg("runs/scratchgan", "run folder: config, metrics log, checkpoints, samples, exported generator")
+    steps: int = arg(1500, "adversarial steps (one generator update each)")
+    pretrain_steps: int = arg(0, "MLE steps before adversarial training (ScratchGAN uses none)")
+    batch_size: int = arg(256, "sentences per step; large batches keep the policy gradient's variance low")
+    gen_lr: float = arg(1e-3, "generator Adam learning rate")
+    disc_lr: float = arg(1e-3, "discriminator Adam learning rate")
+    mle_lr: float = arg(2e-3, "learning rate of the MLE pretraining steps")
+    betas: str = arg("0.5,0.999", "Adam betas of both players")
+    disc_steps: int = arg(1, "discriminator updates per generator update")
+    discount: float = arg(0.23, "discount of future rewards in the returns (ScratchGAN: 0.23)")
+    reward: str = arg("scratchgan", "reward from D's logit: scratchgan (2·sigmoid−1), log_d, logit")
+    baseline: str = arg("ema", "baseline: ema, batch_mean, leave_one_out, none")
+    baseline_decay: float = arg(0.9, "decay of the ema baseline")
+    normalize_advantages: bool = arg(False, "scale advantages to zero mean and unit variance")
+    entropy_coef: float = arg(0.0, "weight of the entropy bonus")
+    disc: str = arg("lstm", "per-token discriminator: lstm or transformer")
+    disc_dim: int = arg(128, "discriminator width")
+    disc_layers: int = arg(1, "discriminator layers")
+    disc_dropout: float = arg(0.1, "discriminator dropout")
+    disc_weight_decay: float = arg(0.0, "discriminator weight decay (AdamW)")
+    spectral_norm: bool = arg(False, "spectral normalisation on the discriminator's linear layers")
+    disc_objective: str = arg("bce", "discriminator loss: bce, hinge, lsgan")
+    grad_clip: float = arg(1.0, "gradient-norm clipping for both players")
+
+    def check(self) -> None:
+        super().check()
+        for name, value, allowed in (("reward", self.reward, REWARD_KINDS), ("baseline", self.baseline, BASELINE_KINDS),
+                                     ("disc", self.disc, ("lstm", "transformer")),
+                                     ("disc_objective", self.disc_objective, DISC_OBJECTIVES)):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not 0 <= self.discount <= 1:
+            raise ConfigError(f"discount must be in [0, 1], got {self.discount}")
+        parse_betas(self.betas)
+
+
+def parse_betas(text: str) -> tuple[float, float]:
+    try:
+        b1, b2 = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"betas must be two numbers like 0.5,0.999, got {text!r}") from None
+    return b1, b2
+
+
+def main(config: ScratchGANConfig) -> dict:
+    run = Run(config)
+    seed_everything(config.seed)
+    setup = prepare(config, run)
+    generator, device = setup.generator, setup.device
+    discriminator = build_discriminator(config.disc, len(setup.tokenizer), setup.pad_id, dim=config.disc_dim,
+                                        n_layers=config.disc_layers, dropout=config.disc_dropout,
+                                        spectral_norm=config.spectral_norm,
+                                        max_positions=config.max_length + 2).to(device)
+    betas = parse_betas(config.betas)
+    gen_opt = torch.optim.Adam(generator.parameters(), lr=config.gen_lr, betas=betas)
+    mle_opt = torch.optim.AdamW(generator.parameters(), lr=config.mle_lr)
+    disc_opt = torch.optim.AdamW(discriminator.parameters(), lr=config.disc_lr, betas=betas,
+                                 weight_decay=config.disc_weight_decay)
+    ema = EMABaseline(config.max_length + 1, config.baseline_decay)
+    modules = {"generator": generator, "discriminator": discriminator}
+    optimizers = {"generator": gen_opt, "discriminator": disc_opt, "mle": mle_opt}
+    state = restore(run, modules, optimizers, device)
+    if state:
+        ema.load_state_dict(state["ema"])
+    start = state["step"] if state else 0
+    total = config.pretrain_steps + config.steps
+    prompt = torch.full((config.batch_size, 1), setup.bos_id, dtype=torch.long, device=device)
+
+    with progress(total, start, "scratchgan") as bar:
+        for step in range(start, total):
+            real = batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id).to(device)
+            if step < config.pretrain_steps:
+                values = {"gen/mle_loss": mle_step(generator, mle_opt, real, setup.eos_id, config.grad_clip)}
+            else:
+                values = adversarial_step(config, generator, discriminator, gen_opt, disc_opt, ema, prompt, real, setup)
+            bar.update(1)
+            periodic(run, setup, config, step + 1, values, bar, modules, optimizers, {"ema": ema.state_dict()})
+
+    scores, samples = evaluate(setup, config)
+    run.write_samples(total, samples)
+    return finish(run, setup, scores)
+
+
+def adversarial_step(config, generator, discriminator, gen_opt, disc_opt, ema, prompt, real, setup) -> dict:
+    # 1. sample a batch from G
+    fake = sample(generator, prompt, config.max_length + 1, eos_id=setup.eos_id, pad_id=setup.pad_id)
+    mask = fake.mask
+
+    # 2. score every prefix with D: dense per-token rewards
+    with torch.no_grad():
+        rewards = rewards_from_logits(discriminator(fake.tokens), config.reward)  # (B, T)
+
+    # 3. discounted returns and the baseline
+    returns = discounted_returns(rewards, mask, config.discount)
+    advantages = returns - baseline_values(config.baseline, returns, mask, ema)
+    if config.normalize_advantages:
+        advantages = normalize_advantages(advantages, mask)
+    ema.update(returns, mask)
+
+    # 4. policy-gradient step for G
+    ids = torch.cat([prompt, fake.tokens], dim=1)
+    logprobs, entropy = token_logprobs(generator, ids, with_entropy=True)
+    gen_loss = reinforce_loss(logprobs, advantages, mask, entropy, config.entropy_coef)
+    gen_opt.zero_grad(set_to_none=True)
+    gen_loss.backward()
+    torch.nn.utils.clip_grad_norm_(generator.parameters(), config.grad_clip)
+    gen_opt.step()
+
+    # 5. D step(s): real sentences against this batch of samples
+    real_tokens = real[:, 1:]
+    real_mask = sequence_mask(real_tokens, setup.eos_id)
+    for _ in range(config.disc_steps):
+        real_logits, fake_logits = discriminator(real_tokens), discriminator(fake.tokens)
+        disc_loss = discriminator_loss(real_logits, fake_logits, real_mask, mask, config.disc_objective)
+        disc_opt.zero_grad(set_to_none=True)
+        disc_loss.backward()
+        torch.nn.utils.clip_grad_norm_(discriminator.parameters(), config.grad_clip)
+        disc_opt.step()
+
+    return {
+        "gen/pg_loss": float(gen_loss.detach()),
+        "gen/reward": float(masked_mean(rewards, mask)),
+        "gen/entropy": float(masked_mean(entropy.detach(), mask)),
+        "gen/length": float(fake.lengths.float().mean()),
+        "disc/loss": float(disc_loss),
+        "disc/real_acc": float(masked_mean((real_logits > 0).float(), real_mask)),
+        "disc/fake_acc": float(masked_mean((fake_logits < 0).float(), mask)),
+    }
+
+
+if __name__ == "__main__":
+    from ._cli import run_recipe
+
+    sys.exit(run_recipe(ScratchGANConfig, main, "python -m textgan.recipes.scratchgan"))

@@ -1,0 +1,185 @@
+"""Policy-gradient maths for text GANs: small pure tensor functions.
+
+Conventions: B rows, T positions; ``mask`` is True on real tokens (up to and including the
+end token) and False on padding. Position t's action is token t, and its reward judges the
+prefix that ends with it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+REWARD_KINDS = ("scratchgan", "log_d", "logit")
+BASELINE_KINDS = ("ema", "batch_mean", "leave_one_out", "none")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over the True entries of ``mask`` (0 if there are none). -> scalar."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def rewards_from_logits(logits: torch.Tensor, kind: str = "scratchgan") -> torch.Tensor:
+    """Turn discriminator logits into rewards. logits: (B, T) -> (B, T).
+
+    - ``scratchgan``: 2·sigmoid(logit) − 1, in (−1, 1) (ScratchGAN, d'Autume et al. 2019)
+    - ``log_d``: log D = log sigmoid(logit), in (−inf, 0)
+    - ``logit``: the raw logit, log D − log(1 − D)
+    """
+    if kind == "scratchgan":
+        return 2.0 * torch.sigmoid(logits) - 1.0
+    if kind == "log_d":
+        return F.logsigmoid(logits)
+    if kind == "logit":
+        return logits
+    raise ValueError(f"unknown reward {kind!r}; choose one of {', '.join(REWARD_KINDS)}")
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:
+    """R_t = Σ_{s ≥ t} discount^(s−t) · r_s over the unmasked positions. (B, T) -> (B, T)."""
+    rewards = rewards * mask.to(rewards.dtype)
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        running = rewards[:, t] + discount * running
+        returns[:, t] = running
+    return returns * mask.to(rewards.dtype)
+
+
+def batch_mean_baseline(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-position mean of the returns over the rows still running there. (B, T) -> (B, T)."""
+    m = mask.to(returns.dtype)
+    mean = (returns * m).sum(0) / m.sum(0).clamp_min(1.0)  # (T,)
+    return mean.expand_as(returns)
+
+
+def leave_one_out_baseline(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-position mean over the *other* running rows (unbiased). (B, T) -> (B, T).
+
+    Where a row is alone at a position the baseline is 0.
+    """
+    m = mask.to(returns.dtype)
+    total, count = (returns * m).sum(0), m.sum(0)  # (T,)
+    others = (count - m).clamp_min(1.0)
+    return torch.where(count - m > 0, (total - returns * m) / others, torch.zeros_like(returns))
+
+
+def ema_update(baseline: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
+    """One step of a per-position exponential moving average of the mean return.
+
+    baseline: (T_max,) ; returns, mask: (B, T) with T <= T_max -> new baseline (T_max,).
+    Positions no row reached keep their value.
+    """
+    T = returns.shape[1]
+    m = mask.to(returns.dtype)
+    count = m.sum(0)
+    mean = (returns * m).sum(0) / count.clamp_min(1.0)
+    updated = baseline.clone()
+    updated[:T] = torch.where(count > 0, decay * baseline[:T] + (1 - decay) * mean, baseline[:T])
+    return updated
+
+
+class EMABaseline:
+    """Per-position moving average of the returns, with state for checkpoints.
+
+    Before the first update the baseline is the first batch's mean (no bias towards 0).
+    """
+
+    def __init__(self, max_length: int, decay: float = 0.9):
+        self.decay = decay
+        self.value = torch.zeros(max_length)
+        self.initialized = False
+
+    def __call__(self, returns: torch.Tensor) -> torch.Tensor:
+        """The baseline for ``returns`` (B, T) -> (B, T)."""
+        return self.value[: returns.shape[1]].to(returns.device).expand_as(returns)
+
+    def update(self, returns: torch.Tensor, mask: torch.Tensor) -> None:
+        decay = self.decay if self.initialized else 0.0
+        self.value = ema_update(self.value.to(returns.device), returns.detach(), mask, decay).cpu()
+        self.initialized = True
+
+    def state_dict(self) -> dict:
+        return {"value": self.value.tolist(), "initialized": self.initialized, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = torch.tensor(state["value"], dtype=torch.float32)
+        self.initialized = bool(state["initialized"])
+        self.decay = float(state["decay"])
+
+
+def baseline_values(kind: str, returns: torch.Tensor, mask: torch.Tensor, ema: EMABaseline | None = None) -> torch.Tensor:
+    """The baseline of ``kind`` (one of :data:`BASELINE_KINDS`) for returns (B, T) -> (B, T)."""
+    if kind == "ema":
+        if ema is None:
+            raise ValueError("the ema baseline needs an EMABaseline")
+        return ema(returns)
+    if kind == "batch_mean":
+        return batch_mean_baseline(returns, mask)
+    if kind == "leave_one_out":
+        return leave_one_out_baseline(returns, mask)
+    if kind == "none":
+        return torch.zeros_like(returns)
+    raise ValueError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINE_KINDS)}")
+
+
+def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit variance over the unmasked entries. (B, T) -> (B, T), 0 at padding."""
+    mean = masked_mean(advantages, mask)
+    var = masked_mean((advantages - mean) ** 2, mask)
+    return (advantages - mean) / (var.sqrt() + eps) * mask.to(advantages.dtype)
+
+
+def reinforce_loss(
+    logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+) -> torch.Tensor:
+    """Surrogate loss whose gradient is the REINFORCE estimate, averaged over real tokens.
+
+    −mean_t[ logπ(a_t) · A_t ] − entropy_coef · mean_t[ H_t ], over unmasked positions.
+    Advantages are treated as constants. All inputs (B, T) -> scalar.
+    """
+    loss = -masked_mean(logprobs * advantages.detach(), mask)
+    if entropy is not None and entropy_coef:
+        loss = loss - entropy_coef * masked_mean(entropy, mask)
+    return loss
+
+
+def mc_rollout_rewards(
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    complete: Callable[[torch.Tensor], torch.Tensor],
+    score: Callable[[torch.Tensor], torch.Tensor],
+    num_rollouts: int,
+) -> torch.Tensor:
+    """SeqGAN's Monte-Carlo rewards: Q_t = mean over K completions of ``tokens[:, : t + 1]``.
+
+    Args:
+        tokens: (B, T) sampled sentences (no BOS); mask: (B, T).
+        complete: prefixes (N, t) -> full sentences (N, T') sampled from the generator.
+        score: sentences (N, T') -> (N,) reward of each whole sentence (e.g. D's probability).
+        num_rollouts: K.
+    Returns:
+        (B, T) rewards, 0 at padding. At each row's last position the reward is the score
+        of the sentence itself (no completion is needed).
+    """
+    B, T = tokens.shape
+    rewards = torch.zeros(B, T, device=tokens.device)
+    lengths = mask.sum(1)
+    for t in range(T):
+        running = (lengths > t + 1).nonzero().squeeze(1)  # rows with tokens after position t
+        if len(running) == 0:
+            continue
+        prefixes = tokens[running, : t + 1].repeat_interleave(num_rollouts, dim=0)  # (N·K, t+1)
+        scores = score(complete(prefixes)).view(len(running), num_rollouts).mean(1)
+        rewards[running, t] = scores
+    final = score(tokens)  # (B,)
+    last = (lengths - 1).clamp_min(0)
+    rewards[torch.arange(B, device=tokens.device), last] = final
+    return rewards * mask.to(rewards.dtype)

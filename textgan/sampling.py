@@ -1,0 +1,115 @@
+"""Batched sampling from a causal LM with a KV cache, returning a typed rollout record.
+
+One forward pass over the prompt fills the cache; then each step feeds only the newest token.
+All rows share the same prompt length, so no attention mask or position bookkeeping is needed:
+rows that have ended keep running and their tokens are replaced by padding.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class Rollout(NamedTuple):
+    """Sampled continuations. B rows, T sampled positions.
+
+    tokens:   (B, T) long, padding after each row's end token
+    logprobs: (B, T) float, log-probability of each token under the distribution it was
+              sampled from (after temperature / top-k / top-p); 0 at padding
+    mask:     (B, T) bool, True up to and including the end token
+    lengths:  (B,) long, number of True entries of ``mask`` per row
+    """
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature, then top-k, then nucleus (top-p) filtering. logits: (B, V) -> (B, V)."""
+    if temperature <= 0:
+        raise ValueError("temperature must be positive when sampling")
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens ranked above it already cover top_p
+        drop_sorted = probs.cumsum(-1) - probs >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Rollout:
+    """Sample up to ``max_new_tokens`` tokens after ``prompt``.
+
+    Args:
+        prompt: (B, P) long, BOS followed by any prefix; rows whose prefix already holds
+            ``eos_id`` (after column 0) are finished and get only padding.
+    Returns:
+        a :class:`Rollout` over the new positions only; T <= max_new_tokens (sampling stops
+        early once every row has ended).
+    """
+    B = prompt.shape[0]
+    finished = (prompt[:, 1:] == eos_id).any(dim=1)
+    out = model(input_ids=prompt, use_cache=True)
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    tokens, logprobs = [], []
+    for t in range(max_new_tokens):
+        logp = F.log_softmax(filter_logits(logits.float(), temperature, top_k, top_p), dim=-1)  # (B, V)
+        token = torch.multinomial(logp.exp(), 1).squeeze(1)  # (B,)
+        token_logp = logp.gather(1, token[:, None]).squeeze(1)
+        token = token.masked_fill(finished, pad_id)
+        tokens.append(token)
+        logprobs.append(token_logp.masked_fill(finished, 0.0))
+        finished = finished | (token == eos_id)
+        if t + 1 == max_new_tokens or bool(finished.all()):
+            break
+        out = model(input_ids=token[:, None], past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+    tokens = torch.stack(tokens, 1) if tokens else prompt.new_zeros(B, 0)
+    logprobs = torch.stack(logprobs, 1) if logprobs else torch.zeros(B, 0)
+    mask = _mask_new(tokens, prompt, eos_id)
+    return Rollout(tokens, logprobs, mask, mask.sum(1))
+
+
+def _mask_new(tokens: torch.Tensor, prompt: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """True for new tokens up to and including the first end token (none if the prompt ended)."""
+    from .data import sequence_mask
+
+    already = (prompt[:, 1:] == eos_id).any(dim=1, keepdim=True)
+    return sequence_mask(tokens, eos_id) & ~already
+
+
+def sample_batches(model, n: int, batch_size: int, max_length: int, *, bos_id: int, eos_id: int, pad_id: int,
+                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, device: str | torch.device = "cpu"):
+    """Yield rollouts of unconditional samples, ``n`` rows in all, ``batch_size`` at a time."""
+    for start in range(0, n, batch_size):
+        rows = min(batch_size, n - start)
+        prompt = torch.full((rows, 1), bos_id, dtype=torch.long, device=device)
+        yield sample(model, prompt, max_length + 1, eos_id=eos_id, pad_id=pad_id,
+                     temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def decode(tokenizer, rollout: Rollout) -> list[str]:
+    """The sampled text of each row (special tokens dropped)."""
+    rows = [row[: int(n)].tolist() for row, n in zip(rollout.tokens.cpu(), rollout.lengths.cpu())]
+    return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]

@@ -1,0 +1,106 @@
+"""Tokenizers built with the ``tokenizers`` library, wrapped as ``PreTrainedTokenizerFast``.
+
+Three kinds, all saved as a standard ``tokenizer.json`` that ``AutoTokenizer`` loads:
+
+- ``word``: one token per whitespace-separated word, for pre-tokenized corpora (COCO, Yelp,
+  the embedded grammar). Decoding joins words with single spaces, so text round-trips.
+- ``bpe``: byte-pair encoding over whitespace-split words.
+- ``unigram``: a SentencePiece unigram model trained with ``sentencepiece`` and converted
+  into a ``tokenizers`` Unigram model (so one format serves every kind).
+
+Every tokenizer has the special tokens ``<pad>``, ``<bos>``, ``<eos>`` and ``<unk>`` and adds
+``<bos>`` in front when a caller asks for special tokens (as ``pipeline`` does), so a prompt
+looks to the generator like the start of a training sentence.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]
+TOKENIZER_KINDS = ("word", "bpe", "unigram")
+
+
+def _wrap(tokenizer: Tokenizer):
+    """Add the BOS post-processor and wrap as a transformers fast tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_word_tokenizer(sentences: Iterable[str], vocab_size: int | None = None, min_frequency: int = 1):
+    """Word-level tokenizer: the ``vocab_size`` most frequent words (all, if None)."""
+    counts = Counter(word for sentence in sentences for word in sentence.split())
+    words = [w for w, c in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0])) if c >= min_frequency]
+    if vocab_size is not None:
+        words = words[: max(0, vocab_size - len(SPECIAL_TOKENS))]
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + words)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return _wrap(tokenizer)
+
+
+def build_bpe_tokenizer(sentences: Iterable[str], vocab_size: int = 8000):
+    """Byte-pair encoding over whitespace-split words; word starts are marked with ``▁``."""
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tokenizer.train_from_iterator(sentences, trainer=trainer)
+    return _wrap(tokenizer)
+
+
+def build_unigram_tokenizer(sentences: Iterable[str], vocab_size: int = 8000):
+    """SentencePiece unigram model, trained by ``sentencepiece``, converted to ``tokenizers``."""
+    import sentencepiece as spm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        text_path = os.path.join(tmp, "corpus.txt")
+        with open(text_path, "w", encoding="utf-8") as f:
+            for sentence in sentences:
+                f.write(sentence.strip() + "\n")
+        spm.SentencePieceTrainer.train(
+            input=text_path, model_prefix=os.path.join(tmp, "sp"), model_type="unigram",
+            vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=1.0,
+            pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+            pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_piece=UNK, minloglevel=2,
+        )
+        processor = spm.SentencePieceProcessor(model_file=os.path.join(tmp, "sp.model"))
+        vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=SPECIAL_TOKENS.index(UNK), byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    return _wrap(tokenizer)
+
+
+def build_tokenizer(kind: str, sentences: list[str], vocab_size: int | None = None):
+    """Build a tokenizer of ``kind`` (one of :data:`TOKENIZER_KINDS`) on ``sentences``."""
+    if kind == "word":
+        return build_word_tokenizer(sentences, vocab_size)
+    if kind == "bpe":
+        return build_bpe_tokenizer(sentences, vocab_size or 8000)
+    if kind == "unigram":
+        return build_unigram_tokenizer(sentences, vocab_size or 8000)
+    raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
+
+
+def special_ids(tokenizer) -> tuple[int, int, int]:
+    """(bos, eos, pad) ids of any tokenizer; falls back to EOS where one is missing (GPT-2)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no end-of-sequence token; textgan needs one to end samples")
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return bos, eos, pad

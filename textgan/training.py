@@ -1,0 +1,300 @@
+"""What every recipe shares: the common config fields, the run folder, data and model set-up,
+evaluation and the final report. Each recipe's own training loop stays in its file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from . import metrics
+from .checkpoint import list_checkpoints, load_checkpoint
+from .config import ConfigError, arg, to_dict
+from .data import Corpus, encode, load_corpus, sequence_mask
+from .losses import mle_loss
+from .models.generator import build_generator, load_generator, token_logprobs
+from .sampling import decode, sample_batches
+from .tokenization import TOKENIZER_KINDS, build_tokenizer, special_ids
+
+
+@dataclass
+class RunConfig:
+    """Fields shared by every recipe."""
+
+    out_dir: str = arg("runs/textgan", "run folder: config, metrics log, checkpoints, samples, exported generator")
+    resume: bool = arg(False, "continue from the newest checkpoint in out_dir")
+    seed: int = arg(0, "random seed for data, initialisation and sampling")
+    device: str = arg("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    data: str = arg("grammar", "'grammar' (embedded caption grammar), a text file (one sentence per line), or hf:NAME[:CONFIG]")
+    valid_file: str = arg("", "separate validation file; empty: hold out valid_fraction of the training data")
+    hf_split: str = arg("train", "split of a Hugging Face dataset (data=hf:...)")
+    hf_text_column: str = arg("text", "text column of a Hugging Face dataset (data=hf:...)")
+    grammar_sentences: int = arg(20000, "training sentences sampled from the grammar (data=grammar)")
+    valid_fraction: float = arg(0.05, "fraction held out for validation")
+    max_length: int = arg(20, "longest sentence in tokens (longer training sentences are dropped); samples stop here")
+    tokenizer: str = arg("word", "word, bpe or unigram (ignored with model=..., which brings its own)")
+    vocab_size: int = arg(0, "tokenizer vocabulary size; 0: every word (word) or 8000 (bpe, unigram)")
+    model: str = arg("", "pretrained causal LM (folder or hub name) to use as the generator; empty: a new small Llama")
+    trust_remote_code: bool = arg(False, "allow a model folder to run its own code (only for folders you trust)")
+    d_model: int = arg(128, "generator width (new model)")
+    n_layers: int = arg(2, "generator layers (new model)")
+    n_heads: int = arg(4, "generator attention heads (new model)")
+    d_ff: int = arg(0, "generator MLP width; 0: 4 * d_model")
+    batch_size: int = arg(64, "sentences per step")
+    log_every: int = arg(25, "steps between metric log lines")
+    eval_every: int = arg(500, "steps between evaluations (samples, NLL, diversity)")
+    eval_samples: int = arg(1000, "samples drawn for each evaluation")
+    print_samples: int = arg(3, "samples printed at each evaluation")
+    checkpoint_every: int = arg(500, "steps between checkpoints")
+    keep_checkpoints: int = arg(3, "checkpoints kept on disk")
+    temperature: float = arg(1.0, "sampling temperature for evaluation samples")
+
+    def check(self) -> None:
+        positive = ["batch_size", "max_length", "d_model", "n_layers", "n_heads", "log_every", "eval_every",
+                    "eval_samples", "checkpoint_every", "grammar_sentences"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        non_negative = [n for n in ("steps", "pretrain_steps", "disc_pretrain_steps", "vocab_size", "d_ff",
+                                    "print_samples", "keep_checkpoints") if hasattr(self, n)]
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if not 0 < self.valid_fraction < 1:
+            raise ConfigError(f"valid_fraction must be between 0 and 1, got {self.valid_fraction}")
+        if self.tokenizer not in TOKENIZER_KINDS:
+            raise ConfigError(f"tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, got {self.tokenizer!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no GPU is available; use device=cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Run:
+    """The run folder and its logs."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.dir = Path(config.out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoints = self.dir / "checkpoints"
+        self.started = time.time()
+        (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+        if not config.resume:
+            for name in ("metrics.jsonl", "samples.txt"):
+                (self.dir / name).unlink(missing_ok=True)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        record = {"step": step, "time": round(time.time() - self.started, 2), **values}
+        with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_samples(self, step: int, texts: list[str]) -> None:
+        with open(self.dir / "samples.txt", "a", encoding="utf-8") as f:
+            f.write(f"# step {step}\n" + "\n".join(texts) + "\n")
+
+    def latest_checkpoint(self) -> Path | None:
+        found = list_checkpoints(self.checkpoints)
+        return found[-1] if found else None
+
+
+@dataclass
+class Setup:
+    corpus: Corpus
+    tokenizer: Any
+    train_ids: torch.Tensor  # (N, max_length + 2): bos, tokens, eos, pad
+    valid_ids: torch.Tensor
+    generator: torch.nn.Module
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    device: torch.device
+
+
+def prepare(config: RunConfig, run: Run) -> Setup:
+    """Load the corpus, build or load the tokenizer and the generator."""
+    device = resolve_device(config.device)
+    corpus = load_corpus(config.data, valid_source=config.valid_file, hf_split=config.hf_split,
+                         hf_text_column=config.hf_text_column, grammar_sentences=config.grammar_sentences,
+                         valid_fraction=config.valid_fraction, seed=config.seed)
+    tokenizer_dir = run.dir / "tokenizer"
+    if config.model:
+        generator, tokenizer = load_generator(config.model, trust_remote_code=config.trust_remote_code)
+    else:
+        if config.resume and (tokenizer_dir / "tokenizer.json").is_file():
+            from transformers import PreTrainedTokenizerFast
+
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+        else:
+            tokenizer = build_tokenizer(config.tokenizer, corpus.train, config.vocab_size or None)
+            tokenizer.save_pretrained(tokenizer_dir)
+        bos, eos, pad = special_ids(tokenizer)
+        generator = build_generator(len(tokenizer), bos_id=bos, eos_id=eos, pad_id=pad, d_model=config.d_model,
+                                    n_layers=config.n_layers, n_heads=config.n_heads, d_ff=config.d_ff,
+                                    max_positions=config.max_length + 2)
+    bos, eos, pad = special_ids(tokenizer)
+    train_ids, dropped = encode(corpus.train, tokenizer, config.max_length)
+    valid_ids, _ = encode(corpus.valid, tokenizer, config.max_length)
+    if len(train_ids) == 0:
+        raise ConfigError(f"no training sentence fits in max_length={config.max_length} tokens; raise max_length")
+    if dropped:
+        print(f"note: {dropped} of {len(corpus.train)} training sentences are longer than max_length={config.max_length} tokens and were dropped")
+    return Setup(corpus, tokenizer, train_ids, valid_ids, generator.to(device), bos, eos, pad, device)
+
+
+def nll_on(generator, ids: torch.Tensor, eos_id: int, batch_size: int = 256) -> float:
+    """Mean per-token NLL (nats, end token included) of ``ids`` (N, L) under the generator."""
+    total, count = 0.0, 0
+    device = next(generator.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start : start + batch_size].to(device)
+            mask = sequence_mask(batch[:, 1:], eos_id)
+            logprobs = token_logprobs(generator, batch)
+            total += float(-(logprobs * mask).sum())
+            count += int(mask.sum())
+    return total / max(count, 1)
+
+
+def evaluate(setup: Setup, config: RunConfig, n: int | None = None) -> tuple[dict[str, float], list[str]]:
+    """Sample ``n`` sentences at ``config.temperature`` and measure quality and diversity.
+
+    Returns ``eval/...`` metrics and the samples. With a grammar corpus the grammatical rate and
+    grammar NLL are exact; ``ref/...`` gives the same diversity numbers for as many training
+    sentences, the figure a good generator should match.
+    """
+    n = n or config.eval_samples
+    generator = setup.generator
+    was_training = generator.training
+    generator.eval()
+    samples: list[str] = []
+    for rollout in sample_batches(generator, n, 256, config.max_length, bos_id=setup.bos_id, eos_id=setup.eos_id,
+                                  pad_id=setup.pad_id, temperature=config.temperature, device=setup.device):
+        samples.extend(decode(setup.tokenizer, rollout))
+    out = {"eval/nll_valid": nll_on(generator, setup.valid_ids, setup.eos_id)}
+    generator.train(was_training)
+    reference = random.Random(config.seed).sample(setup.corpus.train, min(n, len(setup.corpus.train)))
+    for k in (1, 2, 3, 4):
+        out[f"eval/distinct_{k}"] = metrics.distinct_n(samples, k)
+    out["ref/distinct_4"] = metrics.distinct_n(reference, 4)
+    out["eval/unique"] = metrics.unique_rate(samples)
+    out["eval/copied"] = metrics.copy_rate(samples, set(setup.corpus.train))
+    out["eval/mean_length"] = sum(len(s.split()) for s in samples) / max(len(samples), 1)
+    if setup.corpus.grammar is not None:
+        scores = metrics.grammar_scores(samples, setup.corpus.grammar)
+        out["eval/grammatical"] = scores["grammatical"]
+        out["eval/grammar_nll"] = scores["grammar_nll"]
+        out["ref/grammar_nll"] = metrics.grammar_scores(setup.corpus.valid, setup.corpus.grammar)["grammar_nll"]
+    return out, samples
+
+
+def mle_step(generator, optimizer, batch: torch.Tensor, eos_id: int, clip: float = 1.0) -> float:
+    """One teacher-forced maximum-likelihood step on ``batch`` (B, L) starting with BOS."""
+    mask = sequence_mask(batch[:, 1:], eos_id)
+    loss = mle_loss(token_logprobs(generator, batch), mask)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(generator.parameters(), clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def report(values: dict[str, float]) -> str:
+    """The end-of-run table."""
+    rows = [
+        ("grammatical rate of samples", "eval/grammatical", None),
+        ("NLL of samples under the grammar (nats/token)", "eval/grammar_nll", "ref/grammar_nll"),
+        ("generator NLL on held-out sentences (nats/token)", "eval/nll_valid", None),
+        ("distinct-4 of samples", "eval/distinct_4", "ref/distinct_4"),
+        ("unique samples", "eval/unique", None),
+        ("samples copied from the training set", "eval/copied", None),
+    ]
+    lines = [f"{'metric':<50} {'value':>8} {'corpus':>8}", "-" * 68]
+    for label, key, ref in rows:
+        if key not in values:
+            continue
+        ref_text = f"{values[ref]:8.3f}" if ref and ref in values else " " * 8
+        lines.append(f"{label:<50} {values[key]:8.3f} {ref_text}")
+    return "\n".join(lines)
+
+
+def finish(run: Run, setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
+    """Export the generator, write metrics.json, print the table."""
+    from .models.generator import export_generator
+
+    export_generator(setup.generator, setup.tokenizer, run.dir / "generator")
+    values = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+    values["time/total_s"] = round(time.time() - run.started, 1)
+    (run.dir / "metrics.json").write_text(json.dumps(values, indent=2), encoding="utf-8")
+    print(report({k: v for k, v in values.items() if isinstance(v, (int, float))}))
+    print(f"\nrun folder: {run.dir}  (generator exported to {run.dir / 'generator'})")
+    return values
+
+
+def restore(run: Run, modules: dict, optimizers: dict, device) -> dict | None:
+    """Load the newest checkpoint of ``run`` if ``resume`` is set; return its state or None."""
+    if not run.config.resume:
+        return None
+    path = run.latest_checkpoint()
+    if path is None:
+        print(f"resume=true but {run.checkpoints} holds no checkpoint; starting from scratch")
+        return None
+    state = load_checkpoint(path, modules, optimizers, map_location=device)
+    print(f"resumed from {path} (step {state['step']})")
+    return state
+
+
+def progress(total: int, initial: int, desc: str):
+    """A tqdm bar; redrawn rarely when the output is a log file rather than a terminal."""
+    import sys
+
+    from tqdm import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=0.1 if interactive else 30.0)
+
+
+def periodic(run: Run, setup: Setup, config: RunConfig, step: int, values: dict[str, float], bar,
+             modules: dict, optimizers: dict, state: dict | None = None) -> None:
+    """After step ``step`` (1-based count of finished steps): log, evaluate, checkpoint."""
+    from tqdm import tqdm
+
+    from .checkpoint import save_checkpoint
+
+    if step % config.log_every == 0:
+        run.log(step, values)
+        bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()}, refresh=False)
+    if step % config.eval_every == 0:
+        scores, samples = evaluate(setup, config)
+        run.log(step, scores)
+        run.write_samples(step, samples)
+        shown = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in scores.items() if k.startswith("eval/"))
+        tqdm.write(f"[step {step}] {shown}")
+        for text in samples[: config.print_samples]:
+            tqdm.write(f"    {text}")
+    if step % config.checkpoint_every == 0:
+        save_checkpoint(run.checkpoints, step, modules, optimizers,
+                        dict(state or {}, config=to_dict(config)), keep=config.keep_checkpoints)
