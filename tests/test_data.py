@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import shared_data
+
 from textgan.data import DataError, batch_at, encode, load_corpus, read_lines, sequence_mask
 from textgan.tokenization import special_ids
 

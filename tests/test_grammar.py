@@ -29,7 +29,7 @@ def test_toy_logprob_sums_over_derivations():
 
 def test_toy_probabilities_sum_to_one_and_match_sampling():
     g = Grammar.from_text(TOY)
-    strings = [" ".join(w) for n in range(0, 4) for w in itertools.product("ab", repeat=n)]
+    strings = [" ".join(w) for n in range(4) for w in itertools.product("ab", repeat=n)]
     total = sum(math.exp(g.logprob(s)) for s in strings)
     assert total == pytest.approx(1.0)
     counts = Counter(g.sample_corpus(20000, seed=1))

@@ -2,9 +2,19 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from textgan.rl import (EMABaseline, baseline_values, batch_mean_baseline, discounted_returns, ema_update,
-                        leave_one_out_baseline, masked_mean, mc_rollout_rewards, normalize_advantages,
-                        reinforce_loss, rewards_from_logits)
+from textgan.rl import (
+    EMABaseline,
+    baseline_values,
+    batch_mean_baseline,
+    discounted_returns,
+    ema_update,
+    leave_one_out_baseline,
+    masked_mean,
+    mc_rollout_rewards,
+    normalize_advantages,
+    reinforce_loss,
+    rewards_from_logits,
+)
 
 MASK = torch.tensor([[True, True, True], [True, True, False]])
 

@@ -30,6 +30,21 @@ def arg(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+def check_choice(name: str, value: str, allowed) -> None:
+    """Raise a ConfigError unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def parse_betas(text: str) -> tuple[float, float]:
+    """Adam betas written as ``0.5,0.999``."""
+    try:
+        b1, b2 = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"betas must be two numbers like 0.5,0.999, got {text!r}") from None
+    return b1, b2
+
+
 def _types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

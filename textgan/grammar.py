@@ -62,7 +62,7 @@ class Grammar:
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_text(cls, text: str) -> "Grammar":
+    def from_text(cls, text: str) -> Grammar:
         weights: dict[str, list[tuple[tuple[str, ...], float]]] = defaultdict(list)
         for lineno, raw in enumerate(text.splitlines(), 1):
             line = raw.split("#", 1)[0].strip()
@@ -88,11 +88,11 @@ class Grammar:
         return cls(rules)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Grammar":
+    def from_file(cls, path: str | Path) -> Grammar:
         return cls.from_text(Path(path).read_text(encoding="utf-8"))
 
     @classmethod
-    def default(cls) -> "Grammar":
+    def default(cls) -> Grammar:
         """The embedded caption grammar that ships with textgan."""
         return cls.from_file(data_path(DEFAULT_GRAMMAR))
 

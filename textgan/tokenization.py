@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -69,8 +69,7 @@ def build_unigram_tokenizer(sentences: Iterable[str], vocab_size: int = 8000):
     with tempfile.TemporaryDirectory() as tmp:
         text_path = os.path.join(tmp, "corpus.txt")
         with open(text_path, "w", encoding="utf-8") as f:
-            for sentence in sentences:
-                f.write(sentence.strip() + "\n")
+            f.writelines(sentence.strip() + "\n" for sentence in sentences)
         spm.SentencePieceTrainer.train(
             input=text_path, model_prefix=os.path.join(tmp, "sp"), model_type="unigram",
             vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=1.0,

@@ -17,10 +17,11 @@ import yaml
 
 from . import metrics
 from .checkpoint import list_checkpoints, load_checkpoint
-from .config import ConfigError, arg, to_dict
+from .config import ConfigError, arg, check_choice, parse_betas, to_dict
 from .data import Corpus, encode, load_corpus, sequence_mask
-from .losses import mle_loss
+from .losses import DISC_OBJECTIVES, mle_loss
 from .models.generator import build_generator, load_generator, token_logprobs
+from .rl import BASELINE_KINDS
 from .sampling import decode, sample_batches
 from .tokenization import TOKENIZER_KINDS, build_tokenizer, special_ids
 
@@ -72,8 +73,33 @@ class RunConfig:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
         if not 0 < self.valid_fraction < 1:
             raise ConfigError(f"valid_fraction must be between 0 and 1, got {self.valid_fraction}")
-        if self.tokenizer not in TOKENIZER_KINDS:
-            raise ConfigError(f"tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, got {self.tokenizer!r}")
+        check_choice("tokenizer", self.tokenizer, TOKENIZER_KINDS)
+
+
+@dataclass
+class GANConfig(RunConfig):
+    """Fields shared by the adversarial recipes (each recipe sets its own defaults)."""
+
+    pretrain_steps: int = arg(0, "MLE steps for the generator before adversarial training")
+    steps: int = arg(100, "adversarial steps (one generator update each)")
+    gen_lr: float = arg(1e-4, "generator Adam learning rate in adversarial steps")
+    mle_lr: float = arg(2e-3, "generator learning rate in MLE pretraining steps")
+    disc_lr: float = arg(1e-3, "discriminator Adam learning rate")
+    betas: str = arg("0.9,0.999", "Adam betas of the adversarial optimizers")
+    disc_steps: int = arg(1, "discriminator updates per generator update")
+    baseline: str = arg("ema", "policy-gradient baseline: ema, batch_mean, leave_one_out, none")
+    disc_dim: int = arg(128, "discriminator width")
+    disc_dropout: float = arg(0.1, "discriminator dropout")
+    disc_weight_decay: float = arg(0.0, "discriminator weight decay (AdamW)")
+    spectral_norm: bool = arg(False, "spectral normalisation on the discriminator's linear and conv layers")
+    disc_objective: str = arg("bce", "discriminator loss: bce, hinge, lsgan")
+    grad_clip: float = arg(1.0, "gradient-norm clipping for both players")
+
+    def check(self) -> None:
+        super().check()
+        check_choice("baseline", self.baseline, BASELINE_KINDS)
+        check_choice("disc_objective", self.disc_objective, DISC_OBJECTIVES)
+        parse_betas(self.betas)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -102,10 +128,13 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = self.dir / "checkpoints"
         self.started = time.time()
-        (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
-        if not config.resume:
-            for name in ("metrics.jsonl", "samples.txt"):
+        if not config.resume:  # a fresh run replaces whatever an earlier run left in out_dir
+            import shutil
+
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
+            for name in ("metrics.jsonl", "samples.txt", "metrics.json"):
                 (self.dir / name).unlink(missing_ok=True)
+        (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
 
     def log(self, step: int, values: dict[str, float]) -> None:
         record = {"step": step, "time": round(time.time() - self.started, 2), **values}
@@ -191,9 +220,14 @@ def evaluate(setup: Setup, config: RunConfig, n: int | None = None) -> tuple[dic
     was_training = generator.training
     generator.eval()
     samples: list[str] = []
-    for rollout in sample_batches(generator, n, 256, config.max_length, bos_id=setup.bos_id, eos_id=setup.eos_id,
-                                  pad_id=setup.pad_id, temperature=config.temperature, device=setup.device):
-        samples.extend(decode(setup.tokenizer, rollout))
+    # Evaluation draws from its own seeded generator: it neither perturbs training's random
+    # stream (so a resumed run matches an uninterrupted one) nor depends on it.
+    cuda = [setup.device] if setup.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(config.seed + 1)
+        for rollout in sample_batches(generator, n, 256, config.max_length, bos_id=setup.bos_id, eos_id=setup.eos_id,
+                                      pad_id=setup.pad_id, temperature=config.temperature, device=setup.device):
+            samples.extend(decode(setup.tokenizer, rollout))
     out = {"eval/nll_valid": nll_on(generator, setup.valid_ids, setup.eos_id)}
     generator.train(was_training)
     reference = random.Random(config.seed).sample(setup.corpus.train, min(n, len(setup.corpus.train)))
@@ -211,15 +245,30 @@ def evaluate(setup: Setup, config: RunConfig, n: int | None = None) -> tuple[dic
     return out, samples
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: torch.nn.Module, clip: float) -> float:
+    """Backpropagate ``loss``, clip the gradient norm of ``module``, step; return the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
 def mle_step(generator, optimizer, batch: torch.Tensor, eos_id: int, clip: float = 1.0) -> float:
     """One teacher-forced maximum-likelihood step on ``batch`` (B, L) starting with BOS."""
     mask = sequence_mask(batch[:, 1:], eos_id)
-    loss = mle_loss(token_logprobs(generator, batch), mask)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(generator.parameters(), clip)
-    optimizer.step()
-    return float(loss.detach())
+    return optimizer_step(mle_loss(token_logprobs(generator, batch), mask), optimizer, generator, clip)
+
+
+def gan_optimizers(config: GANConfig, generator, discriminator) -> dict[str, torch.optim.Optimizer]:
+    """Adam for G's policy-gradient steps, AdamW for its MLE steps and for D."""
+    betas = parse_betas(config.betas)
+    return {
+        "generator": torch.optim.Adam(generator.parameters(), lr=config.gen_lr, betas=betas),
+        "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=config.disc_lr, betas=betas,
+                                           weight_decay=config.disc_weight_decay),
+        "mle": torch.optim.AdamW(generator.parameters(), lr=config.mle_lr),
+    }
 
 
 def report(values: dict[str, float]) -> str:
@@ -232,12 +281,13 @@ def report(values: dict[str, float]) -> str:
         ("unique samples", "eval/unique", None),
         ("samples copied from the training set", "eval/copied", None),
     ]
+    def cell(value) -> str:
+        return f"{value:8.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else f"{'n/a':>8}"
+
     lines = [f"{'metric':<50} {'value':>8} {'corpus':>8}", "-" * 68]
     for label, key, ref in rows:
-        if key not in values:
-            continue
-        ref_text = f"{values[ref]:8.3f}" if ref and ref in values else " " * 8
-        lines.append(f"{label:<50} {values[key]:8.3f} {ref_text}")
+        if key in values:
+            lines.append(f"{label:<50} {cell(values[key])} {cell(values[ref]) if ref in values else ''}")
     return "\n".join(lines)
 
 
@@ -249,7 +299,7 @@ def finish(run: Run, setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
     values = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
     values["time/total_s"] = round(time.time() - run.started, 1)
     (run.dir / "metrics.json").write_text(json.dumps(values, indent=2), encoding="utf-8")
-    print(report({k: v for k, v in values.items() if isinstance(v, (int, float))}))
+    print(report(values))
     print(f"\nrun folder: {run.dir}  (generator exported to {run.dir / 'generator'})")
     return values
 
@@ -278,8 +328,11 @@ def progress(total: int, initial: int, desc: str):
 
 
 def periodic(run: Run, setup: Setup, config: RunConfig, step: int, values: dict[str, float], bar,
-             modules: dict, optimizers: dict, state: dict | None = None) -> None:
-    """After step ``step`` (1-based count of finished steps): log, evaluate, checkpoint."""
+             modules: dict, optimizers: dict, state: dict | None = None, last_step: int = -1) -> None:
+    """After step ``step`` (1-based count of finished steps): log, evaluate, checkpoint.
+
+    No evaluation at ``last_step``: the recipe evaluates once more when it finishes.
+    """
     from tqdm import tqdm
 
     from .checkpoint import save_checkpoint
@@ -287,7 +340,7 @@ def periodic(run: Run, setup: Setup, config: RunConfig, step: int, values: dict[
     if step % config.log_every == 0:
         run.log(step, values)
         bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()}, refresh=False)
-    if step % config.eval_every == 0:
+    if step % config.eval_every == 0 and step != last_step:
         scores, samples = evaluate(setup, config)
         run.log(step, scores)
         run.write_samples(step, samples)

@@ -12,8 +12,7 @@ import torch
 
 from ..config import arg
 from ..data import batch_at
-from ..training import (Run, RunConfig, evaluate, finish, mle_step, periodic, prepare, progress, restore,
-                        seed_everything)
+from ..training import Run, RunConfig, evaluate, finish, mle_step, periodic, prepare, progress, restore, seed_everything
 
 
 @dataclass
@@ -44,7 +43,7 @@ def main(config: MLEConfig) -> dict:
             # 2. one teacher-forced step
             loss = mle_step(generator, optimizer, batch, setup.eos_id, config.grad_clip)
             bar.update(1)
-            periodic(run, setup, config, step + 1, {"gen/mle_loss": loss}, bar, modules, optimizers)
+            periodic(run, setup, config, step + 1, {"gen/mle_loss": loss}, bar, modules, optimizers, last_step=config.steps)
 
     scores, samples = evaluate(setup, config)
     run.write_samples(config.steps, samples)

@@ -1,9 +1,9 @@
-"""ScratchGAN-style training (d'Autume et al. 2019): a text GAN that needs no pretraining.
+"""ScratchGAN-style training (d'Autume et al. 2019): dense per-token rewards, no pretraining needed.
 
 The generator writes a batch of sentences; a per-token discriminator scores every prefix,
 giving a dense reward for every token; discounted returns minus a moving-average baseline
 weight the policy-gradient (REINFORCE) update; then the discriminator learns to tell the
-batch from real sentences. Optional MLE pretraining steps run first.
+batch from real sentences. ``pretrain_steps`` MLE steps run first (0: ScratchGAN's pure setting).
 
     python -m textgan.recipes.scratchgan [PRESET.yaml] [key=value ...]
 """
@@ -15,64 +15,63 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, arg
+from ..config import ConfigError, arg, check_choice
 from ..data import batch_at, sequence_mask
-from ..losses import DISC_OBJECTIVES, discriminator_loss
+from ..losses import discriminator_loss
 from ..models.discriminator import build_discriminator
 from ..models.generator import token_logprobs
-from ..rl import (BASELINE_KINDS, REWARD_KINDS, EMABaseline, baseline_values, discounted_returns, masked_mean,
-                  normalize_advantages, reinforce_loss, rewards_from_logits)
+from ..rl import (
+    REWARD_KINDS,
+    EMABaseline,
+    baseline_values,
+    discounted_returns,
+    masked_mean,
+    normalize_advantages,
+    reinforce_loss,
+    rewards_from_logits,
+)
 from ..sampling import sample
-from ..training import (Run, RunConfig, evaluate, finish, mle_step, periodic, prepare, progress, restore,
-                        seed_everything)
+from ..training import (
+    GANConfig,
+    Run,
+    evaluate,
+    finish,
+    gan_optimizers,
+    mle_step,
+    optimizer_step,
+    periodic,
+    prepare,
+    progress,
+    restore,
+    seed_everything,
+)
 
 
 @dataclass
-class ScratchGANConfig(RunConfig):
-    """Train a text GAN from scratch with dense per-token rewards (ScratchGAN)."""
+class ScratchGANConfig(GANConfig):
+    """Train a text GAN with dense per-token rewards (ScratchGAN)."""
 
     out_dir: str = arg("runs/scratchgan", "run folder: config, metrics log, checkpoints, samples, exported generator")
-    steps: int = arg(1500, "adversarial steps (one generator update each)")
-    pretrain_steps: int = arg(0, "MLE steps before adversarial training (ScratchGAN uses none)")
+    pretrain_steps: int = arg(500, "MLE warm-up steps before adversarial training; 0 is ScratchGAN's pure setting")
+    steps: int = arg(600, "adversarial steps (one generator update each)")
     batch_size: int = arg(256, "sentences per step; large batches keep the policy gradient's variance low")
-    gen_lr: float = arg(1e-3, "generator Adam learning rate")
-    disc_lr: float = arg(1e-3, "discriminator Adam learning rate")
-    mle_lr: float = arg(2e-3, "learning rate of the MLE pretraining steps")
-    betas: str = arg("0.5,0.999", "Adam betas of both players")
-    disc_steps: int = arg(1, "discriminator updates per generator update")
+    gen_lr: float = arg(2e-5, "generator Adam learning rate in adversarial steps")
+    betas: str = arg("0.5,0.999", "Adam betas of the adversarial optimizers")
+    disc_steps: int = arg(3, "discriminator updates per generator update")
     discount: float = arg(0.23, "discount of future rewards in the returns (ScratchGAN: 0.23)")
     reward: str = arg("scratchgan", "reward from D's logit: scratchgan (2·sigmoid−1), log_d, logit")
-    baseline: str = arg("ema", "baseline: ema, batch_mean, leave_one_out, none")
     baseline_decay: float = arg(0.9, "decay of the ema baseline")
     normalize_advantages: bool = arg(False, "scale advantages to zero mean and unit variance")
     entropy_coef: float = arg(0.0, "weight of the entropy bonus")
     disc: str = arg("lstm", "per-token discriminator: lstm or transformer")
-    disc_dim: int = arg(128, "discriminator width")
     disc_layers: int = arg(1, "discriminator layers")
-    disc_dropout: float = arg(0.1, "discriminator dropout")
-    disc_weight_decay: float = arg(0.0, "discriminator weight decay (AdamW)")
-    spectral_norm: bool = arg(False, "spectral normalisation on the discriminator's linear layers")
-    disc_objective: str = arg("bce", "discriminator loss: bce, hinge, lsgan")
-    grad_clip: float = arg(1.0, "gradient-norm clipping for both players")
 
     def check(self) -> None:
         super().check()
-        for name, value, allowed in (("reward", self.reward, REWARD_KINDS), ("baseline", self.baseline, BASELINE_KINDS),
-                                     ("disc", self.disc, ("lstm", "transformer")),
-                                     ("disc_objective", self.disc_objective, DISC_OBJECTIVES)):
-            if value not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        check_choice("reward", self.reward, REWARD_KINDS)
+        check_choice("disc", self.disc, ("lstm", "transformer"))
         if not 0 <= self.discount <= 1:
             raise ConfigError(f"discount must be in [0, 1], got {self.discount}")
-        parse_betas(self.betas)
-
-
-def parse_betas(text: str) -> tuple[float, float]:
-    try:
-        b1, b2 = (float(x) for x in text.split(","))
-    except ValueError:
-        raise ConfigError(f"betas must be two numbers like 0.5,0.999, got {text!r}") from None
-    return b1, b2
 
 
 def main(config: ScratchGANConfig) -> dict:
@@ -84,14 +83,9 @@ def main(config: ScratchGANConfig) -> dict:
                                         n_layers=config.disc_layers, dropout=config.disc_dropout,
                                         spectral_norm=config.spectral_norm,
                                         max_positions=config.max_length + 2).to(device)
-    betas = parse_betas(config.betas)
-    gen_opt = torch.optim.Adam(generator.parameters(), lr=config.gen_lr, betas=betas)
-    mle_opt = torch.optim.AdamW(generator.parameters(), lr=config.mle_lr)
-    disc_opt = torch.optim.AdamW(discriminator.parameters(), lr=config.disc_lr, betas=betas,
-                                 weight_decay=config.disc_weight_decay)
+    optimizers = gan_optimizers(config, generator, discriminator)
     ema = EMABaseline(config.max_length + 1, config.baseline_decay)
     modules = {"generator": generator, "discriminator": discriminator}
-    optimizers = {"generator": gen_opt, "discriminator": disc_opt, "mle": mle_opt}
     state = restore(run, modules, optimizers, device)
     if state:
         ema.load_state_dict(state["ema"])
@@ -103,18 +97,19 @@ def main(config: ScratchGANConfig) -> dict:
         for step in range(start, total):
             real = batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id).to(device)
             if step < config.pretrain_steps:
-                values = {"gen/mle_loss": mle_step(generator, mle_opt, real, setup.eos_id, config.grad_clip)}
+                values = {"gen/mle_loss": mle_step(generator, optimizers["mle"], real, setup.eos_id, config.grad_clip)}
             else:
-                values = adversarial_step(config, generator, discriminator, gen_opt, disc_opt, ema, prompt, real, setup)
+                values = adversarial_step(config, generator, discriminator, optimizers, ema, prompt, real, setup)
             bar.update(1)
-            periodic(run, setup, config, step + 1, values, bar, modules, optimizers, {"ema": ema.state_dict()})
+            periodic(run, setup, config, step + 1, values, bar, modules, optimizers, {"ema": ema.state_dict()},
+                     last_step=total)
 
     scores, samples = evaluate(setup, config)
     run.write_samples(total, samples)
     return finish(run, setup, scores)
 
 
-def adversarial_step(config, generator, discriminator, gen_opt, disc_opt, ema, prompt, real, setup) -> dict:
+def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, real, setup) -> dict:
     # 1. sample a batch from G
     fake = sample(generator, prompt, config.max_length + 1, eos_id=setup.eos_id, pad_id=setup.pad_id)
     mask = fake.mask
@@ -131,13 +126,9 @@ def adversarial_step(config, generator, discriminator, gen_opt, disc_opt, ema, p
     ema.update(returns, mask)
 
     # 4. policy-gradient step for G
-    ids = torch.cat([prompt, fake.tokens], dim=1)
-    logprobs, entropy = token_logprobs(generator, ids, with_entropy=True)
+    logprobs, entropy = token_logprobs(generator, torch.cat([prompt, fake.tokens], dim=1), with_entropy=True)
     gen_loss = reinforce_loss(logprobs, advantages, mask, entropy, config.entropy_coef)
-    gen_opt.zero_grad(set_to_none=True)
-    gen_loss.backward()
-    torch.nn.utils.clip_grad_norm_(generator.parameters(), config.grad_clip)
-    gen_opt.step()
+    gen_loss = optimizer_step(gen_loss, optimizers["generator"], generator, config.grad_clip)
 
     # 5. D step(s): real sentences against this batch of samples
     real_tokens = real[:, 1:]
@@ -145,17 +136,14 @@ def adversarial_step(config, generator, discriminator, gen_opt, disc_opt, ema, p
     for _ in range(config.disc_steps):
         real_logits, fake_logits = discriminator(real_tokens), discriminator(fake.tokens)
         disc_loss = discriminator_loss(real_logits, fake_logits, real_mask, mask, config.disc_objective)
-        disc_opt.zero_grad(set_to_none=True)
-        disc_loss.backward()
-        torch.nn.utils.clip_grad_norm_(discriminator.parameters(), config.grad_clip)
-        disc_opt.step()
+        disc_loss = optimizer_step(disc_loss, optimizers["discriminator"], discriminator, config.grad_clip)
 
     return {
-        "gen/pg_loss": float(gen_loss.detach()),
+        "gen/pg_loss": gen_loss,
         "gen/reward": float(masked_mean(rewards, mask)),
         "gen/entropy": float(masked_mean(entropy.detach(), mask)),
         "gen/length": float(fake.lengths.float().mean()),
-        "disc/loss": float(disc_loss),
+        "disc/loss": disc_loss,
         "disc/real_acc": float(masked_mean((real_logits > 0).float(), real_mask)),
         "disc/fake_acc": float(masked_mean((fake_logits < 0).float(), mask)),
     }

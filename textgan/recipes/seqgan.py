@@ -16,67 +16,58 @@ import torch
 
 from ..config import ConfigError, arg
 from ..data import batch_at
-from ..losses import DISC_OBJECTIVES, discriminator_loss
+from ..losses import discriminator_loss
 from ..models.discriminator import build_discriminator
 from ..models.generator import token_logprobs
-from ..rl import BASELINE_KINDS, baseline_values, masked_mean, mc_rollout_rewards, reinforce_loss
+from ..rl import EMABaseline, baseline_values, masked_mean, mc_rollout_rewards, reinforce_loss
 from ..sampling import sample
-from ..training import (Run, RunConfig, evaluate, finish, mle_step, periodic, prepare, progress, restore,
-                        seed_everything)
-from .scratchgan import parse_betas
+from ..training import (
+    GANConfig,
+    Run,
+    evaluate,
+    finish,
+    gan_optimizers,
+    mle_step,
+    optimizer_step,
+    periodic,
+    prepare,
+    progress,
+    restore,
+    seed_everything,
+)
 
 
 @dataclass
-class SeqGANConfig(RunConfig):
+class SeqGANConfig(GANConfig):
     """Train a text GAN the SeqGAN way: pretrain G and D, then policy gradient with MC rollouts."""
 
     out_dir: str = arg("runs/seqgan", "run folder: config, metrics log, checkpoints, samples, exported generator")
     pretrain_steps: int = arg(1000, "MLE steps for the generator before adversarial training")
     disc_pretrain_steps: int = arg(200, "discriminator steps on real sentences against generator samples")
     steps: int = arg(100, "adversarial steps (one generator update each)")
-    batch_size: int = arg(64, "sentences per step")
     num_rollouts: int = arg(8, "Monte-Carlo completions of every prefix (SeqGAN: 16)")
-    gen_lr: float = arg(1e-4, "generator Adam learning rate in adversarial training")
-    mle_lr: float = arg(2e-3, "generator learning rate in MLE pretraining")
-    disc_lr: float = arg(1e-3, "discriminator Adam learning rate")
-    betas: str = arg("0.9,0.999", "Adam betas of the adversarial optimizers")
     disc_steps: int = arg(3, "discriminator updates per generator update")
     baseline: str = arg("batch_mean", "baseline: batch_mean, leave_one_out, none (SeqGAN used none), ema")
     disc_dim: int = arg(64, "CNN discriminator embedding width")
     disc_dropout: float = arg(0.25, "CNN discriminator dropout")
     disc_weight_decay: float = arg(1e-4, "discriminator weight decay (AdamW)")
-    spectral_norm: bool = arg(False, "spectral normalisation on the discriminator's layers")
-    disc_objective: str = arg("bce", "discriminator loss: bce, hinge, lsgan")
-    grad_clip: float = arg(1.0, "gradient-norm clipping")
 
     def check(self) -> None:
         super().check()
-        if self.baseline not in BASELINE_KINDS:
-            raise ConfigError(f"baseline must be one of {', '.join(BASELINE_KINDS)}, got {self.baseline!r}")
-        if self.disc_objective not in DISC_OBJECTIVES:
-            raise ConfigError(f"disc_objective must be one of {', '.join(DISC_OBJECTIVES)}, got {self.disc_objective!r}")
         if self.num_rollouts <= 0:
             raise ConfigError(f"num_rollouts must be positive, got {self.num_rollouts}")
-        parse_betas(self.betas)
 
 
 def main(config: SeqGANConfig) -> dict:
-    from ..rl import EMABaseline
-
     run = Run(config)
     seed_everything(config.seed)
     setup = prepare(config, run)
     generator, device = setup.generator, setup.device
     discriminator = build_discriminator("cnn", len(setup.tokenizer), setup.pad_id, dim=config.disc_dim,
                                         dropout=config.disc_dropout, spectral_norm=config.spectral_norm).to(device)
-    betas = parse_betas(config.betas)
-    mle_opt = torch.optim.AdamW(generator.parameters(), lr=config.mle_lr)
-    gen_opt = torch.optim.Adam(generator.parameters(), lr=config.gen_lr, betas=betas)
-    disc_opt = torch.optim.AdamW(discriminator.parameters(), lr=config.disc_lr, betas=betas,
-                                 weight_decay=config.disc_weight_decay)
+    optimizers = gan_optimizers(config, generator, discriminator)
     ema = EMABaseline(config.max_length + 1)
     modules = {"generator": generator, "discriminator": discriminator}
-    optimizers = {"generator": gen_opt, "discriminator": disc_opt, "mle": mle_opt}
     state = restore(run, modules, optimizers, device)
     if state:
         ema.load_state_dict(state["ema"])
@@ -85,43 +76,39 @@ def main(config: SeqGANConfig) -> dict:
     d_end = g_end + config.disc_pretrain_steps
     total = d_end + config.steps
     prompt = torch.full((config.batch_size, 1), setup.bos_id, dtype=torch.long, device=device)
-    max_new = config.max_length + 1
 
     def draw_fake():
-        return sample(generator, prompt, max_new, eos_id=setup.eos_id, pad_id=setup.pad_id)
+        return sample(generator, prompt, config.max_length + 1, eos_id=setup.eos_id, pad_id=setup.pad_id)
 
     def disc_step(real, fake_tokens):
         loss = discriminator_loss(discriminator(real[:, 1:]), discriminator(fake_tokens), objective=config.disc_objective)
-        disc_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(discriminator.parameters(), config.grad_clip)
-        disc_opt.step()
-        return float(loss)
+        return optimizer_step(loss, optimizers["discriminator"], discriminator, config.grad_clip)
 
     with progress(total, start, "seqgan") as bar:
         for step in range(start, total):
             real = batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id).to(device)
             if step < g_end:  # phase 1: MLE pretraining of G
-                values = {"gen/mle_loss": mle_step(generator, mle_opt, real, setup.eos_id, config.grad_clip)}
+                values = {"gen/mle_loss": mle_step(generator, optimizers["mle"], real, setup.eos_id, config.grad_clip)}
             elif step < d_end:  # phase 2: pretraining of D
                 values = {"disc/loss": disc_step(real, draw_fake().tokens)}
             else:  # phase 3: adversarial training
-                values = adversarial_step(config, generator, discriminator, gen_opt, ema, prompt, setup, draw_fake)
+                values = adversarial_step(config, generator, discriminator, optimizers["generator"], ema, prompt, setup,
+                                          draw_fake())
                 for i in range(config.disc_steps):
                     real_i = real if i == 0 else batch_at(setup.train_ids, config.batch_size, step * 7919 + i,
                                                           config.seed, setup.eos_id).to(device)
                     values["disc/loss"] = disc_step(real_i, draw_fake().tokens)
             bar.update(1)
-            periodic(run, setup, config, step + 1, values, bar, modules, optimizers, {"ema": ema.state_dict()})
+            periodic(run, setup, config, step + 1, values, bar, modules, optimizers, {"ema": ema.state_dict()},
+                     last_step=total)
 
     scores, samples = evaluate(setup, config)
     run.write_samples(total, samples)
     return finish(run, setup, scores)
 
 
-def adversarial_step(config, generator, discriminator, gen_opt, ema, prompt, setup, draw_fake) -> dict:
-    # 1. sample a batch from G
-    fake = draw_fake()
+def adversarial_step(config, generator, discriminator, gen_opt, ema, prompt, setup, fake) -> dict:
+    # 1. a batch sampled from G (fake)
     mask = fake.mask
     T = fake.tokens.shape[1]
 
@@ -145,12 +132,8 @@ def adversarial_step(config, generator, discriminator, gen_opt, ema, prompt, set
 
     # 4. policy-gradient step for G
     logprobs = token_logprobs(generator, torch.cat([prompt, fake.tokens], 1))
-    gen_loss = reinforce_loss(logprobs, advantages, mask)
-    gen_opt.zero_grad(set_to_none=True)
-    gen_loss.backward()
-    torch.nn.utils.clip_grad_norm_(generator.parameters(), config.grad_clip)
-    gen_opt.step()
-    return {"gen/pg_loss": float(gen_loss.detach()), "gen/reward": float(masked_mean(rewards, mask)),
+    gen_loss = optimizer_step(reinforce_loss(logprobs, advantages, mask), gen_opt, generator, config.grad_clip)
+    return {"gen/pg_loss": gen_loss, "gen/reward": float(masked_mean(rewards, mask)),
             "gen/length": float(fake.lengths.float().mean())}
 
 

@@ -1,0 +1,67 @@
+"""The command line: sampling from a trained model, and one-line errors (exit 2, no traceback)."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from textgan.recipes import mle
+
+    out = tmp_path_factory.mktemp("cli") / "run"
+    mle.main(mle.MLEConfig(out_dir=str(out), grammar_sentences=200, d_model=32, n_layers=1, n_heads=2, steps=2,
+                           batch_size=8, eval_samples=8, eval_every=100, checkpoint_every=100))
+    return out / "generator"
+
+
+def test_sample_writes_n_lines(trained, tmp_path):
+    result = run("textgan", "sample", "--model", str(trained), "-n", "5", "--temperature", "0.8", "--top-k", "20")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 5
+    target = tmp_path / "out.txt"
+    result = run("textgan", "sample", "--model", str(trained), "-n", "3", "--output", str(target))
+    assert result.returncode == 0 and len(target.read_text().splitlines()) == 3
+
+
+def _assert_clean_error(result, *words):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_sample_errors(trained, tmp_path):
+    _assert_clean_error(run("textgan", "sample", "--model", str(tmp_path / "missing")), "no such folder")
+    _assert_clean_error(run("textgan", "sample", "--model", str(tmp_path)), "config.json")
+    _assert_clean_error(run("textgan", "sample", "--model", str(trained), "--temperature", "0"), "temperature")
+    _assert_clean_error(run("textgan", "sample", "--model", str(trained), "-n", "-3"), "-n")
+    _assert_clean_error(run("textgan", "sample", "--model", str(trained), "--output", str(tmp_path / "no" / "x.txt")), "cannot write")
+    _assert_clean_error(run("textgan", "sample", "--bogus"))
+
+
+def test_train_errors(tmp_path):
+    _assert_clean_error(run("textgan", "train", "gan9000"), "unknown recipe")
+    _assert_clean_error(run("textgan", "train", "mle", "stpes=3"), "did you mean 'steps'")
+    _assert_clean_error(run("textgan.recipes.scratchgan", "batch_size=-1"), "batch_size")
+    _assert_clean_error(run("textgan.recipes.mle", f"data={tmp_path / 'none.txt'}", f"out_dir={tmp_path / 'r'}"), "no such file")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    _assert_clean_error(run("textgan.recipes.seqgan", f"data={empty}", f"out_dir={tmp_path / 'r'}"), "no sentences")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xff\n")
+    _assert_clean_error(run("textgan.recipes.mle", f"data={bad}", f"out_dir={tmp_path / 'r'}"), "UTF-8")
+
+
+def test_recipe_help_lists_fields():
+    result = run("textgan.recipes.scratchgan", "--help")
+    assert result.returncode == 0
+    for field in ("discount", "baseline", "pretrain_steps", "spectral_norm", "resume"):
+        assert field in result.stdout
