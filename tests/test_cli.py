@@ -65,3 +65,12 @@ def test_recipe_help_lists_fields():
     assert result.returncode == 0
     for field in ("discount", "baseline", "pretrain_steps", "spectral_norm", "resume"):
         assert field in result.stdout
+
+
+def test_train_command_runs_a_recipe(tmp_path):
+    out = tmp_path / "run"
+    result = run("textgan", "train", "scratchgan", f"out_dir={out}", "grammar_sentences=200", "d_model=32", "n_layers=1",
+                 "n_heads=2", "batch_size=8", "pretrain_steps=1", "steps=2", "disc_dim=16", "eval_samples=8")
+    assert result.returncode == 0, result.stderr
+    assert "grammatical rate of samples" in result.stdout
+    assert (out / "generator" / "config.json").is_file() and (out / "metrics.json").is_file()

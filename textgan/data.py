@@ -81,7 +81,7 @@ def load_corpus(
         grammar = Grammar.default()
         # Training and validation sentences come from independent seeds of the same grammar.
         train = grammar.sample_corpus(grammar_sentences, seed=seed)
-        n_valid = max(1, int(round(grammar_sentences * valid_fraction)))
+        n_valid = max(1, round(grammar_sentences * valid_fraction))
         valid = grammar.sample_corpus(n_valid, seed=seed + 1_000_003)
         return Corpus(train, valid, grammar)
     lines = _hf_lines(source[3:], hf_split, hf_text_column) if source.startswith("hf:") else read_lines(source)
@@ -89,7 +89,7 @@ def load_corpus(
         return Corpus(lines, read_lines(valid_source))
     shuffled = lines[:]
     random.Random(seed).shuffle(shuffled)
-    n_valid = int(round(len(shuffled) * valid_fraction))
+    n_valid = round(len(shuffled) * valid_fraction)
     if len(shuffled) < 2 or n_valid < 1:
         raise DataError(f"{source}: too few sentences ({len(lines)}) to hold out a validation set; add sentences or give valid_file")
     return Corpus(shuffled[n_valid:], shuffled[:n_valid])
