@@ -36,6 +36,16 @@ def check_choice(name: str, value: str, allowed) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
+def check_bounds(config, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+    """Raise a ConfigError unless the named fields are > 0 (``positive``) or >= 0 (``non_negative``)."""
+    for name in positive:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    for name in non_negative:
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must be zero or positive, got {getattr(config, name)}")
+
+
 def parse_betas(text: str) -> tuple[float, float]:
     """Adam betas written as ``0.5,0.999``."""
     try:

@@ -17,7 +17,7 @@ import yaml
 
 from . import metrics
 from .checkpoint import list_checkpoints, load_checkpoint
-from .config import ConfigError, arg, check_choice, parse_betas, to_dict
+from .config import ConfigError, arg, check_bounds, check_choice, parse_betas, to_dict
 from .data import Corpus, encode, load_corpus, sequence_mask
 from .losses import DISC_OBJECTIVES, mle_loss
 from .models.generator import build_generator, load_generator, token_logprobs
@@ -59,16 +59,9 @@ class RunConfig:
     temperature: float = arg(1.0, "sampling temperature for evaluation samples")
 
     def check(self) -> None:
-        positive = ["batch_size", "max_length", "d_model", "n_layers", "n_heads", "log_every", "eval_every",
-                    "eval_samples", "checkpoint_every", "grammar_sentences"]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        non_negative = [n for n in ("steps", "pretrain_steps", "disc_pretrain_steps", "vocab_size", "d_ff",
-                                    "print_samples", "keep_checkpoints") if hasattr(self, n)]
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
+        check_bounds(self, positive=("batch_size", "max_length", "d_model", "n_layers", "n_heads", "log_every",
+                                     "eval_every", "eval_samples", "checkpoint_every", "grammar_sentences"),
+                     non_negative=("vocab_size", "d_ff", "print_samples", "keep_checkpoints"))
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
         if not 0 < self.valid_fraction < 1:
@@ -97,6 +90,7 @@ class GANConfig(RunConfig):
 
     def check(self) -> None:
         super().check()
+        check_bounds(self, non_negative=("steps", "pretrain_steps"))
         check_choice("baseline", self.baseline, BASELINE_KINDS)
         check_choice("disc_objective", self.disc_objective, DISC_OBJECTIVES)
         parse_betas(self.betas)

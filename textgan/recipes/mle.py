@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import arg
+from ..config import arg, check_bounds
 from ..data import batch_at
 from ..training import Run, RunConfig, evaluate, finish, mle_step, periodic, prepare, progress, restore, seed_everything
 
@@ -24,6 +24,10 @@ class MLEConfig(RunConfig):
     lr: float = arg(2e-3, "AdamW learning rate")
     weight_decay: float = arg(0.01, "AdamW weight decay")
     grad_clip: float = arg(1.0, "gradient-norm clipping")
+
+    def check(self) -> None:
+        super().check()
+        check_bounds(self, non_negative=("steps",))
 
 
 def main(config: MLEConfig) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, arg
+from ..config import arg, check_bounds
 from ..data import batch_at
 from ..losses import discriminator_loss
 from ..models.discriminator import build_discriminator
@@ -54,8 +54,7 @@ class SeqGANConfig(GANConfig):
 
     def check(self) -> None:
         super().check()
-        if self.num_rollouts <= 0:
-            raise ConfigError(f"num_rollouts must be positive, got {self.num_rollouts}")
+        check_bounds(self, positive=("num_rollouts",), non_negative=("disc_pretrain_steps",))
 
 
 def main(config: SeqGANConfig) -> dict:
