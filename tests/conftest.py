@@ -42,3 +42,14 @@ def tiny_generator(word_tokenizer):
     bos, eos, pad = special_ids(word_tokenizer)
     return build_generator(len(word_tokenizer), bos_id=bos, eos_id=eos, pad_id=pad, d_model=32, n_layers=2,
                            n_heads=2, max_positions=24).eval()
+
+
+@pytest.fixture(scope="session")
+def trained_generator(tmp_path_factory):
+    """The exported generator folder of a two-step MLE run on the grammar corpus."""
+    from textgan.recipes import mle
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    mle.main(mle.MLEConfig(out_dir=str(out), grammar_sentences=200, d_model=32, n_layers=1, n_heads=2, steps=2,
+                           batch_size=8, eval_samples=8, eval_every=100, checkpoint_every=100))
+    return out / "generator"

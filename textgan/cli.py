@@ -2,6 +2,8 @@
 
     textgan train RECIPE [PRESET.yaml] [key=value ...]    # RECIPE: scratchgan, seqgan, mle
     textgan sample --model DIR -n 10 [--temperature 1.0] [--top-k K] [--top-p P]
+    textgan evaluate --samples FILE [--references FILE] [--train FILE] [--metrics bleu,self-bleu,...] [--json OUT]
+    textgan sweep --model [LABEL=]DIR [--model ...] --temperatures 0.7,1.0,1.2 -n 2000 --references FILE --output DIR
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import importlib
 import os
 import sys
 
+from .data import read_lines
 from .recipes import RECIPES
 
 
@@ -52,7 +55,37 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="random seed")
     sample.add_argument("--output", default="", help="write sentences to this file instead of standard output")
     sample.add_argument("--trust-remote-code", action="store_true", help="let the model folder run its own code")
+
+    from .evaluation import ALL_METRICS
+
+    metric_help = f"comma-separated, from {','.join(ALL_METRICS)} (default: all that the given files allow, but fed and reverse-lm)"
+    evaluate = commands.add_parser("evaluate", help="score a file of samples: BLEU, Self-BLEU, diversity, FED, NLL")
+    evaluate.add_argument("--samples", required=True, help="generated sentences, one per line (tokens separated by spaces)")
+    _add_scoring_arguments(evaluate, metric_help)
+    evaluate.add_argument("--json", default="", help="also write the scores to this JSON file")
+
+    sweep = commands.add_parser("sweep", help="sample at several temperatures and trace the quality-diversity curve")
+    sweep.add_argument("--model", action="append", required=True, help="[LABEL=]generator folder; repeat to compare models")
+    sweep.add_argument("--temperatures", default="0.7,0.8,0.9,1.0,1.1,1.2", help="comma-separated (default 0.7,...,1.2)")
+    sweep.add_argument("-n", "--num", type=_positive_int, default=2000, help="samples per temperature (default 2000)")
+    sweep.add_argument("--valid", default="", help="held-out sentences for nll-test at each temperature (default: --references)")
+    _add_scoring_arguments(sweep, metric_help)
+    sweep.add_argument("--output", required=True, help="folder for sweep.json, sweep.png and the samples")
+    sweep.add_argument("--x", default="", help="metric on the plot's x axis (default bleu-5, or nll-oracle with --oracle)")
+    sweep.add_argument("--y", default="", help="metric on the plot's y axis (default self-bleu-4, or nll-test with --oracle)")
+    sweep.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     return parser
+
+
+def _add_scoring_arguments(parser, metric_help: str) -> None:
+    parser.add_argument("--references", default="", help="reference sentences (e.g. COCO test.txt): BLEU, FED, reverse-LM")
+    parser.add_argument("--train", default="", help="training sentences: the copied-verbatim rate")
+    parser.add_argument("--metrics", default="", help=metric_help)
+    parser.add_argument("--orders", default="2,3,4,5", help="BLEU / Self-BLEU orders (default 2,3,4,5)")
+    parser.add_argument("--lm", default="", help="generator folder of an MLE model trained on real text: lm-nll of the samples")
+    parser.add_argument("--oracle", default="", help="SeqGAN oracle .npz: nll-oracle of the samples (lines of token ids)")
+    parser.add_argument("--fed-encoder", default="", help="sentence-transformers model for FED (default: the packaged MiniLM)")
+    parser.add_argument("--reverse-lm-steps", type=_positive_int, default=1000, help="MLE steps of the reverse-LM model")
 
 
 def cmd_sample(args) -> int:
@@ -88,6 +121,105 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _check_output(path: str) -> None:
+    from .evaluation import EvaluationError
+
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise EvaluationError(f"cannot write {path}: it is a directory; give a file name")
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise EvaluationError(f"cannot write {path}: its folder does not exist or is not writable")
+
+
+def _scoring_inputs(args, need_samples_metrics: bool = True) -> dict:
+    """Read the files and models that --references, --train, --lm, --oracle name; choose the metrics."""
+    from . import evaluation
+    from .bleu import _check_orders
+
+    try:
+        orders = tuple(_check_orders([int(o) for o in args.orders.split(",")]))
+    except ValueError:
+        raise evaluation.EvaluationError(f"--orders must be positive integers separated by commas, got {args.orders!r}") from None
+    references = read_lines(args.references) if args.references else None
+    train = read_lines(args.train) if args.train else None
+    lm = oracle = None
+    if args.lm:
+        from .models.generator import load_generator
+
+        lm = load_generator(args.lm)
+    if args.oracle:
+        from .oracle import Oracle
+
+        oracle = Oracle.load(args.oracle)
+    metrics = (evaluation.parse_metrics(args.metrics) if args.metrics else
+               evaluation.default_metrics(references=bool(references), train=bool(train), lm=bool(lm), oracle=bool(oracle),
+                                          grammar=False))
+    encoder = None
+    if "fed" in metrics:
+        from .fed import load_encoder
+
+        encoder = load_encoder(args.fed_encoder)
+    return {"metrics": metrics, "references": references, "train": train, "orders": orders, "lm": lm,
+            "oracle": oracle, "encoder": encoder, "reverse_lm_steps": args.reverse_lm_steps}
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    from .evaluation import format_table, score, write_text_atomic
+
+    if args.json:
+        _check_output(args.json)
+    samples = read_lines(args.samples)
+    inputs = _scoring_inputs(args)
+    scores = score(samples, **inputs)
+    print(format_table([{"metric": k, "value": v} for k, v in scores.items()]))
+    if args.json:
+        write_text_atomic(args.json, json.dumps({"samples_file": args.samples, "references_file": args.references or None,
+                                                 "metrics": inputs["metrics"], "scores": scores}, indent=2) + "\n")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .evaluation import EvaluationError, format_table, metric_of, plot_sweep, sweep
+    from .models.generator import load_generator
+
+    try:
+        temperatures = [float(t) for t in args.temperatures.split(",")]
+    except ValueError:
+        temperatures = []
+    if not temperatures or any(not t > 0 for t in temperatures):
+        raise EvaluationError(f"--temperatures must be positive numbers separated by commas, got {args.temperatures!r}")
+    models = {}
+    for spec in args.model:
+        label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        label = label or os.path.basename(os.path.normpath(path)) or path
+        if label == "generator":  # a run's exported folder: name it after the run
+            label = os.path.basename(os.path.dirname(os.path.normpath(path))) or label
+        load_generator(path)  # fail now, not after sampling the first model
+        models[label] = path
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise EvaluationError(f"--output {args.output} is a file; give a folder")
+    parent = os.path.dirname(os.path.abspath(args.output))
+    if not os.access(args.output if os.path.isdir(args.output) else parent, os.W_OK):
+        raise EvaluationError(f"cannot write to {args.output}: its folder does not exist or is not writable")
+    inputs = _scoring_inputs(args)
+    valid = read_lines(args.valid) if args.valid else inputs["references"]
+    oracle = inputs["oracle"] is not None
+    x = args.x or ("nll-oracle" if oracle else "bleu-5")
+    y = args.y or ("nll-test" if oracle else "self-bleu-4")
+    available = set(inputs["metrics"]) | ({"nll-test"} if valid else set())
+    for axis in (x, y):
+        if metric_of(axis) not in available:
+            raise EvaluationError(f"cannot plot {axis!r}: the sweep computes {', '.join(sorted(available))}; "
+                                  "pass the files it needs (--references, --oracle, ...) or choose --x/--y")
+    rows = sweep(models, temperatures, args.num, args.output, valid=valid, seed=args.seed, **inputs)
+    png = plot_sweep(rows, x, y, os.path.join(args.output, "sweep.png"))
+    print(format_table(rows))
+    print(f"\nwrote {os.path.join(args.output, 'sweep.json')} and {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
@@ -99,11 +231,16 @@ def main(argv: list[str] | None = None) -> int:
 
         config_cls = next(v for k, v in vars(module).items() if k.endswith("Config") and k != "RunConfig" and isinstance(v, type) and v.__module__ == module.__name__)
         return run_recipe(config_cls, module.main, f"textgan train {args.recipe}", args.args)
+    from .data import DataError
+    from .evaluation import EvaluationError
+    from .fed import EncoderError
     from .models.generator import ModelError
+    from .oracle import OracleError
 
+    command = {"sample": cmd_sample, "evaluate": cmd_evaluate, "sweep": cmd_sweep}[args.command]
     try:
-        return cmd_sample(args)
-    except ModelError as e:
+        return command(args)
+    except (ModelError, DataError, EvaluationError, EncoderError, OracleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -102,15 +102,18 @@ def export_generator(model, tokenizer, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def token_logprobs(model, ids: torch.Tensor, with_entropy: bool = False):
+def token_logprobs(model, ids: torch.Tensor, with_entropy: bool = False, temperature: float = 1.0):
     """Log-probabilities of ``ids[:, 1:]`` given their prefixes, by one teacher-forced pass.
 
     Args:
         ids: (B, T+1) long, starting with BOS.
+        temperature: score under the model's distribution at this temperature (logits / T).
     Returns:
         logprobs (B, T) float; with ``with_entropy``, also the policy entropy (B, T).
     """
     logits = model(input_ids=ids[:, :-1]).logits.float()  # (B, T, V)
+    if temperature != 1.0:
+        logits = logits / temperature
     logp = F.log_softmax(logits, dim=-1)
     logprobs = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
     if not with_entropy:

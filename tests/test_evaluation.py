@@ -1,0 +1,103 @@
+"""Scoring sample sets, `textgan evaluate` and `textgan sweep`: results, files, and one-line errors."""
+
+import json
+
+import pytest
+from test_cli import _assert_clean_error, run
+
+from textgan.evaluation import EvaluationError, default_metrics, parse_metrics, score
+
+SAMPLES = ["a man rides a bike", "a man rides a red bike", "two dogs play in the snow", "a man rides a bike"]
+REFERENCES = ["a man rides a bike down the street", "two dogs play in the snow", "a cat sleeps on a bed"]
+
+
+def test_score_computes_the_named_metrics():
+    scores = score(SAMPLES, ["bleu", "self-bleu", "distinct", "unique", "copied", "grammar"], references=REFERENCES,
+                   train=["two dogs play in the snow"], orders=(2, 3))
+    assert set(scores) >= {"bleu-2", "bleu-3", "self-bleu-2", "distinct-4", "unique", "copied", "grammatical"}
+    assert scores["unique"] == 0.75 and scores["copied"] == 0.25
+    assert 0 < scores["bleu-2"] <= 1 and 0 < scores["self-bleu-3"] <= 1
+
+
+def test_metric_names_and_requirements():
+    with pytest.raises(EvaluationError, match="unknown metric"):
+        parse_metrics("bleu,blue")
+    with pytest.raises(EvaluationError, match="needs --references"):
+        score(SAMPLES, ["bleu"])
+    with pytest.raises(EvaluationError, match="no samples"):
+        score([], ["distinct"])
+    assert "bleu" not in default_metrics(references=False, train=False, lm=False, oracle=False, grammar=False)
+
+
+def test_reverse_lm_and_lm_scores_are_finite(trained_generator):
+    from textgan.grammar import Grammar
+    from textgan.models.generator import load_generator
+
+    text = Grammar.default().sample_corpus(60, seed=3)
+    scores = score(text[:30], ["lm", "reverse-lm"], references=text[30:], lm=load_generator(str(trained_generator)),
+                   reverse_lm_steps=3)
+    assert 0 < scores["lm-nll"] < 20 and 0 < scores["reverse-lm-nll"] < 20
+
+
+@pytest.fixture()
+def files(tmp_path):
+    samples, references = tmp_path / "samples.txt", tmp_path / "references.txt"
+    samples.write_text("\n".join(SAMPLES) + "\n")
+    references.write_text("\n".join(REFERENCES) + "\n")
+    return samples, references
+
+
+def test_evaluate_prints_a_table_and_writes_json(files, tmp_path):
+    samples, references = files
+    out = tmp_path / "scores.json"
+    result = run("textgan", "evaluate", "--samples", str(samples), "--references", str(references), "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "| bleu-5 |" in result.stdout and "| self-bleu-2 |" in result.stdout
+    saved = json.loads(out.read_text())
+    assert saved["scores"]["samples"] == 4 and "bleu-4" in saved["scores"]
+
+
+def test_evaluate_errors(files, tmp_path):
+    samples = files[0]
+    evaluate = ("textgan", "evaluate", "--samples")
+    _assert_clean_error(run(*evaluate, str(tmp_path / "missing.txt")), "no such file")
+    _assert_clean_error(run(*evaluate, str(tmp_path)), "directory")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    _assert_clean_error(run(*evaluate, str(tmp_path / "blank.txt")), "no sentences")
+    (tmp_path / "bad.txt").write_bytes(b"a b\n\xff\xfe\n")
+    _assert_clean_error(run(*evaluate, str(tmp_path / "bad.txt")), "UTF-8")
+    _assert_clean_error(run(*evaluate, str(samples), "--metrics", "bleu"), "--references")
+    _assert_clean_error(run(*evaluate, str(samples), "--metrics", "bleu,nope"), "unknown metric")
+    _assert_clean_error(run(*evaluate, str(samples), "--orders", "2,x"), "--orders")
+    _assert_clean_error(run(*evaluate, str(samples), "--lm", str(tmp_path / "nomodel")), "no such folder")
+    _assert_clean_error(run(*evaluate, str(samples), "--oracle", str(samples)), "not an npz")
+    _assert_clean_error(run(*evaluate, str(samples), "--json", str(tmp_path / "no" / "s.json")), "cannot write")
+    _assert_clean_error(run(*evaluate, str(samples), "--json", str(tmp_path)), "directory")
+    assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_sweep_writes_curve_plot_and_samples(trained_generator, files, tmp_path):
+    _, references = files
+    out = tmp_path / "sweep"
+    result = run("textgan", "sweep", "--model", f"tiny={trained_generator}", "--temperatures", "0.8,1.2", "-n", "12",
+                 "--references", str(references), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "sweep.json").read_text())
+    assert [r["temperature"] for r in rows] == [0.8, 1.2]
+    assert all("bleu-5" in r and "self-bleu-4" in r and "nll-test" in r for r in rows)
+    # a hotter distribution puts less probability on real text: NLL-test rises from T=0.8 to T=1.2 only if
+    # the model is sharper than the data; either way it must differ and be finite
+    assert rows[0]["nll-test"] != rows[1]["nll-test"]
+    assert (out / "sweep.png").stat().st_size > 1000
+    assert len((out / "samples" / "tiny_T0.8.txt").read_text().splitlines()) == 12
+
+
+def test_sweep_errors(trained_generator, files, tmp_path):
+    references = files[1]
+    sweep = ("textgan", "sweep", "--references", str(references))
+    _assert_clean_error(run(*sweep, "--model", str(trained_generator), "--temperatures", "0,1", "--output", str(tmp_path / "o")),
+                        "--temperatures")
+    _assert_clean_error(run(*sweep, "--model", str(tmp_path / "none"), "--output", str(tmp_path / "o")), "no such folder")
+    _assert_clean_error(run(*sweep, "--model", str(trained_generator), "--output", str(references)), "is a file")
+    _assert_clean_error(run("textgan", "sweep", "--model", str(trained_generator), "--output", str(tmp_path / "o"), "-n", "4",
+                            "--temperatures", "1.0"), "bleu-5")

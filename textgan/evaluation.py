@@ -1,0 +1,274 @@
+"""Scoring sample sets and sweeping temperature: the engine behind ``textgan evaluate`` and ``textgan sweep``.
+
+Every metric is a pure function of text (plus a model where it needs one), so a sample file
+from any system can be scored exactly as textgan's own samples are. A single temperature is a
+single point on the quality-diversity trade-off; Caccia et al. (2020) showed that comparing
+points misleads, so ``sweep`` traces each model's curve over temperatures.
+
+Metric names:
+    bleu-n, self-bleu-n   Texygen-protocol BLEU against all references / leave-one-out Self-BLEU
+    distinct-n, unique    diversity of the sample set
+    copied                fraction of samples found verbatim in the training text
+    nll-test              the model's per-token NLL on held-out text, at the sampling temperature
+    lm-nll                NLL of the samples under a language model trained on real text (quality)
+    reverse-lm-nll        NLL on the references of an MLE model trained on the samples (coverage)
+    nll-oracle            the SeqGAN oracle's per-token NLL of the samples
+    grammatical, grammar-nll   exact scores under the embedded grammar
+    fed                   Fréchet embedding distance to the references
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import metrics as text_metrics
+from .bleu import bleu, self_bleu
+
+ALL_METRICS = ("bleu", "self-bleu", "distinct", "unique", "copied", "fed", "lm", "reverse-lm", "nll-oracle", "grammar")
+NEEDS = {"bleu": "references", "fed": "references", "reverse-lm": "references", "copied": "train", "lm": "lm",
+         "nll-oracle": "oracle"}
+
+
+class EvaluationError(ValueError):
+    """A metric cannot be computed from what was given; the message says what to pass."""
+
+
+def parse_metrics(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in ALL_METRICS]
+    if unknown or not names:
+        raise EvaluationError(f"unknown metric {', '.join(unknown) or '(none)'}; choose from {','.join(ALL_METRICS)}")
+    return names
+
+
+def metric_of(score_name: str) -> str:
+    """The metric that produces a score: 'bleu-5' -> 'bleu', 'lm-nll' -> 'lm', 'nll-test' -> 'nll-test'."""
+    for prefix, metric in (("self-bleu-", "self-bleu"), ("bleu-", "bleu"), ("distinct-", "distinct"), ("fed", "fed"),
+                           ("reverse-lm", "reverse-lm"), ("lm-", "lm"), ("grammar", "grammar")):
+        if score_name.startswith(prefix):
+            return metric
+    return score_name
+
+
+def default_metrics(*, references: bool, train: bool, lm: bool, oracle: bool, grammar: bool) -> list[str]:
+    """The metrics that what was given allows (FED and reverse-LM, being slow, only on request)."""
+    names = ["self-bleu", "distinct", "unique"]
+    names += ["bleu"] if references else []
+    names += ["copied"] if train else []
+    names += ["lm"] if lm else []
+    names += ["nll-oracle"] if oracle else []
+    names += ["grammar"] if grammar else []
+    return names
+
+
+def sentences_nll(model, tokenizer, sentences: list[str], temperature: float = 1.0, batch_size: int = 256) -> tuple[float, int]:
+    """Per-token NLL (end token included) of sentences under a causal LM; sentences beyond its length are dropped.
+
+    Returns (nll, number dropped).
+    """
+    from .data import encode
+    from .tokenization import special_ids
+    from .training import nll_on
+
+    limit = getattr(model.config, "max_position_embeddings", 64) - 2
+    ids, dropped = encode(sentences, tokenizer, limit)
+    ids = ids[:, : int((ids != special_ids(tokenizer)[2]).sum(1).max()) + 1] if len(ids) else ids
+    if not len(ids):
+        raise EvaluationError("no sentence fits the model's length limit")
+    model.eval()
+    return nll_on(model, ids, special_ids(tokenizer)[1], batch_size, temperature), dropped
+
+
+def reverse_lm_nll(samples: list[str], references: list[str], steps: int = 1000, seed: int = 0) -> float:
+    """Train a fresh MLE generator on the samples and return its NLL on the references.
+
+    A generator that drops modes leaves the references poorly covered, and this number high.
+    """
+    import contextlib
+    import io
+
+    from .recipes.mle import MLEConfig
+    from .recipes.mle import main as train_mle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "samples.txt").write_text("\n".join(samples) + "\n", encoding="utf-8")
+        (Path(tmp) / "references.txt").write_text("\n".join(references) + "\n", encoding="utf-8")
+        config = MLEConfig(data=str(Path(tmp) / "samples.txt"), valid_file=str(Path(tmp) / "references.txt"),
+                           out_dir=str(Path(tmp) / "run"), steps=steps, seed=seed, eval_every=steps + 1,
+                           checkpoint_every=steps + 1, eval_samples=16, print_samples=0,
+                           max_length=max(len(s.split()) for s in samples + references))
+        config.check()
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = train_mle(config)
+    return result["eval/nll_valid"]
+
+
+def score(
+    samples: list[str],
+    metrics: list[str],
+    *,
+    references: list[str] | None = None,
+    train: list[str] | None = None,
+    orders: tuple[int, ...] = (2, 3, 4, 5),
+    lm=None,
+    oracle=None,
+    grammar=None,
+    encoder=None,
+    reverse_lm_steps: int = 1000,
+) -> dict[str, float]:
+    """Compute the named metrics of a sample set. ``lm`` is a (model, tokenizer) pair."""
+    if not samples:
+        raise EvaluationError("no samples to score")
+    given = {"references": references, "train": train, "lm": lm, "oracle": oracle}
+    for name in metrics:
+        if name in NEEDS and not given[NEEDS[name]]:
+            raise EvaluationError(f"metric {name} needs --{NEEDS[name]}")
+    out: dict[str, float] = {"samples": len(samples)}
+    if "bleu" in metrics:
+        out |= {f"bleu-{n}": v for n, v in bleu(samples, references, orders).items()}
+    if "self-bleu" in metrics and len(samples) > 1:
+        out |= {f"self-bleu-{n}": v for n, v in self_bleu(samples, orders).items()}
+    if "distinct" in metrics:
+        out |= {f"distinct-{n}": text_metrics.distinct_n(samples, n) for n in (1, 2, 3, 4)}
+    if "unique" in metrics:
+        out["unique"] = text_metrics.unique_rate(samples)
+    if "copied" in metrics:
+        out["copied"] = text_metrics.copy_rate(samples, set(train))
+    if "lm" in metrics:
+        out["lm-nll"], out["lm-dropped"] = sentences_nll(*lm, samples)
+    if "nll-oracle" in metrics:
+        from .oracle import from_text
+
+        tokens, dropped = from_text(samples, vocab_size=oracle.vocab_size)
+        out["nll-oracle"] = oracle.nll(tokens) if len(tokens) else math.inf
+        out["oracle-dropped"] = dropped
+    if "grammar" in metrics:
+        from .grammar import Grammar
+
+        scores = text_metrics.grammar_scores(samples, grammar or Grammar.default())
+        out["grammatical"], out["grammar-nll"] = scores["grammatical"], scores["grammar_nll"]
+    if "fed" in metrics:
+        from .fed import fed, load_encoder
+
+        out |= fed(samples, references, encoder or load_encoder())
+    if "reverse-lm" in metrics:
+        out["reverse-lm-nll"] = reverse_lm_nll(samples, references, reverse_lm_steps)
+    return out
+
+
+def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A Markdown table of metric dicts (one row each)."""
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
+
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.3f}" if math.isfinite(v) else str(v)
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def sample_texts(model, tokenizer, n: int, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 max_length: int | None = None, batch_size: int = 256, seed: int = 0, progress: bool = False) -> list[str]:
+    """``n`` unconditional samples, reproducible from ``seed`` whatever the global RNG state."""
+    from .sampling import decode, sample_batches
+    from .tokenization import special_ids
+
+    bos, eos, pad = special_ids(tokenizer)
+    limit = getattr(model.config, "max_position_embeddings", 64) - 2
+    max_length = min(max_length or limit, limit)
+    device = next(model.parameters()).device
+    model.eval()
+    texts: list[str] = []
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        batches = sample_batches(model, n, batch_size, max_length, bos_id=bos, eos_id=eos, pad_id=pad,
+                                 temperature=temperature, top_k=top_k, top_p=top_p, device=device)
+        for rollout in tqdm(batches, total=math.ceil(n / batch_size), desc=f"sampling T={temperature:g}",
+                            disable=not progress, leave=False):
+            texts.extend(decode(tokenizer, rollout))
+    return texts
+
+
+def sweep(
+    models: dict[str, str],
+    temperatures: list[float],
+    n: int,
+    out_dir: str | Path,
+    *,
+    metrics: list[str],
+    references: list[str] | None = None,
+    valid: list[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    **score_kwargs,
+) -> list[dict]:
+    """Sample ``n`` sentences from each model at each temperature and score them.
+
+    ``valid``: held-out text for ``nll-test`` at each temperature (the model's NLL with its
+    logits divided by T, as Caccia et al.). Writes ``samples/<label>_T<t>.txt`` and
+    ``sweep.json`` under ``out_dir``; returns one row per (model, temperature).
+    """
+    from .models.generator import load_generator
+
+    out_dir = Path(out_dir)
+    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for label, path in models.items():
+        model, tokenizer = load_generator(path)
+        for t in tqdm(temperatures, desc=f"sweep {label}", disable=not progress):
+            texts = sample_texts(model, tokenizer, n, temperature=t, seed=seed, progress=progress)
+            write_text_atomic(out_dir / "samples" / f"{label}_T{t:g}.txt", "\n".join(texts) + "\n")
+            row = {"model": label, "temperature": t}
+            row |= score(texts, metrics, references=references, **score_kwargs)
+            if valid:
+                row["nll-test"], _ = sentences_nll(model, tokenizer, valid, temperature=t)
+            rows.append(row)
+            write_text_atomic(out_dir / "sweep.json", json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+def plot_sweep(rows: list[dict], x: str, y: str, path: str | Path, title: str = "", baselines: dict | None = None) -> Path:
+    """One curve per model through its temperatures, ``x`` against ``y``; ``baselines``: label -> (x, y) points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label in dict.fromkeys(r["model"] for r in rows):
+        points = [r for r in rows if r["model"] == label and x in r and y in r]
+        ax.plot([r[x] for r in points], [r[y] for r in points], marker="o", label=label)
+        for r in points:
+            ax.annotate(f"{r['temperature']:g}", (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for label, (bx, by) in (baselines or {}).items():
+        ax.scatter([bx], [by], marker="*", s=120, color="black", label=label, zorder=3)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title or f"{y} against {x} over temperature", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
