@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch.testing import assert_close
 
@@ -11,10 +12,11 @@ def _prompt(tokenizer, batch):
     return torch.full((batch, 1), bos, dtype=torch.long)
 
 
-def test_kv_cache_sampling_matches_full_recompute(tiny_generator, word_tokenizer):
+@pytest.mark.parametrize("fast", [True, False], ids=["static-cache decoder", "hf forward"])
+def test_kv_cache_sampling_matches_full_recompute(tiny_generator, word_tokenizer, fast):
     _, eos, pad = special_ids(word_tokenizer)
     prompt = _prompt(word_tokenizer, 16)
-    rollout = sample(tiny_generator, prompt, 12, eos_id=eos, pad_id=pad)
+    rollout = sample(tiny_generator, prompt, 12, eos_id=eos, pad_id=pad, fast=fast)
     assert isinstance(rollout, Rollout)
     # the log-probs collected step by step with the cache equal one full teacher-forced pass
     with torch.no_grad():
@@ -65,3 +67,40 @@ def test_top_k_sampling_only_returns_allowed_tokens(tiny_generator, word_tokeniz
     allowed = set(torch.topk(first_logits, 3).indices.tolist())
     rollout = sample(tiny_generator, prompt, 1, eos_id=eos, pad_id=pad, top_k=3)
     assert set(rollout.tokens[:, 0].tolist()) <= allowed
+
+
+def test_fast_decoder_logits_equal_the_hf_forward(word_tokenizer):
+    """Grouped-query attention, a prompt of several tokens, then single steps: logits as Hugging Face computes them."""
+    from textgan.models import build_generator
+    from textgan.models.fast_decode import LlamaDecoder, supports
+
+    model = build_generator(len(word_tokenizer), bos_id=1, eos_id=2, pad_id=0, d_model=48, n_layers=2, n_heads=4,
+                            max_positions=32).eval()
+    model.config.num_key_value_heads = 2  # rebuild with GQA: 4 query heads share 2 key/value heads
+    model = type(model)(model.config).eval()
+    assert supports(model)
+    ids = torch.randint(3, len(word_tokenizer), (5, 9))
+    decoder = LlamaDecoder(model, 5, 9)
+    with torch.no_grad():
+        full = model(input_ids=ids).logits  # (B, T, V)
+        assert_close(decoder.prefill(ids[:, :4]), full[:, 3], atol=1e-5, rtol=1e-5)
+        for t in range(4, 9):
+            assert_close(decoder.step(ids[:, t]), full[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_same_seed_same_samples_on_both_paths(tiny_generator, word_tokenizer):
+    _, eos, pad = special_ids(word_tokenizer)
+    runs = []
+    for fast in (True, False):
+        torch.manual_seed(5)
+        runs.append(sample(tiny_generator, _prompt(word_tokenizer, 8), 10, eos_id=eos, pad_id=pad, fast=fast))
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_decoder_declines_other_architectures():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from textgan.models.fast_decode import supports
+
+    assert not supports(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20)))

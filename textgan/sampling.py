@@ -58,20 +58,23 @@ def sample(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    fast: bool = True,
 ) -> Rollout:
     """Sample up to ``max_new_tokens`` tokens after ``prompt``.
 
     Args:
         prompt: (B, P) long, BOS followed by any prefix; rows whose prefix already holds
             ``eos_id`` (after column 0) are finished and get only padding.
+        fast: decode Llama-architecture models with textgan's static-cache decoder
+            (:mod:`textgan.models.fast_decode`); other models, or ``fast=False``, use the
+            Hugging Face forward with its KV cache.
     Returns:
         a :class:`Rollout` over the new positions only; T <= max_new_tokens (sampling stops
         early once every row has ended).
     """
     B = prompt.shape[0]
     finished = (prompt[:, 1:] == eos_id).any(dim=1)
-    out = model(input_ids=prompt, use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1]
+    logits, next_logits = _decoder(model, prompt, max_new_tokens, fast)
     tokens, logprobs = [], []
     for t in range(max_new_tokens):
         logp = F.log_softmax(filter_logits(logits.float(), temperature, top_k, top_p), dim=-1)  # (B, V)
@@ -83,12 +86,29 @@ def sample(
         finished = finished | (token == eos_id)
         if t + 1 == max_new_tokens or bool(finished.all()):
             break
-        out = model(input_ids=token[:, None], past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        logits = next_logits(token)
     tokens = torch.stack(tokens, 1) if tokens else prompt.new_zeros(B, 0)
     logprobs = torch.stack(logprobs, 1) if logprobs else torch.zeros(B, 0)
     mask = _mask_new(tokens, prompt, eos_id)
     return Rollout(tokens, logprobs, mask, mask.sum(1))
+
+
+def _decoder(model, prompt: torch.Tensor, max_new_tokens: int, fast: bool):
+    """Logits after the prompt, and a function from the newest token (B,) to the next logits (B, V)."""
+    from .models.fast_decode import LlamaDecoder, supports
+
+    if fast and supports(model):
+        decoder = LlamaDecoder(model, prompt.shape[0], prompt.shape[1] + max_new_tokens)
+        return decoder.prefill(prompt), decoder.step
+    out = model(input_ids=prompt, use_cache=True)
+    state = {"cache": out.past_key_values}
+
+    def next_logits(token: torch.Tensor) -> torch.Tensor:
+        out = model(input_ids=token[:, None], past_key_values=state["cache"], use_cache=True)
+        state["cache"] = out.past_key_values
+        return out.logits[:, -1]
+
+    return out.logits[:, -1], next_logits
 
 
 def _mask_new(tokens: torch.Tensor, prompt: torch.Tensor, eos_id: int) -> torch.Tensor:

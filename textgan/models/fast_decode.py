@@ -1,0 +1,115 @@
+"""A lean incremental decoder for Llama-architecture generators, with a static KV cache.
+
+Sampling a text GAN's rollouts is one token per step for every row of a batch. At the sizes
+textgan trains on a CPU, a step's arithmetic is tiny and the cost is Python: the Hugging Face
+forward builds masks, cache objects and output records on every call. This decoder runs the
+same maths on the same parameter tensors (no copy, so it always sees the current weights)
+with a preallocated cache and a handful of tensor operations per layer.
+
+It covers the Llama family as ``build_generator`` makes it (RMSNorm, rotary embeddings of the
+default type, grouped-query attention, SiLU-gated MLP, no biases). Anything else falls back to
+the Hugging Face forward; :func:`supports` says which path a model gets. The test suite checks
+its logits against the Hugging Face forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def supports(model) -> bool:
+    """Whether ``model`` is a Llama causal LM this decoder reproduces exactly."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", "") != "llama":
+        return False
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    return (
+        rope_type == "default"
+        and getattr(config, "hidden_act", "silu") == "silu"
+        and not getattr(config, "attention_bias", False)
+        and not getattr(config, "mlp_bias", False)
+        and (not model.training or not getattr(config, "attention_dropout", 0.0))
+    )
+
+
+def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * x.to(dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class LlamaDecoder:
+    """Prefill a prompt, then decode one token at a time. Batch rows share positions.
+
+    Usage: ``logits = decoder.prefill(prompt)`` then ``logits = decoder.step(token)`` per token,
+    each returning the (B, V) float logits of the next position.
+    """
+
+    def __init__(self, model, batch_size: int, max_length: int):
+        config = model.config
+        self.model = model
+        self.layers = model.model.layers
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
+        weight = model.model.embed_tokens.weight
+        shape = (len(self.layers), batch_size, self.n_kv_heads, max_length, self.head_dim)
+        self.keys = weight.new_zeros(shape)
+        self.values = weight.new_zeros(shape)
+        self.max_length = max_length
+        self.position = 0
+        rotary = model.model.rotary_emb
+        positions = torch.arange(max_length, device=weight.device, dtype=torch.float32)
+        freqs = positions[:, None] * rotary.inv_freq.to(weight.device, torch.float32)[None]
+        emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
+        scaling = getattr(rotary, "attention_scaling", 1.0)
+        self.cos = (emb.cos() * scaling).to(weight.dtype)
+        self.sin = (emb.sin() * scaling).to(weight.dtype)
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: (B, S) at positions [position, position + S) -> last position's logits (B, V)."""
+        B, S = ids.shape
+        start, end = self.position, self.position + S
+        if end > self.max_length:
+            raise ValueError(f"decoder cache holds {self.max_length} positions, asked for {end}")
+        cos, sin = self.cos[start:end], self.sin[start:end]  # (S, D)
+        h = self.model.model.embed_tokens(ids)  # (B, S, C)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = _rms_norm(h, layer.input_layernorm)
+            q = attn.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
+            k = attn.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            self.keys[i, :B, :, start:end] = k
+            self.values[i, :B, :, start:end] = v
+            keys, values = self.keys[i, :B, :, :end], self.values[i, :B, :, :end]
+            # A prefill from position 0 is causal; a single new token attends to everything cached.
+            out = F.scaled_dot_product_attention(q, keys, values, is_causal=S > 1 and start == 0,
+                                                 scale=attn.scaling, enable_gqa=self.n_kv_heads != self.n_heads)
+            h = h + attn.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+            x = _rms_norm(h, layer.post_attention_layernorm)
+            mlp = layer.mlp
+            h = h + mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+        h = _rms_norm(h[:, -1], self.model.model.norm)
+        self.position = end
+        return self.model.lm_head(h).float()
+
+    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
+        """prompt: (B, P) long, from position 0 -> (B, V) logits after it."""
+        if prompt.shape[1] > 1 and self.position:
+            raise ValueError("prefill starts from an empty cache")
+        return self._forward(prompt)
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """token: (B,) long, the newest token -> (B, V) logits of the next position."""
+        return self._forward(token[:, None])
