@@ -60,3 +60,70 @@ def test_keeps_the_newest_and_ignores_partial(tmp_path):
     (tmp_path / ".tmp_step_00000005").mkdir()  # a crash mid-write leaves only a temporary folder
     (tmp_path / "step_00000006").mkdir()  # or a folder without its files
     assert list_checkpoints(tmp_path)[-1].name == "step_00000004"
+
+
+def _saved_run(tmp_path, steps=(1, 2, 3)):
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    weights = {}
+    for step in steps:
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        save_checkpoint(tmp_path, step, {"m": model}, {"m": opt}, {}, keep=5)
+        weights[step] = model[0].weight.clone()
+    return weights
+
+
+def _restore(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from textgan.training import restore
+
+    run = SimpleNamespace(config=SimpleNamespace(resume=True), checkpoints=tmp_path, truncate_log=lambda step: None)
+    model = _model()
+    state = restore(run, {"m": model}, {"m": torch.optim.Adam(model.parameters())}, "cpu")
+    return state, model, capsys.readouterr().err
+
+
+def test_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
+    weights = _saved_run(tmp_path)
+    newest = list_checkpoints(tmp_path)[-1] / "tensors.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-3] ^= 0xFF  # one flipped bit in the weights: still a valid safetensors file, wrong checksum
+    newest.write_bytes(bytes(data))
+    state, model, err = _restore(tmp_path, capsys)
+    assert state["step"] == 2 and torch.equal(model[0].weight, weights[2])
+    assert "checksum" in err and "step_00000003" in err
+
+
+def test_truncated_and_garbled_checkpoints_are_skipped(tmp_path, capsys):
+    weights = _saved_run(tmp_path)
+    third, second = list_checkpoints(tmp_path)[-1], list_checkpoints(tmp_path)[-2]
+    tensors = third / "tensors.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:40])  # cut short by a crash
+    (second / "state.json").write_text("{not json")
+    state, model, err = _restore(tmp_path, capsys)
+    assert state["step"] == 1 and torch.equal(model[0].weight, weights[1])
+    assert err.count("skipping checkpoint") == 2
+
+
+def test_no_usable_checkpoint_starts_from_scratch_with_a_warning(tmp_path, capsys):
+    _saved_run(tmp_path, steps=(1,))
+    (list_checkpoints(tmp_path)[0] / "tensors.safetensors").write_bytes(b"")
+    state, _, err = _restore(tmp_path, capsys)
+    assert state is None and "no usable checkpoint" in err
+
+
+def test_mismatched_checkpoint_changes_nothing(tmp_path):
+    import pytest
+
+    from textgan.checkpoint import CheckpointError
+
+    _saved_run(tmp_path, steps=(1,))
+    other = torch.nn.Sequential(torch.nn.Embedding(7, 4), torch.nn.Linear(4, 7))
+    before = [p.clone() for p in other.parameters()]
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(list_checkpoints(tmp_path)[0], {"m": other}, {})
+    assert all(torch.equal(a, b) for a, b in zip(before, other.parameters()))
+    with pytest.raises(CheckpointError, match="no weights"):
+        load_checkpoint(list_checkpoints(tmp_path)[0], {"generator": other}, {})

@@ -10,13 +10,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 from textgan.checkpoint import list_checkpoints
 from textgan.recipes import mle, scratchgan, seqgan
 
-TINY = dict(grammar_sentences=200, d_model=32, n_layers=1, n_heads=2, batch_size=8, eval_samples=16,
-            eval_every=2, log_every=1, checkpoint_every=2, print_samples=1)
+TINY = {"grammar_sentences": 200, "d_model": 32, "n_layers": 1, "n_heads": 2, "batch_size": 8, "eval_samples": 16,
+        "eval_every": 2, "log_every": 1, "checkpoint_every": 2, "print_samples": 1}
 
 RECIPES = {
-    "mle": (mle, mle.MLEConfig, dict(steps=4)),
-    "scratchgan": (scratchgan, scratchgan.ScratchGANConfig, dict(steps=4, pretrain_steps=2, disc_dim=16)),
-    "seqgan": (seqgan, seqgan.SeqGANConfig, dict(steps=2, pretrain_steps=2, disc_pretrain_steps=2, num_rollouts=2, disc_dim=16)),
+    "mle": (mle, mle.MLEConfig, {"steps": 4}),
+    "scratchgan": (scratchgan, scratchgan.ScratchGANConfig, {"steps": 4, "pretrain_steps": 2, "disc_dim": 16}),
+    "seqgan": (seqgan, seqgan.SeqGANConfig, {"steps": 2, "pretrain_steps": 2, "disc_pretrain_steps": 2, "num_rollouts": 2,
+                                                       "disc_dim": 16}),
 }
 
 

@@ -8,11 +8,15 @@ A checkpoint is a folder ``checkpoints/step_00001234/`` with
   anything else the recipe passes.
 
 It is written into a temporary folder, flushed, and renamed into place, so a crash never
-leaves a half-written checkpoint under a final name. The last ``keep`` are kept.
+leaves a half-written checkpoint under a final name. ``state.json`` records the SHA-256 of the
+tensor file, and loading verifies it before touching any module, so a checkpoint damaged
+afterwards (a full disk, a bad copy) is detected and the caller can fall back to an older one.
+The last ``keep`` are kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -24,6 +28,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 PREFIX = "step_"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is incomplete, corrupted or does not match the run."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _optimizer_split(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -92,6 +108,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(tensors, tmp / "tensors.safetensors")
+    meta["tensors_sha256"] = _sha256(tmp / "tensors.safetensors")
     with open(tmp / "state.json", "w", encoding="utf-8") as f:
         json.dump(meta, f)
         f.flush()
@@ -117,19 +134,53 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """The verified tensors and JSON state of a checkpoint folder; :class:`CheckpointError` if damaged."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        expected = meta.get("tensors_sha256")
+        if expected is not None and _sha256(path / "tensors.safetensors") != expected:
+            raise CheckpointError(f"{path}: tensors.safetensors fails its checksum (corrupted or truncated)")
+        tensors = load_file(path / "tensors.safetensors", device=str(map_location))
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, UnicodeDecodeError) as e:  # missing file, bad JSON, bad safetensors header
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    except Exception as e:  # safetensors raises its own error type for damaged files
+        if type(e).__module__.startswith("safetensors"):
+            raise CheckpointError(f"{path}: unreadable tensors ({e})") from None
+        raise
+    if not isinstance(meta, dict) or "step" not in meta:
+        raise CheckpointError(f"{path}: state.json holds no step")
+    return tensors, meta
+
+
 def load_checkpoint(
     path: str | Path,
     modules: dict[str, torch.nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
     map_location: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Restore modules, optimizers and RNG states in place; return the JSON state."""
+    """Restore modules, optimizers and RNG states in place; return the JSON state.
+
+    Raises :class:`CheckpointError`, before changing anything, when the checkpoint is
+    unreadable, fails its checksum, or lacks a module or optimizer that the caller restores.
+    """
     path = Path(path)
-    tensors = load_file(path / "tensors.safetensors", device=str(map_location))
-    meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    tensors, meta = read_checkpoint(path, map_location)
+    for name in modules:
+        if not any(k.startswith(f"model/{name}/") for k in tensors):
+            raise CheckpointError(f"{path} holds no weights for {name!r}")
+    for name in optimizers:
+        if name not in meta.get("optimizers", {}):
+            raise CheckpointError(f"{path} holds no state for optimizer {name!r}")
     for name, module in modules.items():
         prefix = f"model/{name}/"
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        try:
+            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: weights of {name!r} do not fit the model ({str(e).splitlines()[0]})") from None
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(_optimizer_join(name, tensors, meta["optimizers"][name]))
     torch.set_rng_state(tensors["rng/torch"].cpu())

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +19,7 @@ import torch
 import yaml
 
 from . import metrics
-from .checkpoint import list_checkpoints, load_checkpoint
+from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from .config import ConfigError, arg, check_bounds, check_choice, parse_betas, to_dict
 from .data import Corpus, encode, load_corpus, sequence_mask
 from .losses import DISC_OBJECTIVES, mle_loss
@@ -113,6 +116,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _log_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a crash
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class Run:
     """The run folder and its logs."""
 
@@ -122,6 +138,7 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = self.dir / "checkpoints"
         self.started = time.time()
+        self.last_diversity: dict | None = None  # the previous evaluation's scores, to spot mode collapse
         if not config.resume:  # a fresh run replaces whatever an earlier run left in out_dir
             import shutil
 
@@ -138,6 +155,19 @@ class Run:
     def write_samples(self, step: int, texts: list[str]) -> None:
         with open(self.dir / "samples.txt", "a", encoding="utf-8") as f:
             f.write(f"# step {step}\n" + "\n".join(texts) + "\n")
+
+    def truncate_log(self, step: int) -> None:
+        """Drop metrics.jsonl and samples.txt records after ``step`` (written before a crash, redone on resume)."""
+        log = self.dir / "metrics.jsonl"
+        if log.is_file():
+            kept = [line for line in log.read_text(encoding="utf-8").splitlines(keepends=True)
+                    if _log_step(line) is not None and _log_step(line) <= step]
+            write_atomic(log, "".join(kept))
+        samples = self.dir / "samples.txt"
+        if samples.is_file():
+            blocks = samples.read_text(encoding="utf-8").split("# step ")
+            kept = [b for b in blocks[1:] if int(b.split("\n", 1)[0]) <= step]
+            write_atomic(samples, "".join("# step " + b for b in kept))
 
     def latest_checkpoint(self) -> Path | None:
         found = list_checkpoints(self.checkpoints)
@@ -188,15 +218,15 @@ def prepare(config: RunConfig, run: Run) -> Setup:
     return Setup(corpus, tokenizer, train_ids, valid_ids, generator.to(device), bos, eos, pad, device)
 
 
-def nll_on(generator, ids: torch.Tensor, eos_id: int, batch_size: int = 256) -> float:
-    """Mean per-token NLL (nats, end token included) of ``ids`` (N, L) under the generator."""
+def nll_on(generator, ids: torch.Tensor, eos_id: int, batch_size: int = 256, temperature: float = 1.0) -> float:
+    """Mean per-token NLL (nats, end token included) of ``ids`` (N, L) under the generator at ``temperature``."""
     total, count = 0.0, 0
     device = next(generator.parameters()).device
     with torch.no_grad():
         for start in range(0, len(ids), batch_size):
             batch = ids[start : start + batch_size].to(device)
             mask = sequence_mask(batch[:, 1:], eos_id)
-            logprobs = token_logprobs(generator, batch)
+            logprobs = token_logprobs(generator, batch, temperature=temperature)
             total += float(-(logprobs * mask).sum())
             count += int(mask.sum())
     return total / max(count, 1)
@@ -239,11 +269,47 @@ def evaluate(setup: Setup, config: RunConfig, n: int | None = None) -> tuple[dic
     return out, samples
 
 
+class NonFiniteError(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient."""
+
+
+class _NonFiniteGuard:
+    """Counts skipped steps; ``limit`` in a row stops the run (its last checkpoint stays intact)."""
+
+    limit = 20
+
+    def __init__(self):
+        self.in_a_row = 0
+        self.total = 0
+
+    def skip(self) -> None:
+        self.in_a_row += 1
+        self.total += 1
+        if self.in_a_row >= self.limit:
+            raise NonFiniteError(f"{self.in_a_row} steps in a row had a non-finite loss or gradient; the run stopped. "
+                                 "Lower the learning rate or raise grad_clip, then resume=true from the last checkpoint")
+
+
+nonfinite = _NonFiniteGuard()
+
+
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: torch.nn.Module, clip: float) -> float:
-    """Backpropagate ``loss``, clip the gradient norm of ``module``, step; return the loss."""
+    """Backpropagate ``loss``, clip the gradient norm of ``module``, step; return the loss.
+
+    A non-finite loss or gradient norm skips the update (gradients dropped, parameters and
+    optimizer state untouched) and is counted in ``nonfinite``; the returned loss is then NaN.
+    """
     optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        nonfinite.skip()
+        return float("nan")
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    norm = torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        nonfinite.skip()
+        return float("nan")
+    nonfinite.in_a_row = 0
     optimizer.step()
     return float(loss.detach())
 
@@ -299,16 +365,33 @@ def finish(run: Run, setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def restore(run: Run, modules: dict, optimizers: dict, device) -> dict | None:
-    """Load the newest checkpoint of ``run`` if ``resume`` is set; return its state or None."""
+    """Load the newest valid checkpoint of ``run`` if ``resume`` is set; return its state or None.
+
+    A damaged checkpoint (truncated, failing its checksum) is skipped with a warning and the
+    previous one is tried. Log lines written after the restored step are dropped, so that the
+    resumed run's metrics.jsonl reads as if it had never stopped.
+    """
+    import sys
+
     if not run.config.resume:
         return None
-    path = run.latest_checkpoint()
-    if path is None:
+    found = list_checkpoints(run.checkpoints)
+    if not found:
         print(f"resume=true but {run.checkpoints} holds no checkpoint; starting from scratch")
+        run.truncate_log(0)
         return None
-    state = load_checkpoint(path, modules, optimizers, map_location=device)
-    print(f"resumed from {path} (step {state['step']})")
-    return state
+    for path in reversed(found):
+        try:
+            state = load_checkpoint(path, modules, optimizers, map_location=device)
+        except CheckpointError as e:
+            print(f"warning: skipping checkpoint: {e}", file=sys.stderr)
+            continue
+        print(f"resumed from {path} (step {state['step']})")
+        run.truncate_log(state["step"])
+        return state
+    print(f"warning: no usable checkpoint in {run.checkpoints}; starting from scratch", file=sys.stderr)
+    run.truncate_log(0)
+    return None
 
 
 def progress(total: int, initial: int, desc: str):
@@ -319,6 +402,60 @@ def progress(total: int, initial: int, desc: str):
 
     interactive = sys.stderr.isatty()
     return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=0.1 if interactive else 30.0)
+
+
+def collapse_warning(before: dict | None, after: dict, drop: float = 0.3) -> str | None:
+    """A warning when the unique-sample rate or distinct-4 fell by more than ``drop`` (relative) since the last evaluation."""
+    if not before:
+        return None
+    fallen = [f"{key.split('/')[-1]} {before[key]:.3f} -> {after[key]:.3f}" for key in ("eval/unique", "eval/distinct_4")
+              if key in before and key in after and after[key] < (1 - drop) * before[key]]
+    return f"possible mode collapse: {', '.join(fallen)}" if fallen else None
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; a checkpoint of the last finished step was written."""
+
+    def __init__(self, signum: int, step: int, path):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {path}; "
+                         "run the same command with resume=true to continue")
+        self.signum = signum
+
+
+class _StopRequest:
+    """Set by SIGINT/SIGTERM while :func:`graceful_stop` is active; the loop stops at the step's end."""
+
+    signum: int | None = None
+
+
+stop_request = _StopRequest()
+
+
+class graceful_stop:
+    """Within this context, SIGINT and SIGTERM let the current step finish, checkpoint, and stop.
+
+    A second signal stops at once, as usual.
+    """
+
+    def __enter__(self):
+        stop_request.signum = None
+        self._previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in self._previous:
+            signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if stop_request.signum is not None:  # asked twice: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        stop_request.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then writing a checkpoint", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        stop_request.signum = None
+        return False
 
 
 def periodic(run: Run, setup: Setup, config: RunConfig, step: int, values: dict[str, float], bar,
@@ -332,6 +469,8 @@ def periodic(run: Run, setup: Setup, config: RunConfig, step: int, values: dict[
     from .checkpoint import save_checkpoint
 
     if step % config.log_every == 0:
+        if nonfinite.total:
+            values = {**values, "train/nonfinite_skipped": nonfinite.total}
         run.log(step, values)
         bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()}, refresh=False)
     if step % config.eval_every == 0 and step != last_step:
@@ -340,8 +479,14 @@ def periodic(run: Run, setup: Setup, config: RunConfig, step: int, values: dict[
         run.write_samples(step, samples)
         shown = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in scores.items() if k.startswith("eval/"))
         tqdm.write(f"[step {step}] {shown}")
+        warning = collapse_warning(run.last_diversity, scores)
+        if warning:
+            tqdm.write(f"warning: {warning}")
+        run.last_diversity = scores
         for text in samples[: config.print_samples]:
             tqdm.write(f"    {text}")
-    if step % config.checkpoint_every == 0:
-        save_checkpoint(run.checkpoints, step, modules, optimizers,
-                        dict(state or {}, config=to_dict(config)), keep=config.keep_checkpoints)
+    if step % config.checkpoint_every == 0 or stop_request.signum is not None:
+        path = save_checkpoint(run.checkpoints, step, modules, optimizers,
+                               dict(state or {}, config=to_dict(config)), keep=config.keep_checkpoints)
+        if stop_request.signum is not None and step != last_step:
+            raise Interrupted(stop_request.signum, step, path)

@@ -1,0 +1,115 @@
+"""Crash safety: a run killed at random moments and resumed each time ends exactly where an
+uninterrupted run ends; SIGTERM/SIGINT checkpoint and exit cleanly."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TINY = ["grammar_sentences=200", "d_model=32", "n_layers=1", "n_heads=2", "batch_size=8", "disc_dim=16", "log_every=1",
+        "eval_every=1000", "eval_samples=8", "print_samples=0", "checkpoint_every=2", "keep_checkpoints=2"]
+
+
+def start(out, *extra):
+    command = [sys.executable, "-m", "textgan.recipes.scratchgan", f"out_dir={out}", *TINY, *extra]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def logged_step(out) -> int:
+    log = out / "metrics.jsonl"
+    if not log.is_file():
+        return -1
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if line.strip().endswith("}")]
+    return max(steps, default=-1)
+
+
+def wait_for_step(process, out, step, timeout=120.0) -> bool:
+    """Wait until the run has logged ``step``; False if it ended first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            return False
+        if logged_step(out) >= step:
+            return True
+        time.sleep(0.02)
+    raise TimeoutError("the run made no progress")
+
+
+def weights(out) -> dict[str, torch.Tensor]:
+    return load_file(out / "generator" / "model.safetensors")
+
+
+def kill_and_resume(out, steps, rng, kills):
+    """Run to the end, SIGKILLed ``kills`` times at random steps, resuming after each."""
+    killed = 0
+    first = True
+    while True:
+        process = start(out, *steps, *([] if first else ["resume=true"]))
+        first = False
+        if killed < kills:
+            target = logged_step(out) + rng.randint(1, 6)
+            if wait_for_step(process, out, target):
+                time.sleep(rng.uniform(0.0, 0.3))  # anywhere inside a step, or inside a checkpoint write
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                killed += 1
+                continue
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        return killed
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key  # bitwise: CPU training here is deterministic
+
+
+@pytest.mark.parametrize("kills", [3])
+def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path, kills):
+    steps = ["pretrain_steps=4", "steps=20"]
+    reference = start(tmp_path / "reference", *steps)
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err
+    out = tmp_path / "killed"
+    assert kill_and_resume(out, steps, random.Random(0), kills) == kills
+    assert_same_weights(weights(out), weights(tmp_path / "reference"))
+    # the resumed log reads as one run: every step once, in order
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == sorted(logged) and len(logged) == len(set(logged))
+
+
+@pytest.mark.slow
+def test_many_sigkills_then_resume_equals_uninterrupted(tmp_path):
+    steps = ["pretrain_steps=10", "steps=60"]
+    reference = start(tmp_path / "reference", *steps)
+    assert reference.wait(timeout=600) == 0
+    out = tmp_path / "killed"
+    kill_and_resume(out, steps, random.Random(1), kills=12)
+    assert_same_weights(weights(out), weights(tmp_path / "reference"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_writes_a_checkpoint_and_exits_cleanly(tmp_path, signum):
+    out = tmp_path / "run"
+    process = start(out, "pretrain_steps=2", "steps=400", "checkpoint_every=1000")
+    assert wait_for_step(process, out, 3)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, err
+    assert "Traceback" not in err and "resume=true" in err
+    checkpoints = sorted((out / "checkpoints").glob("step_*"))
+    assert checkpoints, "no checkpoint written on the signal"
+    step = json.loads((checkpoints[-1] / "state.json").read_text())["step"]
+    assert step >= 3
+    resumed = start(out, "pretrain_steps=2", "steps=400", "checkpoint_every=1000", "resume=true")
+    assert wait_for_step(resumed, out, step + 1)
+    resumed.send_signal(signal.SIGTERM)
+    resumed.communicate(timeout=120)
+    assert resumed.returncode == 128 + signal.SIGTERM
