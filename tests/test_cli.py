@@ -62,3 +62,30 @@ def test_train_command_runs_a_recipe(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "grammatical rate of samples" in result.stdout
     assert (out / "generator" / "config.json").is_file() and (out / "metrics.json").is_file()
+
+
+def test_a_10000_token_line_is_dropped_with_a_note_not_a_crash(tmp_path):
+    from textgan.grammar import Grammar
+
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(Grammar.default().sample_corpus(60, seed=0) + ["word " * 10_000]) + "\n")
+    result = run("textgan.recipes.mle", f"data={data}", f"out_dir={tmp_path / 'run'}", "steps=1", "d_model=16",
+                 "n_layers=1", "n_heads=2", "batch_size=4", "eval_samples=4")
+    assert result.returncode == 0, result.stderr
+    assert "longer than max_length=20 tokens and were dropped" in result.stdout
+    scored = run("textgan", "evaluate", "--samples", str(data), "--references", str(data), "--metrics", "bleu,self-bleu")
+    assert scored.returncode == 0, scored.stderr
+
+
+def test_tokenizer_that_does_not_fit_the_model_is_refused(trained_generator, tmp_path):
+    import shutil
+
+    from textgan.tokenization import build_word_tokenizer
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_generator, broken)
+    bigger = build_word_tokenizer([f"w{i}" for i in range(2000)])
+    bigger.save_pretrained(broken)
+    _assert_clean_error(run("textgan", "sample", "--model", str(broken)), "do not belong together")
+    _assert_clean_error(run("textgan", "evaluate", "--samples", str(broken / "config.json"), "--lm", str(broken)),
+                        "do not belong together")
