@@ -104,3 +104,16 @@ def test_fast_decoder_declines_other_architectures():
     from textgan.models.fast_decode import supports
 
     assert not supports(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20)))
+
+
+def test_draw_follows_the_distribution_and_never_draws_zero_mass():
+    from textgan.sampling import draw
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(20000, 1)
+    tokens = draw(probs)
+    counts = torch.bincount(tokens, minlength=6).double() / len(tokens)
+    assert counts[[0, 2, 5]].sum() == 0
+    # within 4 standard errors of the exact probabilities
+    assert torch.allclose(counts, probs[0].double(), atol=4 * (0.25 / 20000) ** 0.5)
+    edge = torch.tensor([[0.25, 0.75, 0.0]])
+    assert draw(edge.repeat(1000, 1)).max() <= 1
