@@ -1,0 +1,73 @@
+"""SeqGAN Monte-Carlo rollouts: textgan's cached completions against re-encoding the prefix at every token.
+
+    python benchmarks/rollout_speed.py            # batch 64, K=16, default generator
+    python benchmarks/rollout_speed.py --quick
+
+Both compute ``textgan.rl.mc_rollout_rewards`` for the same sampled batch with the same
+(trivial) scorer, so only the completion strategy differs:
+- cached: ``textgan.sampling.sample`` prefills each prefix once and decodes with a KV cache;
+- re-encoding: every new token of every completion runs the model over the whole prefix so far
+  (what rollout code without a cache does).
+Writes benchmarks/results/rollout_speed.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from _record import record
+
+from textgan.models import build_generator
+from textgan.rl import mc_rollout_rewards
+from textgan.sampling import draw, sample
+
+VOCAB, BOS, EOS, PAD = 428, 1, 2, 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    batch, rollouts, length = (8, 4, 8) if args.quick else (64, 16, 20)
+    torch.manual_seed(0)
+    model = build_generator(VOCAB, bos_id=BOS, eos_id=EOS, pad_id=PAD, max_positions=64).eval()
+    bos = torch.full((batch, 1), BOS, dtype=torch.long)
+    never = VOCAB  # no row ends early: every rollout runs to full length, the same work for both strategies
+    fake = sample(model, bos, length, eos_id=never, pad_id=PAD)
+
+    def score(sentences):
+        return torch.zeros(len(sentences))
+
+    def cached(prefixes):
+        prompt = torch.cat([torch.full((len(prefixes), 1), BOS, dtype=torch.long), prefixes], 1)
+        return torch.cat([prefixes, sample(model, prompt, length - prefixes.shape[1], eos_id=never, pad_id=PAD).tokens], 1)
+
+    @torch.no_grad()
+    def reencoding(prefixes):
+        ids = torch.cat([torch.full((len(prefixes), 1), BOS, dtype=torch.long), prefixes], 1)
+        while ids.shape[1] < length + 1:
+            logits = model(input_ids=ids).logits[:, -1].float()
+            ids = torch.cat([ids, draw(torch.softmax(logits, -1))[:, None]], 1)
+        return ids[:, 1:]
+
+    times = {}
+    for name, complete in (("cached", cached), ("re-encoding", reencoding)):
+        start = time.perf_counter()
+        mc_rollout_rewards(fake.tokens, fake.mask, complete, score, rollouts)
+        times[name] = time.perf_counter() - start
+        print(f"{name}: {times[name]:.2f} s", flush=True)
+    speedup = times["re-encoding"] / times["cached"]
+    markdown = (f"| rollouts of a batch of {batch}, K={rollouts}, length {length} | seconds |\n|---|---|\n"
+                f"| textgan (prefix prefilled once, KV-cached decoding) | {times['cached']:.2f} |\n"
+                f"| re-encoding the prefix for every token | {times['re-encoding']:.2f} |\n\n"
+                f"Speed-up: **{speedup:.1f}x** (default generator, d_model 128, 2 layers, CPU).\n")
+    print(markdown)
+    if not args.quick:
+        record("rollout_speed", {"batch": batch, "rollouts": rollouts, "length": length, "seconds": times,
+                                 "speedup": speedup}, markdown)
+
+
+if __name__ == "__main__":
+    main()
