@@ -29,6 +29,29 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
+def compare(model, batch: int, length: int, repeats: int) -> dict:
+    """textgan's sampler against generate() on the same weights: tokens/s of each, best of ``repeats``.
+
+    Both produce exactly ``length`` new tokens per row: the end token is one the model cannot emit.
+    """
+    never = model.config.vocab_size
+    prompt = torch.ones(batch, 1, dtype=torch.long)
+
+    def ours():
+        out = sample(model, prompt, length, eos_id=never, pad_id=0)
+        assert out.tokens.shape == (batch, length)
+
+    def theirs():
+        with torch.no_grad():
+            out = model.generate(prompt, do_sample=True, max_new_tokens=length, min_new_tokens=length, max_length=None,
+                                 eos_token_id=None, pad_token_id=0, top_k=0, top_p=1.0)
+        assert out.shape == (batch, length + 1)
+
+    t_ours, t_theirs = best_of(ours, repeats), best_of(theirs, repeats)
+    return {"length": length, "batch": batch, "textgan_tokens_per_s": batch * length / t_ours,
+            "generate_tokens_per_s": batch * length / t_theirs, "speedup": t_theirs / t_ours}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -38,26 +61,8 @@ def main() -> None:
     lengths = (5,) if args.quick else (20, 50)
     repeats = 1 if args.quick else 5
     torch.manual_seed(0)
-    never = args.vocab  # an end token that is never sampled: every row runs to full length
     model = build_generator(args.vocab, bos_id=1, eos_id=2, pad_id=0, max_positions=64).eval()
-    rows = []
-    for length in lengths:
-        prompt = torch.ones(args.batch, 1, dtype=torch.long)
-
-        def ours(prompt=prompt, length=length):
-            out = sample(model, prompt, length, eos_id=never, pad_id=0)
-            assert out.tokens.shape == (args.batch, length)
-
-        def theirs(prompt=prompt, length=length):
-            with torch.no_grad():
-                out = model.generate(prompt, do_sample=True, max_new_tokens=length, min_new_tokens=length,
-                                     eos_token_id=None, pad_token_id=0, top_k=0, top_p=1.0)
-            assert out.shape == (args.batch, length + 1)
-
-        t_ours, t_theirs = best_of(ours, repeats), best_of(theirs, repeats)
-        tokens = args.batch * length
-        rows.append({"length": length, "batch": args.batch, "textgan_tokens_per_s": tokens / t_ours,
-                     "generate_tokens_per_s": tokens / t_theirs, "speedup": t_theirs / t_ours})
+    rows = [compare(model, args.batch, length, repeats) for length in lengths]
     table = ["| length | batch | textgan sampler (tok/s) | `generate()` (tok/s) | speed-up |", "|---:|---:|---:|---:|---:|"]
     for r in rows:
         table.append(f"| {r['length']} | {r['batch']} | {r['textgan_tokens_per_s']:,.0f} | {r['generate_tokens_per_s']:,.0f} | {r['speedup']:.2f}x |")

@@ -22,14 +22,13 @@ import contextlib
 import io
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from _record import record
+from sampler_speed import best_of, compare
 
 from textgan.models import build_generator
-from textgan.sampling import sample
 
 SIZES = {"default (d128, 2 layers)": {"d_model": 128, "n_layers": 2, "n_heads": 4},
          "4x (d256, 2 layers)": {"d_model": 256, "n_layers": 2, "n_heads": 4}}
@@ -39,15 +38,8 @@ BATCH = 64
 
 def matmul_ceiling(n: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    best = best_of(lambda: a @ b, repeats)
     return 2 * n**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def train_flops_per_token(d_model: int, n_layers: int, vocab: int, context: int) -> float:
@@ -90,22 +82,7 @@ def mean_batch_width(steps: int) -> float:
 def sampling(size: dict, length: int, repeats: int) -> dict:
     torch.manual_seed(0)
     model = build_generator(VOCAB, bos_id=1, eos_id=2, pad_id=0, max_positions=64, **size).eval()
-    prompt = torch.ones(BATCH, 1, dtype=torch.long)
-    never = VOCAB  # an end token that is never sampled: every row runs to full length
-
-    def ours():
-        sample(model, prompt, length, eos_id=never, pad_id=0)
-
-    def theirs():
-        with torch.no_grad():
-            model.generate(prompt, do_sample=True, max_new_tokens=length, min_new_tokens=length, eos_token_id=None,
-                           pad_token_id=0, top_k=0, top_p=1.0, max_length=None)
-
-    ours(), theirs()
-    t_ours = min(_timed(ours) for _ in range(repeats))
-    t_theirs = min(_timed(theirs) for _ in range(repeats))
-    return {"length": length, "textgan_tok_s": BATCH * length / t_ours, "generate_tok_s": BATCH * length / t_theirs,
-            "speedup": t_theirs / t_ours}
+    return compare(model, BATCH, length, repeats)
 
 
 def main() -> None:
@@ -135,7 +112,7 @@ def main() -> None:
              ("| generator | MLE step | MLE tok/s | MLE GFLOP/s (of ceiling) | ScratchGAN step (x MLE) "
               "| SeqGAN K=16 step (x MLE) | sampler vs generate() tok/s |"), "|---|---|---|---|---|---|---|"]
     for r in rows:
-        sampled = "; ".join(f"len {s['length']}: {s['textgan_tok_s']:,.0f} vs {s['generate_tok_s']:,.0f} ({s['speedup']:.2f}x)"
+        sampled = "; ".join(f"len {s['length']}: {s['textgan_tokens_per_s']:,.0f} vs {s['generate_tokens_per_s']:,.0f} ({s['speedup']:.2f}x)"
                             for s in r["sampling"])
         lines.append(f"| {r['size']} | {r['mle_step_s'] * 1e3:.0f} ms | {r['mle_tok_s']:,.0f} | {r['mle_gflop_s']:.1f} "
                      f"({r['mle_fraction_of_ceiling']:.0%}) | {r['scratchgan_step_s'] * 1e3:.0f} ms ({r['scratchgan_over_mle']:.1f}x) "

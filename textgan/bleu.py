@@ -74,7 +74,7 @@ def _closest(lengths: list[int], length: int) -> int:
     return min(candidates, key=lambda r: (abs(r - length), r))
 
 
-def _check_orders(orders: Sequence[int]) -> list[int]:
+def check_orders(orders: Sequence[int]) -> list[int]:
     orders = list(orders)
     if not orders or any(not isinstance(n, int) or n < 1 for n in orders):
         raise ValueError(f"orders must be positive integers, got {orders}")
@@ -85,7 +85,7 @@ def bleu_scores(
     hypotheses: Iterable[str | Tokens], references: Iterable[str | Tokens], orders: Sequence[int] = (2, 3, 4, 5)
 ) -> dict[int, list[float]]:
     """Per-hypothesis BLEU-n against the whole reference set, for each n in `orders`."""
-    orders = _check_orders(orders)
+    orders = check_orders(orders)
     max_n = max(orders)
     references = tokenize(references)
     if not references:
@@ -116,7 +116,7 @@ def self_bleu_scores(sentences: Iterable[str | Tokens], orders: Sequence[int] = 
     A sentence that occurs twice has its twin among its references, as it should: duplicates
     are a loss of diversity that Self-BLEU is meant to show.
     """
-    orders = _check_orders(orders)
+    orders = check_orders(orders)
     max_n = max(orders)
     sentences = tokenize(sentences)
     if len(sentences) < 2:

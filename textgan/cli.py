@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from .data import read_lines
+from .data import read_lines, write_text_atomic
 from .recipes import RECIPES
 
 
@@ -89,33 +89,17 @@ def _add_scoring_arguments(parser, metric_help: str) -> None:
 
 
 def cmd_sample(args) -> int:
-    import torch
-
     from .models.generator import load_generator
-    from .sampling import decode, sample_batches
-    from .tokenization import special_ids
+    from .sampling import sample_texts
 
     if args.output:
-        parent = os.path.dirname(os.path.abspath(args.output))
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            print(f"error: cannot write {args.output}: its folder does not exist or is not writable", file=sys.stderr)
-            return 2
-    torch.manual_seed(args.seed)
+        _check_output(args.output)
     model, tokenizer = load_generator(args.model, trust_remote_code=args.trust_remote_code)
-    model.eval()
-    bos, eos, pad = special_ids(tokenizer)
-    limit = getattr(model.config, "max_position_embeddings", 64) - 2
-    max_length = min(args.max_length or limit, limit)
-    lines: list[str] = []
-    for rollout in sample_batches(model, args.num, args.batch_size, max_length, bos_id=bos, eos_id=eos, pad_id=pad,
-                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p):
-        lines.extend(decode(tokenizer, rollout))
+    lines = sample_texts(model, tokenizer, args.num, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         max_length=args.max_length, batch_size=args.batch_size, seed=args.seed)
     text = "\n".join(lines) + "\n"
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, args.output)
+        write_text_atomic(args.output, text)
     else:
         sys.stdout.write(text)
     return 0
@@ -131,13 +115,13 @@ def _check_output(path: str) -> None:
         raise EvaluationError(f"cannot write {path}: its folder does not exist or is not writable")
 
 
-def _scoring_inputs(args, need_samples_metrics: bool = True) -> dict:
+def _scoring_inputs(args) -> dict:
     """Read the files and models that --references, --train, --lm, --oracle name; choose the metrics."""
     from . import evaluation
-    from .bleu import _check_orders
+    from .bleu import check_orders
 
     try:
-        orders = tuple(_check_orders([int(o) for o in args.orders.split(",")]))
+        orders = tuple(check_orders([int(o) for o in args.orders.split(",")]))
     except ValueError:
         raise evaluation.EvaluationError(f"--orders must be positive integers separated by commas, got {args.orders!r}") from None
     references = read_lines(args.references) if args.references else None
@@ -166,7 +150,7 @@ def _scoring_inputs(args, need_samples_metrics: bool = True) -> dict:
 def cmd_evaluate(args) -> int:
     import json
 
-    from .evaluation import format_table, score, write_text_atomic
+    from .evaluation import format_table, score
 
     if args.json:
         _check_output(args.json)

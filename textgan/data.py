@@ -7,6 +7,7 @@ drawn by ``(seed, step)`` so that a resumed run sees exactly the batches it woul
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,14 @@ class Corpus:
     train: list[str]
     valid: list[str]
     grammar: Grammar | None = None  # the true distribution, when the corpus was sampled from one
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write UTF-8 text to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_lines(path: str | Path) -> list[str]:

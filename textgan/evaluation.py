@@ -25,11 +25,12 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from . import metrics as text_metrics
 from .bleu import bleu, self_bleu
+from .data import write_text_atomic
+from .sampling import sample_texts
 
 ALL_METRICS = ("bleu", "self-bleu", "distinct", "unique", "copied", "fed", "lm", "reverse-lm", "nll-oracle", "grammar")
 NEEDS = {"bleu": "references", "fed": "references", "reverse-lm": "references", "copied": "train", "lm": "lm",
@@ -77,13 +78,14 @@ def sentences_nll(model, tokenizer, sentences: list[str], temperature: float = 1
     from .tokenization import special_ids
     from .training import nll_on
 
+    _, eos, pad = special_ids(tokenizer)
     limit = getattr(model.config, "max_position_embeddings", 64) - 2
     ids, dropped = encode(sentences, tokenizer, limit)
-    ids = ids[:, : int((ids != special_ids(tokenizer)[2]).sum(1).max()) + 1] if len(ids) else ids
     if not len(ids):
         raise EvaluationError("no sentence fits the model's length limit")
+    ids = ids[:, : int((ids != pad).sum(1).max()) + 1]  # no wider than the longest sentence
     model.eval()
-    return nll_on(model, ids, special_ids(tokenizer)[1], batch_size, temperature), dropped
+    return nll_on(model, ids, eos, batch_size, temperature), dropped
 
 
 def reverse_lm_nll(samples: list[str], references: list[str], steps: int = 1000, seed: int = 0) -> float:
@@ -177,29 +179,6 @@ def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def sample_texts(model, tokenizer, n: int, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 max_length: int | None = None, batch_size: int = 256, seed: int = 0, progress: bool = False) -> list[str]:
-    """``n`` unconditional samples, reproducible from ``seed`` whatever the global RNG state."""
-    from .sampling import decode, sample_batches
-    from .tokenization import special_ids
-
-    bos, eos, pad = special_ids(tokenizer)
-    limit = getattr(model.config, "max_position_embeddings", 64) - 2
-    max_length = min(max_length or limit, limit)
-    device = next(model.parameters()).device
-    model.eval()
-    texts: list[str] = []
-    cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        batches = sample_batches(model, n, batch_size, max_length, bos_id=bos, eos_id=eos, pad_id=pad,
-                                 temperature=temperature, top_k=top_k, top_p=top_p, device=device)
-        for rollout in tqdm(batches, total=math.ceil(n / batch_size), desc=f"sampling T={temperature:g}",
-                            disable=not progress, leave=False):
-            texts.extend(decode(tokenizer, rollout))
-    return texts
-
-
 def sweep(
     models: dict[str, str],
     temperatures: list[float],
@@ -265,10 +244,3 @@ def plot_sweep(rows: list[dict], x: str, y: str, path: str | Path, title: str = 
     plt.close(fig)
     os.replace(tmp, path)
     return path
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

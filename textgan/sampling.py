@@ -143,6 +143,37 @@ def sample_batches(model, n: int, batch_size: int, max_length: int, *, bos_id: i
                      temperature=temperature, top_k=top_k, top_p=top_p)
 
 
+def sample_texts(model, tokenizer, n: int, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 max_length: int | None = None, batch_size: int = 256, seed: int = 0, progress: bool = False) -> list[str]:
+    """``n`` unconditional samples as text, reproducible from ``seed`` whatever the global RNG state.
+
+    Sampling draws from its own seeded random stream, so it neither perturbs a training run's
+    stream (a resumed run matches an uninterrupted one) nor depends on it. ``max_length``
+    defaults to, and is capped at, the model's position limit less BOS and EOS.
+    """
+    import math
+
+    from tqdm.auto import tqdm
+
+    from .tokenization import special_ids
+
+    bos, eos, pad = special_ids(tokenizer)
+    limit = getattr(model.config, "max_position_embeddings", 64) - 2
+    max_length = min(max_length or limit, limit)
+    device = next(model.parameters()).device
+    model.eval()
+    texts: list[str] = []
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        batches = sample_batches(model, n, batch_size, max_length, bos_id=bos, eos_id=eos, pad_id=pad,
+                                 temperature=temperature, top_k=top_k, top_p=top_p, device=device)
+        for rollout in tqdm(batches, total=math.ceil(n / batch_size), desc=f"sampling T={temperature:g}",
+                            disable=not progress, leave=False):
+            texts.extend(decode(tokenizer, rollout))
+    return texts
+
+
 def decode(tokenizer, rollout: Rollout) -> list[str]:
     """The sampled text of each row (special tokens dropped)."""
     rows = [row[: int(n)].tolist() for row, n in zip(rollout.tokens.cpu(), rollout.lengths.cpu())]

@@ -21,11 +21,11 @@ import yaml
 from . import metrics
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from .config import ConfigError, arg, check_bounds, check_choice, parse_betas, to_dict
-from .data import Corpus, encode, load_corpus, sequence_mask
+from .data import Corpus, encode, load_corpus, sequence_mask, write_text_atomic
 from .losses import DISC_OBJECTIVES, mle_loss
 from .models.generator import build_generator, load_generator, token_logprobs
 from .rl import BASELINE_KINDS
-from .sampling import decode, sample_batches
+from .sampling import sample_texts
 from .tokenization import TOKENIZER_KINDS, build_tokenizer, special_ids
 
 
@@ -123,12 +123,6 @@ def _log_step(line: str) -> int | None:
         return None  # a line cut short by a crash
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class Run:
     """The run folder and its logs."""
 
@@ -160,18 +154,14 @@ class Run:
         """Drop metrics.jsonl and samples.txt records after ``step`` (written before a crash, redone on resume)."""
         log = self.dir / "metrics.jsonl"
         if log.is_file():
-            kept = [line for line in log.read_text(encoding="utf-8").splitlines(keepends=True)
-                    if _log_step(line) is not None and _log_step(line) <= step]
-            write_atomic(log, "".join(kept))
+            lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+            kept = [line for line, logged in zip(lines, map(_log_step, lines)) if logged is not None and logged <= step]
+            write_text_atomic(log, "".join(kept))
         samples = self.dir / "samples.txt"
         if samples.is_file():
             blocks = samples.read_text(encoding="utf-8").split("# step ")
             kept = [b for b in blocks[1:] if int(b.split("\n", 1)[0]) <= step]
-            write_atomic(samples, "".join("# step " + b for b in kept))
-
-    def latest_checkpoint(self) -> Path | None:
-        found = list_checkpoints(self.checkpoints)
-        return found[-1] if found else None
+            write_text_atomic(samples, "".join("# step " + b for b in kept))
 
 
 @dataclass
@@ -242,16 +232,9 @@ def evaluate(setup: Setup, config: RunConfig, n: int | None = None) -> tuple[dic
     n = n or config.eval_samples
     generator = setup.generator
     was_training = generator.training
-    generator.eval()
-    samples: list[str] = []
-    # Evaluation draws from its own seeded generator: it neither perturbs training's random
-    # stream (so a resumed run matches an uninterrupted one) nor depends on it.
-    cuda = [setup.device] if setup.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(config.seed + 1)
-        for rollout in sample_batches(generator, n, 256, config.max_length, bos_id=setup.bos_id, eos_id=setup.eos_id,
-                                      pad_id=setup.pad_id, temperature=config.temperature, device=setup.device):
-            samples.extend(decode(setup.tokenizer, rollout))
+    # its own seeded stream: resuming a run reproduces it exactly
+    samples = sample_texts(generator, setup.tokenizer, n, temperature=config.temperature, max_length=config.max_length,
+                           seed=config.seed + 1)
     out = {"eval/nll_valid": nll_on(generator, setup.valid_ids, setup.eos_id)}
     generator.train(was_training)
     reference = random.Random(config.seed).sample(setup.corpus.train, min(n, len(setup.corpus.train)))
@@ -371,8 +354,6 @@ def restore(run: Run, modules: dict, optimizers: dict, device) -> dict | None:
     previous one is tried. Log lines written after the restored step are dropped, so that the
     resumed run's metrics.jsonl reads as if it had never stopped.
     """
-    import sys
-
     if not run.config.resume:
         return None
     found = list_checkpoints(run.checkpoints)
