@@ -172,3 +172,36 @@ def bleu(
 def self_bleu(sentences: Iterable[str | Tokens], orders: Sequence[int] = (2, 3, 4, 5)) -> dict[int, float]:
     """Mean leave-one-out Self-BLEU-n of a sample set, by order. Lower means more diverse."""
     return _mean(self_bleu_scores(sentences, orders))
+
+
+def corpus_bleu(hypotheses: Sequence[str | Tokens], references: Sequence[str | Tokens], max_n: int = 4) -> float:
+    """Corpus-level BLEU (Papineni et al. 2002) with one reference per hypothesis, on a 0-100 scale.
+
+    Clipped n-gram counts and lengths are summed over the corpus before the precisions and
+    the brevity penalty are taken, with sacreBLEU's default ``exp`` smoothing of zero counts;
+    on whitespace-tokenized text it equals ``sacrebleu.corpus_bleu(hyps, [refs], tokenize='none')``.
+    This is the self-BLEU (against the inputs) and ref-BLEU (against human rewrites) of style transfer.
+    """
+    hyps, refs = tokenize(hypotheses), tokenize(references)
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references; give one reference per hypothesis")
+    correct, total = [0] * max_n, [0] * max_n
+    hyp_length = ref_length = 0
+    for hyp, ref in zip(hyps, refs):
+        hyp_length, ref_length = hyp_length + len(hyp), ref_length + len(ref)
+        for n, (h, r) in enumerate(zip(ngram_counts(hyp, max_n), ngram_counts(ref, max_n))):
+            correct[n] += sum(min(count, r[gram]) for gram, count in h.items())
+            total[n] += max(len(hyp) - n, 0)
+    if hyp_length == 0 or correct[0] == 0:  # no word in common: 0, as sacreBLEU
+        return 0.0
+    log_precision, smooth = 0.0, 1.0
+    for n in range(max_n):
+        if total[n] == 0:
+            return 0.0
+        if correct[n] == 0:
+            smooth *= 2
+            log_precision += math.log(1.0 / (smooth * total[n]))
+        else:
+            log_precision += math.log(correct[n] / total[n])
+    brevity = 0.0 if hyp_length >= ref_length else 1.0 - ref_length / hyp_length
+    return 100.0 * math.exp(brevity + log_precision / max_n)

@@ -73,6 +73,7 @@ def sample(
     top_k: int = 0,
     top_p: float = 1.0,
     fast: bool = True,
+    prompt_mask: torch.Tensor | None = None,
 ) -> Rollout:
     """Sample up to ``max_new_tokens`` tokens after ``prompt``.
 
@@ -82,13 +83,15 @@ def sample(
         fast: decode Llama-architecture models with textgan's static-cache decoder
             (:mod:`textgan.models.fast_decode`); other models, or ``fast=False``, use the
             Hugging Face forward with its KV cache.
+        prompt_mask: (B, P) bool, False on left padding, for prompts of different lengths
+            (a style-transfer source); None when every row's prompt is all real tokens.
     Returns:
         a :class:`Rollout` over the new positions only; T <= max_new_tokens (sampling stops
         early once every row has ended).
     """
     B = prompt.shape[0]
     finished = (prompt[:, 1:] == eos_id).any(dim=1)
-    logits, next_logits = _decoder(model, prompt, max_new_tokens, fast)
+    logits, next_logits = _decoder(model, prompt, max_new_tokens, fast, prompt_mask)
     tokens, logprobs = [], []
     for t in range(max_new_tokens):
         logp = F.log_softmax(filter_logits(logits.float(), temperature, top_k, top_p), dim=-1)  # (B, V)
@@ -107,18 +110,22 @@ def sample(
     return Rollout(tokens, logprobs, mask, mask.sum(1))
 
 
-def _decoder(model, prompt: torch.Tensor, max_new_tokens: int, fast: bool):
+def _decoder(model, prompt: torch.Tensor, max_new_tokens: int, fast: bool, prompt_mask: torch.Tensor | None = None):
     """Logits after the prompt, and a function from the newest token (B,) to the next logits (B, V)."""
     from .models.fast_decode import LlamaDecoder, supports
 
     if fast and supports(model):
         decoder = LlamaDecoder(model, prompt.shape[0], prompt.shape[1] + max_new_tokens)
-        return decoder.prefill(prompt), decoder.step
-    out = model(input_ids=prompt, use_cache=True)
-    state = {"cache": out.past_key_values}
+        return decoder.prefill(prompt, prompt_mask), decoder.step
+    attention = None if prompt_mask is None else prompt_mask.long()
+    out = model(input_ids=prompt, attention_mask=attention, use_cache=True)
+    state = {"cache": out.past_key_values, "attention": attention}
 
     def next_logits(token: torch.Tensor) -> torch.Tensor:
-        out = model(input_ids=token[:, None], past_key_values=state["cache"], use_cache=True)
+        if state["attention"] is not None:
+            state["attention"] = torch.cat([state["attention"], state["attention"].new_ones(len(token), 1)], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=state["attention"], past_key_values=state["cache"],
+                    use_cache=True)
         state["cache"] = out.past_key_values
         return out.logits[:, -1]
 

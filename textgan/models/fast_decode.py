@@ -52,6 +52,10 @@ class LlamaDecoder:
 
     Usage: ``logits = decoder.prefill(prompt)`` then ``logits = decoder.step(token)`` per token,
     each returning the (B, V) float logits of the next position.
+
+    Prompts of different lengths are left-padded and passed with ``prompt_mask`` (False on the
+    padding): padded keys are never attended to. Rotary embeddings make attention depend only
+    on the distance between tokens, so a left-padded row computes exactly what it would alone.
     """
 
     def __init__(self, model, batch_size: int, max_length: int):
@@ -67,6 +71,7 @@ class LlamaDecoder:
         self.values = weight.new_zeros(shape)
         self.max_length = max_length
         self.position = 0
+        self.key_valid: torch.Tensor | None = None  # (B, max_length) bool, set by a padded prefill
         rotary = model.model.rotary_emb
         positions = torch.arange(max_length, device=weight.device, dtype=torch.float32)
         freqs = positions[:, None] * rotary.inv_freq.to(weight.device, torch.float32)[None]
@@ -82,6 +87,7 @@ class LlamaDecoder:
         if end > self.max_length:
             raise ValueError(f"decoder cache holds {self.max_length} positions, asked for {end}")
         cos, sin = self.cos[start:end], self.sin[start:end]  # (S, D)
+        mask = self._attention_mask(B, start, end)
         h = self.model.model.embed_tokens(ids)  # (B, S, C)
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
@@ -94,7 +100,7 @@ class LlamaDecoder:
             self.values[i, :B, :, start:end] = v
             keys, values = self.keys[i, :B, :, :end], self.values[i, :B, :, :end]
             # A prefill from position 0 is causal; a single new token attends to everything cached.
-            out = F.scaled_dot_product_attention(q, keys, values, is_causal=S > 1 and start == 0,
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None and S > 1,
                                                  scale=attn.scaling, enable_gqa=self.n_kv_heads != self.n_heads)
             h = h + attn.o_proj(out.transpose(1, 2).reshape(B, S, -1))
             x = _rms_norm(h, layer.post_attention_layernorm)
@@ -104,11 +110,40 @@ class LlamaDecoder:
         self.position = end
         return self.model.lm_head(h).float()
 
-    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
-        """prompt: (B, P) long, from position 0 -> (B, V) logits after it."""
+    def _attention_mask(self, B: int, start: int, end: int) -> torch.Tensor | None:
+        """(B, 1, S, end) bool, True where a query may attend; None when no key is padding."""
+        if self.key_valid is None:
+            return None
+        valid = self.key_valid[:B, None, None, :end]
+        if end - start == 1:
+            return valid
+        keys = torch.arange(end, device=valid.device)
+        queries = torch.arange(start, end, device=valid.device)
+        causal = keys[None, :] <= queries[:, None]  # (S, end)
+        # a padding query attends to itself only, so that no row of the softmax is empty
+        return (causal & valid) | (keys[None, :] == queries[:, None])
+
+    def prefill(self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """prompt: (B, P) long, from position 0 -> (B, V) logits after it.
+
+        prompt_mask: (B, P) bool, False on left padding (None: no padding).
+        """
         if prompt.shape[1] > 1 and self.position:
             raise ValueError("prefill starts from an empty cache")
+        if prompt_mask is not None and not bool(prompt_mask.all()):
+            self.key_valid = torch.ones(prompt.shape[0], self.max_length, dtype=torch.bool, device=prompt.device)
+            self.key_valid[:, : prompt.shape[1]] = prompt_mask
         return self._forward(prompt)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep cache rows ``index`` (B',) in that order: beam search's reshuffle of hypotheses."""
+        B = index.shape[0]
+        if B > self.keys.shape[1]:
+            raise ValueError(f"decoder cache holds {self.keys.shape[1]} rows, asked for {B}")
+        self.keys[:, :B] = self.keys[:, index]
+        self.values[:, :B] = self.values[:, index]
+        if self.key_valid is not None:
+            self.key_valid[:B] = self.key_valid[index]
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """token: (B,) long, the newest token -> (B, V) logits of the next position."""
