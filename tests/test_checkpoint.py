@@ -79,7 +79,8 @@ def _restore(tmp_path, capsys):
 
     from textgan.training import restore
 
-    run = SimpleNamespace(config=SimpleNamespace(resume=True), checkpoints=tmp_path, truncate_log=lambda step: None)
+    run = SimpleNamespace(config=SimpleNamespace(resume=True), checkpoints=tmp_path, truncate_log=lambda step: None,
+                          writes=True)
     model = _model()
     state = restore(run, {"m": model}, {"m": torch.optim.Adam(model.parameters())}, "cpu")
     return state, model, capsys.readouterr().err

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from . import metrics
+from . import distributed, metrics
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from .config import ConfigError, arg, check_bounds, check_choice, parse_betas, to_dict
 from .data import Corpus, encode, load_corpus, sequence_mask, write_text_atomic
@@ -30,13 +30,22 @@ from .tokenization import TOKENIZER_KINDS, build_tokenizer, special_ids
 
 
 @dataclass
-class RunConfig:
-    """Fields shared by every recipe."""
+class BaseConfig:
+    """Fields every recipe has: where it writes, how it resumes, its seed and device."""
 
     out_dir: str = arg("runs/textgan", "run folder: config, metrics log, checkpoints, samples, exported generator")
     resume: bool = arg(False, "continue from the newest checkpoint in out_dir")
     seed: int = arg(0, "random seed for data, initialisation and sampling")
     device: str = arg("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+
+    def check(self) -> None:
+        pass
+
+
+@dataclass
+class RunConfig(BaseConfig):
+    """Fields shared by the generator recipes."""
+
     data: str = arg("grammar", "'grammar' (embedded caption grammar), a text file (one sentence per line), or hf:NAME[:CONFIG]")
     valid_file: str = arg("", "separate validation file; empty: hold out valid_fraction of the training data")
     hf_split: str = arg("train", "split of a Hugging Face dataset (data=hf:...)")
@@ -100,15 +109,16 @@ class GANConfig(RunConfig):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device named in a config; under torchrun on GPUs, this process's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no GPU is available; use device=cpu")
-    return device
+    return distributed.local_device(device)
 
 
 def seed_everything(seed: int) -> None:
@@ -124,15 +134,25 @@ def _log_step(line: str) -> int | None:
 
 
 class Run:
-    """The run folder and its logs."""
+    """The run folder and its logs. Under torchrun only rank 0 writes; other ranks' writes are no-ops."""
 
     def __init__(self, config: RunConfig):
         self.config = config
         self.dir = Path(config.out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = self.dir / "checkpoints"
         self.started = time.time()
         self.last_diversity: dict | None = None  # the previous evaluation's scores, to spot mode collapse
+        self.writes = distributed.is_main()
+        if not self.writes:
+            return
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".write_test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"cannot write the run folder out_dir={config.out_dir} ({e.strerror or type(e).__name__}); "
+                              "choose a folder you can write") from None
         if not config.resume:  # a fresh run replaces whatever an earlier run left in out_dir
             import shutil
 
@@ -142,16 +162,22 @@ class Run:
         (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
 
     def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.writes:
+            return
         record = {"step": step, "time": round(time.time() - self.started, 2), **values}
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def write_samples(self, step: int, texts: list[str]) -> None:
+        if not self.writes:
+            return
         with open(self.dir / "samples.txt", "a", encoding="utf-8") as f:
             f.write(f"# step {step}\n" + "\n".join(texts) + "\n")
 
     def truncate_log(self, step: int) -> None:
         """Drop metrics.jsonl and samples.txt records after ``step`` (written before a crash, redone on resume)."""
+        if not self.writes:
+            return
         log = self.dir / "metrics.jsonl"
         if log.is_file():
             lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -193,7 +219,8 @@ def prepare(config: RunConfig, run: Run) -> Setup:
             tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
         else:
             tokenizer = build_tokenizer(config.tokenizer, corpus.train, config.vocab_size or None)
-            tokenizer.save_pretrained(tokenizer_dir)
+            if run.writes:
+                tokenizer.save_pretrained(tokenizer_dir)
         bos, eos, pad = special_ids(tokenizer)
         generator = build_generator(len(tokenizer), bos_id=bos, eos_id=eos, pad_id=pad, d_model=config.d_model,
                                     n_layers=config.n_layers, n_heads=config.n_heads, d_ff=config.d_ff,
@@ -229,6 +256,8 @@ def evaluate(setup: Setup, config: RunConfig, n: int | None = None) -> tuple[dic
     grammar NLL are exact; ``ref/...`` gives the same diversity numbers for as many training
     sentences, the figure a good generator should match.
     """
+    if not distributed.is_main():  # rank 0 evaluates for everyone
+        return {}, []
     n = n or config.eval_samples
     generator = setup.generator
     was_training = generator.training
@@ -283,10 +312,14 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module:
     optimizer state untouched) and is counted in ``nonfinite``; the returned loss is then NaN.
     """
     optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
+    finite = bool(torch.isfinite(loss))
+    if finite:
+        loss.backward()
+    if distributed.active():  # average over processes; a non-finite loss anywhere makes every process skip
+        distributed.average_gradients(module, poison=not finite)
+    elif not finite:
         nonfinite.skip()
         return float("nan")
-    loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
     if not torch.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
@@ -338,6 +371,8 @@ def finish(run: Run, setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
     """Export the generator, write metrics.json, print the table."""
     from .models.generator import export_generator
 
+    if not run.writes:
+        return values
     export_generator(setup.generator, setup.tokenizer, run.dir / "generator")
     values = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
     values["time/total_s"] = round(time.time() - run.started, 1)
@@ -355,11 +390,13 @@ def restore(run: Run, modules: dict, optimizers: dict, device) -> dict | None:
     resumed run's metrics.jsonl reads as if it had never stopped.
     """
     if not run.config.resume:
+        distributed.broadcast_modules(modules.values())
         return None
     found = list_checkpoints(run.checkpoints)
     if not found:
         print(f"resume=true but {run.checkpoints} holds no checkpoint; starting from scratch")
         run.truncate_log(0)
+        distributed.broadcast_modules(modules.values())
         return None
     for path in reversed(found):
         try:
@@ -367,11 +404,14 @@ def restore(run: Run, modules: dict, optimizers: dict, device) -> dict | None:
         except CheckpointError as e:
             print(f"warning: skipping checkpoint: {e}", file=sys.stderr)
             continue
-        print(f"resumed from {path} (step {state['step']})")
+        if run.writes:
+            print(f"resumed from {path} (step {state['step']})")
         run.truncate_log(state["step"])
+        distributed.broadcast_modules(modules.values())
         return state
     print(f"warning: no usable checkpoint in {run.checkpoints}; starting from scratch", file=sys.stderr)
     run.truncate_log(0)
+    distributed.broadcast_modules(modules.values())
     return None
 
 
@@ -382,7 +422,8 @@ def progress(total: int, initial: int, desc: str):
     from tqdm import tqdm
 
     interactive = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=0.1 if interactive else 30.0)
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=0.1 if interactive else 30.0,
+                disable=not distributed.is_main())
 
 
 def collapse_warning(before: dict | None, after: dict, drop: float = 0.3) -> str | None:
@@ -439,11 +480,13 @@ class graceful_stop:
         return False
 
 
-def periodic(run: Run, setup: Setup, config: RunConfig, step: int, values: dict[str, float], bar,
-             modules: dict, optimizers: dict, state: dict | None = None, last_step: int = -1) -> None:
+def periodic(run: Run, setup: Setup | None, config, step: int, values: dict[str, float], bar,
+             modules: dict, optimizers: dict, state: dict | None = None, last_step: int = -1,
+             evaluator=None) -> None:
     """After step ``step`` (1-based count of finished steps): log, evaluate, checkpoint.
 
     No evaluation at ``last_step``: the recipe evaluates once more when it finishes.
+    ``evaluator()`` returns (scores, sample lines); by default :func:`evaluate` of the generator.
     """
     from tqdm import tqdm
 
@@ -454,11 +497,11 @@ def periodic(run: Run, setup: Setup, config: RunConfig, step: int, values: dict[
             values = {**values, "train/nonfinite_skipped": nonfinite.total}
         run.log(step, values)
         bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()}, refresh=False)
-    if step % config.eval_every == 0 and step != last_step:
-        scores, samples = evaluate(setup, config)
+    if step % config.eval_every == 0 and step != last_step and run.writes:
+        scores, samples = evaluator() if evaluator is not None else evaluate(setup, config)
         run.log(step, scores)
         run.write_samples(step, samples)
-        shown = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in scores.items() if k.startswith("eval/"))
+        shown = ", ".join(f"{k.split('/', 1)[-1]} {v:.3f}" for k, v in scores.items() if k.startswith("eval/"))
         tqdm.write(f"[step {step}] {shown}")
         warning = collapse_warning(run.last_diversity, scores)
         if warning:
@@ -467,7 +510,10 @@ def periodic(run: Run, setup: Setup, config: RunConfig, step: int, values: dict[
         for text in samples[: config.print_samples]:
             tqdm.write(f"    {text}")
     if step % config.checkpoint_every == 0 or stop_request.signum is not None:
-        path = save_checkpoint(run.checkpoints, step, modules, optimizers,
-                               dict(state or {}, config=to_dict(config)), keep=config.keep_checkpoints)
+        distributed.check_in_sync(modules.values())
+        path = run.checkpoints
+        if run.writes:
+            path = save_checkpoint(run.checkpoints, step, modules, optimizers,
+                                   dict(state or {}, config=to_dict(config)), keep=config.keep_checkpoints)
         if stop_request.signum is not None and step != last_step:
             raise Interrupted(stop_request.signum, step, path)

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 
 
 def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> int:
+    from .. import distributed
     from ..config import ConfigError, parse_args
     from ..data import DataError
     from ..models.generator import ModelError
     from ..training import Interrupted, NonFiniteError, graceful_stop
 
+    created = None  # the run folder, when this invocation creates it
     try:
         config = parse_args(config_cls, argv, prog=prog)
+        out_dir = Path(getattr(config, "out_dir", "") or ".").absolute()
+        while not out_dir.parent.exists():  # the outermost folder this run would create
+            out_dir = out_dir.parent
+        created = None if out_dir.exists() else out_dir
+        distributed.init(getattr(config, "device", "auto"))
         with graceful_stop():
             main(config)
     except (ConfigError, DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if created is not None and distributed.is_main():  # nothing half-made is left behind
+            shutil.rmtree(created, ignore_errors=True)
         return 2
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -27,4 +38,6 @@ def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> in
     except KeyboardInterrupt:  # before the training loop: nothing to save
         print("interrupted; nothing was saved", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
     return 0

@@ -12,6 +12,7 @@ import torch
 
 from ..config import arg, check_bounds
 from ..data import batch_at
+from ..distributed import shard
 from ..training import Run, RunConfig, evaluate, finish, mle_step, periodic, prepare, progress, restore, seed_everything
 
 
@@ -43,7 +44,7 @@ def main(config: MLEConfig) -> dict:
     with progress(config.steps, start, "mle") as bar:
         for step in range(start, config.steps):
             # 1. a batch of real sentences
-            batch = batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id).to(setup.device)
+            batch = shard(batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id)).to(setup.device)
             # 2. one teacher-forced step
             loss = mle_step(generator, optimizer, batch, setup.eos_id, config.grad_clip)
             bar.update(1)

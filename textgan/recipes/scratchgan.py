@@ -17,6 +17,7 @@ import torch
 
 from ..config import ConfigError, arg, check_choice
 from ..data import batch_at, sequence_mask
+from ..distributed import local_batch_size, seed_step, shard
 from ..losses import discriminator_loss
 from ..models.discriminator import build_discriminator
 from ..models.generator import token_logprobs
@@ -91,11 +92,12 @@ def main(config: ScratchGANConfig) -> dict:
         ema.load_state_dict(state["ema"])
     start = state["step"] if state else 0
     total = config.pretrain_steps + config.steps
-    prompt = torch.full((config.batch_size, 1), setup.bos_id, dtype=torch.long, device=device)
+    prompt = torch.full((local_batch_size(config.batch_size), 1), setup.bos_id, dtype=torch.long, device=device)
 
     with progress(total, start, "scratchgan") as bar:
         for step in range(start, total):
-            real = batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id).to(device)
+            seed_step(config.seed, step)
+            real = shard(batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id)).to(device)
             if step < config.pretrain_steps:
                 values = {"gen/mle_loss": mle_step(generator, optimizers["mle"], real, setup.eos_id, config.grad_clip)}
             else:

@@ -16,6 +16,7 @@ import torch
 
 from ..config import arg, check_bounds
 from ..data import batch_at
+from ..distributed import local_batch_size, seed_step, shard
 from ..losses import discriminator_loss
 from ..models.discriminator import build_discriminator
 from ..models.generator import token_logprobs
@@ -74,7 +75,7 @@ def main(config: SeqGANConfig) -> dict:
     g_end = config.pretrain_steps
     d_end = g_end + config.disc_pretrain_steps
     total = d_end + config.steps
-    prompt = torch.full((config.batch_size, 1), setup.bos_id, dtype=torch.long, device=device)
+    prompt = torch.full((local_batch_size(config.batch_size), 1), setup.bos_id, dtype=torch.long, device=device)
 
     def draw_fake():
         return sample(generator, prompt, config.max_length + 1, eos_id=setup.eos_id, pad_id=setup.pad_id)
@@ -85,7 +86,8 @@ def main(config: SeqGANConfig) -> dict:
 
     with progress(total, start, "seqgan") as bar:
         for step in range(start, total):
-            real = batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id).to(device)
+            seed_step(config.seed, step)
+            real = shard(batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id)).to(device)
             if step < g_end:  # phase 1: MLE pretraining of G
                 values = {"gen/mle_loss": mle_step(generator, optimizers["mle"], real, setup.eos_id, config.grad_clip)}
             elif step < d_end:  # phase 2: pretraining of D
@@ -94,8 +96,8 @@ def main(config: SeqGANConfig) -> dict:
                 values = adversarial_step(config, generator, discriminator, optimizers["generator"], ema, prompt, setup,
                                           draw_fake())
                 for i in range(config.disc_steps):
-                    real_i = real if i == 0 else batch_at(setup.train_ids, config.batch_size, step * 7919 + i,
-                                                          config.seed, setup.eos_id).to(device)
+                    real_i = real if i == 0 else shard(batch_at(setup.train_ids, config.batch_size, step * 7919 + i,
+                                                                config.seed, setup.eos_id)).to(device)
                     values["disc/loss"] = disc_step(real_i, draw_fake().tokens)
             bar.update(1)
             periodic(run, setup, config, step + 1, values, bar, modules, optimizers, {"ema": ema.state_dict()},

@@ -1,0 +1,134 @@
+"""Data-parallel training across processes: every recipe runs unchanged under ``torchrun``.
+
+    torchrun --nproc_per_node 2 -m textgan.recipes.scratchgan batch_size=256
+
+Each process holds a full copy of the models. Every step, all processes draw the same global
+batch (batches are a function of ``(seed, step)``) and each takes its contiguous slice, so
+``batch_size`` in a config is the global batch whatever the number of processes. After each
+backward pass the gradients are averaged across processes with one all-reduce of a flat buffer
+(what ``DistributedDataParallel`` does, without wrapping the model, so that the samplers, the
+Hugging Face export and the checkpoint code see the plain module); identical gradients and
+identical optimizers keep the copies identical, which :func:`check_in_sync` verifies at every
+checkpoint. A non-finite loss on any process poisons the all-reduced gradient, so every process
+skips that step together.
+
+Sampling differs per process: the torch random stream is re-seeded at every step from
+``(seed, step, rank)``, which also makes a resumed multi-process run draw what an uninterrupted
+one would. Only rank 0 writes: the run folder, logs, samples, checkpoints and the exported model.
+Backends: gloo on CPU, nccl on GPUs (each process takes the GPU of its ``LOCAL_RANK``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init(device: str = "auto") -> bool:
+    """Join the process group that ``torchrun`` describes in the environment; False when run alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if dist.is_initialized():
+        return True
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return True
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """With several processes on GPUs, each uses the GPU of its ``LOCAL_RANK``."""
+    if active() and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def shard(batch):
+    """This process's contiguous slice of a global batch (a tensor along dim 0, or a list)."""
+    if not active():
+        return batch
+    n, r = world_size(), rank()
+    if torch.is_tensor(batch):
+        return torch.tensor_split(batch, n)[r]
+    size, extra = divmod(len(batch), n)
+    start = r * size + min(r, extra)
+    return batch[start : start + size + (r < extra)]
+
+
+def local_batch_size(global_size: int) -> int:
+    """Rows of a global batch of ``global_size`` that this process gets."""
+    return len(shard(range(global_size)))
+
+
+def seed_step(seed: int, step: int) -> None:
+    """Re-seed the torch stream per (seed, step, rank) so that processes sample differently (no-op alone)."""
+    if active():
+        torch.manual_seed((seed * 1_000_003 + step) * 1_009 + rank())
+
+
+def broadcast_modules(modules) -> None:
+    """Copy rank 0's parameters and buffers to every process."""
+    if not active():
+        return
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+def average_gradients(module: torch.nn.Module, poison: bool = False) -> None:
+    """Average the gradients of ``module`` over processes in place (missing gradients count as zero).
+
+    ``poison``: this process's loss was not finite; its gradient becomes NaN, and so does the
+    average on every process, which then skips the step together.
+    """
+    if not active():
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    if poison:
+        flat.fill_(float("nan"))
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size()
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+def check_in_sync(modules) -> None:
+    """Raise if the processes' copies of ``modules`` differ (they never should)."""
+    if not active():
+        return
+    total = torch.stack([t.detach().double().sum() for m in modules for t in m.parameters()]).sum().reshape(1)
+    low, high = total.clone(), total.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if float(high - low) != 0.0:
+        raise RuntimeError(f"processes hold different parameters (checksums {float(low)} .. {float(high)})")
