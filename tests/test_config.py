@@ -62,9 +62,14 @@ def test_every_field_has_help():
 def test_presets_in_repository_are_valid():
     from pathlib import Path
 
-    from textgan.recipes import mle, scratchgan, seqgan
+    from textgan.recipes import mle, scratchgan, seqgan, style_transfer
 
-    configs = {"mle": mle.MLEConfig, "scratchgan": scratchgan.ScratchGANConfig, "seqgan": seqgan.SeqGANConfig}
+    configs = {
+        "mle": mle.MLEConfig,
+        "scratchgan": scratchgan.ScratchGANConfig,
+        "seqgan": seqgan.SeqGANConfig,
+        "transfer": style_transfer.StyleTransferConfig,
+    }
     presets = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
     assert presets
     for preset in presets:

@@ -1,7 +1,8 @@
 """The ``textgan`` command.
 
     textgan train RECIPE [PRESET.yaml] [key=value ...]    # RECIPE: scratchgan, seqgan, mle
-    textgan sample --model DIR -n 10 [--temperature 1.0] [--top-k K] [--top-p P]
+    textgan sample --model DIR -n 10 [--temperature 1.0] [--top-k K] [--top-p P] [--style STYLE]
+    textgan transfer --from neg --to pos [--model DIR] [--input FILE | SENTENCE ...] [--decoding greedy|sample|beam]
     textgan evaluate --samples FILE [--references FILE] [--train FILE] [--metrics bleu,self-bleu,...] [--json OUT]
     textgan sweep --model [LABEL=]DIR [--model ...] --temperatures 0.7,1.0,1.2 -n 2000 --references FILE --output DIR
 """
@@ -54,7 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch-size", type=_positive_int, default=256, help="sentences sampled at once")
     sample.add_argument("--seed", type=int, default=0, help="random seed")
     sample.add_argument("--output", default="", help="write sentences to this file instead of standard output")
+    sample.add_argument("--style", default="", help="style to write in (style-transfer models, e.g. --style pos)")
     sample.add_argument("--trust-remote-code", action="store_true", help="let the model folder run its own code")
+
+    transfer = commands.add_parser("transfer", help="rewrite sentences from one style into another")
+    transfer.add_argument("sentences", nargs="*", metavar="SENTENCE", help="sentences to rewrite (default: --input or standard input)")
+    transfer.add_argument("--from", dest="source", required=True, help="style of the input (e.g. neg)")
+    transfer.add_argument("--to", dest="target", required=True, help="style to rewrite into (e.g. pos)")
+    transfer.add_argument("--model", default=DEFAULT_TRANSFER_MODEL, help=f"style-transfer model folder (default {DEFAULT_TRANSFER_MODEL})")
+    transfer.add_argument("--input", default="", help="file with one sentence per line (default: standard input)")
+    transfer.add_argument("--output", default="", help="write the rewrites to this file instead of standard output")
+    transfer.add_argument("--decoding", choices=("greedy", "sample", "beam"), default="greedy", help="decoding (default greedy)")
+    transfer.add_argument("--beam", type=_positive_int, default=4, help="beam width with --decoding beam (default 4)")
+    transfer.add_argument("--temperature", type=_positive_float, default=1.0, help="temperature with --decoding sample")
+    transfer.add_argument("--top-p", type=_positive_float, default=1.0, help="nucleus mass with --decoding sample")
+    transfer.add_argument("--batch-size", type=_positive_int, default=128, help="sentences rewritten at once")
+    transfer.add_argument("--seed", type=int, default=0, help="random seed (--decoding sample)")
+    transfer.add_argument("--trust-remote-code", action="store_true", help="let the model folder run its own code")
 
     from .evaluation import ALL_METRICS
 
@@ -88,16 +105,95 @@ def _add_scoring_arguments(parser, metric_help: str) -> None:
     parser.add_argument("--reverse-lm-steps", type=_positive_int, default=1000, help="MLE steps of the reverse-LM model")
 
 
+DEFAULT_TRANSFER_MODEL = "runs/style_transfer/model"
+
+
 def cmd_sample(args) -> int:
-    from .models.generator import load_generator
+    from .models.generator import ModelError, load_generator
     from .sampling import sample_texts
+    from .transfer import CONFIG_FILE, Rewriter
 
     if args.output:
         _check_output(args.output)
-    model, tokenizer = load_generator(args.model, trust_remote_code=args.trust_remote_code)
-    lines = sample_texts(model, tokenizer, args.num, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         max_length=args.max_length, batch_size=args.batch_size, seed=args.seed)
+    is_transfer = os.path.isfile(os.path.join(args.model, CONFIG_FILE))
+    if args.style:
+        if not is_transfer and os.path.isdir(args.model):
+            raise ModelError(f"{args.model} is not a style-transfer model (no {CONFIG_FILE}); --style needs the 'model' "
+                             "folder of a style_transfer run")
+        rewriter = Rewriter.load(args.model, trust_remote_code=args.trust_remote_code)
+        lines = rewriter.sample(args.style, args.num, temperature=args.temperature, top_p=args.top_p,
+                                batch_size=args.batch_size, seed=args.seed)
+    else:
+        if is_transfer:
+            styles = Rewriter.load(args.model).styles
+            raise ModelError(f"{args.model} is a style-transfer model; choose a style with --style ({', '.join(styles)})")
+        model, tokenizer = load_generator(args.model, trust_remote_code=args.trust_remote_code)
+        lines = sample_texts(model, tokenizer, args.num, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             max_length=args.max_length, batch_size=args.batch_size, seed=args.seed)
     text = "\n".join(lines) + "\n"
+    if args.output:
+        write_text_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _input_lines(args) -> list[str]:
+    """Lines to rewrite, from SENTENCE arguments, --input or standard input; blank lines are kept."""
+    from .data import DataError
+
+    if args.sentences:
+        if args.input:
+            raise DataError("give sentences as arguments or --input FILE, not both")
+        return list(args.sentences)
+    name = args.input or "standard input"
+    if args.input:
+        if not os.path.exists(args.input):
+            raise DataError(f"{args.input}: no such file; give a text file with one sentence per line")
+        if os.path.isdir(args.input):
+            raise DataError(f"{args.input} is a directory; give a text file with one sentence per line")
+        with open(args.input, "rb") as f:
+            raw = f.read()
+    else:
+        if sys.stdin.isatty():
+            print("reading sentences from standard input (end with Ctrl-D)", file=sys.stderr)
+        raw = sys.stdin.buffer.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name}: not valid UTF-8 (byte {e.start}); re-encode it as UTF-8") from None
+    lines = text.splitlines()
+    if not any(line.strip() for line in lines):
+        raise DataError(f"{name}: no sentences (empty or blank); give one sentence per line")
+    return lines
+
+
+def cmd_transfer(args) -> int:
+    from .models.generator import ModelError
+    from .transfer import CONFIG_FILE, Rewriter
+
+    if args.output:
+        _check_output(args.output)
+    if args.model == DEFAULT_TRANSFER_MODEL and not os.path.isdir(args.model):
+        raise ModelError(f"no model at {args.model}; train one with 'python -m textgan.recipes.style_transfer "
+                         "recipes/yelp_transfer.yaml' or pass --model DIR")
+    if os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, CONFIG_FILE)):
+        raise ModelError(f"{args.model} is not a style-transfer model (no {CONFIG_FILE}); give the 'model' folder of a "
+                         "style_transfer run")
+    rewriter = Rewriter.load(args.model, trust_remote_code=args.trust_remote_code)
+    for style in (args.source, args.target):
+        rewriter.layout.style_id(style)  # unknown style: fail before reading the input
+    if args.source == args.target:
+        raise ModelError(f"--from and --to are both {args.source!r}; choose two different styles")
+    lines = _input_lines(args)
+    too_long = rewriter.count_too_long(lines)
+    if too_long:
+        print(f"warning: {too_long} line(s) are longer than the model's {rewriter.layout.max_length} tokens and were "
+              "cut to that length", file=sys.stderr)
+    outputs = rewriter.rewrite(lines, args.source, args.target, decoding=args.decoding, beam=args.beam,
+                               temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
+                               seed=args.seed, progress=len(lines) > args.batch_size)
+    text = "".join(line + "\n" for line in outputs)
     if args.output:
         write_text_atomic(args.output, text)
     else:
@@ -220,11 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     from .fed import EncoderError
     from .models.generator import ModelError
     from .oracle import OracleError
+    from .transfer import StyleError
 
-    command = {"sample": cmd_sample, "evaluate": cmd_evaluate, "sweep": cmd_sweep}[args.command]
+    command = {"sample": cmd_sample, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "transfer": cmd_transfer}[args.command]
     try:
         return command(args)
-    except (ModelError, DataError, EvaluationError, EncoderError, OracleError) as e:
+    except (ModelError, DataError, EvaluationError, EncoderError, OracleError, StyleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

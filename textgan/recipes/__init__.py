@@ -3,4 +3,4 @@
 Each recipe is one explicit training loop over the library's components.
 """
 
-RECIPES = ("scratchgan", "seqgan", "mle")
+RECIPES = ("scratchgan", "seqgan", "mle", "style_transfer", "classifier")

@@ -1,0 +1,334 @@
+"""Style transfer: text normalization, the prompt layout, decoding, corpus BLEU, the recipe, the commands."""
+
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import NEGATIVE, POSITIVE, _sentences, shared_data
+
+from textgan.transfer import Layout, beam_search, greedy, load_style_data, normalize, target_logprobs
+
+
+def run_cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "textgan", *args], input=stdin, capture_output=True, timeout=300,
+                          check=False)
+
+
+def assert_clean_error(result, *words):
+    stderr = result.stderr.decode() if isinstance(result.stderr, bytes) else result.stderr
+    assert result.returncode == 2, (result.returncode, stderr)
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+# --------------------------------------------------------------------------- text and data
+
+
+def test_normalize_matches_yelp_tokenization():
+    assert normalize("I didn't like it! The food's great, isn't it?") == "i did n't like it ! the food 's great , is n't it ?"
+    assert normalize("Wait... (really) \"no\"") == 'wait ... ( really ) " no "'
+    tokenized = "we waited 15-20 minutes ... and it was n't worth it ."
+    assert normalize(tokenized) == tokenized  # already-tokenized text is left alone
+
+
+def test_normalize_leaves_yelp_as_it_is():
+    folder = shared_data("yelp")
+    lines = (folder / "train.neg").read_text(encoding="utf-8").splitlines()[:20000]
+    changed = sum(normalize(line) != line for line in lines)
+    assert changed / len(lines) < 0.01
+
+
+def test_load_style_data(style_folder):
+    data = load_style_data(style_folder)
+    assert data.styles == ["neg", "pos"]
+    assert len(data.train["neg"]) == 300 and len(data.test["pos"]) == 12 and len(data.references["neg"]) == 12
+
+
+def test_load_style_data_holds_out_dev(tmp_path):
+    for style in ("a", "b"):
+        (tmp_path / f"train.{style}").write_text("\n".join(f"sentence {i} {style}" for i in range(50)))
+    data = load_style_data(tmp_path, dev_size=5)
+    assert len(data.dev["a"]) == 5 and len(data.train["a"]) == 45
+    assert not set(data.dev["a"]) & set(data.train["a"])
+
+
+def test_load_style_data_errors(tmp_path):
+    from textgan.data import DataError
+
+    with pytest.raises(DataError, match="no such folder"):
+        load_style_data(tmp_path / "missing")
+    (tmp_path / "train.neg").write_text("bad food .\n")
+    with pytest.raises(DataError, match="at least two styles"):
+        load_style_data(tmp_path)
+    (tmp_path / "train.pos").write_bytes(b"good \xff food\n")
+    with pytest.raises(DataError, match="UTF-8"):
+        load_style_data(tmp_path)
+
+
+def test_yelp_folder_loads():
+    data = load_style_data(shared_data("yelp"))
+    assert data.styles == ["neg", "pos"]
+    assert len(data.test["neg"]) == len(data.references["neg"]) == 500
+
+
+# --------------------------------------------------------------------------- layout and decoding
+
+
+@pytest.fixture()
+def layout_and_model():
+    from textgan.models import build_generator
+    from textgan.tokenization import build_word_tokenizer, special_ids
+
+    tokenizer = build_word_tokenizer(_sentences(POSITIVE + NEGATIVE, 200, 0))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<sep>", "<style:neg>", "<style:pos>"]})
+    bos, eos, pad = special_ids(tokenizer)
+    model = build_generator(len(tokenizer), bos_id=bos, eos_id=eos, pad_id=pad, d_model=32, n_layers=2, n_heads=4,
+                            max_positions=48).eval()
+    return Layout(tokenizer, ["neg", "pos"], 12), model
+
+
+def test_prompts_are_left_padded(layout_and_model):
+    layout, _ = layout_and_model
+    ids, _ = layout.encode(["the food was bad .", "bad ."])
+    prompt, mask = layout.prompts(ids, [layout.style_ids["neg"]] * 2, [layout.style_ids["pos"]] * 2)
+    assert prompt.shape == mask.shape == (2, 8)
+    assert mask[1].tolist() == [False] * 3 + [True] * 5
+    assert prompt[1, :3].tolist() == [layout.pad_id] * 3
+    assert prompt[:, -1].tolist() == [layout.style_ids["pos"]] * 2 and prompt[:, -2].tolist() == [layout.sep_id] * 2
+
+
+def test_target_logprobs_ignore_left_padding(layout_and_model):
+    """A row's scores do not depend on how much padding its batch gave it."""
+    layout, model = layout_and_model
+    ids, _ = layout.encode(["the food was really bad .", "bad ."])
+    src, tgt = [layout.style_ids["neg"]] * 2, [layout.style_ids["pos"]] * 2
+    prompt, mask = layout.prompts(ids, src, tgt)
+    targets = layout.targets(layout.encode(["the food was good .", "good ."])[0])
+    together = target_logprobs(model, prompt, mask, targets)
+    alone_prompt, alone_mask = layout.prompts(ids[1:], src[1:], tgt[1:])
+    alone = target_logprobs(model, alone_prompt, alone_mask, targets[1:, :3])
+    assert torch.allclose(together[1, :3], alone[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_padded_sampling_matches_unpadded(layout_and_model, fast):
+    from textgan.sampling import _decoder
+
+    layout, model = layout_and_model
+    ids, _ = layout.encode(["the food was really bad .", "bad ."])
+    prompt, mask = layout.prompts(ids, [layout.style_ids["neg"]] * 2, [layout.style_ids["pos"]] * 2)
+    logits, step = _decoder(model, prompt, 4, fast, mask)
+    alone_prompt, _ = layout.prompts(ids[1:], [layout.style_ids["neg"]], [layout.style_ids["pos"]])
+    alone_logits, alone_step = _decoder(model, alone_prompt, 4, fast, None)
+    assert torch.allclose(logits[1], alone_logits[0], atol=1e-4)
+    token = torch.tensor([5, 6])
+    assert torch.allclose(step(token)[1], alone_step(token[1:])[0], atol=1e-4)
+
+
+def test_beam_of_one_is_greedy_and_wider_beams_score_higher(layout_and_model):
+    layout, model = layout_and_model
+    ids, _ = layout.encode(["the food was really bad .", "bad .", "our waiter was rude ."])
+    prompt, mask = layout.prompts(ids, [layout.style_ids["neg"]] * 3, [layout.style_ids["pos"]] * 3)
+    args = (model, prompt, mask, 8, layout.eos_id, layout.pad_id)
+    g = greedy(*args)
+    b1 = beam_search(*args, beam=1)
+    assert torch.equal(g, b1[:, : g.shape[1]])
+
+    def score(tokens):
+        tokens = tokens.clone()
+        mask_t = torch.zeros_like(tokens, dtype=torch.bool)
+        for r in range(len(tokens)):  # up to and including the end token
+            ends = (tokens[r] == layout.eos_id).nonzero()
+            n = int(ends[0]) + 1 if len(ends) else tokens.shape[1]
+            mask_t[r, :n] = True
+        lp = target_logprobs(model, prompt, mask, tokens)
+        return (lp * mask_t).sum(1) / mask_t.sum(1)
+
+    b4 = beam_search(*args, beam=4)
+    assert (score(b4) >= score(b1) - 1e-5).all()
+
+
+# --------------------------------------------------------------------------- corpus BLEU
+
+
+def test_corpus_bleu_matches_sacrebleu():
+    sacrebleu = pytest.importorskip("sacrebleu", reason="sacrebleu comes with the textgan[eval] extra")
+    from textgan.bleu import corpus_bleu
+
+    rng = random.Random(0)
+    for _ in range(100):
+        n, vocab = rng.randint(1, 20), rng.choice([3, 8, 30])
+        hyps = [" ".join(str(rng.randrange(vocab)) for _ in range(rng.randint(1, 12))) for _ in range(n)]
+        refs = [" ".join(str(rng.randrange(vocab)) for _ in range(rng.randint(1, 12))) for _ in range(n)]
+        assert abs(corpus_bleu(hyps, refs) - sacrebleu.corpus_bleu(hyps, [refs], tokenize="none").score) < 1e-9
+
+
+def test_corpus_bleu_known_values():
+    from textgan.bleu import corpus_bleu
+
+    text = ["the food was great and the staff friendly ."]
+    assert corpus_bleu(text, text) == pytest.approx(100.0)
+    assert corpus_bleu(["a b c d"], ["e f g h"]) < 1.0
+    with pytest.raises(ValueError, match="one reference per hypothesis"):
+        corpus_bleu(text, text * 2)
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def test_recipe_trains_exports_and_reports(transfer_run):
+    import json
+
+    from textgan.transfer import Rewriter
+
+    metrics = json.loads((transfer_run / "metrics.json").read_text())
+    for key in ("test/accuracy", "test/self_bleu", "test/ref_bleu", "test/copy", "test/neg->pos/ref_bleu"):
+        assert key in metrics
+    log = [json.loads(line) for line in (transfer_run / "metrics.jsonl").read_text().splitlines()]
+    adversarial = [r for r in log if "gen/pg_loss" in r]
+    assert adversarial and all(0 <= r["reward/style_prob"] <= 1 for r in adversarial)
+    rewriter = Rewriter.load(transfer_run / "model")
+    out = rewriter.rewrite(["the food was bad .", "", "the staff was rude ."], "neg", "pos")
+    assert len(out) == 3 and out[1] == ""
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(transfer_run / "model")  # still a stock causal LM
+
+
+def test_recipe_resume_equals_uninterrupted(style_folder, tmp_path):
+    """Stopping after a checkpoint and resuming gives the same weights as one uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from textgan.recipes import style_transfer
+
+    common = {"data": str(style_folder), "d_model": 32, "n_layers": 1, "n_heads": 2, "warmup_steps": 2, "batch_size": 8,
+                  "eval_every": 100, "eval_sentences": 4, "checkpoint_every": 3, "disc_dim": 16}
+    style_transfer.main(style_transfer.StyleTransferConfig(out_dir=str(tmp_path / "a"), steps=6, **common))
+    style_transfer.main(style_transfer.StyleTransferConfig(out_dir=str(tmp_path / "b"), steps=3, **common))
+    style_transfer.main(style_transfer.StyleTransferConfig(out_dir=str(tmp_path / "b"), steps=6, resume=True, **common))
+    a, b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_noise_and_batches_are_deterministic():
+    from textgan.recipes.style_transfer import batch_rows, noisy
+
+    words = list(range(10))
+    assert noisy(words, random.Random(1), 0.1, 3.0) == noisy(words, random.Random(1), 0.1, 3.0)
+    shuffled = noisy(words, random.Random(2), 0.0, 3.0)
+    assert sorted(shuffled) == words and all(abs(shuffled.index(w) - w) <= 3 for w in words)
+    assert noisy([7], random.Random(0), 0.99, 0) == [7]  # never empty
+    ids = {"a": [[1], [2], [3]], "b": [[4], [5]], "c": [[6]]}
+    sources, src, tgt = batch_rows(ids, ["a", "b", "c"], 6, step=3, seed=0)
+    assert (sources, src, tgt) == batch_rows(ids, ["a", "b", "c"], 6, step=3, seed=0)
+    assert src == [0, 0, 1, 1, 2, 2] and all(s != t for s, t in zip(src, tgt))
+
+
+def test_recipe_bad_config(tmp_path):
+    assert_clean_error(run_cli("train", "style_transfer", f"out_dir={tmp_path / 'r'}"), "data is required")
+    assert_clean_error(run_cli("train", "style_transfer", f"data={tmp_path / 'none'}", f"out_dir={tmp_path / 'r'}"),
+                       "no such folder")
+    assert_clean_error(run_cli("train", "style_transfer", "data=x", "batch_size=-2"), "batch_size")
+    assert_clean_error(run_cli("train", "style_transfer", "data=x", "noise_drop=1.5"), "noise_drop")
+    assert_clean_error(run_cli("train", "classifier", "data=x", "stesp=3"), "did you mean 'steps'")
+
+
+def test_classifier_recipe(style_folder, tmp_path):
+    from textgan.models.classifier import classify, load_classifier
+    from textgan.recipes import classifier
+
+    scores = classifier.main(classifier.ClassifierConfig(data=str(style_folder), out_dir=str(tmp_path / "c"), steps=60,
+                                                         batch_size=32, dim=16, filters=16, eval_every=30))
+    assert scores["eval/accuracy"] > 0.9  # the sentiment word decides the class
+    model, tokenizer, info = load_classifier(tmp_path / "c" / "classifier")
+    assert classify(model, tokenizer, ["the food was awful .", "the staff was lovely ."], info["labels"]) == ["neg", "pos"]
+
+
+def test_load_classifier_errors(tmp_path, transfer_run):
+    from textgan.models.classifier import load_classifier
+    from textgan.models.generator import ModelError
+
+    with pytest.raises(ModelError, match="no such folder"):
+        load_classifier(tmp_path / "missing")
+    with pytest.raises(ModelError, match="not a textgan classifier"):
+        load_classifier(transfer_run / "model")
+
+
+# --------------------------------------------------------------------------- textgan transfer / sample --style
+
+
+def test_transfer_keeps_order_count_and_empty_lines(transfer_run, tmp_path):
+    model = str(transfer_run / "model")
+    lines = ["the food was bad .", "", "The staff was RUDE!", "   ", "our waiter was bland ."]
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(lines) + "\n")
+    result = run_cli("transfer", "--model", model, "--from", "neg", "--to", "pos", "--input", str(source))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode().split("\n")[:-1]
+    assert len(out) == len(lines)
+    assert out[1] == "" and out[3] == "" and all(out[i] for i in (0, 2, 4))
+    # the same lines, one at a time, in any batch size, in reverse order: the same rewrites
+    result = run_cli("transfer", "--model", model, "--from", "neg", "--to", "pos", "--batch-size", "1", *lines[::-1])
+    assert result.stdout.decode().split("\n")[:-1] == out[::-1]
+    # standard input, and beam / sampling decoders
+    result = run_cli("transfer", "--model", model, "--from", "neg", "--to", "pos", "--decoding", "beam",
+                     stdin="\n".join(lines).encode())
+    assert result.returncode == 0 and len(result.stdout.decode().split("\n")[:-1]) == len(lines)
+    target = tmp_path / "out.txt"
+    result = run_cli("transfer", "--model", model, "--from", "pos", "--to", "neg", "--decoding", "sample",
+                     "--input", str(source), "--output", str(target))
+    assert result.returncode == 0 and len(target.read_text().split("\n")[:-1]) == len(lines)
+
+
+def test_transfer_cuts_overlong_lines(transfer_run):
+    result = run_cli("transfer", "--model", str(transfer_run / "model"), "--from", "neg", "--to", "pos",
+                     " ".join(["bad"] * 10_000))
+    assert result.returncode == 0
+    assert len(result.stdout.decode().split("\n")[:-1]) == 1
+    assert "cut to that length" in result.stderr.decode()
+
+
+def test_transfer_errors(transfer_run, trained_generator, tmp_path):
+    model = str(transfer_run / "model")
+    base = ("transfer", "--model", model, "--from", "neg", "--to", "pos")
+    assert_clean_error(run_cli("transfer", "--model", model, "--from", "neg", "--to", "happy", "x"), "unknown style 'happy'", "neg, pos")
+    assert_clean_error(run_cli("transfer", "--model", model, "--from", "neg", "--to", "neg", "x"), "two different styles")
+    assert_clean_error(run_cli("transfer", "--model", str(tmp_path / "missing"), "--from", "neg", "--to", "pos", "x"), "no such folder")
+    assert_clean_error(run_cli("transfer", "--model", str(trained_generator), "--from", "neg", "--to", "pos", "x"),
+                       "not a style-transfer model")
+    assert_clean_error(run_cli(*base, "--input", str(tmp_path / "none.txt")), "no such file")
+    assert_clean_error(run_cli(*base, "--input", str(tmp_path)), "directory")
+    empty, blank, bad = tmp_path / "empty.txt", tmp_path / "blank.txt", tmp_path / "bad.txt"
+    empty.write_text("")
+    blank.write_text("\n  \n\n")
+    bad.write_bytes(b"fine\n\xff\xfe broken\n")
+    assert_clean_error(run_cli(*base, "--input", str(empty)), "no sentences")
+    assert_clean_error(run_cli(*base, "--input", str(blank)), "no sentences")
+    assert_clean_error(run_cli(*base, "--input", str(bad)), "UTF-8")
+    assert_clean_error(run_cli(*base, stdin=b"\xff\n"), "UTF-8")
+    assert_clean_error(run_cli(*base, "--output", str(tmp_path / "no" / "out.txt"), "x"), "cannot write")
+    assert_clean_error(run_cli(*base, "--decoding", "topk", "x"))
+    assert_clean_error(run_cli(*base, "--beam", "0", "x"))
+    # a failure leaves no output file behind
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_transfer_default_model_missing(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "textgan", "transfer", "--from", "neg", "--to", "pos", "x"],
+                            capture_output=True, cwd=tmp_path, timeout=120, check=False)
+    assert_clean_error(result, "no model at runs/style_transfer/model")
+
+
+def test_sample_in_a_style(transfer_run, trained_generator):
+    model = str(transfer_run / "model")
+    result = run_cli("sample", "--model", model, "--style", "pos", "-n", "7")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.decode().split("\n")[:-1]) == 7
+    assert_clean_error(run_cli("sample", "--model", model, "--style", "meh"), "unknown style", "neg, pos")
+    assert_clean_error(run_cli("sample", "--model", model), "--style")
+    assert_clean_error(run_cli("sample", "--model", str(trained_generator), "--style", "pos"), "not a style-transfer model")

@@ -1,0 +1,116 @@
+"""A sentence classifier over word ids: the style judge and the style discriminator.
+
+Kim's (2014) CNN: token embeddings, convolutions of several widths, max-over-time pooling,
+dropout and a linear layer to one logit per class. It is fast on a CPU, strong on sentiment,
+and needs no pretrained weights. The style-transfer recipe uses it twice: as the adversary
+(classes: each style plus "rewrite"), and, trained alone by ``textgan.recipes.classifier``,
+as the judge of style accuracy in evaluation.
+
+A saved classifier is a folder: ``model.safetensors`` (weights), ``classifier.json``
+(architecture and labels) and the tokenizer files, so nothing is unpickled when it loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .generator import ModelError
+
+CONFIG_FILE = "classifier.json"
+
+
+class SentenceClassifier(nn.Module):
+    """tokens (B, T) long, padding ``pad_id`` -> logits (B, n_classes)."""
+
+    def __init__(self, vocab_size: int, n_classes: int, pad_id: int, *, dim: int = 128, filters: int = 128,
+                 widths: tuple[int, ...] = (1, 2, 3, 4, 5), dropout: float = 0.3):
+        super().__init__()
+        self.pad_id = pad_id
+        self.widths = tuple(widths)
+        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.convs = nn.ModuleList(nn.Conv1d(dim, filters, w, padding=w - 1) for w in self.widths)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(filters * len(self.widths), n_classes)
+        self.arch = {"vocab_size": vocab_size, "n_classes": n_classes, "pad_id": pad_id, "dim": dim,
+                     "filters": filters, "widths": list(self.widths), "dropout": dropout}
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        real = tokens != self.pad_id  # (B, T)
+        x = self.dropout(self.embedding(tokens)).transpose(1, 2)  # (B, D, T)
+        pooled = []
+        for conv, width in zip(self.convs, self.widths):
+            h = torch.relu(conv(x))[:, :, : tokens.shape[1] + width - 1]  # (B, F, T + w - 1)
+            # a window position counts if it overlaps a real token
+            valid = nn.functional.max_pool1d(nn.functional.pad(real.float()[:, None], (width - 1, width - 1)), width, 1)
+            pooled.append(h.masked_fill(valid[:, :, : h.shape[2]] == 0, 0.0).amax(dim=2))
+        return self.head(self.dropout(torch.cat(pooled, dim=1)))
+
+
+def save_classifier(model: SentenceClassifier, tokenizer, labels: list[str], out_dir: str | Path,
+                    extra: dict | None = None) -> Path:
+    """Write the weights (safetensors), ``classifier.json`` and the tokenizer into ``out_dir``."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / "model.safetensors"))
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / CONFIG_FILE).write_text(json.dumps({"labels": labels, "architecture": model.arch, **(extra or {})},
+                                                  indent=2), encoding="utf-8")
+    return out_dir
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
+    """Load a saved classifier folder. Returns (model in eval mode, tokenizer, info dict with ``labels``)."""
+    from safetensors.torch import load_file
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"{path}: no such folder; give the 'classifier' folder of a classifier run "
+                         "(python -m textgan.recipes.classifier)")
+    if not (path / CONFIG_FILE).is_file() or not (path / "model.safetensors").is_file():
+        raise ModelError(f"{path} is not a textgan classifier (it lacks {CONFIG_FILE} or model.safetensors); "
+                         "train one with python -m textgan.recipes.classifier")
+    try:
+        info = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        arch = dict(info["architecture"])
+        arch["widths"] = tuple(arch["widths"])
+        model = SentenceClassifier(arch.pop("vocab_size"), arch.pop("n_classes"), arch.pop("pad_id"), **arch)
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise ModelError(f"cannot load the classifier in {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    return model.to(device).eval(), tokenizer, info
+
+
+def encode_batch(tokenizer, sentences: list[str], pad_id: int, max_length: int = 64) -> torch.Tensor:
+    """Word ids without special tokens, right-padded: (B, T), T >= 1; longer sentences are cut."""
+    ids = tokenizer(sentences, add_special_tokens=False)["input_ids"]
+    width = max(1, min(max_length, max((len(i) for i in ids), default=1)))
+    out = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    for row, tokens in enumerate(ids):
+        tokens = tokens[:width]
+        if tokens:
+            out[row, : len(tokens)] = torch.tensor(tokens)
+    return out
+
+
+@torch.no_grad()
+def classify(model: SentenceClassifier, tokenizer, sentences: list[str], labels: list[str],
+             batch_size: int = 512) -> list[str]:
+    """The predicted label of each sentence."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    predicted = []
+    for start in range(0, len(sentences), batch_size):
+        tokens = encode_batch(tokenizer, sentences[start : start + batch_size], model.pad_id).to(device)
+        predicted.extend(labels[i] for i in model(tokens).argmax(-1).tolist())
+    model.train(was_training)
+    return predicted

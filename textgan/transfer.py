@@ -1,0 +1,406 @@
+"""Unpaired style transfer with one causal LM: data, sequence layout, decoding, the model folder.
+
+The rewriter is the core's generator (a ``transformers`` causal LM, by default a small Llama)
+reading the source sentence as a prefix and writing the rewrite after it::
+
+    <style:neg> the food was cold . <sep> <style:pos> the food was hot . <eos>
+
+Why a decoder with the source as prefix rather than an encoder-decoder: the rewrite of a
+short review sentence mostly copies its source, and a decoder copies by attending to the
+prefix as well as an encoder-decoder's cross-attention does; one stack instead of two halves
+the parameters at the same width; the model stays a stock causal LM, so the core's KV-cache
+sampler, REINFORCE functions, checkpoints and Hugging Face export serve it unchanged, and a
+pretrained causal LM can be fine-tuned into a rewriter. Rows of a batch have sources of
+different lengths, so prompts are left-padded and the padding is masked out of attention;
+with rotary position embeddings a left-padded row computes exactly what it would alone.
+
+The same model generates in a style from nothing: a small share of the training rows
+rewrite an empty source into its own style, which is a style-conditioned language model
+(``textgan sample --model DIR --style pos``).
+
+Raw text is normalized the way the training data was: lower-cased, punctuation split off,
+English clitics split as in the Penn Treebank (``didn't`` -> ``did n't``), which is how the
+Yelp and COCO corpora are tokenized; on such corpora it leaves 99.6% of lines unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import DataError, read_lines
+from .models.generator import ModelError
+
+SEP = "<sep>"
+SPLITS = ("train", "dev", "test")
+CONFIG_FILE = "transfer.json"
+DECODING = ("greedy", "sample", "beam")
+
+
+def style_token(style: str) -> str:
+    return f"<style:{style}>"
+
+
+class StyleError(ValueError):
+    """A style name the model or data set does not know."""
+
+
+# --------------------------------------------------------------------------- text
+
+
+_PUNCT = re.compile(r"(\.\.+|[.,!?;:()\"](?=\s|$)|(?<=\s)[(\"]|^[(\"])")
+_NEG = re.compile(r"(\w)n't\b")
+_CLITIC = re.compile(r"(\w)'(s|ve|m|re|ll|d)\b")
+
+
+def normalize(text: str) -> str:
+    """Lower-case and split punctuation and clitics: ``"I didn't like it!"`` -> ``"i did n't like it !"``."""
+    text = _PUNCT.sub(r" \1 ", text.lower())
+    text = _NEG.sub(r"\1 n't", text)
+    text = _CLITIC.sub(r"\1 '\2", text)
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class StyleData:
+    """Sentences per split and style; ``references[style]`` are human rewrites of ``test[style]``."""
+
+    styles: list[str]
+    train: dict[str, list[str]]
+    dev: dict[str, list[str]] = field(default_factory=dict)
+    test: dict[str, list[str]] = field(default_factory=dict)
+    references: dict[str, list[str]] = field(default_factory=dict)
+
+
+def load_style_data(folder: str | Path, *, normalized: bool = True, dev_size: int = 500, seed: int = 0) -> StyleData:
+    """Read ``train.<style>`` (and ``dev.<style>``, ``test.<style>``, ``reference.<style>`` when present).
+
+    Styles are the suffixes of the ``train.*`` files; at least two are needed. Without a
+    ``dev.<style>`` file, ``dev_size`` sentences of that style's training set are held out.
+    """
+    import random
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder; give a folder with train.<style> files (e.g. train.neg, train.pos)")
+    styles = sorted(p.suffix[1:] for p in folder.glob("train.*") if p.is_file() and p.suffix[1:])
+    if len(styles) < 2:
+        raise DataError(f"{folder}: found {len(styles)} train.<style> file(s); style transfer needs at least two styles "
+                        "(e.g. train.neg and train.pos, one sentence per line)")
+    prep = normalize if normalized else str.strip
+
+    def read(path: Path) -> list[str]:
+        return [prep(line) for line in read_lines(path)]
+
+    data = StyleData(styles, {s: read(folder / f"train.{s}") for s in styles})
+    for style in styles:
+        for split in ("dev", "test", "reference"):
+            path = folder / f"{split}.{style}"
+            if path.is_file():
+                target = data.references if split == "reference" else getattr(data, split)
+                if split == "reference":  # aligned with test lines, blank lines and all
+                    target[style] = [prep(line) for line in path.read_text(encoding="utf-8").splitlines()]
+                else:
+                    target[style] = read(path)
+        if style not in data.dev:
+            shuffled = data.train[style][:]
+            random.Random(seed).shuffle(shuffled)
+            n = min(dev_size, len(shuffled) // 10)
+            if n < 1:
+                raise DataError(f"{folder}/train.{style}: too few sentences ({len(shuffled)}) to hold out a dev set; "
+                                f"add sentences or a dev.{style} file")
+            data.dev[style], data.train[style] = shuffled[:n], shuffled[n:]
+    return data
+
+
+# --------------------------------------------------------------------------- layout
+
+
+class Layout:
+    """Token ids of the layout ``<style:src> source <sep> <style:tgt> target <eos>``."""
+
+    def __init__(self, tokenizer, styles: list[str], max_length: int):
+        from .tokenization import special_ids
+
+        self.tokenizer = tokenizer
+        self.styles = list(styles)
+        self.max_length = max_length
+        self.bos_id, self.eos_id, self.pad_id = special_ids(tokenizer)
+        self.sep_id = tokenizer.convert_tokens_to_ids(SEP)
+        self.style_ids = {s: tokenizer.convert_tokens_to_ids(style_token(s)) for s in self.styles}
+        unknown = tokenizer.unk_token_id
+        if unknown is not None and (self.sep_id == unknown or unknown in self.style_ids.values()):
+            raise ModelError("the tokenizer lacks the <sep> or <style:...> tokens of a style-transfer model")
+
+    def style_id(self, style: str) -> int:
+        if style not in self.style_ids:
+            raise StyleError(f"unknown style {style!r}; this model knows {', '.join(self.styles)}")
+        return self.style_ids[style]
+
+    def encode(self, sentences: list[str]) -> tuple[list[list[int]], int]:
+        """Word ids of each sentence, cut to ``max_length``; returns the ids and how many were cut."""
+        ids = self.tokenizer(list(sentences), add_special_tokens=False)["input_ids"] if sentences else []
+        cut = sum(len(i) > self.max_length for i in ids)
+        return [i[: self.max_length] for i in ids], cut
+
+    def prompts(self, sources: list[list[int]], src_styles: list[int], tgt_styles: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``<style:src> source <sep> <style:tgt>``: ids (B, P) and mask (B, P), False on padding."""
+        rows = [[s, *src, self.sep_id, t] for src, s, t in zip(sources, src_styles, tgt_styles)]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = True
+        return ids, mask
+
+    def targets(self, sentences: list[list[int]]) -> torch.Tensor:
+        """Right-padded ``target <eos>`` rows: (B, T)."""
+        width = max(len(s) for s in sentences) + 1
+        ids = torch.full((len(sentences), width), self.pad_id, dtype=torch.long)
+        for i, tokens in enumerate(sentences):
+            ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            ids[i, len(tokens)] = self.eos_id
+        return ids
+
+    def words(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> list[list[int]]:
+        """Rows of generated ids (B, T) back to word-id lists, without end token and padding."""
+        from .data import sequence_mask
+
+        mask = sequence_mask(tokens, self.eos_id) if mask is None else mask
+        special = {self.eos_id, self.pad_id, self.sep_id, *self.style_ids.values()}
+        return [[t for t, m in zip(row, keep) if m and t not in special] for row, keep in zip(tokens.tolist(), mask.tolist())]
+
+
+def target_logprobs(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced log p(target_t | prompt, target_<t): (B, T).
+
+    The vocabulary projection runs on the target positions only (not over the source).
+    """
+    ids = torch.cat([prompt, targets], dim=1)
+    attention = torch.cat([prompt_mask, torch.ones_like(targets, dtype=torch.bool)], dim=1).long()
+    P, T = prompt.shape[1], targets.shape[1]
+    body = getattr(model, "base_model", None) or model.model
+    hidden = body(input_ids=ids, attention_mask=attention).last_hidden_state[:, P - 1 : P + T - 1]
+    logits = model.get_output_embeddings()(hidden).float()
+    return F.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _step_fn(model, prompt, prompt_mask, max_new: int):
+    """(logits after the prompt, next_logits(token), reorder(index) or None)."""
+    from .models.fast_decode import LlamaDecoder, supports
+
+    if supports(model):
+        decoder = LlamaDecoder(model, prompt.shape[0], prompt.shape[1] + max_new)
+        return decoder.prefill(prompt, prompt_mask), decoder.step, decoder.reorder
+    from .sampling import _decoder
+
+    logits, step = _decoder(model, prompt, max_new, False, prompt_mask)
+    return logits, step, None
+
+
+@torch.no_grad()
+def greedy(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new: int, eos_id: int, pad_id: int) -> torch.Tensor:
+    """The most likely token at each step: (B, T) ids, padding after each row's end token."""
+    logits, step, _ = _step_fn(model, prompt, prompt_mask, max_new)
+    finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+    out = []
+    for t in range(max_new):
+        token = logits.argmax(-1).masked_fill(finished, pad_id)
+        out.append(token)
+        finished |= token == eos_id
+        if bool(finished.all()) or t + 1 == max_new:
+            break
+        logits = step(token)
+    return torch.stack(out, 1)
+
+
+@torch.no_grad()
+def beam_search(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new: int, eos_id: int, pad_id: int,
+                beam: int = 4, length_penalty: float = 1.0) -> torch.Tensor:
+    """Beam search; hypotheses ranked by log-probability / length**length_penalty. -> (B, T) ids."""
+    B, K = prompt.shape[0], beam
+    prompt, prompt_mask = prompt.repeat_interleave(K, 0), prompt_mask.repeat_interleave(K, 0)
+    logits, step, reorder = _step_fn(model, prompt, prompt_mask, max_new)
+    if reorder is None:
+        raise ModelError("beam search needs a Llama-architecture model; use --decoding greedy or sample")
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0
+    lengths = torch.zeros(B, K, device=prompt.device)
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    history = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for t in range(max_new):
+        logp = F.log_softmax(logits.float(), -1).view(B, K, -1)  # (B, K, V)
+        V = logp.shape[-1]
+        # a finished hypothesis continues with padding at no cost, and only with padding
+        done = torch.full_like(logp[0, 0], float("-inf"))
+        done[pad_id] = 0.0
+        logp = torch.where(finished[..., None], done, logp)
+        total = (scores[..., None] + logp).view(B, K * V)
+        scores, flat = total.topk(K, dim=1)  # (B, K)
+        parent, token = flat // V, flat % V
+        history = torch.cat([history.gather(1, parent[..., None].expand(-1, -1, history.shape[2])), token[..., None]], 2)
+        was_finished = finished.gather(1, parent)
+        lengths = lengths.gather(1, parent) + (~was_finished).float()
+        finished = was_finished | (token == eos_id)
+        if bool(finished.all()) or t + 1 == max_new:
+            break
+        index = (parent + torch.arange(B, device=prompt.device)[:, None] * K).view(-1)
+        reorder(index)
+        logits = step(token.view(-1))
+    best = (scores / lengths.clamp_min(1.0) ** length_penalty).argmax(1)  # (B,)
+    return history[torch.arange(B), best]
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class Rewriter:
+    """A trained style-transfer model: the causal LM, its tokenizer, the styles and the text policy."""
+
+    def __init__(self, model, tokenizer, styles: list[str], max_length: int, normalized: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.layout = Layout(tokenizer, styles, max_length)
+        self.normalized = normalized
+
+    @property
+    def styles(self) -> list[str]:
+        return self.layout.styles
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Hugging Face folder of the LM and tokenizer, plus ``transfer.json``."""
+        from .models.generator import export_generator
+
+        out_dir = export_generator(self.model, self.tokenizer, out_dir)
+        info = {"styles": self.styles, "max_length": self.layout.max_length, "normalize": self.normalized,
+                "layout": f"<style:SRC> source {SEP} <style:TGT> target <eos>"}
+        (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        return out_dir
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", trust_remote_code: bool = False) -> Rewriter:
+        from .models.generator import load_generator
+
+        path = Path(path)
+        if path.is_dir() and (path / "config.json").is_file() and not (path / CONFIG_FILE).is_file():
+            raise ModelError(f"{path} is a generator, not a style-transfer model (no {CONFIG_FILE}); "
+                             "give the 'model' folder of a style_transfer run")
+        model, tokenizer = load_generator(str(path), trust_remote_code=trust_remote_code)
+        try:
+            info = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+            return cls(model.to(device).eval(), tokenizer, list(info["styles"]), int(info["max_length"]),
+                       bool(info.get("normalize", True)))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelError(f"{path}/{CONFIG_FILE} is damaged ({type(e).__name__}); re-export the model") from None
+
+    def count_too_long(self, sentences: list[str]) -> int:
+        """How many of ``sentences`` (after normalization) exceed ``max_length`` tokens and will be cut."""
+        texts = [normalize(s) if self.normalized else s.strip() for s in sentences]
+        return self.layout.encode([t for t in texts if t])[1]
+
+    def rewrite(self, sentences: list[str], source: str, target: str, *, decoding: str = "greedy", beam: int = 4,
+                temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 128, seed: int = 0,
+                progress: bool = False) -> list[str]:
+        """Rewrite each sentence from style ``source`` into ``target``; an empty line gives an empty line.
+
+        Sentences longer than the model's ``max_length`` are cut to it (the caller is told how many).
+        """
+        from tqdm.auto import tqdm
+
+        if decoding not in DECODING:
+            raise ValueError(f"decoding must be one of {', '.join(DECODING)}, got {decoding!r}")
+        src, tgt = self.layout.style_id(source), self.layout.style_id(target)
+        texts = [normalize(s) if self.normalized else s.strip() for s in sentences]
+        outputs = [""] * len(texts)
+        todo = [i for i, t in enumerate(texts) if t]
+        # sorting by length keeps left padding short; outputs go back to their lines
+        todo.sort(key=lambda i: len(texts[i].split()))
+        device = next(self.model.parameters()).device
+        self.model.eval()
+        cuda = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            for start in tqdm(range(0, len(todo), batch_size), desc=f"{source} -> {target}", disable=not progress,
+                              leave=False):
+                rows = todo[start : start + batch_size]
+                ids, _ = self.layout.encode([texts[i] for i in rows])
+                words = self.generate(ids, [src] * len(rows), [tgt] * len(rows), decoding=decoding, beam=beam,
+                                      temperature=temperature, top_p=top_p)
+                unknowns = [self.unknown_words(texts[i]) for i in rows]
+                for i, text in zip(rows, self.decode(words, unknowns)):
+                    outputs[i] = text
+        return outputs
+
+    def generate(self, sources: list[list[int]], src_styles: list[int], tgt_styles: list[int], *, decoding: str = "greedy",
+                 beam: int = 4, temperature: float = 1.0, top_p: float = 1.0) -> list[list[int]]:
+        """Word ids of the rewrites of ``sources`` (word-id lists), one batch."""
+        from .sampling import sample
+
+        device = next(self.model.parameters()).device
+        prompt, mask = self.layout.prompts(sources, src_styles, tgt_styles)
+        prompt, mask = prompt.to(device), mask.to(device)
+        max_new = self.layout.max_length + 1
+        eos, pad = self.layout.eos_id, self.layout.pad_id
+        if decoding == "greedy":
+            tokens = greedy(self.model, prompt, mask, max_new, eos, pad)
+        elif decoding == "beam":
+            tokens = beam_search(self.model, prompt, mask, max_new, eos, pad, beam=beam)
+        else:
+            tokens = sample(self.model, prompt, max_new, eos_id=eos, pad_id=pad, temperature=temperature, top_p=top_p,
+                            prompt_mask=mask).tokens
+        return self.layout.words(tokens.cpu())
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` that the tokenizer maps to ``<unk>``, in order."""
+        unk = self.tokenizer.unk_token_id
+        if unk is None:
+            return []
+        words = text.split()
+        ids = self.tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
+        return [w for w, i in zip(words, ids) if unk in i]
+
+    def decode(self, words: list[list[int]], unknowns: list[list[str]] | None = None) -> list[str]:
+        """Text of word-id lists. With ``unknowns`` (per row, the source's unknown words), each ``<unk>``
+        of an output is replaced in order by one of them (Luong et al. 2015), so rare names survive."""
+        unk = self.tokenizer.unk_token_id
+        texts = []
+        for i, row in enumerate(words):
+            spare = list(unknowns[i]) if unknowns is not None and unk in row else []
+            pieces, run = [], []
+            for t in row:
+                if t == unk and spare:
+                    pieces += [self.tokenizer.decode(run, skip_special_tokens=True), spare.pop(0)]
+                    run = []
+                else:
+                    run.append(t)
+            pieces.append(self.tokenizer.decode(run, skip_special_tokens=True))
+            texts.append(" ".join(" ".join(pieces).split()))
+        return texts
+
+    def sample(self, style: str, n: int, *, temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 256,
+               seed: int = 0) -> list[str]:
+        """``n`` new sentences in ``style``: the rewrite of an empty source into that style."""
+        s = self.layout.style_id(style)
+        out: list[str] = []
+        device = next(self.model.parameters()).device
+        cuda = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            for start in range(0, n, batch_size):
+                rows = min(batch_size, n - start)
+                words = self.generate([[]] * rows, [s] * rows, [s] * rows, decoding="sample", temperature=temperature,
+                                      top_p=top_p)
+                out.extend(self.decode(words))
+        return out
