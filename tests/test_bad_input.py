@@ -1,0 +1,135 @@
+"""The bad-input matrix: every command meets each kind of bad input with exit 2, one line, no traceback,
+and nothing left behind.
+
+Cases are built in a sandbox folder by :func:`inputs`; each test row is (command, case, arguments,
+words the message must contain). ``textgan transfer`` has its own rows in test_transfer.py.
+"""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from textgan.tokenization import build_word_tokenizer
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory, trained_generator, transfer_run):
+    root = tmp_path_factory.mktemp("bad")
+    (root / "empty.txt").write_text("")
+    (root / "blank.txt").write_text("\n   \n\n")
+    (root / "bad.txt").write_bytes(b"a fine line\n\xff\xfe not utf-8\n")
+    (root / "ok.txt").write_text("a man riding a bike .\na dog on a couch .\n" * 20)
+    (root / "adir").mkdir()
+    (root / "not_a_model").mkdir()
+    (root / "not_a_model" / "notes.txt").write_text("nothing here")
+    mismatched = root / "mismatched"
+    shutil.copytree(trained_generator, mismatched)
+    build_word_tokenizer([f"w{i}" for i in range(2000)]).save_pretrained(mismatched)
+    styles = root / "styles_bad"
+    styles.mkdir()
+    (styles / "train.neg").write_text("bad food .\n" * 50)
+    (styles / "train.pos").write_bytes(b"good \xff food\n")
+    one = root / "one_style"
+    one.mkdir()
+    (one / "train.neg").write_text("bad food .\n")
+    return {"root": root, "generator": trained_generator, "transfer": transfer_run / "model", "mismatched": mismatched}
+
+
+def R(sandbox, name):
+    return str(sandbox["root"] / name)
+
+
+TINY = ["steps=1", "d_model=16", "n_layers=1", "n_heads=2", "batch_size=4", "eval_samples=4"]
+
+# (id, function of the sandbox -> argv after 'python -m textgan', words in the message)
+CASES = [
+    # textgan train (recipes)
+    ("train-missing-file", lambda s: ["train", "mle", f"data={R(s, 'none.txt')}", *TINY], ["no such file"]),
+    ("train-directory", lambda s: ["train", "mle", f"data={R(s, 'adir')}", *TINY], ["directory"]),
+    ("train-empty-file", lambda s: ["train", "mle", f"data={R(s, 'empty.txt')}", *TINY], ["no sentences"]),
+    ("train-blank-lines", lambda s: ["train", "mle", f"data={R(s, 'blank.txt')}", *TINY], ["no sentences"]),
+    ("train-bad-utf8", lambda s: ["train", "mle", f"data={R(s, 'bad.txt')}", *TINY], ["UTF-8"]),
+    ("train-model-missing", lambda s: ["train", "scratchgan", f"model={R(s, 'nomodel')}", *TINY], ["no such folder"]),
+    ("train-model-wrong-kind", lambda s: ["train", "scratchgan", f"model={R(s, 'not_a_model')}", *TINY], ["config.json"]),
+    ("train-tokenizer-mismatch", lambda s: ["train", "mle", f"model={s['mismatched']}", *TINY], ["do not belong together"]),
+    ("train-unknown-key", lambda s: ["train", "mle", "stpes=3"], ["did you mean 'steps'"]),
+    ("train-ill-typed-key", lambda s: ["train", "mle", "steps=many"], ["expected an integer"]),
+    ("train-negative-batch", lambda s: ["train", "scratchgan", "batch_size=-4"], ["batch_size must be positive"]),
+    ("train-zero-temperature", lambda s: ["train", "mle", "temperature=0"], ["temperature must be positive"]),
+    ("train-unwritable-out-dir", lambda s: ["train", "mle", f"out_dir={R(s, 'ok.txt')}/run", *TINY], ["cannot write the run folder"]),
+    ("train-unknown-recipe", lambda s: ["train", "cyclegan"], ["unknown recipe"]),
+    ("style-transfer-bad-utf8", lambda s: ["train", "style_transfer", f"data={R(s, 'styles_bad')}"], ["UTF-8"]),
+    ("style-transfer-one-style", lambda s: ["train", "style_transfer", f"data={R(s, 'one_style')}"], ["at least two styles"]),
+    ("style-transfer-missing-judge", lambda s: ["train", "style_transfer", f"data={R(s, 'one_style')}", "decoding=top5"], ["decoding"]),
+    ("classifier-missing-folder", lambda s: ["train", "classifier", f"data={R(s, 'nodata')}"], ["no such folder"]),
+    # textgan sample
+    ("sample-model-missing", lambda s: ["sample", "--model", R(s, "nomodel")], ["no such folder"]),
+    ("sample-model-is-a-file", lambda s: ["sample", "--model", R(s, "ok.txt")], ["is a file"]),
+    ("sample-model-wrong-kind", lambda s: ["sample", "--model", R(s, "not_a_model")], ["config.json"]),
+    ("sample-tokenizer-mismatch", lambda s: ["sample", "--model", str(s["mismatched"])], ["do not belong together"]),
+    ("sample-zero-temperature", lambda s: ["sample", "--model", str(s["generator"]), "--temperature", "0"], ["temperature"]),
+    ("sample-negative-n", lambda s: ["sample", "--model", str(s["generator"]), "-n", "-2"], ["-n"]),
+    ("sample-ill-typed-n", lambda s: ["sample", "--model", str(s["generator"]), "-n", "ten"], ["-n"]),
+    ("sample-unwritable-output", lambda s: ["sample", "--model", str(s["generator"]), "--output", R(s, "no/x.txt")], ["cannot write"]),
+    ("sample-output-is-a-directory", lambda s: ["sample", "--model", str(s["generator"]), "--output", R(s, "adir")], ["directory"]),
+    ("sample-unknown-style", lambda s: ["sample", "--model", str(s["transfer"]), "--style", "angry"], ["unknown style", "neg, pos"]),
+    ("sample-unknown-option", lambda s: ["sample", "--model", str(s["generator"]), "--bogus", "1"], ["unrecognized"]),
+    # textgan evaluate
+    ("evaluate-missing-file", lambda s: ["evaluate", "--samples", R(s, "none.txt")], ["no such file"]),
+    ("evaluate-directory", lambda s: ["evaluate", "--samples", R(s, "adir")], ["directory"]),
+    ("evaluate-empty-file", lambda s: ["evaluate", "--samples", R(s, "empty.txt")], ["no sentences"]),
+    ("evaluate-blank-lines", lambda s: ["evaluate", "--samples", R(s, "blank.txt")], ["no sentences"]),
+    ("evaluate-bad-utf8", lambda s: ["evaluate", "--samples", R(s, "bad.txt")], ["UTF-8"]),
+    ("evaluate-bad-utf8-references", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--references", R(s, "bad.txt")], ["UTF-8"]),
+    ("evaluate-lm-wrong-kind", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--lm", R(s, "not_a_model")], ["config.json"]),
+    ("evaluate-unknown-metric", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--metrics", "bleu9"], ["unknown metric"]),
+    ("evaluate-unwritable-json", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--json", R(s, "no/s.json")], ["cannot write"]),
+    # textgan sweep
+    ("sweep-model-missing", lambda s: ["sweep", "--model", R(s, "nomodel"), "--output", R(s, "sw")], ["no such folder"]),
+    ("sweep-model-wrong-kind", lambda s: ["sweep", "--model", R(s, "not_a_model"), "--output", R(s, "sw")], ["config.json"]),
+    ("sweep-zero-temperature", lambda s: ["sweep", "--model", str(s["generator"]), "--temperatures", "0", "--output", R(s, "sw")], ["temperatures"]),
+    ("sweep-ill-typed-temperature", lambda s: ["sweep", "--model", str(s["generator"]), "--temperatures", "hot", "--output", R(s, "sw")], ["temperatures"]),
+    ("sweep-output-is-a-file", lambda s: ["sweep", "--model", str(s["generator"]), "--output", R(s, "ok.txt")], ["is a file"]),
+    ("sweep-missing-references", lambda s: ["sweep", "--model", str(s["generator"]), "--references", R(s, "none.txt"), "--output", R(s, "sw")], ["no such file"]),
+    ("sweep-empty-references", lambda s: ["sweep", "--model", str(s["generator"]), "--references", R(s, "empty.txt"), "--output", R(s, "sw")], ["no sentences"]),
+]
+
+
+def _run_in_process(argv, capsys) -> tuple[int, str]:
+    """``textgan ARGV`` in this process (the same code path as the console script, without a
+    fresh interpreter per case): its exit code and standard error. Any exception escapes and
+    fails the test, as a traceback would."""
+    from textgan.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own exit
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("case", "argv", "words"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_clean_line(sandbox, case, argv, words, capsys, monkeypatch):
+    root = sandbox["root"]
+    monkeypatch.chdir(root)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    code, stderr = _run_in_process(argv(sandbox), capsys)
+    assert code == 2, (code, stderr[-2000:])
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    after = sorted(p.relative_to(root) for p in root.rglob("*"))
+    assert after == before, f"left behind: {set(after) - set(before)}"  # nothing half-written (runs/ included)
+
+
+def test_console_script_errors_have_no_traceback(sandbox):
+    """Two cases through a real interpreter, as a user meets them."""
+    for argv in (["train", "mle", f"data={R(sandbox, 'bad.txt')}"], ["sample", "--model", R(sandbox, "nomodel")]):
+        result = subprocess.run([sys.executable, "-m", "textgan", *argv], capture_output=True, text=True,
+                                cwd=sandbox["root"], timeout=300, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
