@@ -54,3 +54,41 @@ def test_the_scanner_catches_what_it_should(tmp_path):
         assert len(problems(bad)) == 4
     finally:
         bad.unlink()
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("recipe", ["scratchgan", "style_transfer"])
+def test_recipes_write_only_inside_the_run_folder(recipe, tmp_path, monkeypatch, style_folder):
+    """Every file a recipe writes lies under out_dir, whatever the other paths in its config say.
+
+    The config's input paths go through `..` and sit beside the run folder; the working
+    directory is the parent of both. Afterwards nothing new exists outside out_dir.
+    """
+    from textgan.recipes import scratchgan, style_transfer
+
+    work = tmp_path / "work"
+    (work / "inputs").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    if recipe == "scratchgan":
+        corpus = work / "inputs" / "corpus.txt"
+        corpus.write_text("\n".join(["a man rides a bike .", "a dog runs on the beach ."] * 20) + "\n")
+        config = scratchgan.ScratchGANConfig(
+            data="runs/../inputs/corpus.txt", out_dir="runs/../runs/x", steps=2, pretrain_steps=1, d_model=16,
+            n_layers=1, n_heads=2, disc_dim=8, batch_size=4, eval_every=2, eval_samples=4, checkpoint_every=1,
+            log_every=1)
+        run = scratchgan.main
+    else:
+        for f in style_folder.iterdir():
+            (work / "inputs" / f.name).write_bytes(f.read_bytes())
+        config = style_transfer.StyleTransferConfig(
+            data="runs/../inputs", out_dir="runs/../runs/x", d_model=16, n_layers=1, n_heads=2, steps=2,
+            warmup_steps=1, batch_size=4, eval_every=2, eval_sentences=4, checkpoint_every=1, log_every=1, disc_dim=8)
+        run = style_transfer.main
+    before = _files(tmp_path)
+    run(config)
+    written = _files(tmp_path) - before
+    out = (work / "runs" / "x").resolve()
+    assert written and all(p.resolve().is_relative_to(out) for p in written), sorted(map(str, written))
