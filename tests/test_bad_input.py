@@ -62,7 +62,8 @@ CASES = [
     ("train-unknown-recipe", lambda s: ["train", "cyclegan"], ["unknown recipe"]),
     ("style-transfer-bad-utf8", lambda s: ["train", "style_transfer", f"data={R(s, 'styles_bad')}"], ["UTF-8"]),
     ("style-transfer-one-style", lambda s: ["train", "style_transfer", f"data={R(s, 'one_style')}"], ["at least two styles"]),
-    ("style-transfer-missing-judge", lambda s: ["train", "style_transfer", f"data={R(s, 'one_style')}", "decoding=top5"], ["decoding"]),
+    ("style-transfer-bad-option", lambda s: ["train", "style_transfer", f"data={R(s, 'one_style')}", "decoding=top5"], ["decoding"]),
+    ("style-transfer-bad-precision", lambda s: ["train", "style_transfer", f"data={R(s, 'one_style')}", "precision=fp8"], ["precision"]),
     ("classifier-missing-folder", lambda s: ["train", "classifier", f"data={R(s, 'nodata')}"], ["no such folder"]),
     # textgan sample
     ("sample-model-missing", lambda s: ["sample", "--model", R(s, "nomodel")], ["no such folder"]),
@@ -93,6 +94,7 @@ CASES = [
     ("sweep-ill-typed-temperature", lambda s: ["sweep", "--model", str(s["generator"]), "--temperatures", "hot", "--output", R(s, "sw")], ["temperatures"]),
     ("sweep-output-is-a-file", lambda s: ["sweep", "--model", str(s["generator"]), "--output", R(s, "ok.txt")], ["is a file"]),
     ("sweep-missing-references", lambda s: ["sweep", "--model", str(s["generator"]), "--references", R(s, "none.txt"), "--output", R(s, "sw")], ["no such file"]),
+    ("sweep-bad-utf8-references", lambda s: ["sweep", "--model", str(s["generator"]), "--references", R(s, "bad.txt"), "--output", R(s, "sw")], ["UTF-8"]),
     ("sweep-empty-references", lambda s: ["sweep", "--model", str(s["generator"]), "--references", R(s, "empty.txt"), "--output", R(s, "sw")], ["no sentences"]),
 ]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import NEGATIVE, POSITIVE, _sentences, shared_data
 
-from textgan.transfer import Layout, beam_search, greedy, load_style_data, normalize, target_logprobs
+from textgan.transfer import Layout, Rewriter, beam_search, greedy, load_style_data, normalize, target_logprobs
 
 
 def run_cli(*args, stdin=None):
@@ -332,3 +332,22 @@ def test_sample_in_a_style(transfer_run, trained_generator):
     assert_clean_error(run_cli("sample", "--model", model, "--style", "meh"), "unknown style", "neg, pos")
     assert_clean_error(run_cli("sample", "--model", model), "--style")
     assert_clean_error(run_cli("sample", "--model", str(trained_generator), "--style", "pos"), "not a style-transfer model")
+
+
+def test_style_transfer_with_bf16_and_compile(style_folder, tmp_path):
+    """precision=bf16 and compile=true through warm-up and adversarial steps: finite losses, fp32 export."""
+    import json
+    import math
+
+    from textgan.recipes import style_transfer
+
+    out = tmp_path / "run"
+    style_transfer.main(style_transfer.StyleTransferConfig(
+        data=str(style_folder), out_dir=str(out), d_model=32, n_layers=1, n_heads=2, steps=4, warmup_steps=2,
+        batch_size=8, eval_every=4, eval_sentences=4, checkpoint_every=4, log_every=1, disc_dim=16,
+        precision="bf16", compile=True))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [v for r in records for k, v in r.items() if k.endswith("loss")]
+    assert len(losses) >= 4 and all(math.isfinite(v) for v in losses)
+    rewriter = Rewriter.load(out / "model")
+    assert all(p.dtype == torch.float32 for p in rewriter.model.parameters())

@@ -89,6 +89,11 @@ def sample(
         a :class:`Rollout` over the new positions only; T <= max_new_tokens (sampling stops
         early once every row has ended).
     """
+    with torch.autocast(prompt.device.type, enabled=False):  # sampling runs in fp32 (see training.autocast)
+        return _sample(model, prompt, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p, fast, prompt_mask)
+
+
+def _sample(model, prompt, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p, fast, prompt_mask) -> Rollout:
     B = prompt.shape[0]
     finished = (prompt[:, 1:] == eos_id).any(dim=1)
     logits, next_logits = _decoder(model, prompt, max_new_tokens, fast, prompt_mask)

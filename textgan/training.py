@@ -28,6 +28,8 @@ from .rl import BASELINE_KINDS
 from .sampling import sample_texts
 from .tokenization import TOKENIZER_KINDS, build_tokenizer, special_ids
 
+PRECISIONS = ("fp32", "bf16")
+
 
 @dataclass
 class BaseConfig:
@@ -37,9 +39,12 @@ class BaseConfig:
     resume: bool = arg(False, "continue from the newest checkpoint in out_dir")
     seed: int = arg(0, "random seed for data, initialisation and sampling")
     device: str = arg("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    precision: str = arg("fp32", "fp32, or bf16: training forward passes under bfloat16 autocast (helps larger models "
+                                 "on CPUs with AMX and on recent GPUs; see README)")
+    compile: bool = arg(False, "compile the model's training forward with torch.compile (seconds of start-up; see README)")
 
     def check(self) -> None:
-        pass
+        check_choice("precision", self.precision, PRECISIONS)
 
 
 @dataclass
@@ -71,6 +76,7 @@ class RunConfig(BaseConfig):
     temperature: float = arg(1.0, "sampling temperature for evaluation samples")
 
     def check(self) -> None:
+        super().check()
         check_bounds(self, positive=("batch_size", "max_length", "d_model", "n_layers", "n_heads", "log_every",
                                      "eval_every", "eval_samples", "checkpoint_every", "grammar_sentences"),
                      non_negative=("vocab_size", "d_ff", "print_samples", "keep_checkpoints"))
@@ -106,6 +112,30 @@ class GANConfig(RunConfig):
         check_choice("baseline", self.baseline, BASELINE_KINDS)
         check_choice("disc_objective", self.disc_objective, DISC_OBJECTIVES)
         parse_betas(self.betas)
+
+
+def autocast(config: BaseConfig, device: torch.device):
+    """The context the training steps run in: bfloat16 autocast for ``precision=bf16``, else nothing.
+
+    Under it, matmuls and convolutions run in bfloat16 while parameters, optimizer state, log-softmax
+    and the losses stay in fp32 (``token_logprobs`` upcasts the logits). Sampling always runs in fp32
+    (:func:`textgan.sampling.sample` turns autocast off): at textgan's default sizes its per-token
+    matmuls are too small to gain, and fp32 keeps sampled sequences identical across precisions.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
+def compile_forward(module: torch.nn.Module, config: BaseConfig) -> torch.nn.Module:
+    """With ``compile=true``, compile ``module``'s forward in place (``nn.Module.compile``).
+
+    In place, so parameter names, checkpoints and exports are unchanged; only calls to this
+    module's own forward go through the compiled graph (the KV-cache sampler calls the layers
+    directly and stays eager). Shapes that vary between batches cause a recompile or two before
+    torch switches to dynamic shapes.
+    """
+    if config.compile:
+        module.compile()
+    return module
 
 
 def resolve_device(name: str) -> torch.device:

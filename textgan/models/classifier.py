@@ -47,7 +47,7 @@ class SentenceClassifier(nn.Module):
             # a window position counts if it overlaps a real token
             valid = nn.functional.max_pool1d(nn.functional.pad(real.float()[:, None], (width - 1, width - 1)), width, 1)
             pooled.append(h.masked_fill(valid[:, :, : h.shape[2]] == 0, 0.0).amax(dim=2))
-        return self.head(self.dropout(torch.cat(pooled, dim=1)))
+        return self.head(self.dropout(torch.cat(pooled, dim=1))).float()  # fp32 logits under bf16 autocast too
 
 
 def save_classifier(model: SentenceClassifier, tokenizer, labels: list[str], out_dir: str | Path,

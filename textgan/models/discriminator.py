@@ -53,7 +53,7 @@ class TokenDiscriminator(nn.Module):
             x = x + self.position(torch.arange(T, device=tokens.device))
             causal = nn.Transformer.generate_square_subsequent_mask(T, device=tokens.device)
             h = self.encoder(x, mask=causal, is_causal=True)
-        return self.head(self.dropout(h)).squeeze(-1)
+        return self.head(self.dropout(h)).squeeze(-1).float()  # fp32 logits under bf16 autocast too
 
 
 class CNNDiscriminator(nn.Module):
@@ -80,7 +80,7 @@ class CNNDiscriminator(nn.Module):
         transform, gate = self.highway(pooled).chunk(2, dim=1)
         gate = torch.sigmoid(gate)
         h = gate * torch.relu(transform) + (1 - gate) * pooled
-        return self.head(self.dropout(h)).squeeze(-1)
+        return self.head(self.dropout(h)).squeeze(-1).float()  # fp32 logits under bf16 autocast too
 
 
 def build_discriminator(kind: str, vocab_size: int, pad_id: int, *, dim: int = 128, n_layers: int = 1,

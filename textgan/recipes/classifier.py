@@ -18,7 +18,18 @@ import torch
 from ..config import ConfigError, arg, check_bounds
 from ..distributed import shard
 from ..models.classifier import SentenceClassifier, classify, encode_batch, save_classifier
-from ..training import BaseConfig, Run, optimizer_step, periodic, progress, resolve_device, restore, seed_everything
+from ..training import (
+    BaseConfig,
+    Run,
+    autocast,
+    compile_forward,
+    optimizer_step,
+    periodic,
+    progress,
+    resolve_device,
+    restore,
+    seed_everything,
+)
 
 
 @dataclass
@@ -45,6 +56,7 @@ class ClassifierConfig(BaseConfig):
     keep_checkpoints: int = arg(2, "checkpoints kept on disk")
 
     def check(self) -> None:
+        super().check()
         if not self.data:
             raise ConfigError("data is required: a folder with train.<style> files, e.g. data=../shared/data/yelp")
         check_bounds(self, positive=("steps", "batch_size", "dim", "filters", "max_length", "log_every", "eval_every",
@@ -91,6 +103,7 @@ def main(config: ClassifierConfig) -> dict:
     model = SentenceClassifier(len(tokenizer), len(styles), tokenizer.pad_token_id, dim=config.dim,
                                filters=config.filters, dropout=config.dropout).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    compile_forward(model, config)
     modules, optimizers = {"classifier": model}, {"classifier": optimizer}
     state = restore(run, modules, optimizers, device)
     start = state["step"] if state else 0
@@ -103,8 +116,9 @@ def main(config: ClassifierConfig) -> dict:
             model.train()
             texts, labels = (shard(part) for part in balanced_batch(data.train, styles, config.batch_size, step, config.seed))
             tokens = encode_batch(tokenizer, texts, model.pad_id, config.max_length).to(device)
-            loss = torch.nn.functional.cross_entropy(model(tokens), labels.to(device))
-            loss = optimizer_step(loss, optimizer, model, config.grad_clip)
+            with autocast(config, device):
+                loss = torch.nn.functional.cross_entropy(model(tokens), labels.to(device))
+                loss = optimizer_step(loss, optimizer, model, config.grad_clip)
             bar.update(1)
             periodic(run, None, config, step + 1, {"train/loss": loss}, bar, modules, optimizers,
                      last_step=config.steps, evaluator=evaluator)

@@ -13,7 +13,20 @@ import torch
 from ..config import arg, check_bounds
 from ..data import batch_at
 from ..distributed import shard
-from ..training import Run, RunConfig, evaluate, finish, mle_step, periodic, prepare, progress, restore, seed_everything
+from ..training import (
+    Run,
+    RunConfig,
+    autocast,
+    compile_forward,
+    evaluate,
+    finish,
+    mle_step,
+    periodic,
+    prepare,
+    progress,
+    restore,
+    seed_everything,
+)
 
 
 @dataclass
@@ -35,7 +48,7 @@ def main(config: MLEConfig) -> dict:
     run = Run(config)
     seed_everything(config.seed)
     setup = prepare(config, run)
-    generator = setup.generator
+    generator = compile_forward(setup.generator, config)
     optimizer = torch.optim.AdamW(generator.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     modules, optimizers = {"generator": generator}, {"generator": optimizer}
     state = restore(run, modules, optimizers, setup.device)
@@ -46,7 +59,8 @@ def main(config: MLEConfig) -> dict:
             # 1. a batch of real sentences
             batch = shard(batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id)).to(setup.device)
             # 2. one teacher-forced step
-            loss = mle_step(generator, optimizer, batch, setup.eos_id, config.grad_clip)
+            with autocast(config, setup.device):
+                loss = mle_step(generator, optimizer, batch, setup.eos_id, config.grad_clip)
             bar.update(1)
             periodic(run, setup, config, step + 1, {"gen/mle_loss": loss}, bar, modules, optimizers, last_step=config.steps)
 

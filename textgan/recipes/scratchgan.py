@@ -35,6 +35,8 @@ from ..sampling import sample
 from ..training import (
     GANConfig,
     Run,
+    autocast,
+    compile_forward,
     evaluate,
     finish,
     gan_optimizers,
@@ -79,7 +81,7 @@ def main(config: ScratchGANConfig) -> dict:
     run = Run(config)
     seed_everything(config.seed)
     setup = prepare(config, run)
-    generator, device = setup.generator, setup.device
+    generator, device = compile_forward(setup.generator, config), setup.device
     discriminator = build_discriminator(config.disc, len(setup.tokenizer), setup.pad_id, dim=config.disc_dim,
                                         n_layers=config.disc_layers, dropout=config.disc_dropout,
                                         spectral_norm=config.spectral_norm,
@@ -98,10 +100,11 @@ def main(config: ScratchGANConfig) -> dict:
         for step in range(start, total):
             seed_step(config.seed, step)
             real = shard(batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id)).to(device)
-            if step < config.pretrain_steps:
-                values = {"gen/mle_loss": mle_step(generator, optimizers["mle"], real, setup.eos_id, config.grad_clip)}
-            else:
-                values = adversarial_step(config, generator, discriminator, optimizers, ema, prompt, real, setup)
+            with autocast(config, device):
+                if step < config.pretrain_steps:
+                    values = {"gen/mle_loss": mle_step(generator, optimizers["mle"], real, setup.eos_id, config.grad_clip)}
+                else:
+                    values = adversarial_step(config, generator, discriminator, optimizers, ema, prompt, real, setup)
             bar.update(1)
             periodic(run, setup, config, step + 1, values, bar, modules, optimizers, {"ema": ema.state_dict()},
                      last_step=total)

@@ -25,6 +25,8 @@ from ..sampling import sample
 from ..training import (
     GANConfig,
     Run,
+    autocast,
+    compile_forward,
     evaluate,
     finish,
     gan_optimizers,
@@ -62,7 +64,7 @@ def main(config: SeqGANConfig) -> dict:
     run = Run(config)
     seed_everything(config.seed)
     setup = prepare(config, run)
-    generator, device = setup.generator, setup.device
+    generator, device = compile_forward(setup.generator, config), setup.device
     discriminator = build_discriminator("cnn", len(setup.tokenizer), setup.pad_id, dim=config.disc_dim,
                                         dropout=config.disc_dropout, spectral_norm=config.spectral_norm).to(device)
     optimizers = gan_optimizers(config, generator, discriminator)
@@ -84,21 +86,26 @@ def main(config: SeqGANConfig) -> dict:
         loss = discriminator_loss(discriminator(real[:, 1:]), discriminator(fake_tokens), objective=config.disc_objective)
         return optimizer_step(loss, optimizers["discriminator"], discriminator, config.grad_clip)
 
+    def seqgan_step(step: int, real: torch.Tensor) -> dict:
+        if step < g_end:  # phase 1: MLE pretraining of G
+            return {"gen/mle_loss": mle_step(generator, optimizers["mle"], real, setup.eos_id, config.grad_clip)}
+        if step < d_end:  # phase 2: pretraining of D
+            return {"disc/loss": disc_step(real, draw_fake().tokens)}
+        # phase 3: adversarial training
+        values = adversarial_step(config, generator, discriminator, optimizers["generator"], ema, prompt, setup,
+                                  draw_fake())
+        for i in range(config.disc_steps):
+            real_i = real if i == 0 else shard(batch_at(setup.train_ids, config.batch_size, step * 7919 + i,
+                                                        config.seed, setup.eos_id)).to(device)
+            values["disc/loss"] = disc_step(real_i, draw_fake().tokens)
+        return values
+
     with progress(total, start, "seqgan") as bar:
         for step in range(start, total):
             seed_step(config.seed, step)
             real = shard(batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id)).to(device)
-            if step < g_end:  # phase 1: MLE pretraining of G
-                values = {"gen/mle_loss": mle_step(generator, optimizers["mle"], real, setup.eos_id, config.grad_clip)}
-            elif step < d_end:  # phase 2: pretraining of D
-                values = {"disc/loss": disc_step(real, draw_fake().tokens)}
-            else:  # phase 3: adversarial training
-                values = adversarial_step(config, generator, discriminator, optimizers["generator"], ema, prompt, setup,
-                                          draw_fake())
-                for i in range(config.disc_steps):
-                    real_i = real if i == 0 else shard(batch_at(setup.train_ids, config.batch_size, step * 7919 + i,
-                                                                config.seed, setup.eos_id)).to(device)
-                    values["disc/loss"] = disc_step(real_i, draw_fake().tokens)
+            with autocast(config, device):
+                values = seqgan_step(step, real)
             bar.update(1)
             periodic(run, setup, config, step + 1, values, bar, modules, optimizers, {"ema": ema.state_dict()},
                      last_step=total)

@@ -43,7 +43,18 @@ from ..losses import mle_loss
 from ..models.classifier import SentenceClassifier, classify, load_classifier
 from ..rl import BASELINE_KINDS, EMABaseline, baseline_values, discounted_returns, reinforce_loss
 from ..sampling import sample
-from ..training import BaseConfig, Run, optimizer_step, periodic, progress, resolve_device, restore, seed_everything
+from ..training import (
+    BaseConfig,
+    Run,
+    autocast,
+    compile_forward,
+    optimizer_step,
+    periodic,
+    progress,
+    resolve_device,
+    restore,
+    seed_everything,
+)
 from ..transfer import SEP, Layout, Rewriter, load_style_data, style_token, target_logprobs
 
 
@@ -93,6 +104,7 @@ class StyleTransferConfig(BaseConfig):
     keep_checkpoints: int = arg(2, "checkpoints kept on disk")
 
     def check(self) -> None:
+        super().check()
         if not self.data:
             raise ConfigError("data is required: a folder with train.<style> files, e.g. data=../shared/data/yelp")
         check_bounds(self, positive=("max_length", "d_model", "n_layers", "n_heads", "batch_size", "lr", "adv_lr", "disc_lr",
@@ -353,6 +365,7 @@ def main(config: StyleTransferConfig) -> dict:
     elif run.writes:
         tokenizer.save_pretrained(tokenizer_dir)
     model = model.to(device)
+    compile_forward(getattr(model, "base_model", None) or model.model, config)  # the body target_logprobs calls
     layout = Layout(tokenizer, styles, config.max_length)
     ids, dropped = encode_styles(layout, data.train)
     if dropped:
@@ -385,7 +398,8 @@ def main(config: StyleTransferConfig) -> dict:
             seed_step(config.seed, step)
             for group in optimizers["rewriter"].param_groups:
                 group["lr"] = config.lr if step < config.warmup_steps else config.adv_lr
-            values = train_step(config, step, model, disc, optimizers, ema, layout, ids, device)
+            with autocast(config, device):
+                values = train_step(config, step, model, disc, optimizers, ema, layout, ids, device)
             bar.update(1)
             periodic(run, None, config, step + 1, values, bar, modules, optimizers, {"ema": ema.state_dict()},
                      last_step=config.steps, evaluator=evaluator)
