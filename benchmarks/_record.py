@@ -26,11 +26,18 @@ def machine() -> dict:
     }
 
 
+def _from_root(script: str) -> str:
+    """The script's path from the repository root, wherever it was run from."""
+    path = Path(script).resolve()
+    root = RESULTS.parent.parent
+    return str(path.relative_to(root)) if path.is_relative_to(root) else script
+
+
 def record(name: str, results: dict, markdown: str) -> Path:
     """Write results/<name>.json and results/<name>.md."""
     RESULTS.mkdir(exist_ok=True)
     meta = {
-        "command": "python " + " ".join(sys.argv),
+        "command": "python " + " ".join([_from_root(sys.argv[0]), *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
     }
