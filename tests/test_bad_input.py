@@ -135,3 +135,17 @@ def test_console_script_errors_have_no_traceback(sandbox):
                                 cwd=sandbox["root"], timeout=300, check=False)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_10000_token_line_is_scored_not_a_crash(sandbox, capsys, tmp_path):
+    """evaluate and sweep read text and score it as it is: a 10,000-token line is just a long sentence."""
+    samples = tmp_path / "long.txt"
+    samples.write_text("a man riding a bike .\n" + "word " * 10_000 + "\n")
+    out = tmp_path / "scores.json"
+    code, stderr = _run_in_process(["evaluate", "--samples", str(samples), "--references", R(sandbox, "ok.txt"),
+                                    "--metrics", "bleu,self-bleu,distinct", "--json", str(out)], capsys)
+    assert code == 0, stderr
+    import json
+
+    scores = json.loads(out.read_text())
+    assert scores["scores"]["samples"] == 2 and 0 <= scores["scores"]["bleu-4"] <= 1, scores
