@@ -103,8 +103,9 @@ def test_mc_rollout_rewards_with_known_completions():
     mask = torch.tensor([[True, True, True], [True, True, False]])
     calls = []
 
-    def complete(prefixes):
+    def complete(prefixes, rows):
         calls.append(prefixes.shape)
+        assert torch.equal(prefixes, tokens[rows, : prefixes.shape[1]])  # rows name each prefix's sentence
         # completion appends 1s; rollouts alternate an extra token so the mean matters
         extra = torch.arange(len(prefixes))[:, None] % 2
         return torch.cat([prefixes, extra + 1, torch.full((len(prefixes), 1), 2)], 1)

@@ -117,3 +117,43 @@ def test_draw_follows_the_distribution_and_never_draws_zero_mass():
     assert torch.allclose(counts, probs[0].double(), atol=4 * (0.25 / 20000) ** 0.5)
     edge = torch.tensor([[0.25, 0.75, 0.0]])
     assert draw(edge.repeat(1000, 1)).max() <= 1
+
+
+def test_forked_cache_continues_like_a_fresh_prefill(tiny_generator, word_tokenizer):
+    """fork(rows, t) then step(token t) gives the logits a prefill of the first t+1 tokens gives."""
+    from textgan.models.fast_decode import LlamaDecoder
+
+    ids = torch.cat([_prompt(word_tokenizer, 4), torch.randint(5, len(word_tokenizer), (4, 9))], 1)
+    base = LlamaDecoder(tiny_generator, 4, ids.shape[1])
+    base.prefill(ids)
+    rows = torch.tensor([2, 2, 0, 3, 1])
+    with torch.no_grad():
+        for t in (1, 4, 9):
+            child = base.fork(rows, t)
+            fresh = LlamaDecoder(tiny_generator, len(rows), ids.shape[1])
+            assert_close(child.step(ids[rows, t]), fresh.prefill(ids[rows, : t + 1]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="fork"):
+        base.fork(rows, ids.shape[1] + 1)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_prefix_completer_samples_what_sample_would(tiny_generator, word_tokenizer, fast):
+    """Completions from the shared cache equal sample() on the prefix as a prompt, draw for draw."""
+    from textgan.sampling import PrefixCompleter
+
+    _, eos, pad = special_ids(word_tokenizer)
+    prompt = _prompt(word_tokenizer, 6)
+    torch.manual_seed(0)
+    fake = sample(tiny_generator, prompt, 12, eos_id=eos, pad_id=pad)
+    complete = PrefixCompleter(tiny_generator, prompt, fake.tokens, eos_id=eos, pad_id=pad, fast=fast)
+    assert (complete.base is not None) == fast
+    rows = torch.tensor([0, 0, 3, 5, 5, 5])
+    for t in (1, 3, 7):
+        prefixes = fake.tokens[rows, :t]
+        torch.manual_seed(t)
+        ours = complete(prefixes, rows)
+        torch.manual_seed(t)
+        theirs = sample(tiny_generator, torch.cat([prompt[rows], prefixes], 1), fake.tokens.shape[1] - t,
+                        eos_id=eos, pad_id=pad)
+        assert torch.equal(ours, torch.cat([prefixes, theirs.tokens], 1))
+        assert ours.shape[1] <= fake.tokens.shape[1] and torch.equal(ours[:, :t], prefixes)

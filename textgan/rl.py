@@ -162,7 +162,9 @@ def mc_rollout_rewards(
 
     Args:
         tokens: (B, T) sampled sentences (no BOS); mask: (B, T).
-        complete: prefixes (N, t) -> full sentences (N, T') sampled from the generator.
+        complete: (prefixes (N, t), rows (N,)) -> full sentences (N, T') sampled from the generator,
+            where ``prefixes[i] == tokens[rows[i], :t]`` (e.g. :class:`textgan.sampling.PrefixCompleter`,
+            which uses ``rows`` to continue from the sampled batch's KV cache).
         score: sentences (N, T') -> (N,) reward of each whole sentence (e.g. D's probability).
         num_rollouts: K.
     Returns:
@@ -176,8 +178,8 @@ def mc_rollout_rewards(
         running = (lengths > t + 1).nonzero().squeeze(1)  # rows with tokens after position t
         if len(running) == 0:
             continue
-        prefixes = tokens[running, : t + 1].repeat_interleave(num_rollouts, dim=0)  # (N·K, t+1)
-        scores = score(complete(prefixes)).view(len(running), num_rollouts).mean(1)
+        rows = running.repeat_interleave(num_rollouts)  # (N·K,)
+        scores = score(complete(tokens[rows, : t + 1], rows)).view(len(running), num_rollouts).mean(1)
         rewards[running, t] = scores
     final = score(tokens)  # (B,)
     last = (lengths - 1).clamp_min(0)

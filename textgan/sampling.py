@@ -94,9 +94,17 @@ def sample(
 
 
 def _sample(model, prompt, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p, fast, prompt_mask) -> Rollout:
-    B = prompt.shape[0]
     finished = (prompt[:, 1:] == eos_id).any(dim=1)
     logits, next_logits = _decoder(model, prompt, max_new_tokens, fast, prompt_mask)
+    tokens, logprobs = _draw_tokens(logits, next_logits, finished, max_new_tokens, eos_id, pad_id, temperature, top_k,
+                                    top_p)
+    mask = _mask_new(tokens, prompt, eos_id)
+    return Rollout(tokens, logprobs, mask, mask.sum(1))
+
+
+def _draw_tokens(logits, next_logits, finished, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p):
+    """The token-by-token loop: (B, T) tokens and their log-probabilities, T <= max_new_tokens."""
+    B = logits.shape[0]
     tokens, logprobs = [], []
     for t in range(max_new_tokens):
         logp = F.log_softmax(filter_logits(logits.float(), temperature, top_k, top_p), dim=-1)  # (B, V)
@@ -109,10 +117,53 @@ def _sample(model, prompt, max_new_tokens, eos_id, pad_id, temperature, top_k, t
         if t + 1 == max_new_tokens or bool(finished.all()):
             break
         logits = next_logits(token)
-    tokens = torch.stack(tokens, 1) if tokens else prompt.new_zeros(B, 0)
-    logprobs = torch.stack(logprobs, 1) if logprobs else torch.zeros(B, 0)
-    mask = _mask_new(tokens, prompt, eos_id)
-    return Rollout(tokens, logprobs, mask, mask.sum(1))
+    tokens = torch.stack(tokens, 1) if tokens else finished.new_zeros(B, 0, dtype=torch.long)
+    logprobs = torch.stack(logprobs, 1) if logprobs else torch.zeros(B, 0, device=finished.device)
+    return tokens, logprobs
+
+
+class PrefixCompleter:
+    """Completions of prefixes of sampled sentences that start from the sentences' own KV cache.
+
+    SeqGAN's Monte-Carlo rewards complete every prefix of every sampled sentence K times. Here the
+    batch's keys and values are computed once, in one batched pass over the whole sentences; a
+    completion of ``tokens[b, :t]`` forks row b's cache at that prefix (K copies) and decodes
+    from there, so no prefix is encoded again, neither per token nor per prefix length. Models
+    the fast decoder does not cover (or ``fast=False``) prefill each prefix instead: the same
+    distribution, more work.
+
+    Call with ``(prefixes, rows)``: prefixes (N, t) are ``tokens[rows, :t]``; returns (N, t + T')
+    sentences, the prefix followed by its completion (T' <= T - t new tokens, padded after the
+    end token). This is the ``complete`` argument of :func:`textgan.rl.mc_rollout_rewards`.
+    """
+
+    def __init__(self, model, prompt: torch.Tensor, tokens: torch.Tensor, *, eos_id: int, pad_id: int,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, fast: bool = True):
+        from .models.fast_decode import LlamaDecoder, supports
+
+        self.model, self.prompt, self.length = model, prompt, tokens.shape[1]
+        self.options = {"eos_id": eos_id, "pad_id": pad_id, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+        self.base = None
+        if fast and supports(model):
+            with torch.no_grad(), torch.autocast(prompt.device.type, enabled=False):
+                ids = torch.cat([prompt, tokens], 1)
+                self.base = LlamaDecoder(model, ids.shape[0], ids.shape[1])
+                self.base.prefill(ids)
+
+    @torch.no_grad()
+    def __call__(self, prefixes: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        new = self.length - prefixes.shape[1]
+        if self.base is None:
+            rest = sample(self.model, torch.cat([self.prompt[rows], prefixes], 1), new, **self.options, fast=False)
+            return torch.cat([prefixes, rest.tokens], 1)
+        o = self.options
+        with torch.autocast(prefixes.device.type, enabled=False):
+            decoder = self.base.fork(rows, self.prompt.shape[1] + prefixes.shape[1] - 1)
+            logits = decoder.step(prefixes[:, -1])  # the prefix's last token, at its own position
+            finished = (prefixes == o["eos_id"]).any(dim=1)
+            tokens, _ = _draw_tokens(logits, decoder.step, finished, new, o["eos_id"], o["pad_id"], o["temperature"],
+                                     o["top_k"], o["top_p"])
+        return torch.cat([prefixes, tokens], 1)
 
 
 def _decoder(model, prompt: torch.Tensor, max_new_tokens: int, fast: bool, prompt_mask: torch.Tensor | None = None):

@@ -14,6 +14,8 @@ its logits against the Hugging Face forward.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -144,6 +146,18 @@ class LlamaDecoder:
         self.values[:, :B] = self.values[:, index]
         if self.key_valid is not None:
             self.key_valid[:B] = self.key_valid[index]
+
+    def fork(self, rows: torch.Tensor, length: int) -> LlamaDecoder:
+        """A decoder over rows ``rows`` (N,) of this cache (repeats allowed), holding positions
+        [0, length): it continues from there without recomputing them. SeqGAN's rollouts fork
+        the sampled batch's cache at every prefix length, K rows per sentence."""
+        if not 0 < length <= self.position:
+            raise ValueError(f"can fork at positions 1..{self.position}, asked for {length}")
+        child = copy.copy(self)  # shares the model and the rotary tables
+        child.keys, child.values = self.keys[:, rows], self.values[:, rows]  # (L, N, H, T, D) copies
+        child.key_valid = None if self.key_valid is None else self.key_valid[rows]
+        child.position = length
+        return child
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """token: (B,) long, the newest token -> (B, V) logits of the next position."""

@@ -21,7 +21,7 @@ from ..losses import discriminator_loss
 from ..models.discriminator import build_discriminator
 from ..models.generator import token_logprobs
 from ..rl import EMABaseline, baseline_values, masked_mean, mc_rollout_rewards, reinforce_loss
-from ..sampling import sample
+from ..sampling import PrefixCompleter, sample
 from ..training import (
     GANConfig,
     Run,
@@ -118,14 +118,9 @@ def main(config: SeqGANConfig) -> dict:
 def adversarial_step(config, generator, discriminator, gen_opt, ema, prompt, setup, fake) -> dict:
     # 1. a batch sampled from G (fake)
     mask = fake.mask
-    T = fake.tokens.shape[1]
 
     # 2. Monte-Carlo rollouts: K completions of every prefix, scored by D
-    def complete(prefixes: torch.Tensor) -> torch.Tensor:
-        bos = prompt[:1].expand(len(prefixes), 1)
-        rest = sample(generator, torch.cat([bos, prefixes], 1), T - prefixes.shape[1],
-                      eos_id=setup.eos_id, pad_id=setup.pad_id)
-        return torch.cat([prefixes, rest.tokens], 1)
+    complete = PrefixCompleter(generator, prompt, fake.tokens, eos_id=setup.eos_id, pad_id=setup.pad_id)
 
     with torch.no_grad():
         was_training = discriminator.training
