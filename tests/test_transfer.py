@@ -1,6 +1,7 @@
 """Style transfer: text normalization, the prompt layout, decoding, corpus BLEU, the recipe, the commands."""
 
 import random
+import shutil
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from conftest import NEGATIVE, POSITIVE, _sentences, shared_data
 
+from textgan.tokenization import build_word_tokenizer
 from textgan.transfer import Layout, Rewriter, beam_search, greedy, load_style_data, normalize, target_logprobs
 
 
@@ -314,6 +316,12 @@ def test_transfer_errors(transfer_run, trained_generator, tmp_path):
     assert_clean_error(run_cli(*base, "--output", str(tmp_path / "no" / "out.txt"), "x"), "cannot write")
     assert_clean_error(run_cli(*base, "--decoding", "topk", "x"))
     assert_clean_error(run_cli(*base, "--beam", "0", "x"))
+    assert_clean_error(run_cli(*base, "--decoding", "sample", "--temperature", "0", "x"), "temperature")
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(model, mismatched)
+    build_word_tokenizer([f"w{i}" for i in range(3000)]).save_pretrained(mismatched)
+    assert_clean_error(run_cli("transfer", "--model", str(mismatched), "--from", "neg", "--to", "pos", "x"),
+                       "do not belong together")
     # a failure leaves no output file behind
     assert not (tmp_path / "out.txt").exists()
 

@@ -55,10 +55,11 @@ def draw(probs: torch.Tensor) -> torch.Tensor:
     the total is moved back onto the last token that has mass.
     """
     cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
-    token = torch.searchsorted(cdf, u, right=True).squeeze(1)
-    last = (probs > 0).cumsum(-1).argmax(-1)  # the last token with mass
-    return torch.minimum(token, last)
+    total = cdf[:, -1:].contiguous()
+    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * total
+    token = torch.searchsorted(cdf, u, right=True)
+    last = torch.searchsorted(cdf, total)  # the first index at which the CDF is complete: the last token with mass
+    return torch.minimum(token, last).squeeze(1)
 
 
 @torch.no_grad()
