@@ -68,3 +68,29 @@ def test_coco_loads_from_shared_data():
     train = shared_data("coco", "train.txt")
     corpus = load_corpus(str(train), valid_source=str(shared_data("coco", "test.txt")))
     assert 9_999 <= len(corpus.train) <= 10_000 and 9_999 <= len(corpus.valid) <= 10_000
+
+
+def test_hf_dataset_from_a_local_folder(tmp_path):
+    """data=hf:FOLDER goes through `datasets.load_dataset`, offline, with any text column."""
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    rows = [f"sentence number {i} ." for i in range(40)]
+    (folder / "train.csv").write_text("review,stars\n" + "".join(f"{r},{i % 5}\n" for i, r in enumerate(rows)) + " ,1\n")
+    corpus = load_corpus(f"hf:{folder}", hf_text_column="review", valid_fraction=0.25)
+    assert sorted(corpus.train + corpus.valid) == sorted(rows)  # the blank row is dropped
+    with pytest.raises(DataError, match="no column 'text'.*review"):
+        load_corpus(f"hf:{folder}")
+    with pytest.raises(DataError, match="cannot load the Hugging Face dataset.*split 'test'"):
+        load_corpus(f"hf:{folder}", hf_split="test", hf_text_column="review")
+
+
+def test_hf_dataset_failures_are_one_clean_error(monkeypatch):
+    """Whatever `datasets` raises (no network, unknown name), the user gets a DataError."""
+    import datasets
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'someone/corpus' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(DataError, match="cannot load the Hugging Face dataset 'someone/corpus'.*Couldn't reach"):
+        load_corpus("hf:someone/corpus")

@@ -60,7 +60,12 @@ def _hf_lines(name: str, split: str, column: str) -> list[str]:
     config = None
     if ":" in name:
         name, config = name.split(":", 1)
-    dataset = datasets.load_dataset(name, config, split=split)
+    try:
+        dataset = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # network, unknown name or split, unreadable files: one clear line for the user
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"cannot load the Hugging Face dataset {name!r} (split {split!r}): {reason}. Check the name "
+                        "and hf_split, or use a local text file or dataset folder") from None
     if column not in dataset.column_names:
         raise DataError(f"dataset {name} has no column {column!r}; set hf_text_column to one of {dataset.column_names}")
     return [str(t).strip() for t in dataset[column] if str(t).strip()]
@@ -80,7 +85,8 @@ def load_corpus(
 
     Args:
         source: ``grammar`` (the embedded caption grammar), a path to a text file, or
-            ``hf:NAME`` / ``hf:NAME:CONFIG`` for a Hugging Face dataset (needs the network).
+            ``hf:NAME`` / ``hf:NAME:CONFIG`` for a Hugging Face dataset: a hub name (needs the
+            network) or a local folder of csv / json / parquet / txt files.
         valid_source: a separate validation file; if empty, ``valid_fraction`` of the
             training sentences (shuffled by ``seed``) are held out.
         grammar_sentences: how many sentences to sample from the grammar.
