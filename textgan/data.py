@@ -56,13 +56,14 @@ def read_lines(path: str | Path) -> list[str]:
 
 def _hf_lines(name: str, split: str, column: str) -> list[str]:
     import datasets
+    from datasets.exceptions import DatasetsError
 
     config = None
     if ":" in name:
         name, config = name.split(":", 1)
     try:
         dataset = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # network, unknown name or split, unreadable files: one clear line for the user
+    except (OSError, ValueError, DatasetsError) as e:  # network, unknown name or split, unreadable files
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"cannot load the Hugging Face dataset {name!r} (split {split!r}): {reason}. Check the name "
                         "and hf_split, or use a local text file or dataset folder") from None
