@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--lm", type=Path, default=None, help="MLE language model (default: WORK/lm/generator)")
     parser.add_argument("--decoding", default="greedy", choices=("greedy", "beam", "sample"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="yelp_transfer", help="results file name: benchmarks/results/NAME.{json,md}")
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"error: {args.data} not found; pass --data with the Yelp folder")
@@ -184,7 +185,8 @@ def main() -> None:
         return
     judge_note = (f"\nStyle accuracy is judged by textgan's CNN classifier (dev accuracy {100 * (info.get('dev_accuracy') or 0):.1f}%), "
                   "not the papers' fastText classifier: published systems' accuracies are not comparable and are left out.\n")
-    record("yelp_transfer", results, "# Yelp sentiment transfer (test set, 500 + 500 sentences)\n\n" + table + judge_note)
+    record(args.name, results, f"# Yelp sentiment transfer (test set, 500 + 500 sentences; {args.decoding} decoding)\n\n"
+           + table + judge_note)
 
 
 if __name__ == "__main__":
