@@ -419,14 +419,19 @@ def restore(run: Run, modules: dict, optimizers: dict, device) -> dict | None:
     previous one is tried. Log lines written after the restored step are dropped, so that the
     resumed run's metrics.jsonl reads as if it had never stopped.
     """
-    if not run.config.resume:
-        distributed.broadcast_modules(modules.values())
-        return None
+    state = None
+    if run.config.resume:
+        state = _load_newest(run, modules, optimizers, device)
+        run.truncate_log(state["step"] if state else 0)
+    distributed.broadcast_modules(modules.values())  # every process starts from rank 0's weights
+    return state
+
+
+def _load_newest(run: Run, modules: dict, optimizers: dict, device) -> dict | None:
+    """The state of the newest checkpoint that loads, skipping damaged ones; None if there is none."""
     found = list_checkpoints(run.checkpoints)
     if not found:
         print(f"resume=true but {run.checkpoints} holds no checkpoint; starting from scratch")
-        run.truncate_log(0)
-        distributed.broadcast_modules(modules.values())
         return None
     for path in reversed(found):
         try:
@@ -436,12 +441,8 @@ def restore(run: Run, modules: dict, optimizers: dict, device) -> dict | None:
             continue
         if run.writes:
             print(f"resumed from {path} (step {state['step']})")
-        run.truncate_log(state["step"])
-        distributed.broadcast_modules(modules.values())
         return state
     print(f"warning: no usable checkpoint in {run.checkpoints}; starting from scratch", file=sys.stderr)
-    run.truncate_log(0)
-    distributed.broadcast_modules(modules.values())
     return None
 
 
