@@ -124,9 +124,9 @@ def test_padded_sampling_matches_unpadded(layout_and_model, fast):
     layout, model = layout_and_model
     ids, _ = layout.encode(["the food was really bad .", "bad ."])
     prompt, mask = layout.prompts(ids, [layout.style_ids["neg"]] * 2, [layout.style_ids["pos"]] * 2)
-    logits, step = _decoder(model, prompt, 4, fast, mask)
+    logits, step, _ = _decoder(model, prompt, 4, fast, mask)
     alone_prompt, _ = layout.prompts(ids[1:], [layout.style_ids["neg"]], [layout.style_ids["pos"]])
-    alone_logits, alone_step = _decoder(model, alone_prompt, 4, fast, None)
+    alone_logits, alone_step, _ = _decoder(model, alone_prompt, 4, fast, None)
     assert torch.allclose(logits[1], alone_logits[0], atol=1e-4)
     token = torch.tensor([5, 6])
     assert torch.allclose(step(token)[1], alone_step(token[1:])[0], atol=1e-4)

@@ -96,7 +96,7 @@ def sample(
 
 def _sample(model, prompt, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p, fast, prompt_mask) -> Rollout:
     finished = (prompt[:, 1:] == eos_id).any(dim=1)
-    logits, next_logits = _decoder(model, prompt, max_new_tokens, fast, prompt_mask)
+    logits, next_logits, _ = _decoder(model, prompt, max_new_tokens, fast, prompt_mask)
     tokens, logprobs = _draw_tokens(logits, next_logits, finished, max_new_tokens, eos_id, pad_id, temperature, top_k,
                                     top_p)
     mask = _mask_new(tokens, prompt, eos_id)
@@ -168,12 +168,15 @@ class PrefixCompleter:
 
 
 def _decoder(model, prompt: torch.Tensor, max_new_tokens: int, fast: bool, prompt_mask: torch.Tensor | None = None):
-    """Logits after the prompt, and a function from the newest token (B,) to the next logits (B, V)."""
+    """(logits after the prompt, next_logits(newest token (B,)) -> (B, V), reorder(index) or None).
+
+    ``reorder`` permutes the cache rows for beam search; only the fast decoder has one.
+    """
     from .models.fast_decode import LlamaDecoder, supports
 
     if fast and supports(model):
         decoder = LlamaDecoder(model, prompt.shape[0], prompt.shape[1] + max_new_tokens)
-        return decoder.prefill(prompt, prompt_mask), decoder.step
+        return decoder.prefill(prompt, prompt_mask), decoder.step, decoder.reorder
     attention = None if prompt_mask is None else prompt_mask.long()
     out = model(input_ids=prompt, attention_mask=attention, use_cache=True)
     state = {"cache": out.past_key_values, "attention": attention}
@@ -186,7 +189,7 @@ def _decoder(model, prompt: torch.Tensor, max_new_tokens: int, fast: bool, promp
         state["cache"] = out.past_key_values
         return out.logits[:, -1]
 
-    return out.logits[:, -1], next_logits
+    return out.logits[:, -1], next_logits, None
 
 
 def _mask_new(tokens: torch.Tensor, prompt: torch.Tensor, eos_id: int) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from .data import DataError, read_lines
 from .models.generator import ModelError
+from .sampling import _decoder, sample
 
 SEP = "<sep>"
 SPLITS = ("train", "dev", "test")
@@ -197,23 +198,10 @@ def target_logprobs(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, targ
 # --------------------------------------------------------------------------- decoding
 
 
-def _step_fn(model, prompt, prompt_mask, max_new: int):
-    """(logits after the prompt, next_logits(token), reorder(index) or None)."""
-    from .models.fast_decode import LlamaDecoder, supports
-
-    if supports(model):
-        decoder = LlamaDecoder(model, prompt.shape[0], prompt.shape[1] + max_new)
-        return decoder.prefill(prompt, prompt_mask), decoder.step, decoder.reorder
-    from .sampling import _decoder
-
-    logits, step = _decoder(model, prompt, max_new, False, prompt_mask)
-    return logits, step, None
-
-
 @torch.no_grad()
 def greedy(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new: int, eos_id: int, pad_id: int) -> torch.Tensor:
     """The most likely token at each step: (B, T) ids, padding after each row's end token."""
-    logits, step, _ = _step_fn(model, prompt, prompt_mask, max_new)
+    logits, step, _ = _decoder(model, prompt, max_new, True, prompt_mask)
     finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     out = []
     for t in range(max_new):
@@ -232,7 +220,7 @@ def beam_search(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new:
     """Beam search; hypotheses ranked by log-probability / length**length_penalty. -> (B, T) ids."""
     B, K = prompt.shape[0], beam
     prompt, prompt_mask = prompt.repeat_interleave(K, 0), prompt_mask.repeat_interleave(K, 0)
-    logits, step, reorder = _step_fn(model, prompt, prompt_mask, max_new)
+    logits, step, reorder = _decoder(model, prompt, max_new, True, prompt_mask)
     if reorder is None:
         raise ModelError("beam search needs a Llama-architecture model; use --decoding greedy or sample")
     scores = torch.full((B, K), float("-inf"), device=prompt.device)
@@ -346,8 +334,6 @@ class Rewriter:
     def generate(self, sources: list[list[int]], src_styles: list[int], tgt_styles: list[int], *, decoding: str = "greedy",
                  beam: int = 4, temperature: float = 1.0, top_p: float = 1.0) -> list[list[int]]:
         """Word ids of the rewrites of ``sources`` (word-id lists), one batch."""
-        from .sampling import sample
-
         device = next(self.model.parameters()).device
         prompt, mask = self.layout.prompts(sources, src_styles, tgt_styles)
         prompt, mask = prompt.to(device), mask.to(device)
