@@ -115,16 +115,12 @@ def cmd_sample(args) -> int:
 
     if args.output:
         _check_output(args.output)
-    is_transfer = os.path.isfile(os.path.join(args.model, CONFIG_FILE))
     if args.style:
-        if not is_transfer and os.path.isdir(args.model):
-            raise ModelError(f"{args.model} is not a style-transfer model (no {CONFIG_FILE}); --style needs the 'model' "
-                             "folder of a style_transfer run")
         rewriter = Rewriter.load(args.model, trust_remote_code=args.trust_remote_code)
         lines = rewriter.sample(args.style, args.num, temperature=args.temperature, top_p=args.top_p,
                                 batch_size=args.batch_size, seed=args.seed)
     else:
-        if is_transfer:
+        if os.path.isfile(os.path.join(args.model, CONFIG_FILE)):
             styles = Rewriter.load(args.model).styles
             raise ModelError(f"{args.model} is a style-transfer model; choose a style with --style ({', '.join(styles)})")
         model, tokenizer = load_generator(args.model, trust_remote_code=args.trust_remote_code)
@@ -170,16 +166,13 @@ def _input_lines(args) -> list[str]:
 
 def cmd_transfer(args) -> int:
     from .models.generator import ModelError
-    from .transfer import CONFIG_FILE, Rewriter
+    from .transfer import Rewriter
 
     if args.output:
         _check_output(args.output)
     if args.model == DEFAULT_TRANSFER_MODEL and not os.path.isdir(args.model):
         raise ModelError(f"no model at {args.model}; train one with 'python -m textgan.recipes.style_transfer "
                          "recipes/yelp_transfer.yaml' or pass --model DIR")
-    if os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, CONFIG_FILE)):
-        raise ModelError(f"{args.model} is not a style-transfer model (no {CONFIG_FILE}); give the 'model' folder of a "
-                         "style_transfer run")
     rewriter = Rewriter.load(args.model, trust_remote_code=args.trust_remote_code)
     for style in (args.source, args.target):
         rewriter.layout.style_id(style)  # unknown style: fail before reading the input

@@ -282,8 +282,8 @@ class Rewriter:
         from .models.generator import load_generator
 
         path = Path(path)
-        if path.is_dir() and (path / "config.json").is_file() and not (path / CONFIG_FILE).is_file():
-            raise ModelError(f"{path} is a generator, not a style-transfer model (no {CONFIG_FILE}); "
+        if path.is_dir() and not (path / CONFIG_FILE).is_file():
+            raise ModelError(f"{path} is not a style-transfer model (no {CONFIG_FILE}); "
                              "give the 'model' folder of a style_transfer run")
         model, tokenizer = load_generator(str(path), trust_remote_code=trust_remote_code)
         try:
