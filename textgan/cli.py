@@ -136,7 +136,7 @@ def cmd_sample(args) -> int:
 
 def _input_lines(args) -> list[str]:
     """Lines to rewrite, from SENTENCE arguments, --input or standard input; blank lines are kept."""
-    from .data import DataError
+    from .data import DataError, decode_utf8, read_text
 
     if args.sentences:
         if args.input:
@@ -144,20 +144,11 @@ def _input_lines(args) -> list[str]:
         return list(args.sentences)
     name = args.input or "standard input"
     if args.input:
-        if not os.path.exists(args.input):
-            raise DataError(f"{args.input}: no such file; give a text file with one sentence per line")
-        if os.path.isdir(args.input):
-            raise DataError(f"{args.input} is a directory; give a text file with one sentence per line")
-        with open(args.input, "rb") as f:
-            raw = f.read()
+        text = read_text(args.input)
     else:
         if sys.stdin.isatty():
             print("reading sentences from standard input (end with Ctrl-D)", file=sys.stderr)
-        raw = sys.stdin.buffer.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{name}: not valid UTF-8 (byte {e.start}); re-encode it as UTF-8") from None
+        text = decode_utf8(sys.stdin.buffer.read(), name)
     lines = text.splitlines()
     if not any(line.strip() for line in lines):
         raise DataError(f"{name}: no sentences (empty or blank); give one sentence per line")

@@ -36,18 +36,27 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """Non-empty, stripped lines of a UTF-8 text file."""
+def decode_utf8(raw: bytes, name: str | Path) -> str:
+    """``raw`` as UTF-8 text; a DataError naming ``name`` (a file, standard input) if it is not."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name}: not valid UTF-8 (byte {e.start}); re-encode it as UTF-8") from None
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a UTF-8 file; a one-line DataError for a missing file, a directory or bad UTF-8."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file; give a text file with one sentence per line")
     if path.is_dir():
         raise DataError(f"{path} is a directory; give a text file with one sentence per line")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
-    lines = [line.strip() for line in text.splitlines()]
+    return decode_utf8(path.read_bytes(), path)
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Non-empty, stripped lines of a UTF-8 text file."""
+    lines = [line.strip() for line in read_text(path).splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         raise DataError(f"{path}: no sentences (the file is empty or blank); give one sentence per line")
