@@ -265,12 +265,8 @@ def train_step(config, step, model, disc, optimizers, ema, layout: Layout, ids, 
 
     # 4. the discriminator: real sentences are their style, rewrites are "rewrite"
     if adversarial:
-        real_words = word_tensor(sources, layout.pad_id).to(device)
         labels = torch.tensor(src + [fake_class] * B, device=device)
-        width = max(real_words.shape[1], fake_words.shape[1])
-        both = torch.cat([F.pad(real_words, (0, width - real_words.shape[1]), value=layout.pad_id),
-                          F.pad(fake_words, (0, width - fake_words.shape[1]), value=layout.pad_id)])
-        logits = disc(both)
+        logits = disc(word_tensor(sources + rewrites, layout.pad_id).to(device))
         disc_loss = F.cross_entropy(logits, labels)
         values["disc/loss"] = optimizer_step(disc_loss, optimizers["discriminator"], disc, config.grad_clip)
         values["disc/acc"] = float((logits.argmax(-1) == labels).float().mean())
