@@ -360,6 +360,18 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module:
     return float(loss.detach())
 
 
+def adam(params, *, decoupled: bool = True, **options) -> torch.optim.Optimizer:
+    """AdamW (or Adam with ``decoupled=False``) using the fused kernel where the device has one.
+
+    The fused kernel updates every parameter in one pass instead of a dozen elementwise
+    passes over the parameter list: at 2M parameters on a CPU it is about 5x faster, which is
+    several percent of a small model's whole training step. The update is the same maths.
+    """
+    params = list(params)
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return (torch.optim.AdamW if decoupled else torch.optim.Adam)(params, fused=fused or None, **options)
+
+
 def mle_step(generator, optimizer, batch: torch.Tensor, eos_id: int, clip: float = 1.0) -> float:
     """One teacher-forced maximum-likelihood step on ``batch`` (B, L) starting with BOS."""
     mask = sequence_mask(batch[:, 1:], eos_id)
@@ -370,10 +382,10 @@ def gan_optimizers(config: GANConfig, generator, discriminator) -> dict[str, tor
     """Adam for G's policy-gradient steps, AdamW for its MLE steps and for D."""
     betas = parse_betas(config.betas)
     return {
-        "generator": torch.optim.Adam(generator.parameters(), lr=config.gen_lr, betas=betas),
-        "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=config.disc_lr, betas=betas,
-                                           weight_decay=config.disc_weight_decay),
-        "mle": torch.optim.AdamW(generator.parameters(), lr=config.mle_lr),
+        "generator": adam(generator.parameters(), decoupled=False, lr=config.gen_lr, betas=betas),
+        "discriminator": adam(discriminator.parameters(), lr=config.disc_lr, betas=betas,
+                              weight_decay=config.disc_weight_decay),
+        "mle": adam(generator.parameters(), lr=config.mle_lr),
     }
 
 

@@ -21,6 +21,7 @@ from ..models.classifier import SentenceClassifier, classify, encode_batch, save
 from ..training import (
     BaseConfig,
     Run,
+    adam,
     autocast,
     compile_forward,
     optimizer_step,
@@ -102,7 +103,7 @@ def main(config: ClassifierConfig) -> dict:
     tokenizer = build_word_tokenizer([s for style in styles for s in data.train[style]], config.vocab_size or None)
     model = SentenceClassifier(len(tokenizer), len(styles), tokenizer.pad_token_id, dim=config.dim,
                                filters=config.filters, dropout=config.dropout).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     compile_forward(model, config)
     modules, optimizers = {"classifier": model}, {"classifier": optimizer}
     state = restore(run, modules, optimizers, device)

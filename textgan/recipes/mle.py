@@ -8,14 +8,13 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-import torch
-
 from ..config import arg, check_bounds
 from ..data import batch_at
 from ..distributed import shard
 from ..training import (
     Run,
     RunConfig,
+    adam,
     autocast,
     compile_forward,
     evaluate,
@@ -49,7 +48,7 @@ def main(config: MLEConfig) -> dict:
     seed_everything(config.seed)
     setup = prepare(config, run)
     generator = compile_forward(setup.generator, config)
-    optimizer = torch.optim.AdamW(generator.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adam(generator.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     modules, optimizers = {"generator": generator}, {"generator": optimizer}
     state = restore(run, modules, optimizers, setup.device)
     start = state["step"] if state else 0

@@ -46,6 +46,7 @@ from ..sampling import sample
 from ..training import (
     BaseConfig,
     Run,
+    adam,
     autocast,
     compile_forward,
     optimizer_step,
@@ -370,8 +371,8 @@ def main(config: StyleTransferConfig) -> dict:
                               filters=config.disc_dim, dropout=config.disc_dropout).to(device)
     betas = parse_betas(config.betas)
     optimizers = {
-        "rewriter": torch.optim.AdamW(model.parameters(), lr=config.lr, betas=betas, weight_decay=config.weight_decay),
-        "discriminator": torch.optim.AdamW(disc.parameters(), lr=config.disc_lr, betas=betas),
+        "rewriter": adam(model.parameters(), lr=config.lr, betas=betas, weight_decay=config.weight_decay),
+        "discriminator": adam(disc.parameters(), lr=config.disc_lr, betas=betas),
     }
     modules = {"rewriter": model, "discriminator": disc}
     ema = EMABaseline(config.max_length + 1, config.baseline_decay)
