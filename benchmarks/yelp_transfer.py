@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="style-transfer model (default: WORK/transfer/model)")
     parser.add_argument("--classifier", type=Path, default=None, help="judge (default: WORK/classifier/classifier)")
     parser.add_argument("--lm", type=Path, default=None, help="MLE language model (default: WORK/lm/generator)")
-    parser.add_argument("--decoding", default="greedy", choices=("greedy", "beam", "sample"))
+    parser.add_argument("--decoding", default="greedy", choices=("greedy", "beam", "sample", "rerank"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="yelp_transfer", help="results file name: benchmarks/results/NAME.{json,md}")
     args = parser.parse_args()

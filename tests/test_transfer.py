@@ -153,6 +153,9 @@ def test_beam_of_one_is_greedy_and_wider_beams_score_higher(layout_and_model):
 
     b4 = beam_search(*args, beam=4)
     assert (score(b4) >= score(b1) - 1e-5).all()
+    history, ranked = beam_search(*args, beam=4, n_best=True)
+    assert history.shape[:2] == ranked.shape == (3, 4)
+    assert torch.equal(history[torch.arange(3), ranked.argmax(1)], b4)
 
 
 # --------------------------------------------------------------------------- corpus BLEU
@@ -287,6 +290,55 @@ def test_transfer_keeps_order_count_and_empty_lines(transfer_run, tmp_path):
     assert result.returncode == 0 and len(target.read_text().split("\n")[:-1]) == len(lines)
 
 
+def test_rerank_picks_the_best_scored_hypothesis(transfer_run):
+    """Rerank decoding returns, per sentence, the beam hypothesis with the highest
+    log p(y|x)/|y| + log D(target|y) + log p(x|y)/|x|, each scored here alone, unbatched."""
+    import torch.nn.functional as F
+
+    from textgan.data import sequence_mask
+    from textgan.transfer import word_tensor
+
+    rewriter = Rewriter.load(transfer_run / "model")
+    assert rewriter.discriminator is not None and not rewriter.discriminator.training
+    layout, model, disc = rewriter.layout, rewriter.model, rewriter.discriminator
+    neg, pos = layout.style_ids["neg"], layout.style_ids["pos"]
+    sources, _ = layout.encode(["the food was bad .", "our waiter was rude and slow .", "bad ."])
+    chosen = rewriter.generate(sources, [neg] * 3, [pos] * 3, decoding="rerank", beam=3)
+    for source, picked in zip(sources, chosen):
+        prompt, mask = layout.prompts([source], [neg], [pos])
+        history, forward = beam_search(model, prompt, mask, layout.max_length + 1, layout.eos_id, layout.pad_id,
+                                       beam=3, n_best=True)
+        scores = []
+        for k, words in enumerate(layout.words(history[0])):
+            style = F.log_softmax(disc(word_tensor([words], layout.pad_id)), -1)[0, 1]  # class 1: pos
+            back, back_mask = layout.prompts([words], [pos], [neg])
+            targets = layout.targets([source])
+            real = sequence_mask(targets, layout.eos_id)
+            content = (target_logprobs(model, back, back_mask, targets) * real).sum() / real.sum()
+            scores.append((float((forward[0, k] + style + content).detach()), words))
+        assert picked == max(scores, key=lambda s: s[0])[1]
+
+
+def test_rerank_needs_the_discriminator(transfer_run, tmp_path):
+    import json
+
+    bare = tmp_path / "bare"
+    shutil.copytree(transfer_run / "model", bare)
+    info = json.loads((bare / "transfer.json").read_text())
+    del info["discriminator"]
+    (bare / "transfer.json").write_text(json.dumps(info))
+    assert Rewriter.load(bare).discriminator is None
+    base = ("transfer", "--from", "neg", "--to", "pos", "--decoding", "rerank", "the food was bad .")
+    assert_clean_error(run_cli(*base, "--model", str(bare)), "discriminator", "--decoding beam")
+    result = run_cli(*base, "--model", str(transfer_run / "model"), "--beam", "2")
+    assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
+    (transfer_run / "model" / "discriminator.safetensors").rename(tmp_path / "moved.safetensors")
+    try:  # named in transfer.json but gone: a damaged folder, one line
+        assert_clean_error(run_cli(*base, "--model", str(transfer_run / "model")), "damaged")
+    finally:
+        (tmp_path / "moved.safetensors").rename(transfer_run / "model" / "discriminator.safetensors")
+
+
 def test_transfer_cuts_overlong_lines(transfer_run):
     result = run_cli("transfer", "--model", str(transfer_run / "model"), "--from", "neg", "--to", "pos",
                      " ".join(["bad"] * 10_000))
@@ -338,7 +390,7 @@ def test_sample_in_a_style(transfer_run, trained_generator):
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.decode().split("\n")[:-1]) == 7
     assert_clean_error(run_cli("sample", "--model", model, "--style", "meh"), "unknown style", "neg, pos")
-    assert_clean_error(run_cli("sample", "--model", model), "--style")
+    assert_clean_error(run_cli("sample", "--model", model), "--style", "(neg, pos)")
     assert_clean_error(run_cli("sample", "--model", str(trained_generator), "--style", "pos"), "not a style-transfer model")
 
 

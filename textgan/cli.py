@@ -2,7 +2,7 @@
 
     textgan train RECIPE [PRESET.yaml] [key=value ...]    # RECIPE: scratchgan, seqgan, mle
     textgan sample --model DIR -n 10 [--temperature 1.0] [--top-k K] [--top-p P] [--style STYLE]
-    textgan transfer --from neg --to pos [--model DIR] [--input FILE | SENTENCE ...] [--decoding greedy|sample|beam]
+    textgan transfer --from neg --to pos [--model DIR] [--input FILE | SENTENCE ...] [--decoding greedy|sample|beam|rerank]
     textgan evaluate --samples FILE [--references FILE] [--train FILE] [--metrics bleu,self-bleu,...] [--json OUT]
     textgan sweep --model [LABEL=]DIR [--model ...] --temperatures 0.7,1.0,1.2 -n 2000 --references FILE --output DIR
 """
@@ -65,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--model", default=DEFAULT_TRANSFER_MODEL, help=f"style-transfer model folder (default {DEFAULT_TRANSFER_MODEL})")
     transfer.add_argument("--input", default="", help="file with one sentence per line (default: standard input)")
     transfer.add_argument("--output", default="", help="write the rewrites to this file instead of standard output")
-    transfer.add_argument("--decoding", choices=("greedy", "sample", "beam"), default="greedy", help="decoding (default greedy)")
-    transfer.add_argument("--beam", type=_positive_int, default=4, help="beam width with --decoding beam (default 4)")
+    transfer.add_argument("--decoding", choices=("greedy", "sample", "beam", "rerank"), default="greedy",
+                          help="decoding (default greedy); rerank: the beam hypothesis the run's discriminator and "
+                               "cycle reconstruction score best")
+    transfer.add_argument("--beam", type=_positive_int, default=4, help="beam width with --decoding beam or rerank (default 4)")
     transfer.add_argument("--temperature", type=_positive_float, default=1.0, help="temperature with --decoding sample")
     transfer.add_argument("--top-p", type=_positive_float, default=1.0, help="nucleus mass with --decoding sample")
     transfer.add_argument("--batch-size", type=_positive_int, default=128, help="sentences rewritten at once")
@@ -108,6 +110,19 @@ def _add_scoring_arguments(parser, metric_help: str) -> None:
 DEFAULT_TRANSFER_MODEL = "runs/style_transfer/model"
 
 
+def transfer_styles(model_dir: str) -> list[str]:
+    """The styles a style-transfer model folder names, read from its transfer.json alone (no weights loaded)."""
+    import json
+
+    from .models.generator import ModelError
+    from .transfer import CONFIG_FILE
+
+    try:
+        return [str(s) for s in json.loads(open(os.path.join(model_dir, CONFIG_FILE), encoding="utf-8").read())["styles"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ModelError(f"{model_dir}: {CONFIG_FILE} is damaged; re-export the model") from None
+
+
 def cmd_sample(args) -> int:
     from .models.generator import ModelError, load_generator
     from .sampling import sample_texts
@@ -121,8 +136,8 @@ def cmd_sample(args) -> int:
                                 batch_size=args.batch_size, seed=args.seed)
     else:
         if os.path.isfile(os.path.join(args.model, CONFIG_FILE)):
-            styles = Rewriter.load(args.model).styles
-            raise ModelError(f"{args.model} is a style-transfer model; choose a style with --style ({', '.join(styles)})")
+            raise ModelError(f"{args.model} is a style-transfer model; choose a style with --style "
+                             f"({', '.join(transfer_styles(args.model))})")
         model, tokenizer = load_generator(args.model, trust_remote_code=args.trust_remote_code)
         lines = sample_texts(model, tokenizer, args.num, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                              max_length=args.max_length, batch_size=args.batch_size, seed=args.seed)

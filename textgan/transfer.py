@@ -33,14 +33,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import DataError, read_lines
+from .data import DataError, read_lines, sequence_mask
 from .models.generator import ModelError
 from .sampling import _decoder, sample
 
 SEP = "<sep>"
 SPLITS = ("train", "dev", "test")
 CONFIG_FILE = "transfer.json"
-DECODING = ("greedy", "sample", "beam")
+DISCRIMINATOR_FILE = "discriminator.safetensors"
+DECODING = ("greedy", "sample", "beam", "rerank")
 
 
 def style_token(style: str) -> str:
@@ -174,11 +175,20 @@ class Layout:
 
     def words(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> list[list[int]]:
         """Rows of generated ids (B, T) back to word-id lists, without end token and padding."""
-        from .data import sequence_mask
 
         mask = sequence_mask(tokens, self.eos_id) if mask is None else mask
         special = {self.eos_id, self.pad_id, self.sep_id, *self.style_ids.values()}
         return [[t for t, m in zip(row, keep) if m and t not in special] for row, keep in zip(tokens.tolist(), mask.tolist())]
+
+
+def word_tensor(words: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Right-padded word ids (B, max(1, longest)): the discriminator's input."""
+    width = max(1, max((len(w) for w in words), default=1))
+    out = torch.full((len(words), width), pad_id, dtype=torch.long)
+    for i, w in enumerate(words):
+        if w:
+            out[i, : len(w)] = torch.tensor(w)
+    return out
 
 
 def target_logprobs(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -216,8 +226,12 @@ def greedy(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new: int,
 
 @torch.no_grad()
 def beam_search(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new: int, eos_id: int, pad_id: int,
-                beam: int = 4, length_penalty: float = 1.0) -> torch.Tensor:
-    """Beam search; hypotheses ranked by log-probability / length**length_penalty. -> (B, T) ids."""
+                beam: int = 4, length_penalty: float = 1.0, n_best: bool = False):
+    """Beam search; hypotheses ranked by log-probability / length**length_penalty.
+
+    Returns the best hypothesis of each row, (B, T) ids; with ``n_best``, all ``beam`` final
+    hypotheses and their ranking scores: ((B, K, T) ids, (B, K) scores).
+    """
     B, K = prompt.shape[0], beam
     prompt, prompt_mask = prompt.repeat_interleave(K, 0), prompt_mask.repeat_interleave(K, 0)
     logits, step, reorder = _decoder(model, prompt, max_new, True, prompt_mask)
@@ -247,21 +261,34 @@ def beam_search(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new:
         index = (parent + torch.arange(B, device=prompt.device)[:, None] * K).view(-1)
         reorder(index)
         logits = step(token.view(-1))
-    best = (scores / lengths.clamp_min(1.0) ** length_penalty).argmax(1)  # (B,)
-    return history[torch.arange(B), best]
+    ranked = scores / lengths.clamp_min(1.0) ** length_penalty  # (B, K)
+    if n_best:
+        return history, ranked
+    return history[torch.arange(B), ranked.argmax(1)]
 
 
 # --------------------------------------------------------------------------- the model
 
 
 class Rewriter:
-    """A trained style-transfer model: the causal LM, its tokenizer, the styles and the text policy."""
+    """A trained style-transfer model: the causal LM, its tokenizer, the styles and the text policy.
 
-    def __init__(self, model, tokenizer, styles: list[str], max_length: int, normalized: bool = True):
+    ``discriminator`` (optional) is the run's style adversary, a
+    :class:`~textgan.models.classifier.SentenceClassifier` over the same vocabulary whose classes
+    are the styles plus "rewrite". With it, ``decoding="rerank"`` picks among the beam's
+    hypotheses the one that maximizes the training objective: log p(y | x) per token plus the
+    reward the policy was trained on, ``style_weight`` * log D(target | y) + ``content_weight``
+    * (log p(x | y) per token, the cycle reconstruction).
+    """
+
+    def __init__(self, model, tokenizer, styles: list[str], max_length: int, normalized: bool = True,
+                 discriminator=None, style_weight: float = 1.0, content_weight: float = 1.0):
         self.model = model
         self.tokenizer = tokenizer
         self.layout = Layout(tokenizer, styles, max_length)
         self.normalized = normalized
+        self.discriminator = discriminator
+        self.style_weight, self.content_weight = style_weight, content_weight
 
     @property
     def styles(self) -> list[str]:
@@ -274,6 +301,15 @@ class Rewriter:
         out_dir = export_generator(self.model, self.tokenizer, out_dir)
         info = {"styles": self.styles, "max_length": self.layout.max_length, "normalize": self.normalized,
                 "layout": f"<style:SRC> source {SEP} <style:TGT> target <eos>"}
+        if self.discriminator is not None:
+            from safetensors.torch import save_file
+
+            state = {k: v.detach().cpu().contiguous() for k, v in self.discriminator.state_dict().items()}
+            save_file(state, str(out_dir / DISCRIMINATOR_FILE))
+            info["discriminator"] = {"architecture": self.discriminator.arch, "classes": [*self.styles, "rewrite"],
+                                     "style_weight": self.style_weight, "content_weight": self.content_weight}
+        else:
+            (out_dir / DISCRIMINATOR_FILE).unlink(missing_ok=True)  # never pair a new model with an old adversary
         (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
         return out_dir
 
@@ -286,12 +322,26 @@ class Rewriter:
             raise ModelError(f"{path} is not a style-transfer model (no {CONFIG_FILE}); "
                              "give the 'model' folder of a style_transfer run")
         model, tokenizer = load_generator(str(path), trust_remote_code=trust_remote_code)
+        reading = CONFIG_FILE
         try:
             info = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+            disc, weights = None, {}
+            if "discriminator" in info:
+                from safetensors.torch import load_file
+
+                from .models.classifier import SentenceClassifier
+
+                reading = DISCRIMINATOR_FILE
+                arch = dict(info["discriminator"]["architecture"])
+                arch["widths"] = tuple(arch["widths"])
+                disc = SentenceClassifier(arch.pop("vocab_size"), arch.pop("n_classes"), arch.pop("pad_id"), **arch)
+                disc.load_state_dict(load_file(str(path / DISCRIMINATOR_FILE)))
+                disc = disc.to(device).eval()
+                weights = {k: float(info["discriminator"][k]) for k in ("style_weight", "content_weight")}
             return cls(model.to(device).eval(), tokenizer, list(info["styles"]), int(info["max_length"]),
-                       bool(info.get("normalize", True)))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelError(f"{path}/{CONFIG_FILE} is damaged ({type(e).__name__}); re-export the model") from None
+                       bool(info.get("normalize", True)), disc, **weights)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise ModelError(f"{path}: {reading} is damaged or missing ({type(e).__name__}); re-export the model") from None
 
     def count_too_long(self, sentences: list[str]) -> int:
         """How many of ``sentences`` (after normalization) exceed ``max_length`` tokens and will be cut."""
@@ -343,10 +393,44 @@ class Rewriter:
             tokens = greedy(self.model, prompt, mask, max_new, eos, pad)
         elif decoding == "beam":
             tokens = beam_search(self.model, prompt, mask, max_new, eos, pad, beam=beam)
+        elif decoding == "rerank":
+            return self._rerank(sources, src_styles, tgt_styles, prompt, mask, beam)
         else:
             tokens = sample(self.model, prompt, max_new, eos_id=eos, pad_id=pad, temperature=temperature, top_p=top_p,
                             prompt_mask=mask).tokens
         return self.layout.words(tokens.cpu())
+
+    @torch.no_grad()
+    def _rerank(self, sources, src_styles, tgt_styles, prompt, mask, beam: int) -> list[list[int]]:
+        """The beam hypothesis of each row with the highest log p(y|x)/|y| + reward (see the class)."""
+        if self.discriminator is None:
+            raise ModelError("rerank decoding needs the run's discriminator (discriminator.safetensors), which this "
+                             "model folder lacks; use --decoding beam or greedy")
+        device = prompt.device
+        layout = self.layout
+        history, forward = beam_search(self.model, prompt, mask, layout.max_length + 1, layout.eos_id, layout.pad_id,
+                                       beam=beam, n_best=True)  # (B, K, T), (B, K)
+        B, K, T = history.shape
+        words = layout.words(history.view(B * K, T).cpu())
+
+        def each(rows: list) -> list:  # every row once per hypothesis
+            return [r for r in rows for _ in range(K)]
+
+        class_of = {layout.style_ids[s]: i for i, s in enumerate(layout.styles)}
+        target_class = torch.tensor([class_of[t] for t in each(tgt_styles)], device=device)
+        was_training = self.discriminator.training  # the recipe's evaluations run mid-training
+        self.discriminator.eval()
+        style = F.log_softmax(self.discriminator(word_tensor(words, layout.pad_id).to(device)), -1)
+        self.discriminator.train(was_training)
+        style = style[torch.arange(B * K, device=device), target_class]
+        back, back_mask = layout.prompts(words, each(tgt_styles), each(src_styles))
+        targets = layout.targets(each(sources)).to(device)
+        cycle = target_logprobs(self.model, back.to(device), back_mask.to(device), targets).float()
+        real = sequence_mask(targets, layout.eos_id)  # the source's words and its end token, as in training
+        content = (cycle * real).sum(1) / real.sum(1)
+        score = forward + (self.style_weight * style + self.content_weight * content).view(B, K)
+        best = score.argmax(1).cpu()
+        return [words[b * K + int(k)] for b, k in enumerate(best)]
 
     def unknown_words(self, text: str) -> list[str]:
         """The words of ``text`` that the tokenizer maps to ``<unk>``, in order."""

@@ -56,7 +56,7 @@ from ..training import (
     restore,
     seed_everything,
 )
-from ..transfer import SEP, Layout, Rewriter, load_style_data, style_token, target_logprobs
+from ..transfer import DECODING, SEP, Layout, Rewriter, load_style_data, style_token, target_logprobs, word_tensor
 
 
 @dataclass
@@ -96,7 +96,7 @@ class StyleTransferConfig(BaseConfig):
     betas: str = arg("0.9,0.999", "Adam betas of both players")
     grad_clip: float = arg(1.0, "gradient-norm clipping")
     classifier: str = arg("", "style judge for evaluations: the 'classifier' folder of a classifier run")
-    decoding: str = arg("greedy", "decoding of evaluation rewrites: greedy, sample, beam")
+    decoding: str = arg("greedy", "decoding of evaluation rewrites: greedy, sample, beam, rerank")
     eval_sentences: int = arg(200, "dev sentences per style rewritten at each evaluation")
     log_every: int = arg(25, "steps between metric log lines")
     eval_every: int = arg(500, "steps between evaluations")
@@ -117,7 +117,7 @@ class StyleTransferConfig(BaseConfig):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         check_choice("baseline", self.baseline, BASELINE_KINDS)
-        check_choice("decoding", self.decoding, ("greedy", "sample", "beam"))
+        check_choice("decoding", self.decoding, DECODING)
         parse_betas(self.betas)
 
 
@@ -191,16 +191,6 @@ def stack_rows(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], pad
         masks.append(F.pad(m, (P - m.shape[1], 0), value=False))
         targets.append(F.pad(t, (0, T - t.shape[1]), value=pad_id))
     return torch.cat(prompts), torch.cat(masks), torch.cat(targets)
-
-
-def word_tensor(words: list[list[int]], pad_id: int) -> torch.Tensor:
-    """Right-padded word ids (B, max(1, longest))."""
-    width = max(1, max((len(w) for w in words), default=1))
-    out = torch.full((len(words), width), pad_id, dtype=torch.long)
-    for i, w in enumerate(words):
-        if w:
-            out[i, : len(w)] = torch.tensor(w)
-    return out
 
 
 # --------------------------------------------------------------------------- one step
@@ -380,7 +370,8 @@ def main(config: StyleTransferConfig) -> dict:
     if state:
         ema.load_state_dict(state["ema"])
     start = state["step"] if state else 0
-    rewriter = Rewriter(model, tokenizer, styles, config.max_length, config.normalize)
+    rewriter = Rewriter(model, tokenizer, styles, config.max_length, config.normalize, disc,
+                        config.style_weight, config.content_weight)
     judge, judge_name = make_judge(config, disc, layout, device)
     dev = {s: data.dev[s][: config.eval_sentences] for s in styles}
 
