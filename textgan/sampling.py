@@ -33,7 +33,8 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     """Temperature, then top-k, then nucleus (top-p) filtering. logits: (B, V) -> (B, V)."""
     if temperature <= 0:
         raise ValueError("temperature must be positive when sampling")
-    logits = logits / temperature
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -108,9 +109,9 @@ def _draw_tokens(logits, next_logits, finished, max_new_tokens, eos_id, pad_id, 
     B = logits.shape[0]
     tokens, logprobs = [], []
     for t in range(max_new_tokens):
-        logp = F.log_softmax(filter_logits(logits.float(), temperature, top_k, top_p), dim=-1)  # (B, V)
-        token = draw(logp.exp())  # (B,)
-        token_logp = logp.gather(1, token[:, None]).squeeze(1)
+        probs = F.softmax(filter_logits(logits.float(), temperature, top_k, top_p), dim=-1)  # (B, V)
+        token = draw(probs)  # (B,)
+        token_logp = probs.gather(1, token[:, None]).squeeze(1).log()  # a drawn token's probability is > 0
         token = token.masked_fill(finished, pad_id)
         tokens.append(token)
         logprobs.append(token_logp.masked_fill(finished, 0.0))

@@ -4,7 +4,8 @@ Sampling a text GAN's rollouts is one token per step for every row of a batch. A
 textgan trains on a CPU, a step's arithmetic is tiny and the cost is Python: the Hugging Face
 forward builds masks, cache objects and output records on every call. This decoder runs the
 same maths on the model's parameters with a preallocated cache and a handful of tensor
-operations per layer (q, k and v in one matmul, the MLP's gate and up projections in another).
+operations per layer (q, k and v in one matmul, rotated together; the MLP's gate and up
+projections in one matmul; fused RMSNorm; weights used directly, not through module calls).
 Those two fused weights are copied when a decoder is made, so a decoder serves one sampling
 call: make a new one after the weights change.
 
@@ -39,6 +40,8 @@ def supports(model) -> bool:
 
 
 def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
+    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)  # one fused kernel
     dtype = x.dtype
     x = x.float()
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
@@ -109,17 +112,17 @@ class LlamaDecoder:
         start, end = self.position, self.position + S
         if end > self.max_length:
             raise ValueError(f"decoder cache holds {self.max_length} positions, asked for {end}")
-        cos, sin = self.cos[start:end], self.sin[start:end]  # (S, D)
+        cos, sin = self.cos[start:end, None], self.sin[start:end, None]  # (S, 1, D)
         mask = self._attention_mask(B, start, end)
-        h = self.model.model.embed_tokens(ids)  # (B, S, C)
+        h = F.embedding(ids, self.model.model.embed_tokens.weight)  # (B, S, C)
+        H, Hkv = self.n_heads, self.n_kv_heads
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             x = _rms_norm(h, layer.input_layernorm)
-            q, k, v = F.linear(x, self.qkv[i]).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-            q = q.reshape(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
-            k = k.reshape(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
-            v = v.reshape(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            qkv = F.linear(x, self.qkv[i]).view(B, S, H + 2 * Hkv, self.head_dim)
+            qk = _rotate(qkv[:, :, : H + Hkv], cos, sin)  # q and k rotated in one pass: (B, S, H + Hkv, D)
+            q, k = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2)  # (B, H, S, D)
+            v = qkv[:, :, H + Hkv :].transpose(1, 2)
             self.keys[i, :B, :, start:end] = k
             self.values[i, :B, :, start:end] = v
             keys, values = self.keys[i, :B, :, :end], self.values[i, :B, :, :end]
@@ -128,14 +131,13 @@ class LlamaDecoder:
             else:  # a prefill from position 0 is causal
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None and S > 1,
                                                      scale=attn.scaling, enable_gqa=self.n_kv_heads != self.n_heads)
-            h = h + attn.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+            h = h + F.linear(out.transpose(1, 2).reshape(B, S, -1), attn.o_proj.weight)
             x = _rms_norm(h, layer.post_attention_layernorm)
-            mlp = layer.mlp
             gate, up = F.linear(x, self.gate_up[i]).chunk(2, dim=-1)
-            h = h + mlp.down_proj(F.silu(gate) * up)
+            h = h + F.linear(F.silu(gate) * up, layer.mlp.down_proj.weight)
         h = _rms_norm(h[:, -1], self.model.model.norm)
         self.position = end
-        return self.model.lm_head(h).float()
+        return F.linear(h, self.model.lm_head.weight).float()
 
     def _attention_mask(self, B: int, start: int, end: int) -> torch.Tensor | None:
         """(B, 1, S, end) bool, True where a query may attend; None when no key is padding."""
