@@ -113,12 +113,13 @@ DEFAULT_TRANSFER_MODEL = "runs/style_transfer/model"
 def transfer_styles(model_dir: str) -> list[str]:
     """The styles a style-transfer model folder names, read from its transfer.json alone (no weights loaded)."""
     import json
+    from pathlib import Path
 
     from .models.generator import ModelError
     from .transfer import CONFIG_FILE
 
     try:
-        return [str(s) for s in json.loads(open(os.path.join(model_dir, CONFIG_FILE), encoding="utf-8").read())["styles"]]
+        return [str(s) for s in json.loads(Path(model_dir, CONFIG_FILE).read_text(encoding="utf-8"))["styles"]]
     except (OSError, ValueError, KeyError, TypeError):
         raise ModelError(f"{model_dir}: {CONFIG_FILE} is damaged; re-export the model") from None
 

@@ -364,8 +364,8 @@ def adam(params, *, decoupled: bool = True, **options) -> torch.optim.Optimizer:
     """AdamW (or Adam with ``decoupled=False``) using the fused kernel where the device has one.
 
     The fused kernel updates every parameter in one pass instead of a dozen elementwise
-    passes over the parameter list: at 2M parameters on a CPU it is about 5x faster, which is
-    several percent of a small model's whole training step. The update is the same maths.
+    passes over the parameter list: at 2M parameters on a CPU the optimizer step is about 5x
+    faster, about 2% of a d256 MLE training step there. The update is the same maths.
     """
     params = list(params)
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)

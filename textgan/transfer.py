@@ -175,7 +175,6 @@ class Layout:
 
     def words(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> list[list[int]]:
         """Rows of generated ids (B, T) back to word-id lists, without end token and padding."""
-
         mask = sequence_mask(tokens, self.eos_id) if mask is None else mask
         special = {self.eos_id, self.pad_id, self.sep_id, *self.style_ids.values()}
         return [[t for t, m in zip(row, keep) if m and t not in special] for row, keep in zip(tokens.tolist(), mask.tolist())]
@@ -189,6 +188,31 @@ def word_tensor(words: list[list[int]], pad_id: int) -> torch.Tensor:
         if w:
             out[i, : len(w)] = torch.tensor(w)
     return out
+
+
+@torch.no_grad()
+def discriminator_logits(disc, words: list[list[int]], pad_id: int) -> torch.Tensor:
+    """The discriminator's logits (B, classes) for word-id lists, with dropout off; its mode is restored."""
+    was_training = disc.training  # callers run mid-training: the recipe's step and its evaluations
+    disc.eval()
+    try:
+        return disc(word_tensor(words, pad_id).to(next(disc.parameters()).device))
+    finally:
+        disc.train(was_training)
+
+
+def style_reward(disc, words: list[list[int]], classes: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """log D(class | sentence): (B,), the policy's style reward. classes: (B,) long."""
+    logp = F.log_softmax(discriminator_logits(disc, words, pad_id), -1)
+    return logp[torch.arange(len(words), device=logp.device), classes.to(logp.device)]
+
+
+def content_reward(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The cycle log-likelihood per token, log p(x | y) / |x|: (B,), the policy's content reward.
+
+    logprobs, mask: (B, T), the teacher-forced log-probabilities of the source x and its mask.
+    """
+    return (logprobs * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
 def target_logprobs(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -302,10 +326,9 @@ class Rewriter:
         info = {"styles": self.styles, "max_length": self.layout.max_length, "normalize": self.normalized,
                 "layout": f"<style:SRC> source {SEP} <style:TGT> target <eos>"}
         if self.discriminator is not None:
-            from safetensors.torch import save_file
+            from .models.classifier import save_weights
 
-            state = {k: v.detach().cpu().contiguous() for k, v in self.discriminator.state_dict().items()}
-            save_file(state, str(out_dir / DISCRIMINATOR_FILE))
+            save_weights(self.discriminator, out_dir / DISCRIMINATOR_FILE)
             info["discriminator"] = {"architecture": self.discriminator.arch, "classes": [*self.styles, "rewrite"],
                                      "style_weight": self.style_weight, "content_weight": self.content_weight}
         else:
@@ -327,16 +350,10 @@ class Rewriter:
             info = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
             disc, weights = None, {}
             if "discriminator" in info:
-                from safetensors.torch import load_file
-
-                from .models.classifier import SentenceClassifier
+                from .models.classifier import build_classifier
 
                 reading = DISCRIMINATOR_FILE
-                arch = dict(info["discriminator"]["architecture"])
-                arch["widths"] = tuple(arch["widths"])
-                disc = SentenceClassifier(arch.pop("vocab_size"), arch.pop("n_classes"), arch.pop("pad_id"), **arch)
-                disc.load_state_dict(load_file(str(path / DISCRIMINATOR_FILE)))
-                disc = disc.to(device).eval()
+                disc = build_classifier(info["discriminator"]["architecture"], path / DISCRIMINATOR_FILE).to(device).eval()
                 weights = {k: float(info["discriminator"][k]) for k in ("style_weight", "content_weight")}
             return cls(model.to(device).eval(), tokenizer, list(info["styles"]), int(info["max_length"]),
                        bool(info.get("normalize", True)), disc, **weights)
@@ -417,17 +434,12 @@ class Rewriter:
             return [r for r in rows for _ in range(K)]
 
         class_of = {layout.style_ids[s]: i for i, s in enumerate(layout.styles)}
-        target_class = torch.tensor([class_of[t] for t in each(tgt_styles)], device=device)
-        was_training = self.discriminator.training  # the recipe's evaluations run mid-training
-        self.discriminator.eval()
-        style = F.log_softmax(self.discriminator(word_tensor(words, layout.pad_id).to(device)), -1)
-        self.discriminator.train(was_training)
-        style = style[torch.arange(B * K, device=device), target_class]
+        target_class = torch.tensor([class_of[t] for t in each(tgt_styles)])
+        style = style_reward(self.discriminator, words, target_class, layout.pad_id).to(device)
         back, back_mask = layout.prompts(words, each(tgt_styles), each(src_styles))
         targets = layout.targets(each(sources)).to(device)
         cycle = target_logprobs(self.model, back.to(device), back_mask.to(device), targets).float()
-        real = sequence_mask(targets, layout.eos_id)  # the source's words and its end token, as in training
-        content = (cycle * real).sum(1) / real.sum(1)
+        content = content_reward(cycle, sequence_mask(targets, layout.eos_id))  # as in training
         score = forward + (self.style_weight * style + self.content_weight * content).view(B, K)
         best = score.argmax(1).cpu()
         return [words[b * K + int(k)] for b, k in enumerate(best)]

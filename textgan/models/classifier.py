@@ -50,15 +50,30 @@ class SentenceClassifier(nn.Module):
         return self.head(self.dropout(torch.cat(pooled, dim=1))).float()  # fp32 logits under bf16 autocast too
 
 
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    """The module's weights as a safetensors file (nothing to unpickle when it loads)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def build_classifier(architecture: dict, weights: str | Path) -> SentenceClassifier:
+    """A classifier from its saved ``arch`` dict and safetensors weights file."""
+    from safetensors.torch import load_file
+
+    arch = dict(architecture)
+    arch["widths"] = tuple(arch["widths"])
+    model = SentenceClassifier(arch.pop("vocab_size"), arch.pop("n_classes"), arch.pop("pad_id"), **arch)
+    model.load_state_dict(load_file(str(weights)))
+    return model
+
+
 def save_classifier(model: SentenceClassifier, tokenizer, labels: list[str], out_dir: str | Path,
                     extra: dict | None = None) -> Path:
     """Write the weights (safetensors), ``classifier.json`` and the tokenizer into ``out_dir``."""
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out_dir / "model.safetensors"))
+    save_weights(model, out_dir / "model.safetensors")
     tokenizer.save_pretrained(out_dir)
     (out_dir / CONFIG_FILE).write_text(json.dumps({"labels": labels, "architecture": model.arch, **(extra or {})},
                                                   indent=2), encoding="utf-8")
@@ -67,7 +82,6 @@ def save_classifier(model: SentenceClassifier, tokenizer, labels: list[str], out
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
     """Load a saved classifier folder. Returns (model in eval mode, tokenizer, info dict with ``labels``)."""
-    from safetensors.torch import load_file
     from transformers import PreTrainedTokenizerFast
 
     path = Path(path)
@@ -79,10 +93,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
                          "train one with python -m textgan.recipes.classifier")
     try:
         info = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        arch = dict(info["architecture"])
-        arch["widths"] = tuple(arch["widths"])
-        model = SentenceClassifier(arch.pop("vocab_size"), arch.pop("n_classes"), arch.pop("pad_id"), **arch)
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        model = build_classifier(info["architecture"], path / "model.safetensors")
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise ModelError(f"cannot load the classifier in {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None

@@ -56,7 +56,19 @@ from ..training import (
     restore,
     seed_everything,
 )
-from ..transfer import DECODING, SEP, Layout, Rewriter, load_style_data, style_token, target_logprobs, word_tensor
+from ..transfer import (
+    DECODING,
+    SEP,
+    Layout,
+    Rewriter,
+    content_reward,
+    discriminator_logits,
+    load_style_data,
+    style_reward,
+    style_token,
+    target_logprobs,
+    word_tensor,
+)
 
 
 @dataclass
@@ -234,11 +246,8 @@ def train_step(config, step, model, disc, optimizers, ema, layout: Layout, ids, 
         policy_mask = rollout.mask.to(device)
         # 2. rewards: style by the discriminator, content by the cycle log-likelihood
         with torch.no_grad():
-            fake_words = word_tensor(rewrites, layout.pad_id).to(device)
-            disc.eval()
-            style_logp = F.log_softmax(disc(fake_words), -1)[torch.arange(B), torch.tensor(tgt, device=device)]
-            disc.train()
-            content = (cycle_lp * cycle_mask).sum(1) / cycle_mask.sum(1).clamp_min(1)
+            style_logp = style_reward(disc, rewrites, torch.tensor(tgt), layout.pad_id)
+            content = content_reward(cycle_lp, cycle_mask)
             reward = config.style_weight * style_logp + config.content_weight * content  # (B,)
             rewards = torch.zeros_like(policy_lp)
             last = (policy_mask.sum(1) - 1).clamp_min(0)
@@ -323,11 +332,7 @@ def make_judge(config, disc, layout: Layout, device):
 
     def disc_judge(sentences, style):
         words = layout.tokenizer(list(sentences), add_special_tokens=False)["input_ids"] if sentences else []
-        with torch.no_grad():
-            was = disc.training
-            disc.eval()
-            logits = disc(word_tensor(words, layout.pad_id).to(device))[:, : len(layout.styles)]
-            disc.train(was)
+        logits = discriminator_logits(disc, words, layout.pad_id)[:, : len(layout.styles)]
         target = layout.styles.index(style)
         return float((logits.argmax(-1) == target).float().mean())
 
