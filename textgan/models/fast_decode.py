@@ -105,6 +105,33 @@ class LlamaDecoder:
             self.gate_up = [torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]) for layer in self.layers]
         self.q_size = self.n_heads * self.head_dim
         self.kv_size = self.n_kv_heads * self.head_dim
+        self._prepare_step(model)
+
+    def _prepare_step(self, model) -> None:
+        """Weights for :meth:`step`'s single-token path, folded so that a layer is a few calls.
+
+        Each RMSNorm's gain is folded into the matmul that reads its output and the attention
+        scale into the query rows; the residual adds ride on ``addmm``. The folds change rounding
+        only (tested to 1e-5 against the Hugging Face forward).
+        """
+        half = self.head_dim // 2
+        self.step_weights = []
+        with torch.no_grad():
+            for i, layer in enumerate(self.layers):
+                attn = layer.self_attn
+                q = attn.q_proj.weight * attn.scaling
+                qk = torch.cat([q, attn.k_proj.weight])
+                w_in = torch.cat([qk, attn.v_proj.weight]) * layer.input_layernorm.weight
+                w_mlp = self.gate_up[i] * layer.post_attention_layernorm.weight
+                self.step_weights.append((w_in, attn.o_proj.weight.t(), w_mlp, layer.mlp.down_proj.weight.t()))
+            self.step_head = model.lm_head.weight * model.model.norm.weight
+        heads = self.n_heads + self.n_kv_heads
+        # rotate_half(x) * sin == flip(x's two halves) * [-sin, sin]: (T, (H + Hkv) * D), a row per position
+        self.step_cos = self.cos.repeat(1, heads)
+        self.step_sin = torch.cat([-self.sin[:, :half], self.sin[:, half:]], dim=-1).repeat(1, heads)
+        self.eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
+                    for layer in self.layers]
+        self.final_eps = model.model.norm.variance_epsilon
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: (B, S) at positions [position, position + S) -> last position's logits (B, V)."""
@@ -187,5 +214,35 @@ class LlamaDecoder:
         return child
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
-        """token: (B,) long, the newest token -> (B, V) logits of the next position."""
-        return self._forward(token[:, None])
+        """token: (B,) long, the newest token -> (B, V) logits of the next position.
+
+        The same maths as :meth:`_forward` with one query, in about half the tensor calls: at
+        sampling sizes on a CPU the calls, not the arithmetic, are most of a step's time.
+        """
+        B, pos = token.shape[0], self.position
+        end = pos + 1
+        if end > self.max_length:
+            raise ValueError(f"decoder cache holds {self.max_length} positions, asked for {end}")
+        Hkv, D = self.n_kv_heads, self.head_dim
+        qk_size = self.q_size + self.kv_size
+        mask = None if self.key_valid is None else self.key_valid[:B, None, None, :end]  # (B, 1, 1, end)
+        cos, sin = self.step_cos[pos], self.step_sin[pos]
+        h = F.embedding(token, self.model.model.embed_tokens.weight)  # (B, C)
+        for i, (w_in, w_out, w_mlp, w_down) in enumerate(self.step_weights):
+            x = F.rms_norm(h, h.shape[-1:], None, self.eps[i][0])
+            qk, v = F.linear(x, w_in).split([qk_size, self.kv_size], dim=-1)
+            swapped = qk.unflatten(-1, (-1, 2, D // 2)).flip(-2).flatten(1)  # each head's halves swapped
+            q, k = torch.addcmul(qk * cos, swapped, sin).split([self.q_size, self.kv_size], dim=-1)
+            keys, values = self.keys[i, :B, :, :end], self.values[i, :B, :, :end]  # (B, Hkv, end, D)
+            keys[:, :, pos] = k.view(B, Hkv, D)
+            values[:, :, pos] = v.view(B, Hkv, D)
+            # query heads grouped by the key/value head they share: (B, Hkv, H / Hkv, D)
+            scores = torch.matmul(q.view(B, Hkv, -1, D), keys.transpose(-1, -2))  # (B, Hkv, G, end)
+            if mask is not None:
+                scores = scores.masked_fill_(~mask, float("-inf"))
+            out = torch.matmul(scores.softmax(-1), values)  # (B, Hkv, G, D)
+            h = torch.addmm(h, out.view(B, -1), w_out)
+            gate, up = F.linear(F.rms_norm(h, h.shape[-1:], None, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
+            h = torch.addmm(h, F.silu(gate).mul_(up), w_down)
+        self.position = end
+        return F.linear(F.rms_norm(h, h.shape[-1:], None, self.final_eps), self.step_head).float()
