@@ -54,6 +54,16 @@ def run(command: list[str], log: Path) -> float:
     return round(time.time() - start, 1)
 
 
+def ensure_judge(classifier: Path, data: Path, work: Path, extra: list[str] = ()) -> float | None:
+    """Train the judge (textgan.recipes.classifier on Yelp train) unless ``classifier`` holds one:
+    its training seconds, or None when it was there already."""
+    if (classifier / "classifier.json").is_file():
+        return None
+    work.mkdir(parents=True, exist_ok=True)
+    return run([sys.executable, "-m", "textgan.recipes.classifier", f"data={data}", f"out_dir={classifier.parent}",
+                "steps=4000", *extra], work / "classifier.log")
+
+
 def prepare(args) -> dict[str, float]:
     """Train the judge, the language model and the rewriter where they do not exist yet."""
     seconds = {}
@@ -68,10 +78,9 @@ def prepare(args) -> dict[str, float]:
                 (sliced / f"{split}.{style}").write_text("\n".join(lines) + "\n", encoding="utf-8")
         data = args.data = sliced
     quick = QUICK if args.quick else {"classifier": [], "lm": [], "transfer": []}
-    if not (args.classifier / "classifier.json").is_file():
-        seconds["classifier"] = run([sys.executable, "-m", "textgan.recipes.classifier", f"data={data}",
-                                     f"out_dir={args.classifier.parent}", "steps=4000", *quick["classifier"]],
-                                    work / "classifier.log")
+    judge_seconds = ensure_judge(args.classifier, data, work, quick["classifier"])
+    if judge_seconds is not None:
+        seconds["classifier"] = judge_seconds
     if not (args.lm / "config.json").is_file():
         train = work / "lm_train.txt"
         valid = work / "lm_valid.txt"
@@ -113,6 +122,9 @@ def main() -> None:
     parser.add_argument("--classifier", type=Path, default=None, help="judge (default: WORK/classifier/classifier)")
     parser.add_argument("--lm", type=Path, default=None, help="MLE language model (default: WORK/lm/generator)")
     parser.add_argument("--decoding", default="greedy", choices=("greedy", "beam", "sample", "rerank"))
+    parser.add_argument("--beam", type=int, default=4, help="beam width for beam and rerank decoding")
+    parser.add_argument("--style-weight", type=float, default=None, help="rerank: weight of log D (default: the model's)")
+    parser.add_argument("--content-weight", type=float, default=None, help="rerank: weight of the cycle (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="yelp_transfer", help="results file name: benchmarks/results/NAME.{json,md}")
     args = parser.parse_args()
@@ -134,6 +146,10 @@ def main() -> None:
     judge, judge_tokenizer, info = load_classifier(args.classifier)
     lm, lm_tokenizer = load_generator(str(args.lm))
     rewriter = Rewriter.load(args.model)
+    if args.style_weight is not None:
+        rewriter.style_weight = args.style_weight
+    if args.content_weight is not None:
+        rewriter.content_weight = args.content_weight
 
     def perplexity(sentences):
         kept = [s for s in sentences if s.strip()]
@@ -147,7 +163,8 @@ def main() -> None:
     started = time.time()
     for source, target in (("neg", "pos"), ("pos", "neg")):
         inputs, references = data.test[source], data.references[source]
-        outputs = rewriter.rewrite(inputs, source, target, decoding=args.decoding, seed=args.seed, progress=True)
+        outputs = rewriter.rewrite(inputs, source, target, decoding=args.decoding, beam=args.beam, seed=args.seed,
+                                   progress=True)
         outputs_all[f"{source}->{target}"] = outputs
         rows[f"textgan {source}->{target}"] = score_direction(outputs, inputs, references, target, classify_as, perplexity)
         rows[f"copy input {source}->{target}"] = score_direction(inputs, inputs, references, target, classify_as, perplexity)
@@ -167,7 +184,8 @@ def main() -> None:
         rows[f"{name} overall"] = overall
 
     metrics = json.loads((args.model.parent / "metrics.json").read_text()) if (args.model.parent / "metrics.json").is_file() else {}
-    results = {"rows": rows, "decoding": args.decoding, "seed": args.seed, "model": str(args.model),
+    results = {"rows": rows, "decoding": args.decoding, "beam": args.beam, "style_weight": rewriter.style_weight,
+               "content_weight": rewriter.content_weight, "seed": args.seed, "model": str(args.model),
                "judge_dev_accuracy": info.get("dev_accuracy"), "train_seconds": seconds,
                "transfer_run_seconds": metrics.get("time/total_s"), "rewrite_seconds": transfer_s,
                "examples": {k: list(zip(data.test[k[:3]][:10], v[:10])) for k, v in outputs_all.items()}}
@@ -185,7 +203,10 @@ def main() -> None:
         return
     judge_note = (f"\nStyle accuracy is judged by textgan's CNN classifier (dev accuracy {100 * (info.get('dev_accuracy') or 0):.1f}%), "
                   "not the papers' fastText classifier: published systems' accuracies are not comparable and are left out.\n")
-    record(args.name, results, f"# Yelp sentiment transfer (test set, 500 + 500 sentences; {args.decoding} decoding)\n\n"
+    decoding = args.decoding + {"beam": f", beam {args.beam}",
+                                "rerank": f", beam {args.beam}, style weight {rewriter.style_weight:g}, content weight "
+                                          f"{rewriter.content_weight:g}"}.get(args.decoding, "")
+    record(args.name, results, f"# Yelp sentiment transfer (test set, 500 + 500 sentences; {decoding} decoding)\n\n"
            + table + judge_note)
 
 

@@ -411,3 +411,40 @@ def test_style_transfer_with_bf16_and_compile(style_folder, tmp_path):
     assert len(losses) >= 4 and all(math.isfinite(v) for v in losses)
     rewriter = Rewriter.load(out / "model")
     assert all(p.dtype == torch.float32 for p in rewriter.model.parameters())
+
+
+def test_rerank_weights_steer_the_choice(transfer_run):
+    """With both reward weights at 0 rerank is plain beam search; with only the content weight it
+    picks the hypothesis that reconstructs the source best, as candidates() scores them."""
+    rewriter = Rewriter.load(transfer_run / "model")
+    layout = rewriter.layout
+    neg, pos = layout.style_ids["neg"], layout.style_ids["pos"]
+    sources, _ = layout.encode(["the food was bad .", "our waiter was rude and slow .", "bad .", "never again ."])
+    args = (sources, [neg] * 4, [pos] * 4)
+    words, terms = rewriter.candidates(*args, beam=3)
+    assert len(words) == 12 and all(t.shape == (4, 3) for t in terms.values())
+    rewriter.style_weight, rewriter.content_weight = 0.0, 0.0
+    assert rewriter.generate(*args, decoding="rerank", beam=3) == rewriter.generate(*args, decoding="beam", beam=3)
+    rewriter.content_weight = 1000.0
+    best = (terms["forward"] + 1000.0 * terms["content"]).argmax(1)
+    assert rewriter.generate(*args, decoding="rerank", beam=3) == [words[b * 3 + int(k)] for b, k in enumerate(best)]
+
+
+def test_transfer_cli_takes_rerank_weights(transfer_run):
+    base = ("transfer", "--model", str(transfer_run / "model"), "--from", "neg", "--to", "pos", "--decoding", "rerank",
+            "--beam", "2", "the food was bad .")
+    result = run_cli(*base, "--style-weight", "0.5", "--content-weight", "2")
+    assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
+    assert_clean_error(run_cli(*base, "--content-weight", "-1"), "--content-weight")
+    assert_clean_error(run_cli(*base, "--style-weight", "inf"), "--style-weight")
+
+
+def test_rewrite_candidates_rerank_to_what_rewrite_returns(transfer_run):
+    """A weight sweep over rewrite_candidates picks, for the model's weights, rewrite(decoding='rerank')'s lines."""
+    rewriter = Rewriter.load(transfer_run / "model")
+    lines = ["the food was bad .", "", "our waiter was rude and slow .", "bad .", "the xylophonist was rude ."]
+    texts, terms = rewriter.rewrite_candidates(lines, "neg", "pos", beam=3, batch_size=2)
+    assert len(texts) == len(lines) and texts[1] == ["", "", ""] and all(t.shape == (5, 3) for t in terms.values())
+    score = terms["forward"] + rewriter.style_weight * terms["style"] + rewriter.content_weight * terms["content"]
+    picked = [row[int(k)] for row, k in zip(texts, score.argmax(1))]
+    assert picked == rewriter.rewrite(lines, "neg", "pos", decoding="rerank", beam=3, batch_size=2)

@@ -37,6 +37,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number, zero or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="textgan", description="Train and sample adversarial text generators.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -69,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="decoding (default greedy); rerank: the beam hypothesis the run's discriminator and "
                                "cycle reconstruction score best")
     transfer.add_argument("--beam", type=_positive_int, default=4, help="beam width with --decoding beam or rerank (default 4)")
+    transfer.add_argument("--style-weight", type=_nonnegative_float, default=None,
+                          help="rerank: weight of log D(target | rewrite) (default: the model's, from training)")
+    transfer.add_argument("--content-weight", type=_nonnegative_float, default=None,
+                          help="rerank: weight of the cycle reconstruction log p(source | rewrite) (default: the model's)")
     transfer.add_argument("--temperature", type=_positive_float, default=1.0, help="temperature with --decoding sample")
     transfer.add_argument("--top-p", type=_positive_float, default=1.0, help="nucleus mass with --decoding sample")
     transfer.add_argument("--batch-size", type=_positive_int, default=128, help="sentences rewritten at once")
@@ -185,6 +196,10 @@ def cmd_transfer(args) -> int:
         rewriter.layout.style_id(style)  # unknown style: fail before reading the input
     if args.source == args.target:
         raise ModelError(f"--from and --to are both {args.source!r}; choose two different styles")
+    if args.style_weight is not None:
+        rewriter.style_weight = args.style_weight
+    if args.content_weight is not None:
+        rewriter.content_weight = args.content_weight
     lines = _input_lines(args)
     too_long = rewriter.count_too_long(lines)
     if too_long:

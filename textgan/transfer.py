@@ -372,35 +372,60 @@ class Rewriter:
 
         Sentences longer than the model's ``max_length`` are cut to it (the caller is told how many).
         """
-        from tqdm.auto import tqdm
-
         if decoding not in DECODING:
             raise ValueError(f"decoding must be one of {', '.join(DECODING)}, got {decoding!r}")
         src, tgt = self.layout.style_id(source), self.layout.style_id(target)
-        texts = [normalize(s) if self.normalized else s.strip() for s in sentences]
-        outputs = [""] * len(texts)
-        todo = [i for i, t in enumerate(texts) if t]
-        # sorting by length keeps left padding short; outputs go back to their lines
-        todo.sort(key=lambda i: len(texts[i].split()))
+        outputs = [""] * len(sentences)
         device = next(self.model.parameters()).device
-        self.model.eval()
         cuda = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
-            for start in tqdm(range(0, len(todo), batch_size), desc=f"{source} -> {target}", disable=not progress,
-                              leave=False):
-                rows = todo[start : start + batch_size]
-                ids, _ = self.layout.encode([texts[i] for i in rows])
+            for rows, ids, unknowns in self._batches(sentences, batch_size, progress, f"{source} -> {target}"):
                 words = self.generate(ids, [src] * len(rows), [tgt] * len(rows), decoding=decoding, beam=beam,
                                       temperature=temperature, top_p=top_p)
-                unknowns = [self.unknown_words(texts[i]) for i in rows]
                 for i, text in zip(rows, self.decode(words, unknowns)):
                     outputs[i] = text
         return outputs
 
+    def rewrite_candidates(self, sentences: list[str], source: str, target: str, *, beam: int = 4,
+                           batch_size: int = 128, progress: bool = False) -> tuple[list[list[str]], dict[str, torch.Tensor]]:
+        """Every sentence's beam n-best as text, with the terms rerank decoding weighs (see :meth:`candidates`).
+
+        Returns (texts, terms): ``texts[i]`` holds sentence i's K rewrites; each of ``terms``' tensors
+        is (N, K). Reranking with weights (a, b) picks ``argmax(forward + a * style + b * content)``
+        per row, so a sweep over weights costs one beam search. Empty lines get K empty rewrites.
+        """
+        src, tgt = self.layout.style_id(source), self.layout.style_id(target)
+        texts = [[""] * beam for _ in sentences]
+        terms = {name: torch.zeros(len(sentences), beam) for name in ("forward", "style", "content")}
+        for rows, ids, unknowns in self._batches(sentences, batch_size, progress, f"{source} -> {target}"):
+            words, batch_terms = self.candidates(ids, [src] * len(rows), [tgt] * len(rows), beam)
+            K = len(words) // len(rows)
+            decoded = self.decode(words, [u for u in unknowns for _ in range(K)])
+            for j, i in enumerate(rows):
+                texts[i] = decoded[j * K : (j + 1) * K]
+                for name, value in batch_terms.items():
+                    terms[name][i, :K] = value[j].cpu()
+        return texts, terms
+
+    def _batches(self, sentences: list[str], batch_size: int, progress: bool, desc: str):
+        """(line indices, word ids, unknown words) per batch of the non-empty lines, shortest first:
+        sorting by length keeps left padding short."""
+        from tqdm.auto import tqdm
+
+        texts = [normalize(s) if self.normalized else s.strip() for s in sentences]
+        todo = sorted((i for i, t in enumerate(texts) if t), key=lambda i: len(texts[i].split()))
+        self.model.eval()
+        for start in tqdm(range(0, len(todo), batch_size), desc=desc, disable=not progress, leave=False):
+            rows = todo[start : start + batch_size]
+            ids, _ = self.layout.encode([texts[i] for i in rows])
+            yield rows, ids, [self.unknown_words(texts[i]) for i in rows]
+
     def generate(self, sources: list[list[int]], src_styles: list[int], tgt_styles: list[int], *, decoding: str = "greedy",
                  beam: int = 4, temperature: float = 1.0, top_p: float = 1.0) -> list[list[int]]:
         """Word ids of the rewrites of ``sources`` (word-id lists), one batch."""
+        if decoding == "rerank":
+            return self._rerank(sources, src_styles, tgt_styles, beam)
         device = next(self.model.parameters()).device
         prompt, mask = self.layout.prompts(sources, src_styles, tgt_styles)
         prompt, mask = prompt.to(device), mask.to(device)
@@ -410,23 +435,28 @@ class Rewriter:
             tokens = greedy(self.model, prompt, mask, max_new, eos, pad)
         elif decoding == "beam":
             tokens = beam_search(self.model, prompt, mask, max_new, eos, pad, beam=beam)
-        elif decoding == "rerank":
-            return self._rerank(sources, src_styles, tgt_styles, prompt, mask, beam)
         else:
             tokens = sample(self.model, prompt, max_new, eos_id=eos, pad_id=pad, temperature=temperature, top_p=top_p,
                             prompt_mask=mask).tokens
         return self.layout.words(tokens.cpu())
 
     @torch.no_grad()
-    def _rerank(self, sources, src_styles, tgt_styles, prompt, mask, beam: int) -> list[list[int]]:
-        """The beam hypothesis of each row with the highest log p(y|x)/|y| + reward (see the class)."""
+    def candidates(self, sources: list[list[int]], src_styles: list[int], tgt_styles: list[int], beam: int = 4
+                   ) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
+        """The beam's n-best rewrites of each source and the three terms rerank decoding weighs.
+
+        Returns (words, terms): ``words`` holds B * K word-id lists, hypothesis k of row b at
+        b * K + k; ``terms`` maps "forward" (log p(y|x) per token), "style" (log D(target | y))
+        and "content" (log p(x|y) per token) to (B, K) tensors.
+        """
         if self.discriminator is None:
             raise ModelError("rerank decoding needs the run's discriminator (discriminator.safetensors), which this "
                              "model folder lacks; use --decoding beam or greedy")
-        device = prompt.device
         layout = self.layout
-        history, forward = beam_search(self.model, prompt, mask, layout.max_length + 1, layout.eos_id, layout.pad_id,
-                                       beam=beam, n_best=True)  # (B, K, T), (B, K)
+        device = next(self.model.parameters()).device
+        prompt, mask = layout.prompts(sources, src_styles, tgt_styles)
+        history, forward = beam_search(self.model, prompt.to(device), mask.to(device), layout.max_length + 1,
+                                       layout.eos_id, layout.pad_id, beam=beam, n_best=True)  # (B, K, T), (B, K)
         B, K, T = history.shape
         words = layout.words(history.view(B * K, T).cpu())
 
@@ -440,9 +470,14 @@ class Rewriter:
         targets = layout.targets(each(sources)).to(device)
         cycle = target_logprobs(self.model, back.to(device), back_mask.to(device), targets).float()
         content = content_reward(cycle, sequence_mask(targets, layout.eos_id))  # as in training
-        score = forward + (self.style_weight * style + self.content_weight * content).view(B, K)
-        best = score.argmax(1).cpu()
-        return [words[b * K + int(k)] for b, k in enumerate(best)]
+        return words, {"forward": forward.float(), "style": style.view(B, K), "content": content.view(B, K)}
+
+    def _rerank(self, sources, src_styles, tgt_styles, beam: int) -> list[list[int]]:
+        """The beam hypothesis of each row with the highest log p(y|x)/|y| + reward (see the class)."""
+        words, terms = self.candidates(sources, src_styles, tgt_styles, beam)
+        score = terms["forward"] + self.style_weight * terms["style"] + self.content_weight * terms["content"]
+        K = score.shape[1]
+        return [words[b * K + int(k)] for b, k in enumerate(score.argmax(1).cpu())]
 
     def unknown_words(self, text: str) -> list[str]:
         """The words of ``text`` that the tokenizer maps to ``<unk>``, in order."""

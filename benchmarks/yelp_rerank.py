@@ -1,0 +1,104 @@
+"""Choose rerank decoding's beam width and weights on Yelp *dev*, before the test set is looked at.
+
+    python benchmarks/yelp_rerank.py --model runs/yelp_large_transfer/model
+    python benchmarks/yelp_rerank.py --model DIR --beams 4,8 --style-weights 0.5,1,2 --content-weights 0.5,1,2,4
+
+Rerank decoding keeps, of the beam's K hypotheses y for a source x, the one with the highest
+log p(y|x)/|y| + a * log D(target|y) + b * log p(x|y)/|x|. The run's own weights are a = b = 1;
+this script scores every (K, a, b) of a grid on the first 500 dev sentences of each style: one
+beam search per K, then each weighting is an argmax over the stored terms. Per point: style
+accuracy by the judge (the same CNN classifier as benchmarks/yelp_transfer.py), self-BLEU
+(corpus BLEU-4 against the inputs) and the copy rate. Dev has no human rewrites, so ref-BLEU
+is not available here.
+
+The rule, fixed before running: the point with the highest dev self-BLEU among those whose
+dev accuracy is at least ``--min-accuracy`` (default 91.0, the accuracy of the run's own
+weights on dev for the d256 rewriter) and copy rate under 5%. Ties go to the smaller beam. The
+chosen point is then evaluated once on test with benchmarks/yelp_transfer.py. Writes
+benchmarks/results/yelp_rerank_dev.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+from _record import record
+from yelp_transfer import SHARED, ensure_judge
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="style-transfer model folder (with its discriminator)")
+    parser.add_argument("--data", type=Path, default=SHARED, help="the Yelp folder")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench_yelp"), help="where the judge is kept or trained")
+    parser.add_argument("--classifier", type=Path, default=None, help="judge (default: WORK/classifier/classifier)")
+    parser.add_argument("--beams", default="4,8")
+    parser.add_argument("--style-weights", default="0.5,1,1.5,2")
+    parser.add_argument("--content-weights", default="0.5,1,1.5,2,3,4")
+    parser.add_argument("--sentences", type=int, default=500, help="dev sentences per style")
+    parser.add_argument("--min-accuracy", type=float, default=91.0, help="the rule's accuracy floor on dev (%%)")
+    parser.add_argument("--name", default="yelp_rerank_dev")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"error: {args.data} not found; pass --data with the Yelp folder")
+    args.classifier = args.classifier or args.work / "classifier" / "classifier"
+    ensure_judge(args.classifier, args.data, args.work)
+
+    import torch
+
+    from textgan.bleu import corpus_bleu
+    from textgan.models.classifier import classify, load_classifier
+    from textgan.transfer import Rewriter, load_style_data
+
+    data = load_style_data(args.data)
+    judge, judge_tokenizer, info = load_classifier(args.classifier)
+    rewriter = Rewriter.load(args.model)
+    directions = (("neg", "pos"), ("pos", "neg"))
+    inputs = {src: data.dev[src][: args.sentences] for src, _ in directions}
+    rows, started = [], time.time()
+    for beam in (int(b) for b in args.beams.split(",")):
+        found = {src: rewriter.rewrite_candidates(inputs[src], src, tgt, beam=beam, progress=True) for src, tgt in directions}
+        for a, b in itertools.product(floats(args.style_weights), floats(args.content_weights)):
+            outputs, sources, targets = [], [], []
+            for src, tgt in directions:
+                texts, terms = found[src]
+                best = (terms["forward"] + a * terms["style"] + b * terms["content"]).argmax(1)
+                outputs += [row[int(k)] for row, k in zip(texts, best)]
+                sources += inputs[src]
+                targets += [tgt] * len(texts)
+            predicted = classify(judge, judge_tokenizer, outputs, info["labels"])
+            rows.append({"beam": beam, "style_weight": a, "content_weight": b,
+                         "accuracy": 100 * sum(p == t for p, t in zip(predicted, targets)) / len(outputs),
+                         "self_bleu": corpus_bleu(outputs, sources),
+                         "copy": 100 * sum(o == s for o, s in zip(outputs, sources)) / len(outputs)})
+        print(f"beam {beam}: done ({time.time() - started:.0f} s)", flush=True)
+    allowed = [r for r in rows if r["accuracy"] >= args.min_accuracy and r["copy"] < 5.0]
+    chosen = max(allowed, key=lambda r: (r["self_bleu"], -r["beam"])) if allowed else None
+    lines = ["| beam | style weight | content weight | accuracy | self-BLEU | copy |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        mark = " **chosen**" if r is chosen else ""
+        lines.append(f"| {r['beam']} | {r['style_weight']:g} | {r['content_weight']:g} | {r['accuracy']:.1f}% | "
+                     f"{r['self_bleu']:.1f} | {r['copy']:.1f}%{mark} |")
+    verdict = (f"Chosen: beam {chosen['beam']}, style weight {chosen['style_weight']:g}, content weight "
+               f"{chosen['content_weight']:g} (dev accuracy {chosen['accuracy']:.1f}%, self-BLEU {chosen['self_bleu']:.1f}, "
+               f"copy {chosen['copy']:.1f}%)." if chosen else
+               f"No point reaches {args.min_accuracy:g}% dev accuracy with a copy rate under 5%.")
+    md = (f"# Rerank weights on Yelp dev ({args.sentences} + {args.sentences} sentences, model {args.model})\n\n"
+          f"Rule, fixed before the run: highest dev self-BLEU with dev accuracy >= {args.min_accuracy:g}% and copy "
+          "< 5%.\n\n" + "\n".join(lines) + f"\n\n{verdict}\n")
+    print(md)
+    record(args.name, {"rows": rows, "chosen": chosen, "model": str(args.model), "min_accuracy": args.min_accuracy,
+                       "sentences_per_style": args.sentences, "seconds": round(time.time() - started, 1),
+                       "torch_threads": torch.get_num_threads()}, md)
+
+
+if __name__ == "__main__":
+    main()
