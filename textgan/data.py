@@ -146,13 +146,22 @@ def sequence_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     return before_eos
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step ``step``'s random draws (batches, noise), one per (run seed, step).
+
+    Every recipe draws its batches from a generator seeded here rather than from a running
+    stream, so a resumed run draws exactly what an uninterrupted one would have.
+    """
+    return seed * 1_000_003 + step
+
+
 def batch_at(ids: torch.Tensor, batch_size: int, step: int, seed: int, eos_id: int | None = None) -> torch.Tensor:
     """A random batch determined by ``(seed, step)``, so a resumed run draws the same batches.
 
     ids are ``[bos, tokens.., eos, pad..]`` rows; with ``eos_id``, the columns after the
     longest row's end are cut off. ids: (N, L) -> (B, L') with L' <= L.
     """
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    generator = torch.Generator().manual_seed(step_seed(seed, step))
     batch = ids[torch.randint(len(ids), (batch_size,), generator=generator)]
     if eos_id is not None:
         length = int(sequence_mask(batch[:, 1:], eos_id).sum(dim=1).max())

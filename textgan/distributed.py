@@ -25,6 +25,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from .data import step_seed
+
 
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -87,7 +89,7 @@ def local_batch_size(global_size: int) -> int:
 def seed_step(seed: int, step: int) -> None:
     """Re-seed the torch stream per (seed, step, rank) so that processes sample differently (no-op alone)."""
     if active():
-        torch.manual_seed((seed * 1_000_003 + step) * 1_009 + rank())
+        torch.manual_seed(step_seed(seed, step) * 1_009 + rank())
 
 
 def broadcast_modules(modules) -> None:

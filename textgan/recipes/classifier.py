@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError, arg, check_bounds
+from ..data import step_seed
 from ..distributed import shard
 from ..models.classifier import SentenceClassifier, classify, encode_batch, save_classifier
 from ..training import (
@@ -68,7 +69,7 @@ class ClassifierConfig(BaseConfig):
 
 def balanced_batch(data: dict[str, list[str]], styles: list[str], batch_size: int, step: int, seed: int):
     """``batch_size`` sentences drawn evenly over the styles, determined by (seed, step): (texts, label ids)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    generator = torch.Generator().manual_seed(step_seed(seed, step))
     per_style = max(1, batch_size // len(styles))
     texts, labels = [], []
     for label, style in enumerate(styles):

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, arg, check_bounds, check_choice, parse_betas
-from ..data import sequence_mask
+from ..data import sequence_mask, step_seed
 from ..distributed import seed_step, shard
 from ..losses import mle_loss
 from ..models.classifier import SentenceClassifier, classify, load_classifier
@@ -181,7 +181,7 @@ def noisy(words: list[int], rng: random.Random, drop: float, shuffle: float) -> 
 
 def batch_rows(ids: dict[str, list[list[int]]], styles: list[str], batch_size: int, step: int, seed: int):
     """Sources, their styles and target styles (indices), drawn evenly over the styles by (seed, step)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    generator = torch.Generator().manual_seed(step_seed(seed, step))
     per_style = max(1, batch_size // len(styles))
     sources, src, tgt = [], [], []
     for s, style in enumerate(styles):
@@ -212,7 +212,7 @@ def train_step(config, step, model, disc, optimizers, ema, layout: Layout, ids, 
     styles = layout.styles
     style_ids = [layout.style_ids[s] for s in styles]
     fake_class = len(styles)
-    rng = random.Random(config.seed * 1_000_003 + step)
+    rng = random.Random(step_seed(config.seed, step))
     sources, src, tgt = (shard(part) for part in batch_rows(ids, styles, config.batch_size, step, config.seed))
     B = len(sources)
     src_tok, tgt_tok = [style_ids[s] for s in src], [style_ids[t] for t in tgt]
