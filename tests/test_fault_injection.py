@@ -45,15 +45,16 @@ def weights(out) -> dict[str, torch.Tensor]:
     return load_file(out / "generator" / "model.safetensors")
 
 
-def kill_and_resume(out, steps, rng, kills):
-    """Run to the end, SIGKILLed ``kills`` times at random steps, resuming after each."""
+def kill_and_resume(out, steps, rng, kills, last):
+    """Run to the end, SIGKILLed ``kills`` times at random steps before ``last`` (the final logged
+    step), resuming after each."""
     killed = 0
     first = True
     while True:
         process = start(out, *steps, *([] if first else ["resume=true"]))
         first = False
         if killed < kills:
-            target = logged_step(out) + rng.randint(1, 6)
+            target = min(logged_step(out) + rng.randint(1, 6), last - 1)
             if wait_for_step(process, out, target):
                 time.sleep(rng.uniform(0.0, 0.3))  # anywhere inside a step, or inside a checkpoint write
                 process.send_signal(signal.SIGKILL)
@@ -73,12 +74,12 @@ def assert_same_weights(a, b):
 
 @pytest.mark.parametrize("kills", [3])
 def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path, kills):
-    steps = ["pretrain_steps=4", "steps=20"]
+    steps = ["pretrain_steps=4", "steps=40"]  # room for every kill even when one lands late
     reference = start(tmp_path / "reference", *steps)
     _, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err
     out = tmp_path / "killed"
-    assert kill_and_resume(out, steps, random.Random(0), kills) == kills
+    assert kill_and_resume(out, steps, random.Random(0), kills, logged_step(tmp_path / "reference")) == kills
     assert_same_weights(weights(out), weights(tmp_path / "reference"))
     # the resumed log reads as one run: every step once, in order
     logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -91,7 +92,7 @@ def test_many_sigkills_then_resume_equals_uninterrupted(tmp_path):
     reference = start(tmp_path / "reference", *steps)
     assert reference.wait(timeout=600) == 0
     out = tmp_path / "killed"
-    kill_and_resume(out, steps, random.Random(1), kills=12)
+    kill_and_resume(out, steps, random.Random(1), 12, logged_step(tmp_path / "reference"))
     assert_same_weights(weights(out), weights(tmp_path / "reference"))
 
 
