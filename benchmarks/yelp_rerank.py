@@ -30,8 +30,20 @@ from _record import record
 from yelp_transfer import SHARED, ensure_judge
 
 
-def floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+def numbers(kind):
+    """argparse type: a comma-separated list of ``kind`` values, at least one, none negative."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        if not values or min(values) < 0 or (kind is int and min(values) < 1):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {'positive' if kind is int else 'non-negative'} "
+                                             f"numbers, got {text!r}")
+        return values
+
+    return parse
 
 
 def main() -> None:
@@ -40,9 +52,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED, help="the Yelp folder")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_yelp"), help="where the judge is kept or trained")
     parser.add_argument("--classifier", type=Path, default=None, help="judge (default: WORK/classifier/classifier)")
-    parser.add_argument("--beams", default="4,8")
-    parser.add_argument("--style-weights", default="0.5,1,1.5,2")
-    parser.add_argument("--content-weights", default="0.5,1,1.5,2,3,4")
+    parser.add_argument("--beams", type=numbers(int), default="4,8")
+    parser.add_argument("--style-weights", type=numbers(float), default="0.5,1,1.5,2")
+    parser.add_argument("--content-weights", type=numbers(float), default="0.5,1,1.5,2,3,4")
     parser.add_argument("--sentences", type=int, default=500, help="dev sentences per style")
     parser.add_argument("--min-accuracy", type=float, default=91.0, help="the rule's accuracy floor on dev (%%)")
     parser.add_argument("--name", default="yelp_rerank_dev")
@@ -55,18 +67,25 @@ def main() -> None:
     import torch
 
     from textgan.bleu import corpus_bleu
+    from textgan.data import DataError
     from textgan.models.classifier import classify, load_classifier
+    from textgan.models.generator import ModelError
     from textgan.transfer import Rewriter, load_style_data
 
-    data = load_style_data(args.data)
-    judge, judge_tokenizer, info = load_classifier(args.classifier)
-    rewriter = Rewriter.load(args.model)
+    try:
+        data = load_style_data(args.data)
+        judge, judge_tokenizer, info = load_classifier(args.classifier)
+        rewriter = Rewriter.load(args.model)
+        if rewriter.discriminator is None:
+            raise ModelError(f"{args.model} has no discriminator.safetensors: rerank needs the run's discriminator")
+    except (DataError, ModelError) as e:
+        sys.exit(f"error: {e}")
     directions = (("neg", "pos"), ("pos", "neg"))
     inputs = {src: data.dev[src][: args.sentences] for src, _ in directions}
     rows, started = [], time.time()
-    for beam in (int(b) for b in args.beams.split(",")):
+    for beam in args.beams:
         found = {src: rewriter.rewrite_candidates(inputs[src], src, tgt, beam=beam, progress=True) for src, tgt in directions}
-        for a, b in itertools.product(floats(args.style_weights), floats(args.content_weights)):
+        for a, b in itertools.product(args.style_weights, args.content_weights):
             outputs, sources, targets = [], [], []
             for src, tgt in directions:
                 texts, terms = found[src]
