@@ -5,9 +5,9 @@ textgan trains on a CPU, a step's arithmetic is tiny and the cost is Python: the
 forward builds masks, cache objects and output records on every call. This decoder runs the
 same maths on the model's parameters with a preallocated cache and a handful of tensor
 operations per layer (q, k and v in one matmul, rotated together; the MLP's gate and up
-projections in one matmul; fused RMSNorm; weights used directly, not through module calls).
-Those two fused weights are copied when a decoder is made, so a decoder serves one sampling
-call: make a new one after the weights change.
+projections in one matmul; RMSNorm gains and the attention scale folded into those weights).
+The folded weights are copied when a decoder is made, so a decoder serves one sampling call:
+make a new one after the weights change.
 
 It covers the Llama family as ``build_generator`` makes it (RMSNorm, rotary embeddings of the
 default type, grouped-query attention, SiLU-gated MLP, no biases). Anything else falls back to
@@ -39,31 +39,17 @@ def supports(model) -> bool:
     )
 
 
-def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
-    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
-        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)  # one fused kernel
-    dtype = x.dtype
-    x = x.float()
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * x.to(dtype)
+def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm without its gain (the decoder folds gains into the next matmul), computed in fp32."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, x.shape[-1:], None, eps)
+    return F.rms_norm(x.float(), x.shape[-1:], None, eps).to(x.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
-
-
-def _single_query_attention(q, keys, values, mask, scale: float) -> torch.Tensor:
-    """Attention of one new token to every cached one: q (B, H, 1, D), keys/values (B, H, T, D).
-
-    Two small batched matmuls; at decoding sizes on a CPU this is about a third faster than the
-    fused scaled_dot_product_attention kernel, whose set-up dominates a single query.
-    """
-    scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(scale)  # (B, H, 1, T)
-    if mask is not None:
-        scores = scores.masked_fill_(~mask, float("-inf"))
-    return torch.matmul(scores.softmax(-1), values)
 
 
 class LlamaDecoder:
@@ -98,33 +84,25 @@ class LlamaDecoder:
         scaling = getattr(rotary, "attention_scaling", 1.0)
         self.cos = (emb.cos() * scaling).to(weight.dtype)
         self.sin = (emb.sin() * scaling).to(weight.dtype)
-        # one matmul for q, k, v and one for the MLP's gate and up projections: fewer, larger calls
-        with torch.no_grad():
-            self.qkv = [torch.cat([layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight,
-                                   layer.self_attn.v_proj.weight]) for layer in self.layers]
-            self.gate_up = [torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]) for layer in self.layers]
         self.q_size = self.n_heads * self.head_dim
         self.kv_size = self.n_kv_heads * self.head_dim
-        self._prepare_step(model)
+        self._fold_weights(model)
 
-    def _prepare_step(self, model) -> None:
-        """Weights for :meth:`step`'s single-token path, folded so that a layer is a few calls.
-
-        Each RMSNorm's gain is folded into the matmul that reads its output and the attention
-        scale into the query rows; the residual adds ride on ``addmm``. The folds change rounding
-        only (tested to 1e-5 against the Hugging Face forward).
-        """
+    def _fold_weights(self, model) -> None:
+        """One matmul for q, k and v and one for the MLP's gate and up projections, with each
+        RMSNorm's gain folded into the matmul that reads its output and the attention scale into
+        the query rows; the residual adds ride on ``addmm``. The folds change rounding only
+        (tested to 1e-5 against the Hugging Face forward)."""
         half = self.head_dim // 2
-        self.step_weights = []
+        self.weights = []  # per layer: (qkv (q+2kv, C), o_proj^T (H*D, C), gate_up (2F, C), down^T (F, C))
         with torch.no_grad():
-            for i, layer in enumerate(self.layers):
-                attn = layer.self_attn
-                q = attn.q_proj.weight * attn.scaling
-                qk = torch.cat([q, attn.k_proj.weight])
-                w_in = torch.cat([qk, attn.v_proj.weight]) * layer.input_layernorm.weight
-                w_mlp = self.gate_up[i] * layer.post_attention_layernorm.weight
-                self.step_weights.append((w_in, attn.o_proj.weight.t(), w_mlp, layer.mlp.down_proj.weight.t()))
-            self.step_head = model.lm_head.weight * model.model.norm.weight
+            for layer in self.layers:
+                attn, mlp = layer.self_attn, layer.mlp
+                qkv = torch.cat([attn.q_proj.weight * attn.scaling, attn.k_proj.weight, attn.v_proj.weight])
+                gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+                self.weights.append((qkv * layer.input_layernorm.weight, attn.o_proj.weight.t(),
+                                     gate_up * layer.post_attention_layernorm.weight, mlp.down_proj.weight.t()))
+            self.head = model.lm_head.weight * model.model.norm.weight
         heads = self.n_heads + self.n_kv_heads
         # rotate_half(x) * sin == flip(x's two halves) * [-sin, sin]: (T, (H + Hkv) * D), a row per position
         self.step_cos = self.cos.repeat(1, heads)
@@ -133,51 +111,44 @@ class LlamaDecoder:
                     for layer in self.layers]
         self.final_eps = model.model.norm.variance_epsilon
 
-    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids: (B, S) at positions [position, position + S) -> last position's logits (B, V)."""
-        B, S = ids.shape
-        start, end = self.position, self.position + S
+    def _room(self, end: int) -> None:
         if end > self.max_length:
             raise ValueError(f"decoder cache holds {self.max_length} positions, asked for {end}")
-        cos, sin = self.cos[start:end, None], self.sin[start:end, None]  # (S, 1, D)
-        mask = self._attention_mask(B, start, end)
+
+    def _prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: (B, S), S > 1, at positions [0, S) -> last position's logits (B, V)."""
+        B, S = ids.shape
+        self._room(S)
+        cos, sin = self.cos[:S, None], self.sin[:S, None]  # (S, 1, D)
+        mask = self._attention_mask(B, S)
         h = F.embedding(ids, self.model.model.embed_tokens.weight)  # (B, S, C)
         H, Hkv = self.n_heads, self.n_kv_heads
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = _rms_norm(h, layer.input_layernorm)
-            qkv = F.linear(x, self.qkv[i]).view(B, S, H + 2 * Hkv, self.head_dim)
+        for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
+            qkv = F.linear(_normalize(h, self.eps[i][0]), w_qkv).view(B, S, H + 2 * Hkv, self.head_dim)
             qk = _rotate(qkv[:, :, : H + Hkv], cos, sin)  # q and k rotated in one pass: (B, S, H + Hkv, D)
             q, k = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2)  # (B, H, S, D)
             v = qkv[:, :, H + Hkv :].transpose(1, 2)
-            self.keys[i, :B, :, start:end] = k
-            self.values[i, :B, :, start:end] = v
-            keys, values = self.keys[i, :B, :, :end], self.values[i, :B, :, :end]
-            if S == 1 and self.n_kv_heads == self.n_heads:
-                out = _single_query_attention(q, keys, values, mask, attn.scaling)
-            else:  # a prefill from position 0 is causal
-                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None and S > 1,
-                                                     scale=attn.scaling, enable_gqa=self.n_kv_heads != self.n_heads)
-            h = h + F.linear(out.transpose(1, 2).reshape(B, S, -1), attn.o_proj.weight)
-            x = _rms_norm(h, layer.post_attention_layernorm)
-            gate, up = F.linear(x, self.gate_up[i]).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, layer.mlp.down_proj.weight)
-        h = _rms_norm(h[:, -1], self.model.model.norm)
-        self.position = end
-        return F.linear(h, self.model.lm_head.weight).float()
+            self.keys[i, :B, :, :S] = k
+            self.values[i, :B, :, :S] = v
+            # the attention scale is folded into q; without padding the prefill is plainly causal
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=1.0,
+                                                 enable_gqa=Hkv != H)
+            h = h + torch.matmul(out.transpose(1, 2).reshape(B, S, -1), w_out)
+            gate, up = F.linear(_normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
+            h = h + torch.matmul(F.silu(gate) * up, w_down)
+        self.position = S
+        return F.linear(_normalize(h[:, -1], self.final_eps), self.head).float()
 
-    def _attention_mask(self, B: int, start: int, end: int) -> torch.Tensor | None:
-        """(B, 1, S, end) bool, True where a query may attend; None when no key is padding."""
+    def _attention_mask(self, B: int, S: int) -> torch.Tensor | None:
+        """(B, 1, S, S) bool for a prefill of S tokens, True where a query may attend; None when no
+        key is padding."""
         if self.key_valid is None:
             return None
-        valid = self.key_valid[:B, None, None, :end]
-        if end - start == 1:
-            return valid
-        keys = torch.arange(end, device=valid.device)
-        queries = torch.arange(start, end, device=valid.device)
-        causal = keys[None, :] <= queries[:, None]  # (S, end)
+        valid = self.key_valid[:B, None, None, :S]
+        positions = torch.arange(S, device=valid.device)
+        causal = positions[None, :] <= positions[:, None]  # (S, S)
         # a padding query attends to itself only, so that no row of the softmax is empty
-        return (causal & valid) | (keys[None, :] == queries[:, None])
+        return (causal & valid) | (positions[None, :] == positions[:, None])
 
     def prefill(self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
         """prompt: (B, P) long, from position 0 -> (B, V) logits after it.
@@ -189,7 +160,7 @@ class LlamaDecoder:
         if prompt_mask is not None and not bool(prompt_mask.all()):
             self.key_valid = torch.ones(prompt.shape[0], self.max_length, dtype=torch.bool, device=prompt.device)
             self.key_valid[:, : prompt.shape[1]] = prompt_mask
-        return self._forward(prompt)
+        return self.step(prompt[:, 0]) if prompt.shape[1] == 1 else self._prefill(prompt)
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep cache rows ``index`` (B',) in that order: beam search's reshuffle of hypotheses."""
@@ -216,21 +187,19 @@ class LlamaDecoder:
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """token: (B,) long, the newest token -> (B, V) logits of the next position.
 
-        The same maths as :meth:`_forward` with one query, in about half the tensor calls: at
+        The same maths as :meth:`_prefill` with one query, in as few tensor calls as we could: at
         sampling sizes on a CPU the calls, not the arithmetic, are most of a step's time.
         """
         B, pos = token.shape[0], self.position
         end = pos + 1
-        if end > self.max_length:
-            raise ValueError(f"decoder cache holds {self.max_length} positions, asked for {end}")
+        self._room(end)
         Hkv, D = self.n_kv_heads, self.head_dim
         qk_size = self.q_size + self.kv_size
         mask = None if self.key_valid is None else self.key_valid[:B, None, None, :end]  # (B, 1, 1, end)
         cos, sin = self.step_cos[pos], self.step_sin[pos]
         h = F.embedding(token, self.model.model.embed_tokens.weight)  # (B, C)
-        for i, (w_in, w_out, w_mlp, w_down) in enumerate(self.step_weights):
-            x = F.rms_norm(h, h.shape[-1:], None, self.eps[i][0])
-            qk, v = F.linear(x, w_in).split([qk_size, self.kv_size], dim=-1)
+        for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
+            qk, v = F.linear(_normalize(h, self.eps[i][0]), w_qkv).split([qk_size, self.kv_size], dim=-1)
             swapped = qk.unflatten(-1, (-1, 2, D // 2)).flip(-2).flatten(1)  # each head's halves swapped
             q, k = torch.addcmul(qk * cos, swapped, sin).split([self.q_size, self.kv_size], dim=-1)
             keys, values = self.keys[i, :B, :, :end], self.values[i, :B, :, :end]  # (B, Hkv, end, D)
@@ -242,7 +211,7 @@ class LlamaDecoder:
                 scores = scores.masked_fill_(~mask, float("-inf"))
             out = torch.matmul(scores.softmax(-1), values)  # (B, Hkv, G, D)
             h = torch.addmm(h, out.view(B, -1), w_out)
-            gate, up = F.linear(F.rms_norm(h, h.shape[-1:], None, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
+            gate, up = F.linear(_normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
             h = torch.addmm(h, F.silu(gate).mul_(up), w_down)
         self.position = end
-        return F.linear(F.rms_norm(h, h.shape[-1:], None, self.final_eps), self.step_head).float()
+        return F.linear(_normalize(h, self.final_eps), self.head).float()
