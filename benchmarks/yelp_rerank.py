@@ -70,7 +70,7 @@ def main() -> None:
     from textgan.data import DataError
     from textgan.models.classifier import classify, load_classifier
     from textgan.models.generator import ModelError
-    from textgan.transfer import Rewriter, load_style_data
+    from textgan.transfer import Rewriter, load_style_data, rerank_choice
 
     try:
         data = load_style_data(args.data)
@@ -89,8 +89,7 @@ def main() -> None:
             outputs, sources, targets = [], [], []
             for src, tgt in directions:
                 texts, terms = found[src]
-                best = (terms["forward"] + a * terms["style"] + b * terms["content"]).argmax(1)
-                outputs += [row[int(k)] for row, k in zip(texts, best)]
+                outputs += [row[int(k)] for row, k in zip(texts, rerank_choice(terms, a, b))]
                 sources += inputs[src]
                 targets += [tgt] * len(texts)
             predicted = classify(judge, judge_tokenizer, outputs, info["labels"])

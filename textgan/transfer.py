@@ -294,6 +294,14 @@ def beam_search(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new:
 # --------------------------------------------------------------------------- the model
 
 
+def rerank_choice(terms: dict[str, torch.Tensor], style_weight: float, content_weight: float) -> torch.Tensor:
+    """Rerank decoding's pick per row, (B,): the argmax over the K hypotheses of forward +
+    ``style_weight`` * style + ``content_weight`` * content, ``terms`` as :meth:`Rewriter.candidates`
+    returns them ((B, K) each)."""
+    score = terms["forward"] + style_weight * terms["style"] + content_weight * terms["content"]
+    return score.argmax(1).cpu()
+
+
 class Rewriter:
     """A trained style-transfer model: the causal LM, its tokenizer, the styles and the text policy.
 
@@ -393,7 +401,8 @@ class Rewriter:
 
         Returns (texts, terms): ``texts[i]`` holds sentence i's K rewrites; each of ``terms``' tensors
         is (N, K). Reranking with weights (a, b) picks ``argmax(forward + a * style + b * content)``
-        per row, so a sweep over weights costs one beam search. Empty lines get K empty rewrites.
+        per row (:func:`rerank_choice`), so a sweep over weights costs one beam search. Empty lines
+        get K empty rewrites.
         """
         src, tgt = self.layout.style_id(source), self.layout.style_id(target)
         texts = [[""] * beam for _ in sentences]
@@ -475,9 +484,9 @@ class Rewriter:
     def _rerank(self, sources, src_styles, tgt_styles, beam: int) -> list[list[int]]:
         """The beam hypothesis of each row with the highest log p(y|x)/|y| + reward (see the class)."""
         words, terms = self.candidates(sources, src_styles, tgt_styles, beam)
-        score = terms["forward"] + self.style_weight * terms["style"] + self.content_weight * terms["content"]
-        K = score.shape[1]
-        return [words[b * K + int(k)] for b, k in enumerate(score.argmax(1).cpu())]
+        best = rerank_choice(terms, self.style_weight, self.content_weight)
+        K = terms["forward"].shape[1]
+        return [words[b * K + int(k)] for b, k in enumerate(best)]
 
     def unknown_words(self, text: str) -> list[str]:
         """The words of ``text`` that the tokenizer maps to ``<unk>``, in order."""
