@@ -4,7 +4,8 @@
     python benchmarks/yelp_rerank.py --model DIR --beams 4,8 --style-weights 0.5,1,2 --content-weights 0.5,1,2,4
 
 Rerank decoding keeps, of the beam's K hypotheses y for a source x, the one with the highest
-log p(y|x)/|y| + a * log D(target|y) + b * log p(x|y)/|x|. The run's own weights are a = b = 1;
+log p(y|x)/|y| + a * log D(target|y) + b * log p(x|y)/|x| among those that differ from x (a copy
+is kept only when the beam holds nothing else; ``--allow-copy`` lifts this). The run's own weights are a = b = 1;
 this script scores every (K, a, b) of a grid on the first 500 dev sentences of each style: one
 beam search per K, then each weighting is an argmax over the stored terms. Per point: style
 accuracy by the judge (the same CNN classifier as benchmarks/yelp_transfer.py), self-BLEU
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--content-weights", type=numbers(float), default="0.5,1,1.5,2,3,4")
     parser.add_argument("--sentences", type=int, default=500, help="dev sentences per style")
     parser.add_argument("--min-accuracy", type=float, default=91.0, help="the rule's accuracy floor on dev (%%)")
+    parser.add_argument("--allow-copy", action="store_true", help="let rerank choose a copy of the input")
     parser.add_argument("--name", default="yelp_rerank_dev")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -89,7 +91,7 @@ def main() -> None:
             outputs, sources, targets = [], [], []
             for src, tgt in directions:
                 texts, terms = found[src]
-                outputs += [row[int(k)] for row, k in zip(texts, rerank_choice(terms, a, b))]
+                outputs += [row[int(k)] for row, k in zip(texts, rerank_choice(terms, a, b, args.allow_copy))]
                 sources += inputs[src]
                 targets += [tgt] * len(texts)
             predicted = classify(judge, judge_tokenizer, outputs, info["labels"])
@@ -109,11 +111,13 @@ def main() -> None:
                f"{chosen['content_weight']:g} (dev accuracy {chosen['accuracy']:.1f}%, self-BLEU {chosen['self_bleu']:.1f}, "
                f"copy {chosen['copy']:.1f}%)." if chosen else
                f"No point reaches {args.min_accuracy:g}% dev accuracy with a copy rate under 5%.")
-    md = (f"# Rerank weights on Yelp dev ({args.sentences} + {args.sentences} sentences, model {args.model})\n\n"
+    copies = "copies allowed" if args.allow_copy else "copies of the input passed over"
+    md = (f"# Rerank weights on Yelp dev ({args.sentences} + {args.sentences} sentences, model {args.model}, "
+          f"{copies})\n\n"
           f"Rule, fixed before the run: highest dev self-BLEU with dev accuracy >= {args.min_accuracy:g}% and copy "
           "< 5%.\n\n" + "\n".join(lines) + f"\n\n{verdict}\n")
     print(md)
-    record(args.name, {"rows": rows, "chosen": chosen, "model": str(args.model), "min_accuracy": args.min_accuracy,
+    record(args.name, {"rows": rows, "chosen": chosen, "model": str(args.model), "min_accuracy": args.min_accuracy, "allow_copy": args.allow_copy,
                        "sentences_per_style": args.sentences, "seconds": round(time.time() - started, 1),
                        "torch_threads": torch.get_num_threads()}, md)
 

@@ -125,11 +125,14 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=4, help="beam width for beam and rerank decoding")
     parser.add_argument("--style-weight", type=float, default=None, help="rerank: weight of log D (default: the model's)")
     parser.add_argument("--content-weight", type=float, default=None, help="rerank: weight of the cycle (default: the model's)")
+    parser.add_argument("--allow-copy", action="store_true", help="rerank: let a rewrite equal its input")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="yelp_transfer", help="results file name: benchmarks/results/NAME.{json,md}")
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"error: {args.data} not found; pass --data with the Yelp folder")
+    if args.beam < 1:
+        sys.exit(f"error: --beam must be at least 1, got {args.beam}")
     if args.quick:
         args.work = args.work.with_name(args.work.name + "_quick")
     args.model = args.model or args.work / "transfer" / "model"
@@ -146,10 +149,11 @@ def main() -> None:
     judge, judge_tokenizer, info = load_classifier(args.classifier)
     lm, lm_tokenizer = load_generator(str(args.lm))
     rewriter = Rewriter.load(args.model)
-    if args.style_weight is not None:
-        rewriter.style_weight = args.style_weight
-    if args.content_weight is not None:
-        rewriter.content_weight = args.content_weight
+    try:
+        rewriter.set_rerank(style_weight=args.style_weight, content_weight=args.content_weight,
+                            allow_copy=args.allow_copy or None)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
 
     def perplexity(sentences):
         kept = [s for s in sentences if s.strip()]
@@ -185,7 +189,8 @@ def main() -> None:
 
     metrics = json.loads((args.model.parent / "metrics.json").read_text()) if (args.model.parent / "metrics.json").is_file() else {}
     results = {"rows": rows, "decoding": args.decoding, "beam": args.beam, "style_weight": rewriter.style_weight,
-               "content_weight": rewriter.content_weight, "seed": args.seed, "model": str(args.model),
+               "content_weight": rewriter.content_weight, "allow_copy": rewriter.allow_copy, "seed": args.seed,
+               "model": str(args.model),
                "judge_dev_accuracy": info.get("dev_accuracy"), "train_seconds": seconds,
                "transfer_run_seconds": metrics.get("time/total_s"), "rewrite_seconds": transfer_s,
                "examples": {k: list(zip(data.test[k[:3]][:10], v[:10])) for k, v in outputs_all.items()}}
@@ -205,7 +210,8 @@ def main() -> None:
                   "not the papers' fastText classifier: published systems' accuracies are not comparable and are left out.\n")
     decoding = args.decoding + {"beam": f", beam {args.beam}",
                                 "rerank": f", beam {args.beam}, style weight {rewriter.style_weight:g}, content weight "
-                                          f"{rewriter.content_weight:g}"}.get(args.decoding, "")
+                                          f"{rewriter.content_weight:g}{', copies allowed' if rewriter.allow_copy else ''}"
+                                }.get(args.decoding, "")
     record(args.name, results, f"# Yelp sentiment transfer (test set, 500 + 500 sentences; {decoding} decoding)\n\n"
            + table + judge_note)
 

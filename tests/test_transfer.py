@@ -10,7 +10,16 @@ import torch
 from conftest import NEGATIVE, POSITIVE, _sentences, shared_data
 
 from textgan.tokenization import build_word_tokenizer
-from textgan.transfer import Layout, Rewriter, beam_search, greedy, load_style_data, normalize, target_logprobs
+from textgan.transfer import (
+    Layout,
+    Rewriter,
+    beam_search,
+    greedy,
+    load_style_data,
+    normalize,
+    rerank_choice,
+    target_logprobs,
+)
 
 
 def run_cli(*args, stdin=None):
@@ -423,7 +432,8 @@ def test_rerank_weights_steer_the_choice(transfer_run):
     args = (sources, [neg] * 4, [pos] * 4)
     words, terms = rewriter.candidates(*args, beam=3)
     assert len(words) == 12 and all(t.shape == (4, 3) for t in terms.values())
-    rewriter.style_weight, rewriter.content_weight = 0.0, 0.0
+    assert terms["copy"].tolist() == [[words[b * 3 + k] == sources[b] for k in range(3)] for b in range(4)]
+    rewriter.set_rerank(style_weight=0.0, content_weight=0.0, allow_copy=True)
     assert rewriter.generate(*args, decoding="rerank", beam=3) == rewriter.generate(*args, decoding="beam", beam=3)
     rewriter.content_weight = 1000.0
     best = (terms["forward"] + 1000.0 * terms["content"]).argmax(1)
@@ -434,6 +444,8 @@ def test_transfer_cli_takes_rerank_weights(transfer_run):
     base = ("transfer", "--model", str(transfer_run / "model"), "--from", "neg", "--to", "pos", "--decoding", "rerank",
             "--beam", "2", "the food was bad .")
     result = run_cli(*base, "--style-weight", "0.5", "--content-weight", "2")
+    assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
+    result = run_cli(*base, "--allow-copy", "--content-weight", "1000")
     assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
     assert_clean_error(run_cli(*base, "--content-weight", "-1"), "--content-weight")
     assert_clean_error(run_cli(*base, "--style-weight", "inf"), "--style-weight")
@@ -446,5 +458,28 @@ def test_rewrite_candidates_rerank_to_what_rewrite_returns(transfer_run):
     texts, terms = rewriter.rewrite_candidates(lines, "neg", "pos", beam=3, batch_size=2)
     assert len(texts) == len(lines) and texts[1] == ["", "", ""] and all(t.shape == (5, 3) for t in terms.values())
     score = terms["forward"] + rewriter.style_weight * terms["style"] + rewriter.content_weight * terms["content"]
-    picked = [row[int(k)] for row, k in zip(texts, score.argmax(1))]
+    copies = terms["copy"] & ~terms["copy"].all(1, keepdim=True)
+    picked = [row[int(k)] for row, k in zip(texts, score.masked_fill(copies, float("-inf")).argmax(1))]
     assert picked == rewriter.rewrite(lines, "neg", "pos", decoding="rerank", beam=3, batch_size=2)
+    assert terms["copy"].tolist() == [[text == line and bool(line) for text in row] for row, line in zip(texts, lines)]
+
+
+def test_rerank_passes_over_copies_unless_allowed():
+    """A copy of the source loses to any other hypothesis, whatever its score; a row of copies
+    keeps one; allow_copy restores the plain argmax."""
+    terms = {"forward": torch.tensor([[0.0, -1.0, -2.0], [0.0, -1.0, -2.0], [0.0, -5.0, -9.0]]),
+             "style": torch.zeros(3, 3), "content": torch.tensor([[0.0, 0.0, 0.0], [9.0, 0.0, 0.0], [0.0, 0.0, 0.0]]),
+             "copy": torch.tensor([[True, False, False], [True, True, False], [True, True, True]])}
+    assert rerank_choice(terms, 1.0, 1.0).tolist() == [1, 2, 0]
+    assert rerank_choice(terms, 1.0, 1.0, allow_copy=True).tolist() == [0, 0, 0]
+
+
+def test_set_rerank_checks_its_weights(transfer_run):
+    rewriter = Rewriter.load(transfer_run / "model")
+    weights = (rewriter.style_weight, rewriter.content_weight)
+    rewriter.set_rerank(content_weight=2)
+    assert (rewriter.style_weight, rewriter.content_weight, rewriter.allow_copy) == (weights[0], 2.0, False)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="style_weight"):
+            rewriter.set_rerank(style_weight=bad)
+    assert rewriter.style_weight == weights[0]

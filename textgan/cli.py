@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="rerank: weight of log D(target | rewrite) (default: the model's, from training)")
     transfer.add_argument("--content-weight", type=_nonnegative_float, default=None,
                           help="rerank: weight of the cycle reconstruction log p(source | rewrite) (default: the model's)")
+    transfer.add_argument("--allow-copy", action="store_true",
+                          help="rerank: let a rewrite equal its input (by default a copy is chosen only when the beam "
+                               "holds nothing else)")
     transfer.add_argument("--temperature", type=_positive_float, default=1.0, help="temperature with --decoding sample")
     transfer.add_argument("--top-p", type=_positive_float, default=1.0, help="nucleus mass with --decoding sample")
     transfer.add_argument("--batch-size", type=_positive_int, default=128, help="sentences rewritten at once")
@@ -196,10 +199,8 @@ def cmd_transfer(args) -> int:
         rewriter.layout.style_id(style)  # unknown style: fail before reading the input
     if args.source == args.target:
         raise ModelError(f"--from and --to are both {args.source!r}; choose two different styles")
-    if args.style_weight is not None:
-        rewriter.style_weight = args.style_weight
-    if args.content_weight is not None:
-        rewriter.content_weight = args.content_weight
+    rewriter.set_rerank(style_weight=args.style_weight, content_weight=args.content_weight,
+                        allow_copy=args.allow_copy or None)
     lines = _input_lines(args)
     too_long = rewriter.count_too_long(lines)
     if too_long:

@@ -26,6 +26,7 @@ Yelp and COCO corpora are tokenized; on such corpora it leaves 99.6% of lines un
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,11 +295,20 @@ def beam_search(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new:
 # --------------------------------------------------------------------------- the model
 
 
-def rerank_choice(terms: dict[str, torch.Tensor], style_weight: float, content_weight: float) -> torch.Tensor:
+def rerank_choice(terms: dict[str, torch.Tensor], style_weight: float, content_weight: float,
+                  allow_copy: bool = False) -> torch.Tensor:
     """Rerank decoding's pick per row, (B,): the argmax over the K hypotheses of forward +
     ``style_weight`` * style + ``content_weight`` * content, ``terms`` as :meth:`Rewriter.candidates`
-    returns them ((B, K) each)."""
+    returns them ((B, K) each).
+
+    Unless ``allow_copy``, a hypothesis equal to its source (``terms["copy"]``) is passed over
+    whenever the row has any other: a rewrite has to change something. Without this rule the
+    content term, which a copy maximizes, pulls copies in as its weight grows.
+    """
     score = terms["forward"] + style_weight * terms["style"] + content_weight * terms["content"]
+    if not allow_copy:
+        copy = terms["copy"] & ~terms["copy"].all(1, keepdim=True)
+        score = score.masked_fill(copy.to(score.device), float("-inf"))
     return score.argmax(1).cpu()
 
 
@@ -310,17 +320,30 @@ class Rewriter:
     are the styles plus "rewrite". With it, ``decoding="rerank"`` picks among the beam's
     hypotheses the one that maximizes the training objective: log p(y | x) per token plus the
     reward the policy was trained on, ``style_weight`` * log D(target | y) + ``content_weight``
-    * (log p(x | y) per token, the cycle reconstruction).
+    * (log p(x | y) per token, the cycle reconstruction), passing over copies of the source
+    unless ``allow_copy`` (see :func:`rerank_choice`).
     """
 
     def __init__(self, model, tokenizer, styles: list[str], max_length: int, normalized: bool = True,
-                 discriminator=None, style_weight: float = 1.0, content_weight: float = 1.0):
+                 discriminator=None, style_weight: float = 1.0, content_weight: float = 1.0, allow_copy: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.layout = Layout(tokenizer, styles, max_length)
         self.normalized = normalized
         self.discriminator = discriminator
-        self.style_weight, self.content_weight = style_weight, content_weight
+        self.style_weight, self.content_weight, self.allow_copy = style_weight, content_weight, allow_copy
+
+    def set_rerank(self, *, style_weight: float | None = None, content_weight: float | None = None,
+                   allow_copy: bool | None = None) -> None:
+        """Override rerank decoding's settings (None keeps the model's own); weights must be finite
+        and non-negative (ValueError otherwise)."""
+        for name, value in (("style_weight", style_weight), ("content_weight", content_weight)):
+            if value is not None:
+                if not math.isfinite(value) or value < 0:
+                    raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+                setattr(self, name, float(value))
+        if allow_copy is not None:
+            self.allow_copy = bool(allow_copy)
 
     @property
     def styles(self) -> list[str]:
@@ -407,6 +430,7 @@ class Rewriter:
         src, tgt = self.layout.style_id(source), self.layout.style_id(target)
         texts = [[""] * beam for _ in sentences]
         terms = {name: torch.zeros(len(sentences), beam) for name in ("forward", "style", "content")}
+        terms["copy"] = torch.zeros(len(sentences), beam, dtype=torch.bool)
         for rows, ids, unknowns in self._batches(sentences, batch_size, progress, f"{source} -> {target}"):
             words, batch_terms = self.candidates(ids, [src] * len(rows), [tgt] * len(rows), beam)
             K = len(words) // len(rows)
@@ -456,7 +480,8 @@ class Rewriter:
 
         Returns (words, terms): ``words`` holds B * K word-id lists, hypothesis k of row b at
         b * K + k; ``terms`` maps "forward" (log p(y|x) per token), "style" (log D(target | y))
-        and "content" (log p(x|y) per token) to (B, K) tensors.
+        and "content" (log p(x|y) per token) to (B, K) float tensors, and "copy" (y is x) to a
+        (B, K) bool tensor.
         """
         if self.discriminator is None:
             raise ModelError("rerank decoding needs the run's discriminator (discriminator.safetensors), which this "
@@ -479,12 +504,13 @@ class Rewriter:
         targets = layout.targets(each(sources)).to(device)
         cycle = target_logprobs(self.model, back.to(device), back_mask.to(device), targets).float()
         content = content_reward(cycle, sequence_mask(targets, layout.eos_id))  # as in training
-        return words, {"forward": forward.float(), "style": style.view(B, K), "content": content.view(B, K)}
+        copy = torch.tensor([words[i] == source for i, source in enumerate(each(sources))]).view(B, K)
+        return words, {"forward": forward.float(), "style": style.view(B, K), "content": content.view(B, K), "copy": copy}
 
     def _rerank(self, sources, src_styles, tgt_styles, beam: int) -> list[list[int]]:
         """The beam hypothesis of each row with the highest log p(y|x)/|y| + reward (see the class)."""
         words, terms = self.candidates(sources, src_styles, tgt_styles, beam)
-        best = rerank_choice(terms, self.style_weight, self.content_weight)
+        best = rerank_choice(terms, self.style_weight, self.content_weight, self.allow_copy)
         K = terms["forward"].shape[1]
         return [words[b * K + int(k)] for b, k in enumerate(best)]
 
