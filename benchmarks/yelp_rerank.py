@@ -117,8 +117,8 @@ def main() -> None:
           f"Rule, fixed before the run: highest dev self-BLEU with dev accuracy >= {args.min_accuracy:g}% and copy "
           "< 5%.\n\n" + "\n".join(lines) + f"\n\n{verdict}\n")
     print(md)
-    record(args.name, {"rows": rows, "chosen": chosen, "model": str(args.model), "min_accuracy": args.min_accuracy, "allow_copy": args.allow_copy,
-                       "sentences_per_style": args.sentences, "seconds": round(time.time() - started, 1),
+    record(args.name, {"rows": rows, "chosen": chosen, "model": str(args.model), "min_accuracy": args.min_accuracy,
+                       "allow_copy": args.allow_copy, "sentences_per_style": args.sentences, "seconds": round(time.time() - started, 1),
                        "torch_threads": torch.get_num_threads()}, md)
 
 
