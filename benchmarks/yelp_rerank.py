@@ -118,8 +118,8 @@ def main() -> None:
           "< 5%.\n\n" + "\n".join(lines) + f"\n\n{verdict}\n")
     print(md)
     record(args.name, {"rows": rows, "chosen": chosen, "model": str(args.model), "min_accuracy": args.min_accuracy,
-                       "allow_copy": args.allow_copy, "sentences_per_style": args.sentences, "seconds": round(time.time() - started, 1),
-                       "torch_threads": torch.get_num_threads()}, md)
+                       "allow_copy": args.allow_copy, "sentences_per_style": args.sentences,
+                       "seconds": round(time.time() - started, 1), "torch_threads": torch.get_num_threads()}, md)
 
 
 if __name__ == "__main__":

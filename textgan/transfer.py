@@ -501,10 +501,11 @@ class Rewriter:
         target_class = torch.tensor([class_of[t] for t in each(tgt_styles)])
         style = style_reward(self.discriminator, words, target_class, layout.pad_id).to(device)
         back, back_mask = layout.prompts(words, each(tgt_styles), each(src_styles))
-        targets = layout.targets(each(sources)).to(device)
+        repeated = each(sources)
+        targets = layout.targets(repeated).to(device)
         cycle = target_logprobs(self.model, back.to(device), back_mask.to(device), targets).float()
         content = content_reward(cycle, sequence_mask(targets, layout.eos_id))  # as in training
-        copy = torch.tensor([words[i] == source for i, source in enumerate(each(sources))]).view(B, K)
+        copy = torch.tensor([y == x for y, x in zip(words, repeated)]).view(B, K)
         return words, {"forward": forward.float(), "style": style.view(B, K), "content": content.view(B, K), "copy": copy}
 
     def _rerank(self, sources, src_styles, tgt_styles, beam: int) -> list[list[int]]:
