@@ -46,10 +46,22 @@ def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x.float(), x.shape[-1:], None, eps).to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def _interleave(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Reorder the output rows of a q or k projection, head by head, from Hugging Face's halves
+    layout [x0 .. x(D/2-1), y0 .. y(D/2-1)] to pairs [x0, y0, x1, y1, ...], so that a rotary
+    rotation is one complex multiplication. q and k get the same order, and a dot product does not
+    depend on the order of the dimensions it sums over, so the attention scores are unchanged."""
+    rows = weight.shape[0] // heads
+    return weight.view(heads, 2, rows // 2, -1).transpose(1, 2).reshape(weight.shape)
+
+
+def _rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """x: (..., 2N) real, pairs (x, y) side by side; rotation: complex, broadcastable to (..., N).
+    Returns (..., 2N): each pair turned by its angle, (x + iy) * (cos + i sin)."""
+    if x.dtype != torch.float32:  # complex multiplication in fp32 (complex64), as the rotary tables
+        return _rotate_pairs(x.float(), rotation).to(x.dtype)
+    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotation).flatten(-2)
 
 
 class LlamaDecoder:
@@ -80,10 +92,8 @@ class LlamaDecoder:
         rotary = model.model.rotary_emb
         positions = torch.arange(max_length, device=weight.device, dtype=torch.float32)
         freqs = positions[:, None] * rotary.inv_freq.to(weight.device, torch.float32)[None]
-        emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
         scaling = getattr(rotary, "attention_scaling", 1.0)
-        self.cos = (emb.cos() * scaling).to(weight.dtype)
-        self.sin = (emb.sin() * scaling).to(weight.dtype)
+        self.rotation = torch.polar(torch.full_like(freqs, scaling), freqs)  # (T, D / 2) complex64
         self.q_size = self.n_heads * self.head_dim
         self.kv_size = self.n_kv_heads * self.head_dim
         self._fold_weights(model)
@@ -91,22 +101,22 @@ class LlamaDecoder:
     def _fold_weights(self, model) -> None:
         """One matmul for q, k and v and one for the MLP's gate and up projections, with each
         RMSNorm's gain folded into the matmul that reads its output and the attention scale into
-        the query rows; the residual adds ride on ``addmm``. The folds change rounding only
-        (tested to 1e-5 against the Hugging Face forward)."""
-        half = self.head_dim // 2
+        the query rows; q and k rows interleaved for the complex rotation (:func:`_interleave`);
+        the residual adds ride on ``addmm``. The folds change rounding only (tested to 1e-5
+        against the Hugging Face forward)."""
         self.weights = []  # per layer: (qkv (q+2kv, C), o_proj^T (H*D, C), gate_up (2F, C), down^T (F, C))
         with torch.no_grad():
             for layer in self.layers:
                 attn, mlp = layer.self_attn, layer.mlp
-                qkv = torch.cat([attn.q_proj.weight * attn.scaling, attn.k_proj.weight, attn.v_proj.weight])
+                q = _interleave(attn.q_proj.weight * attn.scaling, self.n_heads)
+                k = _interleave(attn.k_proj.weight, self.n_kv_heads)
+                qkv = torch.cat([q, k, attn.v_proj.weight])
                 gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
                 self.weights.append((qkv * layer.input_layernorm.weight, attn.o_proj.weight.t(),
                                      gate_up * layer.post_attention_layernorm.weight, mlp.down_proj.weight.t()))
             self.head = model.lm_head.weight * model.model.norm.weight
-        heads = self.n_heads + self.n_kv_heads
-        # rotate_half(x) * sin == flip(x's two halves) * [-sin, sin]: (T, (H + Hkv) * D), a row per position
-        self.step_cos = self.cos.repeat(1, heads)
-        self.step_sin = torch.cat([-self.sin[:, :half], self.sin[:, half:]], dim=-1).repeat(1, heads)
+        # a step rotates q and k of every head in one multiplication: (T, (H + Hkv) * D / 2)
+        self.step_rotation = self.rotation.repeat(1, self.n_heads + self.n_kv_heads)
         self.eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
                     for layer in self.layers]
         self.final_eps = model.model.norm.variance_epsilon
@@ -119,13 +129,13 @@ class LlamaDecoder:
         """ids: (B, S), S > 1, at positions [0, S) -> last position's logits (B, V)."""
         B, S = ids.shape
         self._room(S)
-        cos, sin = self.cos[:S, None], self.sin[:S, None]  # (S, 1, D)
+        rotation = self.rotation[:S, None]  # (S, 1, D / 2)
         mask = self._attention_mask(B, S)
         h = F.embedding(ids, self.model.model.embed_tokens.weight)  # (B, S, C)
         H, Hkv = self.n_heads, self.n_kv_heads
         for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
             qkv = F.linear(_normalize(h, self.eps[i][0]), w_qkv).view(B, S, H + 2 * Hkv, self.head_dim)
-            qk = _rotate(qkv[:, :, : H + Hkv], cos, sin)  # q and k rotated in one pass: (B, S, H + Hkv, D)
+            qk = _rotate_pairs(qkv[:, :, : H + Hkv], rotation)  # q and k rotated in one pass: (B, S, H + Hkv, D)
             q, k = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2)  # (B, H, S, D)
             v = qkv[:, :, H + Hkv :].transpose(1, 2)
             self.keys[i, :B, :, :S] = k
@@ -196,12 +206,11 @@ class LlamaDecoder:
         Hkv, D = self.n_kv_heads, self.head_dim
         qk_size = self.q_size + self.kv_size
         mask = None if self.key_valid is None else self.key_valid[:B, None, None, :end]  # (B, 1, 1, end)
-        cos, sin = self.step_cos[pos], self.step_sin[pos]
+        rotation = self.step_rotation[pos]
         h = F.embedding(token, self.model.model.embed_tokens.weight)  # (B, C)
         for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
             qk, v = F.linear(_normalize(h, self.eps[i][0]), w_qkv).split([qk_size, self.kv_size], dim=-1)
-            swapped = qk.unflatten(-1, (-1, 2, D // 2)).flip(-2).flatten(1)  # each head's halves swapped
-            q, k = torch.addcmul(qk * cos, swapped, sin).split([self.q_size, self.kv_size], dim=-1)
+            q, k = _rotate_pairs(qk, rotation).split([self.q_size, self.kv_size], dim=-1)
             keys, values = self.keys[i, :B, :, :end], self.values[i, :B, :, :end]  # (B, Hkv, end, D)
             keys[:, :, pos] = k.view(B, Hkv, D)
             values[:, :, pos] = v.view(B, Hkv, D)
