@@ -15,7 +15,8 @@ TINY = {"grammar_sentences": 200, "d_model": 32, "n_layers": 1, "n_heads": 2, "b
 
 RECIPES = {
     "mle": (mle, mle.MLEConfig, {"steps": 4}),
-    "scratchgan": (scratchgan, scratchgan.ScratchGANConfig, {"steps": 4, "pretrain_steps": 2, "disc_dim": 16}),
+    "scratchgan": (scratchgan, scratchgan.ScratchGANConfig, {"steps": 4, "pretrain_steps": 2, "disc_dim": 16,
+                                                             "center_rewards": True}),
     "seqgan": (seqgan, seqgan.SeqGANConfig, {"steps": 2, "pretrain_steps": 2, "disc_pretrain_steps": 2, "num_rollouts": 2,
                                                        "disc_dim": 16}),
 }

@@ -6,6 +6,7 @@ from textgan.rl import (
     EMABaseline,
     baseline_values,
     batch_mean_baseline,
+    center_rewards,
     discounted_returns,
     ema_update,
     leave_one_out_baseline,
@@ -50,6 +51,16 @@ def test_batch_mean_and_leave_one_out_baselines():
     assert_close(loo[1, :2], torch.tensor([3.0, 1.5]))
     single = leave_one_out_baseline(torch.tensor([[7.0]]), torch.tensor([[True]]))
     assert_close(single, torch.tensor([[0.0]]))
+
+
+def test_center_rewards_hand_computed():
+    rewards = torch.tensor([[-1.0, -0.5, -0.2], [-0.6, -0.1, 9.0]])
+    centred = center_rewards(rewards, MASK)
+    # position 0: mean -0.8; position 1: mean -0.3; position 2: only row 0 runs (mean -0.2); padding -> 0
+    assert_close(centred, torch.tensor([[-0.2, -0.2, 0.0], [0.2, 0.2, 0.0]]))
+    # centred, a continuation's discounted future is zero on average at every position
+    returns = discounted_returns(centred, MASK, 0.5)
+    assert_close(masked_mean(returns - centred, MASK), torch.tensor(0.0), atol=1e-6, rtol=0)
 
 
 def test_ema_baseline_update_and_state():

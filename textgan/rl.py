@@ -56,6 +56,19 @@ def batch_mean_baseline(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return mean.expand_as(returns)
 
 
+def center_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each position's reward less that position's mean over the rows still running there;
+    0 at padding. (B, T) -> (B, T).
+
+    Discounted returns sum rewards only up to a row's end token. When D's rewards are mostly
+    negative, as they are while it wins, a row that stops early escapes the negative rewards of
+    the tokens it would have written, and a baseline on the returns does not undo that: REINFORCE
+    then learns to write short sentences. Centred per position, future rewards are zero on
+    average, and stopping is judged by D's reward at the end token alone.
+    """
+    return (rewards - batch_mean_baseline(rewards, mask)) * mask.to(rewards.dtype)
+
+
 def leave_one_out_baseline(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-position mean over the *other* running rows (unbiased). (B, T) -> (B, T).
 

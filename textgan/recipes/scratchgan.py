@@ -25,6 +25,7 @@ from ..rl import (
     REWARD_KINDS,
     EMABaseline,
     baseline_values,
+    center_rewards,
     discounted_returns,
     masked_mean,
     normalize_advantages,
@@ -64,6 +65,8 @@ class ScratchGANConfig(GANConfig):
     discount: float = arg(0.23, "discount of future rewards in the returns (ScratchGAN: 0.23)")
     reward: str = arg("scratchgan", "reward from D's logit: scratchgan (2·sigmoid−1), log_d, logit")
     baseline_decay: float = arg(0.9, "decay of the ema baseline")
+    center_rewards: bool = arg(False, "subtract each position's batch-mean reward before discounting "
+                               "(stops negative rewards from favouring short samples)")
     normalize_advantages: bool = arg(False, "scale advantages to zero mean and unit variance")
     entropy_coef: float = arg(0.0, "weight of the entropy bonus")
     disc: str = arg("lstm", "per-token discriminator: lstm or transformer")
@@ -122,9 +125,10 @@ def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, 
     # 2. score every prefix with D: dense per-token rewards
     with torch.no_grad():
         rewards = rewards_from_logits(discriminator(fake.tokens), config.reward)  # (B, T)
+    scored = center_rewards(rewards, mask) if config.center_rewards else rewards
 
     # 3. discounted returns and the baseline
-    returns = discounted_returns(rewards, mask, config.discount)
+    returns = discounted_returns(scored, mask, config.discount)
     advantages = returns - baseline_values(config.baseline, returns, mask, ema)
     if config.normalize_advantages:
         advantages = normalize_advantages(advantages, mask)
