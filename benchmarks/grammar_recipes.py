@@ -26,6 +26,7 @@ VARIANTS = [
     ("mle, as long as scratchgan", "mle", ["steps=8000"]),
     ("scratchgan", "scratchgan", []),
     ("scratchgan, no pretraining", "scratchgan", ["pretrain_steps=0", "steps=1100"]),
+    ("scratchgan, no pretraining, from-scratch preset", "scratchgan", ["recipes/pure_scratchgan.yaml"]),
     ("seqgan", "seqgan", []),
 ]
 # --quick: a few steps of each, to check that the benchmark runs
@@ -39,15 +40,16 @@ QUICK = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="", help="comma-separated variant names to run")
+    parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
+                        help="run only this variant, named as in the table (repeat for several)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, recipe, extra in VARIANTS:
-            if args.only and label not in args.only.split(","):
+            if args.only and label not in args.only:
                 continue
             out = Path(tmp) / label.replace(" ", "_").replace(",", "")
-            overrides = [f"out_dir={out}", *extra]
+            overrides = [*extra, f"out_dir={out}"]  # a preset file, if any, comes first
             if args.quick:
                 overrides += QUICK["mle"] + (QUICK[recipe] if recipe != "mle" else [])  # later values win
             command = [sys.executable, "-m", f"textgan.recipes.{recipe}", *overrides]
