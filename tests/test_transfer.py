@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import NEGATIVE, POSITIVE, _sentences, shared_data
 
+from textgan.models.generator import ModelError
 from textgan.tokenization import build_word_tokenizer
 from textgan.transfer import (
     Layout,
@@ -265,7 +266,6 @@ def test_classifier_recipe(style_folder, tmp_path):
 
 def test_load_classifier_errors(tmp_path, transfer_run):
     from textgan.models.classifier import load_classifier
-    from textgan.models.generator import ModelError
 
     with pytest.raises(ModelError, match="no such folder"):
         load_classifier(tmp_path / "missing")
@@ -483,3 +483,17 @@ def test_set_rerank_checks_its_weights(transfer_run):
         with pytest.raises(ValueError, match="style_weight"):
             rewriter.set_rerank(style_weight=bad)
     assert rewriter.style_weight == weights[0]
+    with pytest.raises(ValueError, match="content_weight"):  # the constructor checks them the same way
+        Rewriter(rewriter.model, rewriter.tokenizer, rewriter.styles, 20, content_weight=-1.0)
+
+
+def test_load_refuses_bad_rerank_weights(transfer_run, tmp_path):
+    import json
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(transfer_run / "model", damaged)
+    info = json.loads((damaged / "transfer.json").read_text())
+    info["discriminator"]["style_weight"] = -2.0
+    (damaged / "transfer.json").write_text(json.dumps(info))
+    with pytest.raises(ModelError, match="damaged"):
+        Rewriter.load(damaged)

@@ -331,7 +331,8 @@ class Rewriter:
         self.layout = Layout(tokenizer, styles, max_length)
         self.normalized = normalized
         self.discriminator = discriminator
-        self.style_weight, self.content_weight, self.allow_copy = style_weight, content_weight, allow_copy
+        self.style_weight = self.content_weight = 1.0
+        self.set_rerank(style_weight=style_weight, content_weight=content_weight, allow_copy=allow_copy)
 
     def set_rerank(self, *, style_weight: float | None = None, content_weight: float | None = None,
                    allow_copy: bool | None = None) -> None:
