@@ -2,11 +2,13 @@
 
     python benchmarks/yelp_rerank.py --model runs/yelp_large_transfer/model
     python benchmarks/yelp_rerank.py --model DIR --beams 4,8 --style-weights 0.5,1,2 --content-weights 0.5,1,2,4
+    python benchmarks/yelp_rerank.py --model DIR --beams 16 --overlap-weights 0,1,2,4   # with the minimal-edit term
 
 Rerank decoding keeps, of the beam's K hypotheses y for a source x, the one with the highest
-log p(y|x)/|y| + a * log D(target|y) + b * log p(x|y)/|x| among those that differ from x (a copy
-is kept only when the beam holds nothing else; ``--allow-copy`` lifts this). The run's own weights are a = b = 1;
-this script scores every (K, a, b) of a grid on the first 500 dev sentences of each style: one
+log p(y|x)/|y| + a * log D(target|y) + b * log p(x|y)/|x| + c * overlap(y, x) among those that
+differ from x (a copy is kept only when the beam holds nothing else; ``--allow-copy`` lifts this;
+overlap is the mean unigram/bigram F1 of y and x, textgan.transfer.overlap). The run's own weights are
+a = b = 1, c = 0; this script scores every (K, a, b, c) of a grid on the first 500 dev sentences of each style: one
 beam search per K, then each weighting is an argmax over the stored terms. Per point: style
 accuracy by the judge (the same CNN classifier as benchmarks/yelp_transfer.py), self-BLEU
 (corpus BLEU-4 against the inputs) and the copy rate. Dev has no human rewrites, so ref-BLEU
@@ -56,6 +58,7 @@ def main() -> None:
     parser.add_argument("--beams", type=numbers(int), default="4,8")
     parser.add_argument("--style-weights", type=numbers(float), default="0.5,1,1.5,2")
     parser.add_argument("--content-weights", type=numbers(float), default="0.5,1,1.5,2,3,4")
+    parser.add_argument("--overlap-weights", type=numbers(float), default="0")
     parser.add_argument("--sentences", type=int, default=500, help="dev sentences per style")
     parser.add_argument("--min-accuracy", type=float, default=91.0, help="the rule's accuracy floor on dev (%%)")
     parser.add_argument("--allow-copy", action="store_true", help="let rerank choose a copy of the input")
@@ -87,29 +90,30 @@ def main() -> None:
     rows, started = [], time.time()
     for beam in args.beams:
         found = {src: rewriter.rewrite_candidates(inputs[src], src, tgt, beam=beam, progress=True) for src, tgt in directions}
-        for a, b in itertools.product(args.style_weights, args.content_weights):
+        for a, b, c in itertools.product(args.style_weights, args.content_weights, args.overlap_weights):
             outputs, sources, targets = [], [], []
             for src, tgt in directions:
                 texts, terms = found[src]
-                outputs += [row[int(k)] for row, k in zip(texts, rerank_choice(terms, a, b, args.allow_copy))]
+                outputs += [row[int(k)] for row, k in zip(texts, rerank_choice(terms, a, b, args.allow_copy, c))]
                 sources += inputs[src]
                 targets += [tgt] * len(texts)
             predicted = classify(judge, judge_tokenizer, outputs, info["labels"])
-            rows.append({"beam": beam, "style_weight": a, "content_weight": b,
+            rows.append({"beam": beam, "style_weight": a, "content_weight": b, "overlap_weight": c,
                          "accuracy": 100 * sum(p == t for p, t in zip(predicted, targets)) / len(outputs),
                          "self_bleu": corpus_bleu(outputs, sources),
                          "copy": 100 * sum(o == s for o, s in zip(outputs, sources)) / len(outputs)})
         print(f"beam {beam}: done ({time.time() - started:.0f} s)", flush=True)
     allowed = [r for r in rows if r["accuracy"] >= args.min_accuracy and r["copy"] < 5.0]
     chosen = max(allowed, key=lambda r: (r["self_bleu"], -r["beam"])) if allowed else None
-    lines = ["| beam | style weight | content weight | accuracy | self-BLEU | copy |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| beam | style weight | content weight | overlap weight | accuracy | self-BLEU | copy |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mark = " **chosen**" if r is chosen else ""
-        lines.append(f"| {r['beam']} | {r['style_weight']:g} | {r['content_weight']:g} | {r['accuracy']:.1f}% | "
-                     f"{r['self_bleu']:.1f} | {r['copy']:.1f}%{mark} |")
+        lines.append(f"| {r['beam']} | {r['style_weight']:g} | {r['content_weight']:g} | {r['overlap_weight']:g} | "
+                     f"{r['accuracy']:.1f}% | {r['self_bleu']:.1f} | {r['copy']:.1f}%{mark} |")
     verdict = (f"Chosen: beam {chosen['beam']}, style weight {chosen['style_weight']:g}, content weight "
-               f"{chosen['content_weight']:g} (dev accuracy {chosen['accuracy']:.1f}%, self-BLEU {chosen['self_bleu']:.1f}, "
-               f"copy {chosen['copy']:.1f}%)." if chosen else
+               f"{chosen['content_weight']:g}, overlap weight {chosen['overlap_weight']:g} (dev accuracy "
+               f"{chosen['accuracy']:.1f}%, self-BLEU {chosen['self_bleu']:.1f}, copy {chosen['copy']:.1f}%)." if chosen else
                f"No point reaches {args.min_accuracy:g}% dev accuracy with a copy rate under 5%.")
     copies = "copies allowed" if args.allow_copy else "copies of the input passed over"
     md = (f"# Rerank weights on Yelp dev ({args.sentences} + {args.sentences} sentences, model {args.model}, "

@@ -125,6 +125,8 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=4, help="beam width for beam and rerank decoding")
     parser.add_argument("--style-weight", type=float, default=None, help="rerank: weight of log D (default: the model's)")
     parser.add_argument("--content-weight", type=float, default=None, help="rerank: weight of the cycle (default: the model's)")
+    parser.add_argument("--overlap-weight", type=float, default=None,
+                        help="rerank: weight of the minimal-edit term (default: the model's, 0 unless set)")
     parser.add_argument("--allow-copy", action="store_true", help="rerank: let a rewrite equal its input")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="yelp_transfer", help="results file name: benchmarks/results/NAME.{json,md}")
@@ -151,7 +153,7 @@ def main() -> None:
     rewriter = Rewriter.load(args.model)
     try:
         rewriter.set_rerank(style_weight=args.style_weight, content_weight=args.content_weight,
-                            allow_copy=args.allow_copy or None)
+                            overlap_weight=args.overlap_weight, allow_copy=args.allow_copy or None)
     except ValueError as e:
         sys.exit(f"error: {e}")
 
@@ -189,7 +191,8 @@ def main() -> None:
 
     metrics = json.loads((args.model.parent / "metrics.json").read_text()) if (args.model.parent / "metrics.json").is_file() else {}
     results = {"rows": rows, "decoding": args.decoding, "beam": args.beam, "style_weight": rewriter.style_weight,
-               "content_weight": rewriter.content_weight, "allow_copy": rewriter.allow_copy, "seed": args.seed,
+               "content_weight": rewriter.content_weight, "overlap_weight": rewriter.overlap_weight,
+               "allow_copy": rewriter.allow_copy, "seed": args.seed,
                "model": str(args.model),
                "judge_dev_accuracy": info.get("dev_accuracy"), "train_seconds": seconds,
                "transfer_run_seconds": metrics.get("time/total_s"), "rewrite_seconds": transfer_s,
@@ -210,7 +213,9 @@ def main() -> None:
                   "not the papers' fastText classifier: published systems' accuracies are not comparable and are left out.\n")
     decoding = args.decoding + {"beam": f", beam {args.beam}",
                                 "rerank": f", beam {args.beam}, style weight {rewriter.style_weight:g}, content weight "
-                                          f"{rewriter.content_weight:g}{', copies allowed' if rewriter.allow_copy else ''}"
+                                          f"{rewriter.content_weight:g}"
+                                          + (f", overlap weight {rewriter.overlap_weight:g}" if rewriter.overlap_weight else "")
+                                          + (", copies allowed" if rewriter.allow_copy else "")
                                 }.get(args.decoding, "")
     record(args.name, results, f"# Yelp sentiment transfer (test set, 500 + 500 sentences; {decoding} decoding)\n\n"
            + table + judge_note)

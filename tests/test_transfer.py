@@ -18,6 +18,7 @@ from textgan.transfer import (
     greedy,
     load_style_data,
     normalize,
+    overlap,
     rerank_choice,
     target_logprobs,
 )
@@ -438,6 +439,23 @@ def test_rerank_weights_steer_the_choice(transfer_run):
     rewriter.content_weight = 1000.0
     best = (terms["forward"] + 1000.0 * terms["content"]).argmax(1)
     assert rewriter.generate(*args, decoding="rerank", beam=3) == [words[b * 3 + int(k)] for b, k in enumerate(best)]
+    by_hand = torch.tensor([[overlap(words[b * 3 + k], sources[b]) for k in range(3)] for b in range(4)])
+    assert torch.allclose(terms["overlap"].cpu(), by_hand)
+    rewriter.set_rerank(content_weight=0.0, overlap_weight=1000.0)
+    best = (terms["forward"] + 1000.0 * terms["overlap"]).argmax(1)
+    assert rewriter.generate(*args, decoding="rerank", beam=3) == [words[b * 3 + int(k)] for b, k in enumerate(best)]
+
+
+def test_overlap_by_hand():
+    """Mean of unigram and bigram F1 with clipped counts, worked out by hand."""
+    assert overlap([1, 2, 3], [1, 2, 3]) == 1.0
+    assert overlap([4, 5], [1, 2, 3]) == 0.0
+    assert overlap([], [1, 2]) == 0.0 and overlap([], []) == 0.0
+    # unigrams: hyp {1, 2, 9} vs src {1, 2, 3, 4}: 2 matched, F1 = 4/7; bigrams (1,2) shared of 2 and 3: F1 = 2/5
+    assert abs(overlap([1, 2, 9], [1, 2, 3, 4]) - (4 / 7 + 2 / 5) / 2) < 1e-12
+    # clipping: hyp "1 1 1" vs src "1 2": one unigram match (F1 2/5), bigram (1,1) unmatched
+    assert abs(overlap([1, 1, 1], [1, 2]) - (2 / 5) / 2) < 1e-12
+    assert overlap([7], [7]) == 0.5  # one-word sentences have no bigrams on either side
 
 
 def test_transfer_cli_takes_rerank_weights(transfer_run):
@@ -449,6 +467,9 @@ def test_transfer_cli_takes_rerank_weights(transfer_run):
     assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
     assert_clean_error(run_cli(*base, "--content-weight", "-1"), "--content-weight")
     assert_clean_error(run_cli(*base, "--style-weight", "inf"), "--style-weight")
+    result = run_cli(*base, "--overlap-weight", "3")
+    assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
+    assert_clean_error(run_cli(*base, "--overlap-weight", "-2"), "--overlap-weight")
 
 
 def test_rewrite_candidates_rerank_to_what_rewrite_returns(transfer_run):
@@ -459,6 +480,10 @@ def test_rewrite_candidates_rerank_to_what_rewrite_returns(transfer_run):
     assert len(texts) == len(lines) and texts[1] == ["", "", ""] and all(t.shape == (5, 3) for t in terms.values())
     score = terms["forward"] + rewriter.style_weight * terms["style"] + rewriter.content_weight * terms["content"]
     copies = terms["copy"] & ~terms["copy"].all(1, keepdim=True)
+    picked = [row[int(k)] for row, k in zip(texts, score.masked_fill(copies, float("-inf")).argmax(1))]
+    assert picked == rewriter.rewrite(lines, "neg", "pos", decoding="rerank", beam=3, batch_size=2)
+    rewriter.set_rerank(overlap_weight=2.5)
+    score = score + 2.5 * terms["overlap"]
     picked = [row[int(k)] for row, k in zip(texts, score.masked_fill(copies, float("-inf")).argmax(1))]
     assert picked == rewriter.rewrite(lines, "neg", "pos", decoding="rerank", beam=3, batch_size=2)
     assert terms["copy"].tolist() == [[text == line and bool(line) for text in row] for row, line in zip(texts, lines)]
@@ -485,6 +510,14 @@ def test_set_rerank_checks_its_weights(transfer_run):
     assert rewriter.style_weight == weights[0]
     with pytest.raises(ValueError, match="content_weight"):  # the constructor checks them the same way
         Rewriter(rewriter.model, rewriter.tokenizer, rewriter.styles, 20, content_weight=-1.0)
+
+
+def test_rerank_weights_survive_save_and_load(transfer_run, tmp_path):
+    rewriter = Rewriter.load(transfer_run / "model")
+    rewriter.set_rerank(style_weight=0.5, content_weight=2.0, overlap_weight=3.0)
+    again = Rewriter.load(rewriter.save(tmp_path / "saved"))
+    assert (again.style_weight, again.content_weight, again.overlap_weight) == (0.5, 2.0, 3.0)
+    assert Rewriter.load(transfer_run / "model").overlap_weight == 0.0  # the recipe's export: no minimal-edit term
 
 
 def test_load_refuses_bad_rerank_weights(transfer_run, tmp_path):

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="rerank: weight of log D(target | rewrite) (default: the model's, from training)")
     transfer.add_argument("--content-weight", type=_nonnegative_float, default=None,
                           help="rerank: weight of the cycle reconstruction log p(source | rewrite) (default: the model's)")
+    transfer.add_argument("--overlap-weight", type=_nonnegative_float, default=None,
+                          help="rerank: weight of the minimal-edit term, the unigram/bigram F1 of rewrite and source "
+                               "(default: the model's, 0 unless set)")
     transfer.add_argument("--allow-copy", action="store_true",
                           help="rerank: let a rewrite equal its input (by default a copy is chosen only when the beam "
                                "holds nothing else)")
@@ -200,7 +203,7 @@ def cmd_transfer(args) -> int:
     if args.source == args.target:
         raise ModelError(f"--from and --to are both {args.source!r}; choose two different styles")
     rewriter.set_rerank(style_weight=args.style_weight, content_weight=args.content_weight,
-                        allow_copy=args.allow_copy or None)
+                        overlap_weight=args.overlap_weight, allow_copy=args.allow_copy or None)
     lines = _input_lines(args)
     too_long = rewriter.count_too_long(lines)
     if too_long:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -292,24 +293,43 @@ def beam_search(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new:
     return history[torch.arange(B), ranked.argmax(1)]
 
 
-# --------------------------------------------------------------------------- the model
+def overlap(hypothesis: list[int], source: list[int]) -> float:
+    """How much of ``source`` a rewrite keeps, in [0, 1]: the mean of the unigram and bigram F1
+    between the two word-id lists (clipped counts; an order with no n-grams on either side adds 0).
+
+    Rerank decoding's optional minimal-edit term: human rewrites of a sentence's style change a
+    few words and keep the rest, which the cycle likelihood log p(x | y) rewards only indirectly.
+    """
+    total = 0.0
+    for n in (1, 2):
+        hyp = Counter(tuple(hypothesis[i : i + n]) for i in range(len(hypothesis) - n + 1))
+        src = Counter(tuple(source[i : i + n]) for i in range(len(source) - n + 1))
+        matched = sum((hyp & src).values())
+        if matched:
+            total += 2 * matched / (sum(hyp.values()) + sum(src.values()))  # F1 = 2 m / (|hyp| + |src|)
+    return total / 2
 
 
 def rerank_choice(terms: dict[str, torch.Tensor], style_weight: float, content_weight: float,
-                  allow_copy: bool = False) -> torch.Tensor:
+                  allow_copy: bool = False, overlap_weight: float = 0.0) -> torch.Tensor:
     """Rerank decoding's pick per row, (B,): the argmax over the K hypotheses of forward +
-    ``style_weight`` * style + ``content_weight`` * content, ``terms`` as :meth:`Rewriter.candidates`
-    returns them ((B, K) each).
+    ``style_weight`` * style + ``content_weight`` * content + ``overlap_weight`` * overlap,
+    ``terms`` as :meth:`Rewriter.candidates` returns them ((B, K) each).
 
     Unless ``allow_copy``, a hypothesis equal to its source (``terms["copy"]``) is passed over
     whenever the row has any other: a rewrite has to change something. Without this rule the
     content term, which a copy maximizes, pulls copies in as its weight grows.
     """
     score = terms["forward"] + style_weight * terms["style"] + content_weight * terms["content"]
+    if overlap_weight:
+        score = score + overlap_weight * terms["overlap"]
     if not allow_copy:
         copy = terms["copy"] & ~terms["copy"].all(1, keepdim=True)
         score = score.masked_fill(copy.to(score.device), float("-inf"))
     return score.argmax(1).cpu()
+
+
+# --------------------------------------------------------------------------- the model
 
 
 class Rewriter:
@@ -320,25 +340,30 @@ class Rewriter:
     are the styles plus "rewrite". With it, ``decoding="rerank"`` picks among the beam's
     hypotheses the one that maximizes the training objective: log p(y | x) per token plus the
     reward the policy was trained on, ``style_weight`` * log D(target | y) + ``content_weight``
-    * (log p(x | y) per token, the cycle reconstruction), passing over copies of the source
+    * (log p(x | y) per token, the cycle reconstruction), plus an optional minimal-edit term
+    ``overlap_weight`` * :func:`overlap` (y, x) (0 unless set), passing over copies of the source
     unless ``allow_copy`` (see :func:`rerank_choice`).
     """
 
     def __init__(self, model, tokenizer, styles: list[str], max_length: int, normalized: bool = True,
-                 discriminator=None, style_weight: float = 1.0, content_weight: float = 1.0, allow_copy: bool = False):
+                 discriminator=None, style_weight: float = 1.0, content_weight: float = 1.0, allow_copy: bool = False,
+                 overlap_weight: float = 0.0):
         self.model = model
         self.tokenizer = tokenizer
         self.layout = Layout(tokenizer, styles, max_length)
         self.normalized = normalized
         self.discriminator = discriminator
         self.style_weight = self.content_weight = 1.0
-        self.set_rerank(style_weight=style_weight, content_weight=content_weight, allow_copy=allow_copy)
+        self.overlap_weight = 0.0
+        self.set_rerank(style_weight=style_weight, content_weight=content_weight, allow_copy=allow_copy,
+                        overlap_weight=overlap_weight)
 
     def set_rerank(self, *, style_weight: float | None = None, content_weight: float | None = None,
-                   allow_copy: bool | None = None) -> None:
+                   allow_copy: bool | None = None, overlap_weight: float | None = None) -> None:
         """Override rerank decoding's settings (None keeps the model's own); weights must be finite
         and non-negative (ValueError otherwise)."""
-        for name, value in (("style_weight", style_weight), ("content_weight", content_weight)):
+        weights = (("style_weight", style_weight), ("content_weight", content_weight), ("overlap_weight", overlap_weight))
+        for name, value in weights:
             if value is not None:
                 if not math.isfinite(value) or value < 0:
                     raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -362,7 +387,8 @@ class Rewriter:
 
             save_weights(self.discriminator, out_dir / DISCRIMINATOR_FILE)
             info["discriminator"] = {"architecture": self.discriminator.arch, "classes": [*self.styles, "rewrite"],
-                                     "style_weight": self.style_weight, "content_weight": self.content_weight}
+                                     "style_weight": self.style_weight, "content_weight": self.content_weight,
+                                     "overlap_weight": self.overlap_weight}
         else:
             (out_dir / DISCRIMINATOR_FILE).unlink(missing_ok=True)  # never pair a new model with an old adversary
         (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
@@ -387,6 +413,7 @@ class Rewriter:
                 reading = DISCRIMINATOR_FILE
                 disc = build_classifier(info["discriminator"]["architecture"], path / DISCRIMINATOR_FILE).to(device).eval()
                 weights = {k: float(info["discriminator"][k]) for k in ("style_weight", "content_weight")}
+                weights["overlap_weight"] = float(info["discriminator"].get("overlap_weight", 0.0))  # newer key
             return cls(model.to(device).eval(), tokenizer, list(info["styles"]), int(info["max_length"]),
                        bool(info.get("normalize", True)), disc, **weights)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
@@ -424,13 +451,13 @@ class Rewriter:
         """Every sentence's beam n-best as text, with the terms rerank decoding weighs (see :meth:`candidates`).
 
         Returns (texts, terms): ``texts[i]`` holds sentence i's K rewrites; each of ``terms``' tensors
-        is (N, K). Reranking with weights (a, b) picks ``argmax(forward + a * style + b * content)``
+        is (N, K). Reranking with weights (a, b, c) picks ``argmax(forward + a * style + b * content + c * overlap)``
         per row (:func:`rerank_choice`), so a sweep over weights costs one beam search. Empty lines
         get K empty rewrites.
         """
         src, tgt = self.layout.style_id(source), self.layout.style_id(target)
         texts = [[""] * beam for _ in sentences]
-        terms = {name: torch.zeros(len(sentences), beam) for name in ("forward", "style", "content")}
+        terms = {name: torch.zeros(len(sentences), beam) for name in ("forward", "style", "content", "overlap")}
         terms["copy"] = torch.zeros(len(sentences), beam, dtype=torch.bool)
         for rows, ids, unknowns in self._batches(sentences, batch_size, progress, f"{source} -> {target}"):
             words, batch_terms = self.candidates(ids, [src] * len(rows), [tgt] * len(rows), beam)
@@ -480,9 +507,9 @@ class Rewriter:
         """The beam's n-best rewrites of each source and the three terms rerank decoding weighs.
 
         Returns (words, terms): ``words`` holds B * K word-id lists, hypothesis k of row b at
-        b * K + k; ``terms`` maps "forward" (log p(y|x) per token), "style" (log D(target | y))
-        and "content" (log p(x|y) per token) to (B, K) float tensors, and "copy" (y is x) to a
-        (B, K) bool tensor.
+        b * K + k; ``terms`` maps "forward" (log p(y|x) per token), "style" (log D(target | y)),
+        "content" (log p(x|y) per token) and "overlap" (:func:`overlap` of y and x) to (B, K)
+        float tensors, and "copy" (y is x) to a (B, K) bool tensor.
         """
         if self.discriminator is None:
             raise ModelError("rerank decoding needs the run's discriminator (discriminator.safetensors), which this "
@@ -507,12 +534,14 @@ class Rewriter:
         cycle = target_logprobs(self.model, back.to(device), back_mask.to(device), targets).float()
         content = content_reward(cycle, sequence_mask(targets, layout.eos_id))  # as in training
         copy = torch.tensor([y == x for y, x in zip(words, repeated)]).view(B, K)
-        return words, {"forward": forward.float(), "style": style.view(B, K), "content": content.view(B, K), "copy": copy}
+        kept = torch.tensor([overlap(y, x) for y, x in zip(words, repeated)], device=device).view(B, K)
+        return words, {"forward": forward.float(), "style": style.view(B, K), "content": content.view(B, K),
+                       "overlap": kept, "copy": copy}
 
     def _rerank(self, sources, src_styles, tgt_styles, beam: int) -> list[list[int]]:
         """The beam hypothesis of each row with the highest log p(y|x)/|y| + reward (see the class)."""
         words, terms = self.candidates(sources, src_styles, tgt_styles, beam)
-        best = rerank_choice(terms, self.style_weight, self.content_weight, self.allow_copy)
+        best = rerank_choice(terms, self.style_weight, self.content_weight, self.allow_copy, self.overlap_weight)
         K = terms["forward"].shape[1]
         return [words[b * K + int(k)] for b, k in enumerate(best)]
 
