@@ -207,7 +207,7 @@ def test_recipe_trains_exports_and_reports(transfer_run):
         assert key in metrics
     log = [json.loads(line) for line in (transfer_run / "metrics.jsonl").read_text().splitlines()]
     adversarial = [r for r in log if "gen/pg_loss" in r]
-    assert adversarial and all(0 <= r["reward/style_prob"] <= 1 for r in adversarial)
+    assert adversarial and all(0 <= r["reward/style_prob"] <= 1 and 0 <= r["reward/overlap"] <= 1 for r in adversarial)
     rewriter = Rewriter.load(transfer_run / "model")
     out = rewriter.rewrite(["the food was bad .", "", "the staff was rude ."], "neg", "pos")
     assert len(out) == 3 and out[1] == ""
@@ -223,7 +223,8 @@ def test_recipe_resume_equals_uninterrupted(style_folder, tmp_path):
     from textgan.recipes import style_transfer
 
     common = {"data": str(style_folder), "d_model": 32, "n_layers": 1, "n_heads": 2, "warmup_steps": 2, "batch_size": 8,
-                  "eval_every": 100, "eval_sentences": 4, "checkpoint_every": 3, "disc_dim": 16}
+              "eval_every": 100, "eval_sentences": 4, "checkpoint_every": 3, "disc_dim": 16,
+              "overlap_weight": 0.5}  # the minimal-edit reward on, so that its path is covered too
     style_transfer.main(style_transfer.StyleTransferConfig(out_dir=str(tmp_path / "a"), steps=6, **common))
     style_transfer.main(style_transfer.StyleTransferConfig(out_dir=str(tmp_path / "b"), steps=3, **common))
     style_transfer.main(style_transfer.StyleTransferConfig(out_dir=str(tmp_path / "b"), steps=6, resume=True, **common))
@@ -251,6 +252,7 @@ def test_recipe_bad_config(tmp_path):
                        "no such folder")
     assert_clean_error(run_cli("train", "style_transfer", "data=x", "batch_size=-2"), "batch_size")
     assert_clean_error(run_cli("train", "style_transfer", "data=x", "noise_drop=1.5"), "noise_drop")
+    assert_clean_error(run_cli("train", "style_transfer", "data=x", "overlap_weight=-1"), "overlap_weight")
     assert_clean_error(run_cli("train", "classifier", "data=x", "stesp=3"), "did you mean 'steps'")
 
 

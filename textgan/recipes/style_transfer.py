@@ -64,6 +64,7 @@ from ..transfer import (
     content_reward,
     discriminator_logits,
     load_style_data,
+    overlap,
     style_reward,
     style_token,
     target_logprobs,
@@ -99,6 +100,8 @@ class StyleTransferConfig(BaseConfig):
     pg_weight: float = arg(1.0, "weight of the REINFORCE loss")
     style_weight: float = arg(1.0, "reward weight of log D(target style | rewrite)")
     content_weight: float = arg(1.0, "reward weight of the cycle log-likelihood per token")
+    overlap_weight: float = arg(0.0, "reward weight of the rewrite's unigram/bigram F1 with its source (a minimal-edit "
+                                     "reward; 0: off)")
     baseline: str = arg("ema", "policy-gradient baseline: ema, batch_mean, leave_one_out, none")
     baseline_decay: float = arg(0.9, "decay of the ema baseline")
     rollout_temperature: float = arg(1.0, "temperature of the sampled rewrites in training")
@@ -124,7 +127,7 @@ class StyleTransferConfig(BaseConfig):
                                      "disc_dim", "eval_sentences", "log_every", "eval_every", "checkpoint_every",
                                      "rollout_temperature"),
                      non_negative=("vocab_size", "d_ff", "steps", "warmup_steps", "noise_shuffle", "cycle_weight",
-                                   "pg_weight", "style_weight", "content_weight", "print_samples", "keep_checkpoints"))
+                                   "pg_weight", "style_weight", "content_weight", "overlap_weight", "print_samples", "keep_checkpoints"))
         for name in ("noise_drop", "lm_fraction", "baseline_decay"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -249,6 +252,8 @@ def train_step(config, step, model, disc, optimizers, ema, layout: Layout, ids, 
             style_logp = style_reward(disc, rewrites, torch.tensor(tgt), layout.pad_id)
             content = content_reward(cycle_lp, cycle_mask)
             reward = config.style_weight * style_logp + config.content_weight * content  # (B,)
+            kept = torch.tensor([overlap(r, x) for r, x in zip(rewrites, sources)], device=device)
+            reward = reward + config.overlap_weight * kept
             rewards = torch.zeros_like(policy_lp)
             last = (policy_mask.sum(1) - 1).clamp_min(0)
             rewards[torch.arange(B), last] = reward
@@ -259,6 +264,7 @@ def train_step(config, step, model, disc, optimizers, ema, layout: Layout, ids, 
         loss = loss + config.cycle_weight * cycle_loss + config.pg_weight * pg_loss
         values.update({"gen/cycle_loss": float(cycle_loss.detach()), "gen/pg_loss": float(pg_loss.detach()),
                        "reward/style_prob": float(style_logp.exp().mean()), "reward/content": float(content.mean()),
+                       "reward/overlap": float(kept.mean()),
                        "gen/copy_rate": sum(r == x for r, x in zip(rewrites, sources)) / B,
                        "gen/length": float(rollout.lengths.float().mean())})
     values["gen/loss"] = optimizer_step(loss, optimizers["rewriter"], model, config.grad_clip)
