@@ -230,6 +230,7 @@ def test_recipe_resume_equals_uninterrupted(style_folder, tmp_path):
     style_transfer.main(style_transfer.StyleTransferConfig(out_dir=str(tmp_path / "b"), steps=6, resume=True, **common))
     a, b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert Rewriter.load(tmp_path / "a" / "model").overlap_weight == 0.5  # rerank follows the training reward
 
 
 def test_noise_and_batches_are_deterministic():

@@ -127,7 +127,8 @@ class StyleTransferConfig(BaseConfig):
                                      "disc_dim", "eval_sentences", "log_every", "eval_every", "checkpoint_every",
                                      "rollout_temperature"),
                      non_negative=("vocab_size", "d_ff", "steps", "warmup_steps", "noise_shuffle", "cycle_weight",
-                                   "pg_weight", "style_weight", "content_weight", "overlap_weight", "print_samples", "keep_checkpoints"))
+                                   "pg_weight", "style_weight", "content_weight", "overlap_weight", "print_samples",
+                                   "keep_checkpoints"))
         for name in ("noise_drop", "lm_fraction", "baseline_decay"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -382,7 +383,7 @@ def main(config: StyleTransferConfig) -> dict:
         ema.load_state_dict(state["ema"])
     start = state["step"] if state else 0
     rewriter = Rewriter(model, tokenizer, styles, config.max_length, config.normalize, disc,
-                        config.style_weight, config.content_weight)
+                        config.style_weight, config.content_weight, overlap_weight=config.overlap_weight)
     judge, judge_name = make_judge(config, disc, layout, device)
     dev = {s: data.dev[s][: config.eval_sentences] for s in styles}
 
