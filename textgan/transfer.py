@@ -28,13 +28,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .bleu import ngram_counts
 from .data import DataError, read_lines, sequence_mask
 from .models.generator import ModelError
 from .sampling import _decoder, sample
@@ -301,9 +301,7 @@ def overlap(hypothesis: list[int], source: list[int]) -> float:
     few words and keep the rest, which the cycle likelihood log p(x | y) rewards only indirectly.
     """
     total = 0.0
-    for n in (1, 2):
-        hyp = Counter(tuple(hypothesis[i : i + n]) for i in range(len(hypothesis) - n + 1))
-        src = Counter(tuple(source[i : i + n]) for i in range(len(source) - n + 1))
+    for hyp, src in zip(ngram_counts(hypothesis, 2), ngram_counts(source, 2)):
         matched = sum((hyp & src).values())
         if matched:
             total += 2 * matched / (sum(hyp.values()) + sum(src.values()))  # F1 = 2 m / (|hyp| + |src|)
@@ -353,8 +351,6 @@ class Rewriter:
         self.layout = Layout(tokenizer, styles, max_length)
         self.normalized = normalized
         self.discriminator = discriminator
-        self.style_weight = self.content_weight = 1.0
-        self.overlap_weight = 0.0
         self.set_rerank(style_weight=style_weight, content_weight=content_weight, allow_copy=allow_copy,
                         overlap_weight=overlap_weight)
 
