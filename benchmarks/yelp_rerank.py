@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--style-weights", type=numbers(float), default="0.5,1,1.5,2")
     parser.add_argument("--content-weights", type=numbers(float), default="0.5,1,1.5,2,3,4")
     parser.add_argument("--overlap-weights", type=numbers(float), default="0")
+    parser.add_argument("--copy-biases", type=numbers(float), default="0",
+                        help="beam search's bonus for the source's words (one beam search per K and bias)")
     parser.add_argument("--sentences", type=int, default=500, help="dev sentences per style")
     parser.add_argument("--min-accuracy", type=float, default=91.0, help="the rule's accuracy floor on dev (%%)")
     parser.add_argument("--allow-copy", action="store_true", help="let rerank choose a copy of the input")
@@ -88,8 +90,9 @@ def main() -> None:
     directions = (("neg", "pos"), ("pos", "neg"))
     inputs = {src: data.dev[src][: args.sentences] for src, _ in directions}
     rows, started = [], time.time()
-    for beam in args.beams:
-        found = {src: rewriter.rewrite_candidates(inputs[src], src, tgt, beam=beam, progress=True) for src, tgt in directions}
+    for beam, bias in itertools.product(args.beams, args.copy_biases):
+        found = {src: rewriter.rewrite_candidates(inputs[src], src, tgt, beam=beam, copy_bias=bias, progress=True)
+                 for src, tgt in directions}
         for a, b, c in itertools.product(args.style_weights, args.content_weights, args.overlap_weights):
             outputs, sources, targets = [], [], []
             for src, tgt in directions:
@@ -98,20 +101,20 @@ def main() -> None:
                 sources += inputs[src]
                 targets += [tgt] * len(texts)
             predicted = classify(judge, judge_tokenizer, outputs, info["labels"])
-            rows.append({"beam": beam, "style_weight": a, "content_weight": b, "overlap_weight": c,
+            rows.append({"beam": beam, "copy_bias": bias, "style_weight": a, "content_weight": b, "overlap_weight": c,
                          "accuracy": 100 * sum(p == t for p, t in zip(predicted, targets)) / len(outputs),
                          "self_bleu": corpus_bleu(outputs, sources),
                          "copy": 100 * sum(o == s for o, s in zip(outputs, sources)) / len(outputs)})
-        print(f"beam {beam}: done ({time.time() - started:.0f} s)", flush=True)
+        print(f"beam {beam}, copy bias {bias:g}: done ({time.time() - started:.0f} s)", flush=True)
     allowed = [r for r in rows if r["accuracy"] >= args.min_accuracy and r["copy"] < 5.0]
-    chosen = max(allowed, key=lambda r: (r["self_bleu"], -r["beam"])) if allowed else None
-    lines = ["| beam | style weight | content weight | overlap weight | accuracy | self-BLEU | copy |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    chosen = max(allowed, key=lambda r: (r["self_bleu"], -r["beam"], -r["copy_bias"])) if allowed else None
+    lines = ["| beam | copy bias | style weight | content weight | overlap weight | accuracy | self-BLEU | copy |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mark = " **chosen**" if r is chosen else ""
-        lines.append(f"| {r['beam']} | {r['style_weight']:g} | {r['content_weight']:g} | {r['overlap_weight']:g} | "
+        lines.append(f"| {r['beam']} | {r['copy_bias']:g} | {r['style_weight']:g} | {r['content_weight']:g} | {r['overlap_weight']:g} | "
                      f"{r['accuracy']:.1f}% | {r['self_bleu']:.1f} | {r['copy']:.1f}%{mark} |")
-    verdict = (f"Chosen: beam {chosen['beam']}, style weight {chosen['style_weight']:g}, content weight "
+    verdict = (f"Chosen: beam {chosen['beam']}, copy bias {chosen['copy_bias']:g}, style weight {chosen['style_weight']:g}, content weight "
                f"{chosen['content_weight']:g}, overlap weight {chosen['overlap_weight']:g} (dev accuracy "
                f"{chosen['accuracy']:.1f}%, self-BLEU {chosen['self_bleu']:.1f}, copy {chosen['copy']:.1f}%)." if chosen else
                f"No point reaches {args.min_accuracy:g}% dev accuracy with a copy rate under 5%.")

@@ -169,6 +169,27 @@ def test_beam_of_one_is_greedy_and_wider_beams_score_higher(layout_and_model):
     assert torch.equal(history[torch.arange(3), ranked.argmax(1)], b4)
 
 
+def test_token_bias_steers_the_beam_but_not_the_scores(layout_and_model):
+    layout, model = layout_and_model
+    ids, _ = layout.encode(["the food was really bad .", "bad ."])
+    prompt, mask = layout.prompts(ids, [layout.style_ids["neg"]] * 2, [layout.style_ids["pos"]] * 2)
+    args = (model, prompt, mask, 6, layout.eos_id, layout.pad_id)
+    plain = beam_search(*args, beam=3, n_best=True)
+    zero = beam_search(*args, beam=3, n_best=True, token_bias=torch.zeros(2, model.config.vocab_size))
+    assert torch.equal(plain[0], zero[0]) and torch.allclose(plain[1], zero[1])
+
+    bias = torch.zeros(2, model.config.vocab_size)
+    for row, source in zip(bias, ids):
+        row[source] = 100.0  # far above any log-probability gap: only source words are ever chosen
+    history, ranked = beam_search(*args, beam=3, n_best=True, token_bias=bias)
+    for r, source in enumerate(ids):
+        assert set(history[r].flatten().tolist()) <= set(source)
+    # the reported scores are the model's own mean log-probabilities, without the bias
+    B, K, T = history.shape
+    logp = target_logprobs(model, prompt.repeat_interleave(K, 0), mask.repeat_interleave(K, 0), history.view(B * K, T))
+    assert torch.allclose(ranked.view(-1), logp.mean(1), atol=1e-4)
+
+
 # --------------------------------------------------------------------------- corpus BLEU
 
 
@@ -473,6 +494,9 @@ def test_transfer_cli_takes_rerank_weights(transfer_run):
     result = run_cli(*base, "--overlap-weight", "3")
     assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
     assert_clean_error(run_cli(*base, "--overlap-weight", "-2"), "--overlap-weight")
+    result = run_cli(*base, "--copy-bias", "1.5")
+    assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
+    assert_clean_error(run_cli(*base, "--copy-bias", "nan"), "--copy-bias")
 
 
 def test_rewrite_candidates_rerank_to_what_rewrite_returns(transfer_run):
@@ -490,6 +514,16 @@ def test_rewrite_candidates_rerank_to_what_rewrite_returns(transfer_run):
     picked = [row[int(k)] for row, k in zip(texts, score.masked_fill(copies, float("-inf")).argmax(1))]
     assert picked == rewriter.rewrite(lines, "neg", "pos", decoding="rerank", beam=3, batch_size=2)
     assert terms["copy"].tolist() == [[text == line and bool(line) for text in row] for row, line in zip(texts, lines)]
+    # with a copy bias the candidates change, and rerank picks among the steered beam's
+    steered, terms = rewriter.rewrite_candidates(lines, "neg", "pos", beam=3, copy_bias=50.0, batch_size=2)
+    assert steered != texts
+    assert all(set(text.split()) <= set(line.split()) for row, line in zip(steered, lines[:4]) for text in row)
+    rewriter.set_rerank(copy_bias=50.0)
+    score = terms["forward"] + rewriter.style_weight * terms["style"] + rewriter.content_weight * terms["content"]
+    score = score + 2.5 * terms["overlap"]
+    copies = terms["copy"] & ~terms["copy"].all(1, keepdim=True)
+    picked = [row[int(k)] for row, k in zip(steered, score.masked_fill(copies, float("-inf")).argmax(1))]
+    assert picked == rewriter.rewrite(lines, "neg", "pos", decoding="rerank", beam=3, batch_size=2)
 
 
 def test_rerank_passes_over_copies_unless_allowed():
@@ -511,16 +545,19 @@ def test_set_rerank_checks_its_weights(transfer_run):
         with pytest.raises(ValueError, match="style_weight"):
             rewriter.set_rerank(style_weight=bad)
     assert rewriter.style_weight == weights[0]
+    with pytest.raises(ValueError, match="copy_bias"):
+        rewriter.set_rerank(copy_bias=-0.5)
     with pytest.raises(ValueError, match="content_weight"):  # the constructor checks them the same way
         Rewriter(rewriter.model, rewriter.tokenizer, rewriter.styles, 20, content_weight=-1.0)
 
 
 def test_rerank_weights_survive_save_and_load(transfer_run, tmp_path):
     rewriter = Rewriter.load(transfer_run / "model")
-    rewriter.set_rerank(style_weight=0.5, content_weight=2.0, overlap_weight=3.0)
+    rewriter.set_rerank(style_weight=0.5, content_weight=2.0, overlap_weight=3.0, copy_bias=1.5)
     again = Rewriter.load(rewriter.save(tmp_path / "saved"))
-    assert (again.style_weight, again.content_weight, again.overlap_weight) == (0.5, 2.0, 3.0)
-    assert Rewriter.load(transfer_run / "model").overlap_weight == 0.0  # the recipe's export: no minimal-edit term
+    assert (again.style_weight, again.content_weight, again.overlap_weight, again.copy_bias) == (0.5, 2.0, 3.0, 1.5)
+    exported = Rewriter.load(transfer_run / "model")
+    assert exported.overlap_weight == exported.copy_bias == 0.0  # the recipe's export: no minimal-edit term or bias
 
 
 def test_load_refuses_bad_rerank_weights(transfer_run, tmp_path):

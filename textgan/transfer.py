@@ -252,11 +252,14 @@ def greedy(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new: int,
 
 @torch.no_grad()
 def beam_search(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new: int, eos_id: int, pad_id: int,
-                beam: int = 4, length_penalty: float = 1.0, n_best: bool = False):
+                beam: int = 4, length_penalty: float = 1.0, n_best: bool = False, token_bias: torch.Tensor | None = None):
     """Beam search; hypotheses ranked by log-probability / length**length_penalty.
 
-    Returns the best hypothesis of each row, (B, T) ids; with ``n_best``, all ``beam`` final
-    hypotheses and their ranking scores: ((B, K, T) ids, (B, K) scores).
+    ``token_bias`` (B, V), optional, is added to each unfinished hypothesis's next-token
+    log-probabilities when the beam chooses which hypotheses to keep, but not to their scores:
+    it steers the search (e.g. toward the source's words, for minimal edits) without changing
+    what a hypothesis is worth. Returns the best hypothesis of each row, (B, T) ids; with
+    ``n_best``, all ``beam`` final hypotheses and their ranking scores: ((B, K, T) ids, (B, K) scores).
     """
     B, K = prompt.shape[0], beam
     prompt, prompt_mask = prompt.repeat_interleave(K, 0), prompt_mask.repeat_interleave(K, 0)
@@ -265,6 +268,7 @@ def beam_search(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new:
         raise ModelError("beam search needs a Llama-architecture model; use --decoding greedy or sample")
     scores = torch.full((B, K), float("-inf"), device=prompt.device)
     scores[:, 0] = 0.0
+    searched = scores.clone()  # what the beam ranks by: scores plus the token bias collected so far
     lengths = torch.zeros(B, K, device=prompt.device)
     finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
     history = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
@@ -276,7 +280,12 @@ def beam_search(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new:
         done[pad_id] = 0.0
         logp = torch.where(finished[..., None], done, logp)
         total = (scores[..., None] + logp).view(B, K * V)
-        scores, flat = total.topk(K, dim=1)  # (B, K)
+        if token_bias is None:
+            scores, flat = total.topk(K, dim=1)  # (B, K)
+        else:
+            steer = torch.where(finished[..., None], 0.0, token_bias[:, None, :].to(logp.dtype))
+            searched, flat = (searched[..., None] + logp + steer).view(B, K * V).topk(K, dim=1)
+            scores = total.gather(1, flat)
         parent, token = flat // V, flat % V
         history = torch.cat([history.gather(1, parent[..., None].expand(-1, -1, history.shape[2])), token[..., None]], 2)
         was_finished = finished.gather(1, parent)
@@ -340,25 +349,28 @@ class Rewriter:
     reward the policy was trained on, ``style_weight`` * log D(target | y) + ``content_weight``
     * (log p(x | y) per token, the cycle reconstruction), plus an optional minimal-edit term
     ``overlap_weight`` * :func:`overlap` (y, x) (0 unless set), passing over copies of the source
-    unless ``allow_copy`` (see :func:`rerank_choice`).
+    unless ``allow_copy`` (see :func:`rerank_choice`). ``copy_bias`` > 0 steers rerank's beam
+    toward the source's words, so that its n-best holds more minimal edits (see :meth:`candidates`).
     """
 
     def __init__(self, model, tokenizer, styles: list[str], max_length: int, normalized: bool = True,
                  discriminator=None, style_weight: float = 1.0, content_weight: float = 1.0, allow_copy: bool = False,
-                 overlap_weight: float = 0.0):
+                 overlap_weight: float = 0.0, copy_bias: float = 0.0):
         self.model = model
         self.tokenizer = tokenizer
         self.layout = Layout(tokenizer, styles, max_length)
         self.normalized = normalized
         self.discriminator = discriminator
         self.set_rerank(style_weight=style_weight, content_weight=content_weight, allow_copy=allow_copy,
-                        overlap_weight=overlap_weight)
+                        overlap_weight=overlap_weight, copy_bias=copy_bias)
 
     def set_rerank(self, *, style_weight: float | None = None, content_weight: float | None = None,
-                   allow_copy: bool | None = None, overlap_weight: float | None = None) -> None:
-        """Override rerank decoding's settings (None keeps the model's own); weights must be finite
-        and non-negative (ValueError otherwise)."""
-        weights = (("style_weight", style_weight), ("content_weight", content_weight), ("overlap_weight", overlap_weight))
+                   allow_copy: bool | None = None, overlap_weight: float | None = None,
+                   copy_bias: float | None = None) -> None:
+        """Override rerank decoding's settings (None keeps the model's own); weights and the copy
+        bias must be finite and non-negative (ValueError otherwise)."""
+        weights = (("style_weight", style_weight), ("content_weight", content_weight), ("overlap_weight", overlap_weight),
+                   ("copy_bias", copy_bias))
         for name, value in weights:
             if value is not None:
                 if not math.isfinite(value) or value < 0:
@@ -384,7 +396,7 @@ class Rewriter:
             save_weights(self.discriminator, out_dir / DISCRIMINATOR_FILE)
             info["discriminator"] = {"architecture": self.discriminator.arch, "classes": [*self.styles, "rewrite"],
                                      "style_weight": self.style_weight, "content_weight": self.content_weight,
-                                     "overlap_weight": self.overlap_weight}
+                                     "overlap_weight": self.overlap_weight, "copy_bias": self.copy_bias}
         else:
             (out_dir / DISCRIMINATOR_FILE).unlink(missing_ok=True)  # never pair a new model with an old adversary
         (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
@@ -409,7 +421,8 @@ class Rewriter:
                 reading = DISCRIMINATOR_FILE
                 disc = build_classifier(info["discriminator"]["architecture"], path / DISCRIMINATOR_FILE).to(device).eval()
                 weights = {k: float(info["discriminator"][k]) for k in ("style_weight", "content_weight")}
-                weights["overlap_weight"] = float(info["discriminator"].get("overlap_weight", 0.0))  # newer key
+                for key in ("overlap_weight", "copy_bias"):  # newer keys
+                    weights[key] = float(info["discriminator"].get(key, 0.0))
             return cls(model.to(device).eval(), tokenizer, list(info["styles"]), int(info["max_length"]),
                        bool(info.get("normalize", True)), disc, **weights)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
@@ -442,7 +455,7 @@ class Rewriter:
                     outputs[i] = text
         return outputs
 
-    def rewrite_candidates(self, sentences: list[str], source: str, target: str, *, beam: int = 4,
+    def rewrite_candidates(self, sentences: list[str], source: str, target: str, *, beam: int = 4, copy_bias: float = 0.0,
                            batch_size: int = 128, progress: bool = False) -> tuple[list[list[str]], dict[str, torch.Tensor]]:
         """Every sentence's beam n-best as text, with the terms rerank decoding weighs (see :meth:`candidates`).
 
@@ -456,7 +469,7 @@ class Rewriter:
         terms = {name: torch.zeros(len(sentences), beam) for name in ("forward", "style", "content", "overlap")}
         terms["copy"] = torch.zeros(len(sentences), beam, dtype=torch.bool)
         for rows, ids, unknowns in self._batches(sentences, batch_size, progress, f"{source} -> {target}"):
-            words, batch_terms = self.candidates(ids, [src] * len(rows), [tgt] * len(rows), beam)
+            words, batch_terms = self.candidates(ids, [src] * len(rows), [tgt] * len(rows), beam, copy_bias)
             K = len(words) // len(rows)
             decoded = self.decode(words, [u for u in unknowns for _ in range(K)])
             for j, i in enumerate(rows):
@@ -498,9 +511,13 @@ class Rewriter:
         return self.layout.words(tokens.cpu())
 
     @torch.no_grad()
-    def candidates(self, sources: list[list[int]], src_styles: list[int], tgt_styles: list[int], beam: int = 4
-                   ) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
-        """The beam's n-best rewrites of each source and the three terms rerank decoding weighs.
+    def candidates(self, sources: list[list[int]], src_styles: list[int], tgt_styles: list[int], beam: int = 4,
+                   copy_bias: float = 0.0) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
+        """The beam's n-best rewrites of each source and the terms rerank decoding weighs.
+
+        ``copy_bias`` > 0 steers the beam toward the source's words: it is added to their
+        log-probabilities when the beam chooses hypotheses, not to the scores reported here
+        (see :func:`beam_search`'s ``token_bias``), so the n-best holds more minimal edits.
 
         Returns (words, terms): ``words`` holds B * K word-id lists, hypothesis k of row b at
         b * K + k; ``terms`` maps "forward" (log p(y|x) per token), "style" (log D(target | y)),
@@ -513,8 +530,13 @@ class Rewriter:
         layout = self.layout
         device = next(self.model.parameters()).device
         prompt, mask = layout.prompts(sources, src_styles, tgt_styles)
+        bias = None
+        if copy_bias:
+            bias = torch.zeros(len(sources), self.model.config.vocab_size, device=device)
+            for row, source in zip(bias, sources):
+                row[torch.tensor(source, dtype=torch.long, device=device)] = copy_bias
         history, forward = beam_search(self.model, prompt.to(device), mask.to(device), layout.max_length + 1,
-                                       layout.eos_id, layout.pad_id, beam=beam, n_best=True)  # (B, K, T), (B, K)
+                                       layout.eos_id, layout.pad_id, beam=beam, n_best=True, token_bias=bias)
         B, K, T = history.shape
         words = layout.words(history.view(B * K, T).cpu())
 
@@ -536,7 +558,7 @@ class Rewriter:
 
     def _rerank(self, sources, src_styles, tgt_styles, beam: int) -> list[list[int]]:
         """The beam hypothesis of each row with the highest log p(y|x)/|y| + reward (see the class)."""
-        words, terms = self.candidates(sources, src_styles, tgt_styles, beam)
+        words, terms = self.candidates(sources, src_styles, tgt_styles, beam, self.copy_bias)
         best = rerank_choice(terms, self.style_weight, self.content_weight, self.allow_copy, self.overlap_weight)
         K = terms["forward"].shape[1]
         return [words[b * K + int(k)] for b, k in enumerate(best)]
