@@ -9,7 +9,8 @@ log p(y|x)/|y| + a * log D(target|y) + b * log p(x|y)/|x| + c * overlap(y, x) am
 differ from x (a copy is kept only when the beam holds nothing else; ``--allow-copy`` lifts this;
 overlap is the mean unigram/bigram F1 of y and x, textgan.transfer.overlap). The run's own weights are
 a = b = 1, c = 0; this script scores every (K, a, b, c) of a grid on the first 500 dev sentences of each style: one
-beam search per K, then each weighting is an argmax over the stored terms. Per point: style
+beam search per K (and per ``--copy-biases`` value, the beam's bonus for the source's words, 0 by default),
+then each weighting is an argmax over the stored terms. Per point: style
 accuracy by the judge (the same CNN classifier as benchmarks/yelp_transfer.py), self-BLEU
 (corpus BLEU-4 against the inputs) and the copy rate. Dev has no human rewrites, so ref-BLEU
 is not available here.
@@ -112,10 +113,10 @@ def main() -> None:
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mark = " **chosen**" if r is chosen else ""
-        lines.append(f"| {r['beam']} | {r['copy_bias']:g} | {r['style_weight']:g} | {r['content_weight']:g} | {r['overlap_weight']:g} | "
-                     f"{r['accuracy']:.1f}% | {r['self_bleu']:.1f} | {r['copy']:.1f}%{mark} |")
-    verdict = (f"Chosen: beam {chosen['beam']}, copy bias {chosen['copy_bias']:g}, style weight {chosen['style_weight']:g}, content weight "
-               f"{chosen['content_weight']:g}, overlap weight {chosen['overlap_weight']:g} (dev accuracy "
+        lines.append(f"| {r['beam']} | {r['copy_bias']:g} | {r['style_weight']:g} | {r['content_weight']:g} | "
+                     f"{r['overlap_weight']:g} | {r['accuracy']:.1f}% | {r['self_bleu']:.1f} | {r['copy']:.1f}%{mark} |")
+    verdict = (f"Chosen: beam {chosen['beam']}, copy bias {chosen['copy_bias']:g}, style weight "
+               f"{chosen['style_weight']:g}, content weight {chosen['content_weight']:g}, overlap weight {chosen['overlap_weight']:g} (dev accuracy "
                f"{chosen['accuracy']:.1f}%, self-BLEU {chosen['self_bleu']:.1f}, copy {chosen['copy']:.1f}%)." if chosen else
                f"No point reaches {args.min_accuracy:g}% dev accuracy with a copy rate under 5%.")
     copies = "copies allowed" if args.allow_copy else "copies of the input passed over"

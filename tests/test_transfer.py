@@ -503,27 +503,25 @@ def test_rewrite_candidates_rerank_to_what_rewrite_returns(transfer_run):
     """A weight sweep over rewrite_candidates picks, for the model's weights, rewrite(decoding='rerank')'s lines."""
     rewriter = Rewriter.load(transfer_run / "model")
     lines = ["the food was bad .", "", "our waiter was rude and slow .", "bad .", "the xylophonist was rude ."]
+
+    def reranked(texts, terms, overlap_weight=0.0):  # rerank_choice written out by hand
+        score = terms["forward"] + rewriter.style_weight * terms["style"] + rewriter.content_weight * terms["content"]
+        score = score + overlap_weight * terms["overlap"]
+        copies = terms["copy"] & ~terms["copy"].all(1, keepdim=True)
+        return [row[int(k)] for row, k in zip(texts, score.masked_fill(copies, float("-inf")).argmax(1))]
+
     texts, terms = rewriter.rewrite_candidates(lines, "neg", "pos", beam=3, batch_size=2)
     assert len(texts) == len(lines) and texts[1] == ["", "", ""] and all(t.shape == (5, 3) for t in terms.values())
-    score = terms["forward"] + rewriter.style_weight * terms["style"] + rewriter.content_weight * terms["content"]
-    copies = terms["copy"] & ~terms["copy"].all(1, keepdim=True)
-    picked = [row[int(k)] for row, k in zip(texts, score.masked_fill(copies, float("-inf")).argmax(1))]
-    assert picked == rewriter.rewrite(lines, "neg", "pos", decoding="rerank", beam=3, batch_size=2)
+    assert reranked(texts, terms) == rewriter.rewrite(lines, "neg", "pos", decoding="rerank", beam=3, batch_size=2)
     rewriter.set_rerank(overlap_weight=2.5)
-    score = score + 2.5 * terms["overlap"]
-    picked = [row[int(k)] for row, k in zip(texts, score.masked_fill(copies, float("-inf")).argmax(1))]
-    assert picked == rewriter.rewrite(lines, "neg", "pos", decoding="rerank", beam=3, batch_size=2)
+    assert reranked(texts, terms, 2.5) == rewriter.rewrite(lines, "neg", "pos", decoding="rerank", beam=3, batch_size=2)
     assert terms["copy"].tolist() == [[text == line and bool(line) for text in row] for row, line in zip(texts, lines)]
     # with a copy bias the candidates change, and rerank picks among the steered beam's
     steered, terms = rewriter.rewrite_candidates(lines, "neg", "pos", beam=3, copy_bias=50.0, batch_size=2)
     assert steered != texts
     assert all(set(text.split()) <= set(line.split()) for row, line in zip(steered, lines[:4]) for text in row)
     rewriter.set_rerank(copy_bias=50.0)
-    score = terms["forward"] + rewriter.style_weight * terms["style"] + rewriter.content_weight * terms["content"]
-    score = score + 2.5 * terms["overlap"]
-    copies = terms["copy"] & ~terms["copy"].all(1, keepdim=True)
-    picked = [row[int(k)] for row, k in zip(steered, score.masked_fill(copies, float("-inf")).argmax(1))]
-    assert picked == rewriter.rewrite(lines, "neg", "pos", decoding="rerank", beam=3, batch_size=2)
+    assert reranked(steered, terms, 2.5) == rewriter.rewrite(lines, "neg", "pos", decoding="rerank", beam=3, batch_size=2)
 
 
 def test_rerank_passes_over_copies_unless_allowed():
