@@ -3,14 +3,17 @@
     python benchmarks/yelp_rerank.py --model runs/yelp_large_transfer/model
     python benchmarks/yelp_rerank.py --model DIR --beams 4,8 --style-weights 0.5,1,2 --content-weights 0.5,1,2,4
     python benchmarks/yelp_rerank.py --model DIR --beams 16 --overlap-weights 0,1,2,4   # with the minimal-edit term
+    python benchmarks/yelp_rerank.py --model DIR --beams 32 --copy-biases 0,1 --overlap-weights 12,16 --lm-style-weights 0,1
 
 Rerank decoding keeps, of the beam's K hypotheses y for a source x, the one with the highest
-log p(y|x)/|y| + a * log D(target|y) + b * log p(x|y)/|x| + c * overlap(y, x) among those that
-differ from x (a copy is kept only when the beam holds nothing else; ``--allow-copy`` lifts this;
-overlap is the mean unigram/bigram F1 of y and x, textgan.transfer.overlap). The run's own weights are
-a = b = 1, c = 0; this script scores every (K, a, b, c) of a grid on the first 500 dev sentences of each style: one
-beam search per K (and per ``--copy-biases`` value, the beam's bonus for the source's words, 0 by default),
-then each weighting is an argmax over the stored terms. Per point: style
+log p(y|x)/|y| + a * log D(target|y) + b * log p(x|y)/|x| + c * overlap(y, x) + d * lm_style(y) among
+those that differ from x (a copy is kept only when the beam holds nothing else; ``--allow-copy`` lifts
+this; overlap is the mean unigram/bigram F1 of y and x, textgan.transfer.overlap; lm_style is
+log p(y | target-style LM) - log p(y | source-style LM) per token under the model's own style LMs,
+Rewriter.style_lm_logprob). The run's own weights are a = b = 1, c = d = 0; this script scores every
+(K, a, b, c, d) of a grid on the first 500 dev sentences of each style: one beam search per K (and per
+``--copy-biases`` value, the beam's bonus for the source's words, 0 by default), then each weighting
+is an argmax over the stored terms, and the judge labels every candidate once. Per point: style
 accuracy by the judge (the same CNN classifier as benchmarks/yelp_transfer.py), self-BLEU
 (corpus BLEU-4 against the inputs) and the copy rate. Dev has no human rewrites, so ref-BLEU
 is not available here.
@@ -60,6 +63,9 @@ def main() -> None:
     parser.add_argument("--style-weights", type=numbers(float), default="0.5,1,1.5,2")
     parser.add_argument("--content-weights", type=numbers(float), default="0.5,1,1.5,2,3,4")
     parser.add_argument("--overlap-weights", type=numbers(float), default="0")
+    parser.add_argument("--lm-style-weights", type=numbers(float), default="0",
+                        help="weights of the model's style-LM ratio (log p(y | target-style LM) - log p(y | source-style "
+                             "LM) per token)")
     parser.add_argument("--copy-biases", type=numbers(float), default="0",
                         help="beam search's bonus for the source's words (one beam search per K and bias)")
     parser.add_argument("--sentences", type=int, default=500, help="dev sentences per style")
@@ -94,29 +100,37 @@ def main() -> None:
     for beam, bias in itertools.product(args.beams, args.copy_biases):
         found = {src: rewriter.rewrite_candidates(inputs[src], src, tgt, beam=beam, copy_bias=bias, progress=True)
                  for src, tgt in directions}
-        for a, b, c in itertools.product(args.style_weights, args.content_weights, args.overlap_weights):
-            outputs, sources, targets = [], [], []
-            for src, tgt in directions:
+        hits = {}  # the judge's verdict on every candidate, (N, K) per direction
+        for src, tgt in directions:
+            flat = [text for row in found[src][0] for text in row]
+            labels = classify(judge, judge_tokenizer, flat, info["labels"])
+            hits[src] = torch.tensor([label == tgt for label in labels]).view(len(inputs[src]), -1)
+        for a, b, c, d in itertools.product(args.style_weights, args.content_weights, args.overlap_weights,
+                                            args.lm_style_weights):
+            outputs, sources, correct = [], [], 0
+            for src, _ in directions:
                 texts, terms = found[src]
-                outputs += [row[int(k)] for row, k in zip(texts, rerank_choice(terms, a, b, args.allow_copy, c))]
+                picks = rerank_choice(terms, a, b, args.allow_copy, c, d)
+                outputs += [row[int(k)] for row, k in zip(texts, picks)]
                 sources += inputs[src]
-                targets += [tgt] * len(texts)
-            predicted = classify(judge, judge_tokenizer, outputs, info["labels"])
+                correct += int(hits[src][torch.arange(len(picks)), picks].sum())
             rows.append({"beam": beam, "copy_bias": bias, "style_weight": a, "content_weight": b, "overlap_weight": c,
-                         "accuracy": 100 * sum(p == t for p, t in zip(predicted, targets)) / len(outputs),
+                         "lm_style_weight": d, "accuracy": 100 * correct / len(outputs),
                          "self_bleu": corpus_bleu(outputs, sources),
                          "copy": 100 * sum(o == s for o, s in zip(outputs, sources)) / len(outputs)})
         print(f"beam {beam}, copy bias {bias:g}: done ({time.time() - started:.0f} s)", flush=True)
     allowed = [r for r in rows if r["accuracy"] >= args.min_accuracy and r["copy"] < 5.0]
     chosen = max(allowed, key=lambda r: (r["self_bleu"], -r["beam"], -r["copy_bias"])) if allowed else None
-    lines = ["| beam | copy bias | style weight | content weight | overlap weight | accuracy | self-BLEU | copy |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| beam | copy bias | style weight | content weight | overlap weight | LM style weight | accuracy | "
+             + "self-BLEU | copy |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mark = " **chosen**" if r is chosen else ""
         lines.append(f"| {r['beam']} | {r['copy_bias']:g} | {r['style_weight']:g} | {r['content_weight']:g} | "
-                     f"{r['overlap_weight']:g} | {r['accuracy']:.1f}% | {r['self_bleu']:.1f} | {r['copy']:.1f}%{mark} |")
+                     f"{r['overlap_weight']:g} | {r['lm_style_weight']:g} | {r['accuracy']:.1f}% | {r['self_bleu']:.1f} | "
+                     f"{r['copy']:.1f}%{mark} |")
     verdict = (f"Chosen: beam {chosen['beam']}, copy bias {chosen['copy_bias']:g}, style weight "
-               f"{chosen['style_weight']:g}, content weight {chosen['content_weight']:g}, overlap weight {chosen['overlap_weight']:g} (dev accuracy "
+               f"{chosen['style_weight']:g}, content weight {chosen['content_weight']:g}, overlap weight "
+               f"{chosen['overlap_weight']:g}, LM style weight {chosen['lm_style_weight']:g} (dev accuracy "
                f"{chosen['accuracy']:.1f}%, self-BLEU {chosen['self_bleu']:.1f}, copy {chosen['copy']:.1f}%)." if chosen else
                f"No point reaches {args.min_accuracy:g}% dev accuracy with a copy rate under 5%.")
     copies = "copies allowed" if args.allow_copy else "copies of the input passed over"

@@ -129,6 +129,8 @@ def main() -> None:
                         help="rerank: weight of the minimal-edit term (default: the model's, 0 unless set)")
     parser.add_argument("--copy-bias", type=float, default=None,
                         help="rerank: beam search's bonus for the source's words (default: the model's, 0 unless set)")
+    parser.add_argument("--lm-style-weight", type=float, default=None,
+                        help="rerank: weight of the model's style-LM ratio (default: the model's, 0 unless set)")
     parser.add_argument("--allow-copy", action="store_true", help="rerank: let a rewrite equal its input")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="yelp_transfer", help="results file name: benchmarks/results/NAME.{json,md}")
@@ -156,7 +158,7 @@ def main() -> None:
     try:
         rewriter.set_rerank(style_weight=args.style_weight, content_weight=args.content_weight,
                             overlap_weight=args.overlap_weight, copy_bias=args.copy_bias,
-                            allow_copy=args.allow_copy or None)
+                            lm_style_weight=args.lm_style_weight, allow_copy=args.allow_copy or None)
     except ValueError as e:
         sys.exit(f"error: {e}")
 
@@ -195,7 +197,7 @@ def main() -> None:
     metrics = json.loads((args.model.parent / "metrics.json").read_text()) if (args.model.parent / "metrics.json").is_file() else {}
     results = {"rows": rows, "decoding": args.decoding, "beam": args.beam, "style_weight": rewriter.style_weight,
                "content_weight": rewriter.content_weight, "overlap_weight": rewriter.overlap_weight,
-               "copy_bias": rewriter.copy_bias,
+               "copy_bias": rewriter.copy_bias, "lm_style_weight": rewriter.lm_style_weight,
                "allow_copy": rewriter.allow_copy, "seed": args.seed,
                "model": str(args.model),
                "judge_dev_accuracy": info.get("dev_accuracy"), "train_seconds": seconds,
@@ -220,6 +222,8 @@ def main() -> None:
                                           f"{rewriter.content_weight:g}"
                                           + (f", overlap weight {rewriter.overlap_weight:g}" if rewriter.overlap_weight else "")
                                           + (f", copy bias {rewriter.copy_bias:g}" if rewriter.copy_bias else "")
+                                          + (f", LM style weight {rewriter.lm_style_weight:g}"
+                                             if rewriter.lm_style_weight else "")
                                           + (", copies allowed" if rewriter.allow_copy else "")
                                 }.get(args.decoding, "")
     record(args.name, results, f"# Yelp sentiment transfer (test set, 500 + 500 sentences; {decoding} decoding)\n\n"

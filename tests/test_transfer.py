@@ -468,6 +468,31 @@ def test_rerank_weights_steer_the_choice(transfer_run):
     rewriter.set_rerank(content_weight=0.0, overlap_weight=1000.0)
     best = (terms["forward"] + 1000.0 * terms["overlap"]).argmax(1)
     assert rewriter.generate(*args, decoding="rerank", beam=3) == [words[b * 3 + int(k)] for b, k in enumerate(best)]
+    rewriter.set_rerank(overlap_weight=0.0, lm_style_weight=1000.0)
+    best = (terms["forward"] + 1000.0 * terms["lm_style"]).argmax(1)
+    assert rewriter.generate(*args, decoding="rerank", beam=3) == [words[b * 3 + int(k)] for b, k in enumerate(best)]
+
+
+def test_lm_style_term_by_hand(transfer_run):
+    """lm_style = log p(y | <pos> <sep> <pos>) - log p(y | <neg> <sep> <neg>) per token (end token
+    included), each from one plain forward pass of the LM over the unpadded sequence."""
+    rewriter = Rewriter.load(transfer_run / "model")
+    layout = rewriter.layout
+    neg, pos = layout.style_ids["neg"], layout.style_ids["pos"]
+    sources, _ = layout.encode(["the food was bad .", "never again ."])
+    words, terms = rewriter.candidates(sources, [neg] * 2, [pos] * 2, beam=3)
+
+    def per_token(y, style):
+        ids = torch.tensor([[style, layout.sep_id, style, *y, layout.eos_id]])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(rewriter.model(input_ids=ids).logits.float(), -1)
+        return sum(logprobs[0, 2 + t, token] for t, token in enumerate([*y, layout.eos_id])) / (len(y) + 1)
+
+    by_hand = torch.tensor([[per_token(words[b * 3 + k], pos) - per_token(words[b * 3 + k], neg) for k in range(3)]
+                            for b in range(2)])
+    assert torch.allclose(terms["lm_style"].cpu(), by_hand, atol=1e-4)
+    _, skipped = rewriter.candidates(sources, [neg] * 2, [pos] * 2, beam=3, lm_style=False)  # saves two passes
+    assert not skipped["lm_style"].any() and torch.equal(skipped["content"], terms["content"])
 
 
 def test_overlap_by_hand():
@@ -497,6 +522,9 @@ def test_transfer_cli_takes_rerank_weights(transfer_run):
     result = run_cli(*base, "--copy-bias", "1.5")
     assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
     assert_clean_error(run_cli(*base, "--copy-bias", "nan"), "--copy-bias")
+    result = run_cli(*base, "--lm-style-weight", "0.5")
+    assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
+    assert_clean_error(run_cli(*base, "--lm-style-weight", "-1"), "--lm-style-weight")
 
 
 def test_rewrite_candidates_rerank_to_what_rewrite_returns(transfer_run):
@@ -545,17 +573,21 @@ def test_set_rerank_checks_its_weights(transfer_run):
     assert rewriter.style_weight == weights[0]
     with pytest.raises(ValueError, match="copy_bias"):
         rewriter.set_rerank(copy_bias=-0.5)
+    with pytest.raises(ValueError, match="lm_style_weight"):
+        rewriter.set_rerank(lm_style_weight=float("nan"))
     with pytest.raises(ValueError, match="content_weight"):  # the constructor checks them the same way
         Rewriter(rewriter.model, rewriter.tokenizer, rewriter.styles, 20, content_weight=-1.0)
 
 
 def test_rerank_weights_survive_save_and_load(transfer_run, tmp_path):
     rewriter = Rewriter.load(transfer_run / "model")
-    rewriter.set_rerank(style_weight=0.5, content_weight=2.0, overlap_weight=3.0, copy_bias=1.5)
+    rewriter.set_rerank(style_weight=0.5, content_weight=2.0, overlap_weight=3.0, copy_bias=1.5, lm_style_weight=0.7)
     again = Rewriter.load(rewriter.save(tmp_path / "saved"))
-    assert (again.style_weight, again.content_weight, again.overlap_weight, again.copy_bias) == (0.5, 2.0, 3.0, 1.5)
+    assert (again.style_weight, again.content_weight, again.overlap_weight, again.copy_bias,
+            again.lm_style_weight) == (0.5, 2.0, 3.0, 1.5, 0.7)
     exported = Rewriter.load(transfer_run / "model")
-    assert exported.overlap_weight == exported.copy_bias == 0.0  # the recipe's export: no minimal-edit term or bias
+    # the recipe's export: no minimal-edit term, bias or LM style term
+    assert exported.overlap_weight == exported.copy_bias == exported.lm_style_weight == 0.0
 
 
 def test_load_refuses_bad_rerank_weights(transfer_run, tmp_path):

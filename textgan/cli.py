@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--copy-bias", type=_nonnegative_float, default=None,
                           help="rerank: bonus added to the source's words while the beam searches, for more minimal "
                                "edits among the candidates (default: the model's, 0 unless set)")
+    transfer.add_argument("--lm-style-weight", type=_nonnegative_float, default=None,
+                          help="rerank: weight of the model's own style-LM ratio, log p(rewrite | target-style LM) - "
+                               "log p(rewrite | source-style LM) per token (default: the model's, 0 unless set)")
     transfer.add_argument("--allow-copy", action="store_true",
                           help="rerank: let a rewrite equal its input (by default a copy is chosen only when the beam "
                                "holds nothing else)")
@@ -206,7 +209,8 @@ def cmd_transfer(args) -> int:
     if args.source == args.target:
         raise ModelError(f"--from and --to are both {args.source!r}; choose two different styles")
     rewriter.set_rerank(style_weight=args.style_weight, content_weight=args.content_weight,
-                        overlap_weight=args.overlap_weight, copy_bias=args.copy_bias, allow_copy=args.allow_copy or None)
+                        overlap_weight=args.overlap_weight, copy_bias=args.copy_bias,
+                        lm_style_weight=args.lm_style_weight, allow_copy=args.allow_copy or None)
     lines = _input_lines(args)
     too_long = rewriter.count_too_long(lines)
     if too_long:

@@ -318,10 +318,10 @@ def overlap(hypothesis: list[int], source: list[int]) -> float:
 
 
 def rerank_choice(terms: dict[str, torch.Tensor], style_weight: float, content_weight: float,
-                  allow_copy: bool = False, overlap_weight: float = 0.0) -> torch.Tensor:
+                  allow_copy: bool = False, overlap_weight: float = 0.0, lm_style_weight: float = 0.0) -> torch.Tensor:
     """Rerank decoding's pick per row, (B,): the argmax over the K hypotheses of forward +
-    ``style_weight`` * style + ``content_weight`` * content + ``overlap_weight`` * overlap,
-    ``terms`` as :meth:`Rewriter.candidates` returns them ((B, K) each).
+    ``style_weight`` * style + ``content_weight`` * content + ``overlap_weight`` * overlap +
+    ``lm_style_weight`` * lm_style, ``terms`` as :meth:`Rewriter.candidates` returns them ((B, K) each).
 
     Unless ``allow_copy``, a hypothesis equal to its source (``terms["copy"]``) is passed over
     whenever the row has any other: a rewrite has to change something. Without this rule the
@@ -330,6 +330,8 @@ def rerank_choice(terms: dict[str, torch.Tensor], style_weight: float, content_w
     score = terms["forward"] + style_weight * terms["style"] + content_weight * terms["content"]
     if overlap_weight:
         score = score + overlap_weight * terms["overlap"]
+    if lm_style_weight:
+        score = score + lm_style_weight * terms["lm_style"]
     if not allow_copy:
         copy = terms["copy"] & ~terms["copy"].all(1, keepdim=True)
         score = score.masked_fill(copy.to(score.device), float("-inf"))
@@ -348,29 +350,31 @@ class Rewriter:
     hypotheses the one that maximizes the training objective: log p(y | x) per token plus the
     reward the policy was trained on, ``style_weight`` * log D(target | y) + ``content_weight``
     * (log p(x | y) per token, the cycle reconstruction), plus an optional minimal-edit term
-    ``overlap_weight`` * :func:`overlap` (y, x) (0 unless set), passing over copies of the source
-    unless ``allow_copy`` (see :func:`rerank_choice`). ``copy_bias`` > 0 steers rerank's beam
+    ``overlap_weight`` * :func:`overlap` (y, x) and an optional second style judgment
+    ``lm_style_weight`` * (log p(y | target-style LM) - log p(y | source-style LM) per token, the
+    model's own style LMs: the rewrite of an empty source) (both 0 unless set), passing over copies
+    of the source unless ``allow_copy`` (see :func:`rerank_choice`). ``copy_bias`` > 0 steers rerank's beam
     toward the source's words, so that its n-best holds more minimal edits (see :meth:`candidates`).
     """
 
     def __init__(self, model, tokenizer, styles: list[str], max_length: int, normalized: bool = True,
                  discriminator=None, style_weight: float = 1.0, content_weight: float = 1.0, allow_copy: bool = False,
-                 overlap_weight: float = 0.0, copy_bias: float = 0.0):
+                 overlap_weight: float = 0.0, copy_bias: float = 0.0, lm_style_weight: float = 0.0):
         self.model = model
         self.tokenizer = tokenizer
         self.layout = Layout(tokenizer, styles, max_length)
         self.normalized = normalized
         self.discriminator = discriminator
         self.set_rerank(style_weight=style_weight, content_weight=content_weight, allow_copy=allow_copy,
-                        overlap_weight=overlap_weight, copy_bias=copy_bias)
+                        overlap_weight=overlap_weight, copy_bias=copy_bias, lm_style_weight=lm_style_weight)
 
     def set_rerank(self, *, style_weight: float | None = None, content_weight: float | None = None,
                    allow_copy: bool | None = None, overlap_weight: float | None = None,
-                   copy_bias: float | None = None) -> None:
+                   copy_bias: float | None = None, lm_style_weight: float | None = None) -> None:
         """Override rerank decoding's settings (None keeps the model's own); weights and the copy
         bias must be finite and non-negative (ValueError otherwise)."""
         weights = (("style_weight", style_weight), ("content_weight", content_weight), ("overlap_weight", overlap_weight),
-                   ("copy_bias", copy_bias))
+                   ("copy_bias", copy_bias), ("lm_style_weight", lm_style_weight))
         for name, value in weights:
             if value is not None:
                 if not math.isfinite(value) or value < 0:
@@ -396,7 +400,8 @@ class Rewriter:
             save_weights(self.discriminator, out_dir / DISCRIMINATOR_FILE)
             info["discriminator"] = {"architecture": self.discriminator.arch, "classes": [*self.styles, "rewrite"],
                                      "style_weight": self.style_weight, "content_weight": self.content_weight,
-                                     "overlap_weight": self.overlap_weight, "copy_bias": self.copy_bias}
+                                     "overlap_weight": self.overlap_weight, "copy_bias": self.copy_bias,
+                                     "lm_style_weight": self.lm_style_weight}
         else:
             (out_dir / DISCRIMINATOR_FILE).unlink(missing_ok=True)  # never pair a new model with an old adversary
         (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
@@ -421,7 +426,7 @@ class Rewriter:
                 reading = DISCRIMINATOR_FILE
                 disc = build_classifier(info["discriminator"]["architecture"], path / DISCRIMINATOR_FILE).to(device).eval()
                 weights = {k: float(info["discriminator"][k]) for k in ("style_weight", "content_weight")}
-                for key in ("overlap_weight", "copy_bias"):  # newer keys
+                for key in ("overlap_weight", "copy_bias", "lm_style_weight"):  # newer keys
                     weights[key] = float(info["discriminator"].get(key, 0.0))
             return cls(model.to(device).eval(), tokenizer, list(info["styles"]), int(info["max_length"]),
                        bool(info.get("normalize", True)), disc, **weights)
@@ -460,13 +465,13 @@ class Rewriter:
         """Every sentence's beam n-best as text, with the terms rerank decoding weighs (see :meth:`candidates`).
 
         Returns (texts, terms): ``texts[i]`` holds sentence i's K rewrites; each of ``terms``' tensors
-        is (N, K). Reranking with weights (a, b, c) picks ``argmax(forward + a * style + b * content + c * overlap)``
-        per row (:func:`rerank_choice`), so a sweep over weights costs one beam search. Empty lines
-        get K empty rewrites.
+        is (N, K). Reranking with weights (a, b, c, d) picks ``argmax(forward + a * style + b * content
+        + c * overlap + d * lm_style)`` per row (:func:`rerank_choice`), so a sweep over weights costs
+        one beam search. Empty lines get K empty rewrites.
         """
         src, tgt = self.layout.style_id(source), self.layout.style_id(target)
         texts = [[""] * beam for _ in sentences]
-        terms = {name: torch.zeros(len(sentences), beam) for name in ("forward", "style", "content", "overlap")}
+        terms = {name: torch.zeros(len(sentences), beam) for name in ("forward", "style", "content", "overlap", "lm_style")}
         terms["copy"] = torch.zeros(len(sentences), beam, dtype=torch.bool)
         for rows, ids, unknowns in self._batches(sentences, batch_size, progress, f"{source} -> {target}"):
             words, batch_terms = self.candidates(ids, [src] * len(rows), [tgt] * len(rows), beam, copy_bias)
@@ -512,7 +517,7 @@ class Rewriter:
 
     @torch.no_grad()
     def candidates(self, sources: list[list[int]], src_styles: list[int], tgt_styles: list[int], beam: int = 4,
-                   copy_bias: float = 0.0) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
+                   copy_bias: float = 0.0, lm_style: bool = True) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
         """The beam's n-best rewrites of each source and the terms rerank decoding weighs.
 
         ``copy_bias`` > 0 steers the beam toward the source's words: it is added to their
@@ -521,8 +526,10 @@ class Rewriter:
 
         Returns (words, terms): ``words`` holds B * K word-id lists, hypothesis k of row b at
         b * K + k; ``terms`` maps "forward" (log p(y|x) per token), "style" (log D(target | y)),
-        "content" (log p(x|y) per token) and "overlap" (:func:`overlap` of y and x) to (B, K)
-        float tensors, and "copy" (y is x) to a (B, K) bool tensor.
+        "content" (log p(x|y) per token), "overlap" (:func:`overlap` of y and x) and "lm_style"
+        (:meth:`style_lm_logprob` of y in the target style minus in the source style; zeros when
+        ``lm_style`` is False, which saves its two forward passes) to (B, K) float tensors, and
+        "copy" (y is x) to a (B, K) bool tensor.
         """
         if self.discriminator is None:
             raise ModelError("rerank decoding needs the run's discriminator (discriminator.safetensors), which this "
@@ -553,13 +560,29 @@ class Rewriter:
         content = content_reward(cycle, sequence_mask(targets, layout.eos_id))  # as in training
         copy = torch.tensor([y == x for y, x in zip(words, repeated)]).view(B, K)
         kept = torch.tensor([overlap(y, x) for y, x in zip(words, repeated)], device=device).view(B, K)
+        ratio = torch.zeros(B, K, device=device)
+        if lm_style:
+            ratio = (self.style_lm_logprob(words, each(tgt_styles)) - self.style_lm_logprob(words, each(src_styles))).view(B, K)
         return words, {"forward": forward.float(), "style": style.view(B, K), "content": content.view(B, K),
-                       "overlap": kept, "copy": copy}
+                       "overlap": kept, "lm_style": ratio, "copy": copy}
+
+    @torch.no_grad()
+    def style_lm_logprob(self, sentences: list[list[int]], styles: list[int]) -> torch.Tensor:
+        """log p(y | style) per token, (B,): each word-id list y scored as the rewrite of an empty
+        source into its style (layout style ids), the style LM that the recipe's ``lm_fraction``
+        of self-reconstruction rows trains and :meth:`sample` draws from."""
+        layout = self.layout
+        device = next(self.model.parameters()).device
+        prompt, mask = layout.prompts([[]] * len(sentences), styles, styles)
+        targets = layout.targets(sentences).to(device)
+        logprobs = target_logprobs(self.model, prompt.to(device), mask.to(device), targets).float()
+        return content_reward(logprobs, sequence_mask(targets, layout.eos_id))
 
     def _rerank(self, sources, src_styles, tgt_styles, beam: int) -> list[list[int]]:
         """The beam hypothesis of each row with the highest log p(y|x)/|y| + reward (see the class)."""
-        words, terms = self.candidates(sources, src_styles, tgt_styles, beam, self.copy_bias)
-        best = rerank_choice(terms, self.style_weight, self.content_weight, self.allow_copy, self.overlap_weight)
+        words, terms = self.candidates(sources, src_styles, tgt_styles, beam, self.copy_bias, bool(self.lm_style_weight))
+        best = rerank_choice(terms, self.style_weight, self.content_weight, self.allow_copy, self.overlap_weight,
+                             self.lm_style_weight)
         K = terms["forward"].shape[1]
         return [words[b * K + int(k)] for b, k in enumerate(best)]
 
