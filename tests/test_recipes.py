@@ -57,7 +57,8 @@ def test_recipe_trains_checkpoints_and_exports(name, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(run / "generator")
     generate = pipeline("text-generation", model=str(run / "generator"))
     out = generate("a man", max_new_tokens=5, do_sample=True)
-    assert out[0]["generated_text"].startswith("a man")
+    text = out[0]["generated_text"]
+    assert text == "a man" or text.startswith("a man "), text  # the continuation keeps its space
     assert len(tokenizer) == model.get_input_embeddings().num_embeddings
 
     # checkpoints: complete, no pickle

@@ -14,7 +14,7 @@ def test_tokenizer_roundtrip_and_save(kind, sentences, tmp_path):
     text = sentences[0]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.unk_token_id not in ids
-    assert tokenizer.decode(ids) == text
+    assert tokenizer.decode(ids) == " " + text  # every word keeps the space in front of it
     assert tokenizer(text)["input_ids"][0] == bos  # special tokens on: BOS in front
     tokenizer.save_pretrained(tmp_path)
     assert (tmp_path / "tokenizer.json").is_file()
@@ -33,7 +33,22 @@ def test_word_tokenizer_vocab_and_unknown(sentences):
 def test_subword_tokenizers_split_unseen_words(sentences):
     tokenizer = build_tokenizer("bpe", sentences, vocab_size=200)
     ids = tokenizer("giraffes riding", add_special_tokens=False)["input_ids"]
-    assert tokenizer.decode(ids) == "giraffes riding"
+    assert tokenizer.decode(ids) == " giraffes riding"
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe", "unigram"])
+def test_decoding_a_continuation_keeps_its_space(kind, sentences, tmp_path):
+    """The text-generation pipeline decodes a continuation's tokens alone and appends them to the
+    prompt: every split of a sentence must decode to pieces that join into the whole."""
+    tokenizer = build_tokenizer(kind, sentences, vocab_size=None if kind == "word" else 200)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    for text in sentences[:20]:
+        ids = loaded(text, add_special_tokens=False)["input_ids"]
+        whole = loaded.decode(ids)
+        assert whole.strip() == text
+        for k in range(1, len(ids)):
+            assert loaded.decode(ids[:k]) + loaded.decode(ids[k:]) == whole, (text, k)
 
 
 def test_unknown_kind():

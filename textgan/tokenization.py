@@ -3,7 +3,7 @@
 Three kinds, all saved as a standard ``tokenizer.json`` that ``AutoTokenizer`` loads:
 
 - ``word``: one token per whitespace-separated word, for pre-tokenized corpora (COCO, Yelp,
-  the embedded grammar). Decoding joins words with single spaces, so text round-trips.
+  the embedded grammar).
 - ``bpe``: byte-pair encoding over whitespace-split words.
 - ``unigram``: a SentencePiece unigram model trained with ``sentencepiece`` and converted
   into a ``tokenizers`` Unigram model (so one format serves every kind).
@@ -11,6 +11,13 @@ Three kinds, all saved as a standard ``tokenizer.json`` that ``AutoTokenizer`` l
 Every tokenizer has the special tokens ``<pad>``, ``<bos>``, ``<eos>`` and ``<unk>`` and adds
 ``<bos>`` in front when a caller asks for special tokens (as ``pipeline`` does), so a prompt
 looks to the generator like the start of a training sentence.
+
+Decoding keeps the space in front of every word, the first one included (as GPT-2's byte-level
+decoder does for text that starts with a space): ``decode(ids[:k]) + decode(ids[k:]) ==
+decode(ids)`` for every k, so text decoded from new tokens alone, as the ``text-generation``
+pipeline decodes a continuation, joins its prompt with a space ("a man" + " riding ...", not
+"a manriding ..."). A whole sentence therefore decodes with one leading space; textgan's own
+outputs strip it.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]
@@ -49,6 +56,7 @@ def build_word_tokenizer(sentences: Iterable[str], vocab_size: int | None = None
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + words)}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.decoder = decoders.Replace(Regex("^"), " ")  # a space in front of every word (module docstring)
     return _wrap(tokenizer)
 
 
@@ -56,7 +64,7 @@ def build_bpe_tokenizer(sentences: Iterable[str], vocab_size: int = 8000):
     """Byte-pair encoding over whitespace-split words; word starts are marked with ``▁``."""
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.decoder = decoders.Metaspace(prepend_scheme="never")  # keeps the first word's space
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
     tokenizer.train_from_iterator(sentences, trainer=trainer)
     return _wrap(tokenizer)
@@ -80,7 +88,7 @@ def build_unigram_tokenizer(sentences: Iterable[str], vocab_size: int = 8000):
         vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
     tokenizer = Tokenizer(models.Unigram(vocab, unk_id=SPECIAL_TOKENS.index(UNK), byte_fallback=False))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.decoder = decoders.Metaspace(prepend_scheme="never")  # keeps the first word's space
     return _wrap(tokenizer)
 
 
