@@ -98,7 +98,8 @@ def main() -> None:
     inputs = {src: data.dev[src][: args.sentences] for src, _ in directions}
     rows, started = [], time.time()
     for beam, bias in itertools.product(args.beams, args.copy_biases):
-        found = {src: rewriter.rewrite_candidates(inputs[src], src, tgt, beam=beam, copy_bias=bias, progress=True)
+        found = {src: rewriter.rewrite_candidates(inputs[src], src, tgt, beam=beam, copy_bias=bias,
+                                                  lm_style=any(args.lm_style_weights), progress=True)
                  for src, tgt in directions}
         hits = {}  # the judge's verdict on every candidate, (N, K) per direction
         for src, tgt in directions:

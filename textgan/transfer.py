@@ -461,20 +461,22 @@ class Rewriter:
         return outputs
 
     def rewrite_candidates(self, sentences: list[str], source: str, target: str, *, beam: int = 4, copy_bias: float = 0.0,
-                           batch_size: int = 128, progress: bool = False) -> tuple[list[list[str]], dict[str, torch.Tensor]]:
+                           lm_style: bool = True, batch_size: int = 128,
+                           progress: bool = False) -> tuple[list[list[str]], dict[str, torch.Tensor]]:
         """Every sentence's beam n-best as text, with the terms rerank decoding weighs (see :meth:`candidates`).
 
         Returns (texts, terms): ``texts[i]`` holds sentence i's K rewrites; each of ``terms``' tensors
         is (N, K). Reranking with weights (a, b, c, d) picks ``argmax(forward + a * style + b * content
         + c * overlap + d * lm_style)`` per row (:func:`rerank_choice`), so a sweep over weights costs
-        one beam search. Empty lines get K empty rewrites.
+        one beam search. ``lm_style=False`` skips the lm_style term (zeros) when no d > 0 will be tried.
+        Empty lines get K empty rewrites.
         """
         src, tgt = self.layout.style_id(source), self.layout.style_id(target)
         texts = [[""] * beam for _ in sentences]
         terms = {name: torch.zeros(len(sentences), beam) for name in ("forward", "style", "content", "overlap", "lm_style")}
         terms["copy"] = torch.zeros(len(sentences), beam, dtype=torch.bool)
         for rows, ids, unknowns in self._batches(sentences, batch_size, progress, f"{source} -> {target}"):
-            words, batch_terms = self.candidates(ids, [src] * len(rows), [tgt] * len(rows), beam, copy_bias)
+            words, batch_terms = self.candidates(ids, [src] * len(rows), [tgt] * len(rows), beam, copy_bias, lm_style)
             K = len(words) // len(rows)
             decoded = self.decode(words, [u for u in unknowns for _ in range(K)])
             for j, i in enumerate(rows):
