@@ -18,6 +18,31 @@ def test_token_discriminator_scores_prefixes_causally(kind):
     assert_close(d(changed)[:, :5], logits[:, :5])
 
 
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_token_discriminator_lm_head_loss(kind):
+    torch.manual_seed(0)
+    d = build_discriminator(kind, vocab_size=20, pad_id=0, dim=16, dropout=0.0, lm_head=True).eval()
+    tokens = torch.randint(1, 20, (3, 6))
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False  # row 1 ends after four tokens
+    h = d.hidden(tokens)
+    assert_close(d.score(h), d(tokens))
+    # by hand: state t predicts token t + 1, over the targets the mask keeps
+    logp = torch.log_softmax(d.lm_head(h), -1)
+    terms = [-logp[b, t, tokens[b, t + 1]] for b in range(3) for t in range(5) if mask[b, t + 1]]
+    assert_close(d.lm_loss(h, tokens, mask), torch.stack(terms).mean())
+    # the LM head learns: a few steps on one batch lower its loss
+    optimizer = torch.optim.Adam(d.parameters(), lr=1e-2)
+    first = float(d.lm_loss(d.hidden(tokens), tokens, mask))
+    for _ in range(20):
+        optimizer.zero_grad()
+        d.lm_loss(d.hidden(tokens), tokens, mask).backward()
+        optimizer.step()
+    assert float(d.lm_loss(d.hidden(tokens), tokens, mask)) < 0.5 * first
+    with pytest.raises(ValueError, match="without an LM head"):
+        build_discriminator(kind, vocab_size=20, pad_id=0, dim=16).lm_loss(h, tokens, mask)
+
+
 def test_cnn_discriminator_shapes_and_short_input():
     d = build_discriminator("cnn", vocab_size=50, pad_id=0, dim=16).eval()
     assert d(torch.randint(1, 50, (3, 12))).shape == (3,)

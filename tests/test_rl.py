@@ -14,6 +14,7 @@ from textgan.rl import (
     mc_rollout_rewards,
     normalize_advantages,
     reinforce_loss,
+    reward_increments,
     rewards_from_logits,
 )
 
@@ -61,6 +62,16 @@ def test_center_rewards_hand_computed():
     # centred, a continuation's discounted future is zero on average at every position
     returns = discounted_returns(centred, MASK, 0.5)
     assert_close(masked_mean(returns - centred, MASK), torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+def test_reward_increments_hand_computed():
+    rewards = torch.tensor([[-1.0, -0.5, -0.2], [-0.6, -0.1, 9.0]])
+    increments = reward_increments(rewards, MASK)
+    # row 0: -1, -0.5 - (-1), -0.2 - (-0.5); row 1 ends after two tokens: its padding is 0
+    assert_close(increments, torch.tensor([[-1.0, 0.5, 0.3], [-0.6, 0.5, 0.0]]))
+    # undiscounted, they telescope: token t's return is the last reward less the reward before t
+    returns = discounted_returns(increments, MASK, 1.0)
+    assert_close(returns, torch.tensor([[-0.2, 0.8, 0.3], [-0.1, 0.5, 0.0]]))
 
 
 def test_ema_baseline_update_and_state():

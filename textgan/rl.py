@@ -69,6 +69,18 @@ def center_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (rewards - batch_mean_baseline(rewards, mask)) * mask.to(rewards.dtype)
 
 
+def reward_increments(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each token's reward as the change it makes to D's reward of the prefix: r_t − r_(t−1),
+    with r_(−1) = 0; 0 at padding. (B, T) -> (B, T).
+
+    D's reward judges a whole prefix, so once a sentence has gone wrong every later token
+    inherits the low score, however good it is. The increments credit each token with only its
+    own effect; they telescope, so the undiscounted return of token t is r_last − r_(t−1).
+    """
+    previous = F.pad(rewards[:, :-1], (1, 0))
+    return (rewards - previous) * mask.to(rewards.dtype)
+
+
 def leave_one_out_baseline(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-position mean over the *other* running rows (unbiased). (B, T) -> (B, T).
 

@@ -27,7 +27,8 @@ class TokenDiscriminator(nn.Module):
     """Logit of "real" for every prefix: ``logits[:, t]`` judges ``tokens[:, : t + 1]``."""
 
     def __init__(self, vocab_size: int, pad_id: int, *, kind: str = "lstm", dim: int = 128,
-                 n_layers: int = 1, n_heads: int = 4, dropout: float = 0.1, max_positions: int = 64):
+                 n_layers: int = 1, n_heads: int = 4, dropout: float = 0.1, max_positions: int = 64,
+                 lm_head: bool = False):
         super().__init__()
         if kind not in ("lstm", "transformer"):
             raise ValueError(f"unknown token discriminator kind {kind!r}; choose lstm or transformer")
@@ -42,9 +43,32 @@ class TokenDiscriminator(nn.Module):
             layer = nn.TransformerEncoderLayer(dim, n_heads, 4 * dim, dropout, batch_first=True, norm_first=True)
             self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.head = nn.Linear(dim, 1)
+        self.lm_head = nn.Linear(dim, vocab_size) if lm_head else None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) long -> (B, T) float logits."""
+        return self.score(self.hidden(tokens))
+
+    def score(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, T, D) from :meth:`hidden` -> (B, T) float logits."""
+        return self.head(self.dropout(h)).squeeze(-1).float()  # fp32 logits under bf16 autocast too
+
+    def lm_loss(self, h: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Auxiliary language-model loss: mean cross-entropy of ``tokens[:, t + 1]`` predicted from
+        ``h[:, t]`` by the LM head, over the positions where ``mask[:, t + 1]``. -> scalar.
+
+        Trained on real sentences only, it teaches D's encoder what real continuations look like
+        (which nouns a verb takes, say), features the real/fake head then reads.
+        """
+        if self.lm_head is None:
+            raise ValueError("this discriminator was built without an LM head (lm_head=True)")
+        logits = self.lm_head(self.dropout(h[:, :-1])).float()  # (B, T - 1, V)
+        losses = nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+        target_mask = mask[:, 1:].to(losses.dtype)
+        return (losses * target_mask).sum() / target_mask.sum().clamp_min(1.0)
+
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, T) long -> (B, T, D) encoder states, state t having read tokens[:, : t + 1]."""
         x = self.dropout(self.embedding(tokens))  # (B, T, D)
         if self.kind == "lstm":
             h, _ = self.encoder(x)
@@ -53,7 +77,7 @@ class TokenDiscriminator(nn.Module):
             x = x + self.position(torch.arange(T, device=tokens.device))
             causal = nn.Transformer.generate_square_subsequent_mask(T, device=tokens.device)
             h = self.encoder(x, mask=causal, is_causal=True)
-        return self.head(self.dropout(h)).squeeze(-1).float()  # fp32 logits under bf16 autocast too
+        return h
 
 
 class CNNDiscriminator(nn.Module):
@@ -84,13 +108,17 @@ class CNNDiscriminator(nn.Module):
 
 
 def build_discriminator(kind: str, vocab_size: int, pad_id: int, *, dim: int = 128, n_layers: int = 1,
-                        dropout: float = 0.1, spectral_norm: bool = False, max_positions: int = 64) -> nn.Module:
-    """``kind``: ``lstm`` or ``transformer`` (per-token), or ``cnn`` (per-sentence)."""
+                        dropout: float = 0.1, spectral_norm: bool = False, max_positions: int = 64,
+                        lm_head: bool = False) -> nn.Module:
+    """``kind``: ``lstm`` or ``transformer`` (per-token), or ``cnn`` (per-sentence).
+
+    ``lm_head``: give a per-token discriminator an auxiliary next-token head (see
+    :meth:`TokenDiscriminator.lm_loss`)."""
     if kind == "cnn":
         model = CNNDiscriminator(vocab_size, pad_id, dim=dim, dropout=dropout)
     elif kind in ("lstm", "transformer"):
         model = TokenDiscriminator(vocab_size, pad_id, kind=kind, dim=dim, n_layers=n_layers,
-                                   dropout=dropout, max_positions=max_positions)
+                                   dropout=dropout, max_positions=max_positions, lm_head=lm_head)
     else:
         raise ValueError(f"unknown discriminator {kind!r}; choose lstm, transformer or cnn")
     return apply_spectral_norm(model) if spectral_norm else model

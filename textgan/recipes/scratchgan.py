@@ -30,6 +30,7 @@ from ..rl import (
     masked_mean,
     normalize_advantages,
     reinforce_loss,
+    reward_increments,
     rewards_from_logits,
 )
 from ..sampling import sample
@@ -67,15 +68,21 @@ class ScratchGANConfig(GANConfig):
     baseline_decay: float = arg(0.9, "decay of the ema baseline")
     center_rewards: bool = arg(False, "subtract each position's batch-mean reward before discounting "
                                "(stops negative rewards from favouring short samples)")
+    reward_increments: bool = arg(False, "reward each token by the change it makes to D's reward of the prefix "
+                                  "(r_t − r_(t−1)) instead of the prefix's reward")
     normalize_advantages: bool = arg(False, "scale advantages to zero mean and unit variance")
     entropy_coef: float = arg(0.0, "weight of the entropy bonus")
     disc: str = arg("lstm", "per-token discriminator: lstm or transformer")
     disc_layers: int = arg(1, "discriminator layers")
+    disc_lm_weight: float = arg(0.0, "weight of the discriminator's auxiliary next-token loss on real sentences "
+                                "(0: no LM head); the generator never sees it")
 
     def check(self) -> None:
         super().check()
         check_choice("reward", self.reward, REWARD_KINDS)
         check_choice("disc", self.disc, ("lstm", "transformer"))
+        if self.disc_lm_weight < 0:
+            raise ConfigError(f"disc_lm_weight must be zero or positive, got {self.disc_lm_weight}")
         if not 0 <= self.discount <= 1:
             raise ConfigError(f"discount must be in [0, 1], got {self.discount}")
 
@@ -88,7 +95,8 @@ def main(config: ScratchGANConfig) -> dict:
     discriminator = build_discriminator(config.disc, len(setup.tokenizer), setup.pad_id, dim=config.disc_dim,
                                         n_layers=config.disc_layers, dropout=config.disc_dropout,
                                         spectral_norm=config.spectral_norm,
-                                        max_positions=config.max_length + 2).to(device)
+                                        max_positions=config.max_length + 2,
+                                        lm_head=config.disc_lm_weight > 0).to(device)
     optimizers = gan_optimizers(config, generator, discriminator)
     ema = EMABaseline(config.max_length + 1, config.baseline_decay)
     modules = {"generator": generator, "discriminator": discriminator}
@@ -125,7 +133,8 @@ def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, 
     # 2. score every prefix with D: dense per-token rewards
     with torch.no_grad():
         rewards = rewards_from_logits(discriminator(fake.tokens), config.reward)  # (B, T)
-    scored = center_rewards(rewards, mask) if config.center_rewards else rewards
+    scored = reward_increments(rewards, mask) if config.reward_increments else rewards
+    scored = center_rewards(scored, mask) if config.center_rewards else scored
 
     # 3. discounted returns and the baseline
     returns = discounted_returns(scored, mask, config.discount)
@@ -142,9 +151,15 @@ def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, 
     # 5. D step(s): real sentences against this batch of samples
     real_tokens = real[:, 1:]
     real_mask = sequence_mask(real_tokens, setup.eos_id)
+    lm_loss = None
     for _ in range(config.disc_steps):
-        real_logits, fake_logits = discriminator(real_tokens), discriminator(fake.tokens)
+        real_hidden = discriminator.hidden(real_tokens) if config.disc_lm_weight else None
+        real_logits = discriminator(real_tokens) if real_hidden is None else discriminator.score(real_hidden)
+        fake_logits = discriminator(fake.tokens)
         disc_loss = discriminator_loss(real_logits, fake_logits, real_mask, mask, config.disc_objective)
+        if real_hidden is not None:
+            lm_loss = discriminator.lm_loss(real_hidden, real_tokens, real_mask)
+            disc_loss = disc_loss + config.disc_lm_weight * lm_loss
         disc_loss = optimizer_step(disc_loss, optimizers["discriminator"], discriminator, config.grad_clip)
 
     return {
@@ -155,6 +170,7 @@ def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, 
         "disc/loss": disc_loss,
         "disc/real_acc": float(masked_mean((real_logits > 0).float(), real_mask)),
         "disc/fake_acc": float(masked_mean((fake_logits < 0).float(), mask)),
+        **({"disc/lm_loss": float(lm_loss)} if lm_loss is not None else {}),
     }
 
 
