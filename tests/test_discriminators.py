@@ -33,12 +33,12 @@ def test_token_discriminator_lm_head_loss(kind):
     assert_close(d.lm_loss(h, tokens, mask), torch.stack(terms).mean())
     # the LM head learns: a few steps on one batch lower its loss
     optimizer = torch.optim.Adam(d.parameters(), lr=1e-2)
-    first = float(d.lm_loss(d.hidden(tokens), tokens, mask))
+    first = float(d.lm_loss(d.hidden(tokens), tokens, mask).detach())
     for _ in range(20):
         optimizer.zero_grad()
         d.lm_loss(d.hidden(tokens), tokens, mask).backward()
         optimizer.step()
-    assert float(d.lm_loss(d.hidden(tokens), tokens, mask)) < 0.5 * first
+    assert float(d.lm_loss(d.hidden(tokens), tokens, mask).detach()) < 0.5 * first
     with pytest.raises(ValueError, match="without an LM head"):
         build_discriminator(kind, vocab_size=20, pad_id=0, dim=16).lm_loss(h, tokens, mask)
 

@@ -170,7 +170,7 @@ def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, 
         "disc/loss": disc_loss,
         "disc/real_acc": float(masked_mean((real_logits > 0).float(), real_mask)),
         "disc/fake_acc": float(masked_mean((fake_logits < 0).float(), mask)),
-        **({"disc/lm_loss": float(lm_loss)} if lm_loss is not None else {}),
+        **({"disc/lm_loss": float(lm_loss.detach())} if lm_loss is not None else {}),
     }
 
 
