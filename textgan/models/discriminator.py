@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from ..rl import masked_mean
+
 
 def apply_spectral_norm(module: nn.Module) -> nn.Module:
     """Spectrally normalise every Linear and Conv1d weight of ``module`` in place."""
@@ -64,8 +66,7 @@ class TokenDiscriminator(nn.Module):
             raise ValueError("this discriminator was built without an LM head (lm_head=True)")
         logits = self.lm_head(self.dropout(h[:, :-1])).float()  # (B, T - 1, V)
         losses = nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
-        target_mask = mask[:, 1:].to(losses.dtype)
-        return (losses * target_mask).sum() / target_mask.sum().clamp_min(1.0)
+        return masked_mean(losses, mask[:, 1:])
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) long -> (B, T, D) encoder states, state t having read tokens[:, : t + 1]."""

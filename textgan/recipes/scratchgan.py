@@ -153,11 +153,10 @@ def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, 
     real_mask = sequence_mask(real_tokens, setup.eos_id)
     lm_loss = None
     for _ in range(config.disc_steps):
-        real_hidden = discriminator.hidden(real_tokens) if config.disc_lm_weight else None
-        real_logits = discriminator(real_tokens) if real_hidden is None else discriminator.score(real_hidden)
-        fake_logits = discriminator(fake.tokens)
+        real_hidden = discriminator.hidden(real_tokens)  # kept for the auxiliary LM loss
+        real_logits, fake_logits = discriminator.score(real_hidden), discriminator(fake.tokens)
         disc_loss = discriminator_loss(real_logits, fake_logits, real_mask, mask, config.disc_objective)
-        if real_hidden is not None:
+        if config.disc_lm_weight:
             lm_loss = discriminator.lm_loss(real_hidden, real_tokens, real_mask)
             disc_loss = disc_loss + config.disc_lm_weight * lm_loss
         disc_loss = optimizer_step(disc_loss, optimizers["discriminator"], discriminator, config.grad_clip)
