@@ -20,7 +20,8 @@ import argparse
 import time
 
 import torch
-from _record import record
+from _record import device_name, record, results_name
+from sampler_speed import _sync
 
 from textgan.models import build_generator
 from textgan.rl import mc_rollout_rewards
@@ -32,26 +33,28 @@ VOCAB, BOS, EOS, PAD = 428, 1, 2, 0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda; a GPU's results go to rollout_speed_cuda.{json,md}")
     args = parser.parse_args()
     batch, rollouts, length = (8, 4, 8) if args.quick else (64, 16, 20)
     torch.manual_seed(0)
-    model = build_generator(VOCAB, bos_id=BOS, eos_id=EOS, pad_id=PAD, max_positions=64).eval()
-    bos = torch.full((batch, 1), BOS, dtype=torch.long)
+    device = torch.device(args.device)
+    model = build_generator(VOCAB, bos_id=BOS, eos_id=EOS, pad_id=PAD, max_positions=64).eval().to(device)
+    bos = torch.full((batch, 1), BOS, dtype=torch.long, device=device)
     never = VOCAB  # no row ends early: every rollout runs to full length, the same work for both strategies
     fake = sample(model, bos, length, eos_id=never, pad_id=PAD)
 
     def score(sentences):
-        return torch.zeros(len(sentences))
+        return torch.zeros(len(sentences), device=device)
 
     shared = PrefixCompleter(model, bos, fake.tokens, eos_id=never, pad_id=PAD)
 
     def prefill(prefixes, rows):
-        prompt = torch.cat([torch.full((len(prefixes), 1), BOS, dtype=torch.long), prefixes], 1)
+        prompt = torch.cat([torch.full((len(prefixes), 1), BOS, dtype=torch.long, device=device), prefixes], 1)
         return torch.cat([prefixes, sample(model, prompt, length - prefixes.shape[1], eos_id=never, pad_id=PAD).tokens], 1)
 
     @torch.no_grad()
     def reencoding(prefixes, rows):
-        ids = torch.cat([torch.full((len(prefixes), 1), BOS, dtype=torch.long), prefixes], 1)
+        ids = torch.cat([torch.full((len(prefixes), 1), BOS, dtype=torch.long, device=device), prefixes], 1)
         while ids.shape[1] < length + 1:
             logits = model(input_ids=ids).logits[:, -1].float()
             ids = torch.cat([ids, draw(torch.softmax(logits, -1))[:, None]], 1)
@@ -60,8 +63,10 @@ def main() -> None:
     times = {}
     for name, complete in (("shared cache", shared), ("prefill per prefix", prefill), ("re-encoding", reencoding)):
         mc_rollout_rewards(fake.tokens[:2], fake.mask[:2], complete, score, 2)  # warm-up, untimed
+        _sync()
         start = time.perf_counter()
         mc_rollout_rewards(fake.tokens, fake.mask, complete, score, rollouts)
+        _sync()
         times[name] = time.perf_counter() - start
         print(f"{name}: {times[name]:.2f} s", flush=True)
     speedup = times["re-encoding"] / times["shared cache"]
@@ -73,10 +78,10 @@ def main() -> None:
                 f"| {times['re-encoding'] / times['prefill per prefix']:.1f}x |\n"
                 f"| re-encoding the prefix for every token | {times['re-encoding']:.2f} | 1.0x |\n\n"
                 f"Speed-up of textgan's rollouts over re-encoding: **{speedup:.1f}x** (default generator, d_model 128, "
-                f"2 layers, CPU).\n")
+                f"2 layers, {device_name(args.device)}).\n")
     print(markdown)
     if not args.quick:
-        record("rollout_speed", {"batch": batch, "rollouts": rollouts, "length": length, "seconds": times,
+        record(results_name("rollout_speed", args.device), {"batch": batch, "rollouts": rollouts, "length": length, "seconds": times,
                                  "speedup": speedup}, markdown)
 
 

@@ -17,19 +17,27 @@ import argparse
 import time
 
 import torch
-from _record import record
+from _record import device_name, record, results_name
 
-from textgan.models import build_generator
+from textgan.models import build_generator, fast_decode
 from textgan.models.fast_decode import LlamaDecoder
 from textgan.sampling import sample
+
+
+def _sync() -> None:
+    """Wait for queued GPU work, so that host clocks time the work and not its launch."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def best_of(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -40,7 +48,8 @@ def compare(model, batch: int, length: int, repeats: int) -> dict:
     Both produce exactly ``length`` new tokens per row: the end token is one the model cannot emit.
     """
     never = model.config.vocab_size
-    prompt = torch.ones(batch, 1, dtype=torch.long)
+    device = model.device
+    prompt = torch.ones(batch, 1, dtype=torch.long, device=device)
 
     def ours():
         out = sample(model, prompt, length, eos_id=never, pad_id=0)
@@ -54,9 +63,9 @@ def compare(model, batch: int, length: int, repeats: int) -> dict:
 
     decoder = LlamaDecoder(model, batch, length + 1)
     H, Hkv, D = decoder.n_heads, decoder.n_kv_heads, decoder.head_dim
-    keys = torch.randn(batch, Hkv, length + 1, D)
-    x, q = torch.randn(batch, model.config.hidden_size), torch.randn(batch, Hkv, H // Hkv, D)
-    hidden = torch.randn(batch, model.config.intermediate_size)
+    keys = torch.randn(batch, Hkv, length + 1, D, device=device)
+    x, q = torch.randn(batch, model.config.hidden_size, device=device), torch.randn(batch, Hkv, H // Hkv, D, device=device)
+    hidden = torch.randn(batch, model.config.intermediate_size, device=device)
 
     def matmuls_only():
         """Every matrix product of ``length`` decoding steps, at the shapes the decoder uses."""
@@ -72,7 +81,14 @@ def compare(model, batch: int, length: int, repeats: int) -> dict:
     with torch.no_grad():
         t_floor = best_of(matmuls_only, repeats)
     t_ours, t_theirs = best_of(ours, repeats), best_of(theirs, repeats)
-    return {"length": length, "batch": batch, "textgan_tokens_per_s": batch * length / t_ours,
+    extra = {}
+    if device.type == "cuda":  # the same sampler launching its kernels one by one
+        fast_decode.CUDA_GRAPHS = False
+        try:
+            extra["textgan_no_graphs_tokens_per_s"] = batch * length / best_of(ours, repeats)
+        finally:
+            fast_decode.CUDA_GRAPHS = True
+    return {**extra, "length": length, "batch": batch, "textgan_tokens_per_s": batch * length / t_ours,
             "generate_tokens_per_s": batch * length / t_theirs, "speedup": t_theirs / t_ours,
             "matmuls_only_tokens_per_s": batch * length / t_floor, "speedup_bound": t_theirs / t_floor}
 
@@ -82,26 +98,34 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=428, help="the embedded grammar's vocabulary size")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda; a GPU's results go to sampler_speed_cuda.{json,md}")
     args = parser.parse_args()
     lengths = (5,) if args.quick else (20, 50)
     repeats = 1 if args.quick else 5
     torch.manual_seed(0)
-    model = build_generator(args.vocab, bos_id=1, eos_id=2, pad_id=0, max_positions=64).eval()
+    model = build_generator(args.vocab, bos_id=1, eos_id=2, pad_id=0, max_positions=64).eval().to(args.device)
     rows = [compare(model, args.batch, length, repeats) for length in lengths]
     table = ["| length | batch | textgan sampler (tok/s) | `generate()` (tok/s) | speed-up | matmuls alone (tok/s) | speed-up bound |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         table.append(f"| {r['length']} | {r['batch']} | {r['textgan_tokens_per_s']:,.0f} | {r['generate_tokens_per_s']:,.0f} "
                      f"| {r['speedup']:.2f}x | {r['matmuls_only_tokens_per_s']:,.0f} | {r['speedup_bound']:.2f}x |")
+    eager = [r for r in rows if "textgan_no_graphs_tokens_per_s" in r]
+    if eager:
+        table.append("")
+        table.append("Without CUDA graphs (`textgan.models.fast_decode.CUDA_GRAPHS = False`): "
+                     + "; ".join(f"length {r['length']}: {r['textgan_no_graphs_tokens_per_s']:,.0f} tok/s "
+                                 f"({r['textgan_no_graphs_tokens_per_s'] / r['generate_tokens_per_s']:.2f}x `generate()`)"
+                                 for r in eager) + ".")
     md = ("# Sampler speed: textgan KV-cache sampler vs `generate()`\n\nDefault generator (Llama, d_model 128, 2 layers), "
-          f"best of {repeats} runs each, CPU.\n\n" + "\n".join(table) + "\n\n"
+          f"best of {repeats} runs each, {device_name(args.device)}.\n\n" + "\n".join(table) + "\n\n"
           "*Matmuls alone* times only the matrix products of the same decoding steps (q/k/v, attention scores and "
           "values, output projection, MLP, output layer) at the decoder's shapes; *speed-up bound* is `generate()`'s "
           "time over that: the most any sampler built on torch's matmuls could gain over `generate()` here, with "
           "all of its other work (norms, rotary, softmax, drawing tokens, Python) free.\n")
     print(md)
     if not args.quick:
-        record("sampler_speed", {"rows": rows}, md)
+        record(results_name("sampler_speed", args.device), {"rows": rows}, md)
 
 
 if __name__ == "__main__":

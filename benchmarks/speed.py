@@ -4,7 +4,7 @@
     python benchmarks/speed.py --quick    # a smoke run
 
 In one run:
-1. the matmul ceiling: GFLOP/s of a 2048x2048 fp32 matmul through torch (best of 10);
+1. the matmul ceiling: GFLOP/s of a 2048x2048 fp32 matmul through torch (8192x8192 on a GPU; best of 10);
 2. the MLE step: tokens/s and achieved FLOP/s (6 x matmul parameters per token, plus attention) as a
    fraction of the ceiling;
 3. sampling: textgan's sampler against ``generate()`` on the same weights, batch 64, lengths 20 and 50;
@@ -28,8 +28,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _record import record
-from sampler_speed import best_of, compare
+from _record import device_name, record, results_name
+from sampler_speed import _sync, best_of, compare
 
 from textgan.models import build_generator
 
@@ -39,8 +39,8 @@ VOCAB = 428  # the embedded grammar's vocabulary
 BATCH = 64
 
 
-def matmul_ceiling(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_ceiling(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     best = best_of(lambda: a @ b, repeats)
     return 2 * n**3 / best / 1e9
 
@@ -51,7 +51,7 @@ def train_flops_per_token(d_model: int, n_layers: int, vocab: int, context: int)
     return 6 * matmul_params + 3 * n_layers * 4 * context * d_model
 
 
-def step_seconds(recipe: str, size: dict, steps: int, extra: dict, warmup: int = 2) -> float:
+def step_seconds(recipe: str, size: dict, steps: int, extra: dict, device: str, warmup: int = 2) -> float:
     """Mean seconds per step of a recipe after ``warmup`` steps, from its own metrics log."""
     import importlib
 
@@ -60,7 +60,7 @@ def step_seconds(recipe: str, size: dict, steps: int, extra: dict, warmup: int =
     with tempfile.TemporaryDirectory() as tmp:
         config = config_cls(out_dir=tmp, batch_size=BATCH, steps=steps, log_every=1, eval_every=10**6,
                             checkpoint_every=10**6, eval_samples=16, print_samples=0, grammar_sentences=5000,
-                            **size, **extra)
+                            device=device, **size, **extra)
         config.check()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             module.main(config)
@@ -82,7 +82,7 @@ def mean_batch_width(steps: int) -> float:
     return sum(batch_at(ids, BATCH, step, 0, eos).shape[1] - 1 for step in range(steps)) / steps
 
 
-def gan_step_on_same_batch(size: dict, repeats: int) -> dict:
+def gan_step_on_same_batch(size: dict, repeats: int, device: str) -> dict:
     """One ScratchGAN step (sample, score, G update, one D update) and one MLE step on a batch of the
     sampled batch's shape, timed directly with the recipe's own step functions: ms each and the ratio."""
     import time
@@ -99,11 +99,13 @@ def gan_step_on_same_batch(size: dict, repeats: int) -> dict:
     generator = build_generator(VOCAB, bos_id=1, eos_id=2, pad_id=0, max_positions=64, **size)
     discriminator = build_discriminator(config.disc, VOCAB, 0, dim=config.disc_dim, n_layers=config.disc_layers,
                                         dropout=config.disc_dropout, max_positions=config.max_length + 2)
+    generator, discriminator = generator.to(device), discriminator.to(device)
     optimizers = gan_optimizers(config, generator, discriminator)
     ema = EMABaseline(config.max_length + 1, config.baseline_decay)
     setup = SimpleNamespace(eos_id=2, pad_id=0)
-    prompt = torch.ones(BATCH, 1, dtype=torch.long)
-    real = torch.cat([prompt, torch.randint(3, VOCAB, (BATCH, config.max_length)), torch.full((BATCH, 1), 2)], 1)
+    prompt = torch.ones(BATCH, 1, dtype=torch.long, device=device)
+    real = torch.cat([prompt, torch.randint(3, VOCAB, (BATCH, config.max_length), device=device),
+                      torch.full((BATCH, 1), 2, device=device)], 1)
     widths = []
 
     def gan():
@@ -111,38 +113,44 @@ def gan_step_on_same_batch(size: dict, repeats: int) -> dict:
 
     def timed(fn) -> float:
         fn()
+        _sync()
         start = time.perf_counter()
         for _ in range(repeats):
             fn()
+        _sync()
         return (time.perf_counter() - start) / repeats
 
     gan_s = timed(gan)
     for _ in range(repeats):  # the shapes the GAN step trained on
         widths.append(sample(generator, prompt, config.max_length + 1, eos_id=2, pad_id=0).tokens.shape[1])
-    same = torch.cat([prompt, torch.randint(3, VOCAB, (BATCH, round(sum(widths) / len(widths))))], 1)
+    same = torch.cat([prompt, torch.randint(3, VOCAB, (BATCH, round(sum(widths) / len(widths))), device=device)], 1)
     mle_s = timed(lambda: mle_step(generator, optimizers["mle"], same, eos_id=2))
     return {"gan_step_s": gan_s, "mle_same_batch_s": mle_s, "ratio": gan_s / mle_s, "sampled_width": same.shape[1] - 1}
 
 
-def sampling(size: dict, length: int, repeats: int) -> dict:
+def sampling(size: dict, length: int, repeats: int, device: str) -> dict:
     torch.manual_seed(0)
-    model = build_generator(VOCAB, bos_id=1, eos_id=2, pad_id=0, max_positions=64, **size).eval()
+    model = build_generator(VOCAB, bos_id=1, eos_id=2, pad_id=0, max_positions=64, **size).eval().to(device)
     return compare(model, BATCH, length, repeats)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda; a GPU's results go to speed_cuda.{json,md}")
     args = parser.parse_args()
-    steps, repeats = (6, 1) if args.quick else (20, 3)
-    ceiling = matmul_ceiling(512 if args.quick else 2048, repeats=3 if args.quick else 10)
+    gpu = args.device.startswith("cuda")
+    steps, repeats = (6, 1) if args.quick else (60 if gpu else 20, 3)
+    # a GPU needs a larger product to reach its ceiling
+    n = 512 if args.quick else 8192 if gpu else 2048
+    ceiling = matmul_ceiling(n, repeats=3 if args.quick else 10, device=args.device)
     print(f"matmul ceiling: {ceiling:.1f} GFLOP/s", flush=True)
     rows = []
     for name, size in SIZES.items():
-        mle_s = step_seconds("mle", size, steps, {})
-        scratch_s = step_seconds("scratchgan", size, steps, {"pretrain_steps": 0})
+        mle_s = step_seconds("mle", size, steps, {}, args.device)
+        scratch_s = step_seconds("scratchgan", size, steps, {"pretrain_steps": 0}, args.device)
         seqgan_s = step_seconds("seqgan", size, max(4, steps // 5),
-                                   {"pretrain_steps": 0, "disc_pretrain_steps": 0, "num_rollouts": 16})
+                                {"pretrain_steps": 0, "disc_pretrain_steps": 0, "num_rollouts": 16}, args.device)
         # positions per MLE step: batches are cut to their longest sentence, so measure the widths the recipe sees
         context = mean_batch_width(steps)
         tokens = BATCH * context
@@ -150,11 +158,12 @@ def main() -> None:
         row = {"size": name, "mle_step_s": mle_s, "mle_tok_s": tokens / mle_s, "mle_gflop_s": flops / 1e9,
                "mle_fraction_of_ceiling": flops / 1e9 / ceiling, "scratchgan_step_s": scratch_s,
                "scratchgan_over_mle": scratch_s / mle_s, "seqgan_k16_step_s": seqgan_s, "seqgan_over_mle": seqgan_s / mle_s,
-               "scratchgan_issue_definition": gan_step_on_same_batch(size, 5 if args.quick else 30),
-               "sampling": [sampling(size, length, repeats) for length in ((5,) if args.quick else (20, 50))]}
+               "scratchgan_issue_definition": gan_step_on_same_batch(size, 5 if args.quick else 30, args.device),
+               "sampling": [sampling(size, length, repeats, args.device) for length in ((5,) if args.quick else (20, 50))]}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    lines = [f"Matmul ceiling (2048x2048 fp32 through torch, best of 10): **{ceiling:.1f} GFLOP/s**.", "",
+    lines = [(f"{device_name(args.device)}. Matmul ceiling ({n}x{n} fp32 through torch, best of 10): "
+              f"**{ceiling:.1f} GFLOP/s**."), "",
              ("| generator | MLE step | MLE tok/s | MLE GFLOP/s (of ceiling) | ScratchGAN step (x MLE) "
               "| ScratchGAN: sample + score + G + 1 D (x MLE on the same batch) "
               "| SeqGAN K=16 step (x MLE) | sampler vs generate() tok/s |"), "|---|---|---|---|---|---|---|---|"]
@@ -173,7 +182,7 @@ def main() -> None:
                                    "step on a batch of the sampled batch's shape.\n")
     print(markdown)
     if not args.quick:
-        record("speed", {"matmul_ceiling_gflop_s": ceiling, "rows": rows}, markdown)
+        record(results_name("speed", args.device), {"matmul_ceiling_gflop_s": ceiling, "rows": rows}, markdown)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -56,7 +57,7 @@ def _torchrun(*args):
 
 def test_torchrun_two_processes_train_checkpoint_and_resume(tmp_path):
     out = tmp_path / "run"
-    common = [f"out_dir={out}", "grammar_sentences=300", "d_model=32", "n_layers=1", "n_heads=2", "pretrain_steps=4",
+    common = [f"out_dir={out}", "device=cpu", "grammar_sentences=300", "d_model=32", "n_layers=1", "n_heads=2", "pretrain_steps=4",
               "batch_size=16", "eval_every=4", "eval_samples=16", "checkpoint_every=4", "log_every=2"]
     first = _torchrun(*common, "steps=4")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -69,3 +70,16 @@ def test_torchrun_two_processes_train_checkpoint_and_resume(tmp_path):
     assert sorted(set(logged)) == list(range(2, 13, 2))  # every logged step present; rank 1 wrote nothing
     train_lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in train_lines if "gen/pg_loss" in r]) == 4  # steps 6, 8, 10, 12 logged once each
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """torchrun with 2 processes on a 1-GPU machine: a one-line hint, not NCCL's 'invalid device ordinal'."""
+    from textgan import distributed
+    from textgan.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for key, value in {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1", "RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match="--nproc_per_node 1, or device=cpu"):
+        distributed.init("auto")

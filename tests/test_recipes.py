@@ -13,6 +13,10 @@ from textgan.recipes import mle, scratchgan, seqgan
 TINY = {"grammar_sentences": 200, "d_model": 32, "n_layers": 1, "n_heads": 2, "batch_size": 8, "eval_samples": 16,
         "eval_every": 2, "log_every": 1, "checkpoint_every": 2, "print_samples": 1}
 
+# runs compared bit for bit with each other stay on the CPU: GPU kernels that add with atomics
+# (embedding gradients, among others) are not bitwise reproducible from run to run
+CPU = {"device": "cpu"}
+
 RECIPES = {
     "mle": (mle, mle.MLEConfig, {"steps": 4}),
     "scratchgan": (scratchgan, scratchgan.ScratchGANConfig, {"steps": 4, "pretrain_steps": 2, "disc_dim": 16,
@@ -32,7 +36,7 @@ def _initial_weights(cls, config):
     from textgan.training import Run, prepare, seed_everything
 
     seed_everything(config.seed)
-    return {k: v.clone() for k, v in prepare(config, Run(config)).generator.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in prepare(config, Run(config)).generator.state_dict().items()}
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
@@ -68,11 +72,12 @@ def test_recipe_trains_checkpoints_and_exports(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["mle", "scratchgan"])
 def test_resume_continues_where_it_stopped(name, tmp_path):
-    module, full = _config(name, tmp_path / "full")
+    """Bit for bit, on the CPU: on a GPU, atomic adds make every run differ in the last bits."""
+    module, full = _config(name, tmp_path / "full", **CPU)
     module.main(full)
-    _, part = _config(name, tmp_path / "part", steps=RECIPES[name][2]["steps"] - 2)
+    _, part = _config(name, tmp_path / "part", steps=RECIPES[name][2]["steps"] - 2, **CPU)
     module.main(part)  # "crashes" after its last checkpoint
-    _, resumed = _config(name, tmp_path / "part", resume=True)
+    _, resumed = _config(name, tmp_path / "part", resume=True, **CPU)
     module.main(resumed)
     records = [json.loads(line) for line in (tmp_path / "part" / name / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if any(k.endswith("loss") for k in r)]
@@ -87,7 +92,7 @@ def test_scratchgan_discriminator_lm_head_trains_and_resumes(tmp_path):
     """From scratch with D's auxiliary LM loss and reward increments: the LM loss is logged and
     falls, and a resumed run (LM head restored from the checkpoint) ends where an unbroken one does."""
     extra = {"pretrain_steps": 0, "steps": 6, "disc_lm_weight": 1.0, "reward_increments": True, "reward": "logit",
-             "normalize_advantages": True}
+             "normalize_advantages": True, **CPU}
     module, full = _config("scratchgan", tmp_path / "full", **extra)
     module.main(full)
     records = [json.loads(line) for line in (tmp_path / "full" / "scratchgan" / "metrics.jsonl").read_text().splitlines()]

@@ -98,6 +98,25 @@ def test_same_seed_same_samples_on_both_paths(tiny_generator, word_tokenizer):
     assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_static_step_equals_step(tiny_generator, word_tokenizer, padded):
+    """The fixed-shape step a CUDA graph replays: the logits of the plain step, left padding included."""
+    from textgan.models.fast_decode import LlamaDecoder
+
+    ids = torch.cat([_prompt(word_tokenizer, 4), torch.randint(5, len(word_tokenizer), (4, 10))], 1)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    if padded:
+        mask[1, :2] = mask[3, :1] = False
+    plain, static = LlamaDecoder(tiny_generator, 4, 16), LlamaDecoder(tiny_generator, 4, 16)
+    with torch.no_grad():
+        assert_close(plain.prefill(ids[:, :5], mask), static.prefill(ids[:, :5], mask))
+        for t in range(5, ids.shape[1]):
+            position = torch.tensor(static.position)
+            static.position += 1
+            assert_close(static.step_static(ids[:, t], position), plain.step(ids[:, t]), atol=1e-5, rtol=1e-5)
+    assert static.graphed_step() == static.step  # no graph off CUDA
+
+
 def test_fast_decoder_declines_other_architectures():
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -245,7 +245,8 @@ def test_recipe_resume_equals_uninterrupted(style_folder, tmp_path):
 
     common = {"data": str(style_folder), "d_model": 32, "n_layers": 1, "n_heads": 2, "warmup_steps": 2, "batch_size": 8,
               "eval_every": 100, "eval_sentences": 4, "checkpoint_every": 3, "disc_dim": 16,
-              "overlap_weight": 0.5}  # the minimal-edit reward on, so that its path is covered too
+              "overlap_weight": 0.5,  # the minimal-edit reward on, so that its path is covered too
+              "device": "cpu"}  # bit for bit is a CPU property: GPU atomics reorder sums from run to run
     style_transfer.main(style_transfer.StyleTransferConfig(out_dir=str(tmp_path / "a"), steps=6, **common))
     style_transfer.main(style_transfer.StyleTransferConfig(out_dir=str(tmp_path / "b"), steps=3, **common))
     style_transfer.main(style_transfer.StyleTransferConfig(out_dir=str(tmp_path / "b"), steps=6, resume=True, **common))
@@ -282,9 +283,9 @@ def test_classifier_recipe(style_folder, tmp_path):
     from textgan.models.classifier import classify, load_classifier
     from textgan.recipes import classifier
 
-    scores = classifier.main(classifier.ClassifierConfig(data=str(style_folder), out_dir=str(tmp_path / "c"), steps=60,
+    scores = classifier.main(classifier.ClassifierConfig(data=str(style_folder), out_dir=str(tmp_path / "c"), steps=200,
                                                          batch_size=32, dim=16, filters=16, eval_every=30))
-    assert scores["eval/accuracy"] > 0.9  # the sentiment word decides the class
+    assert scores["eval/accuracy"] > 0.9, scores  # the sentiment word decides the class
     model, tokenizer, info = load_classifier(tmp_path / "c" / "classifier")
     assert classify(model, tokenizer, ["the food was awful .", "the staff was lovely ."], info["labels"]) == ["neg", "pos"]
 

@@ -25,6 +25,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
 from .data import step_seed
 
 
@@ -52,7 +53,12 @@ def init(device: str = "auto") -> bool:
         return True
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local_rank >= gpus:  # one process per GPU: NCCL cannot put two ranks on one GPU
+            started = os.environ.get("LOCAL_WORLD_SIZE", str(local_rank + 1))
+            raise ConfigError(f"torchrun started {started} processes on a machine with {gpus} GPU(s): "
+                              f"use --nproc_per_node {gpus}, or device=cpu to train on the CPU")
+        torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if use_cuda else "gloo")
     return True
 

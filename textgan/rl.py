@@ -124,7 +124,7 @@ class EMABaseline:
 
     def update(self, returns: torch.Tensor, mask: torch.Tensor) -> None:
         decay = self.decay if self.initialized else 0.0
-        self.value = ema_update(self.value.to(returns.device), returns.detach(), mask, decay).cpu()
+        self.value = ema_update(self.value.to(returns.device), returns.detach(), mask, decay)  # stays on the device
         self.initialized = True
 
     def state_dict(self) -> dict:

@@ -177,7 +177,7 @@ def _decoder(model, prompt: torch.Tensor, max_new_tokens: int, fast: bool, promp
 
     if fast and supports(model):
         decoder = LlamaDecoder(model, prompt.shape[0], prompt.shape[1] + max_new_tokens)
-        return decoder.prefill(prompt, prompt_mask), decoder.step, decoder.reorder
+        return decoder.prefill(prompt, prompt_mask), decoder.graphed_step(), decoder.reorder
     attention = None if prompt_mask is None else prompt_mask.long()
     out = model(input_ids=prompt, attention_mask=attention, use_cache=True)
     state = {"cache": out.past_key_values, "attention": attention}

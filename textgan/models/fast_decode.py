@@ -9,6 +9,10 @@ projections in one matmul; RMSNorm gains and the attention scale folded into tho
 The folded weights are copied when a decoder is made, so a decoder serves one sampling call:
 make a new one after the weights change.
 
+On a GPU the cost of those operations is launching them: :meth:`LlamaDecoder.graphed_step`
+captures one step, with shapes that do not change from position to position
+(:meth:`LlamaDecoder.step_static`), as a CUDA graph and replays it for every token.
+
 It covers the Llama family as ``build_generator`` makes it (RMSNorm, rotary embeddings of the
 default type, grouped-query attention, SiLU-gated MLP, no biases). Anything else falls back to
 the Hugging Face forward; :func:`supports` says which path a model gets. The test suite checks
@@ -117,6 +121,7 @@ class LlamaDecoder:
             self.head = model.lm_head.weight * model.model.norm.weight
         # a step rotates q and k of every head in one multiplication: (T, (H + Hkv) * D / 2)
         self.step_rotation = self.rotation.repeat(1, self.n_heads + self.n_kv_heads)
+        self._key_positions = None  # made by the first step_static
         self.eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
                     for layer in self.layers]
         self.final_eps = model.model.norm.variance_epsilon
@@ -224,3 +229,87 @@ class LlamaDecoder:
             h = torch.addmm(h, F.silu(gate).mul_(up), w_down)
         self.position = end
         return F.linear(_normalize(h, self.final_eps), self.head).float()
+
+    def step_static(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """:meth:`step` with shapes that do not depend on the position, for a CUDA graph.
+
+        token: (B,) long, B the cache's rows; position: 0-dim long tensor on the device, where
+        ``token`` sits. Attention reads the whole cache with the keys after ``position`` masked,
+        and the cache write and the rotary angle are indexed by the tensor, so one captured graph
+        replays at every position. Does not advance :attr:`position` (the caller does).
+        """
+        B, Hkv, D = token.shape[0], self.n_kv_heads, self.head_dim
+        qk_size = self.q_size + self.kv_size
+        if self._key_positions is None:
+            self._key_positions = torch.arange(self.max_length, device=token.device)
+            self._step_rotation_real = torch.view_as_real(self.step_rotation).contiguous()  # (T, N, 2)
+        hidden = self._key_positions > position  # (T,): keys not yet written
+        if self.key_valid is not None:
+            hidden = hidden | ~self.key_valid[:B, None, None, :]  # (B, 1, 1, T)
+        slot = position.view(1)
+        rotation = torch.view_as_complex(self._step_rotation_real.index_select(0, slot))  # (1, N)
+        h = F.embedding(token, self.model.model.embed_tokens.weight)
+        for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
+            qk, v = F.linear(_normalize(h, self.eps[i][0]), w_qkv).split([qk_size, self.kv_size], dim=-1)
+            q, k = _rotate_pairs(qk, rotation).split([self.q_size, self.kv_size], dim=-1)
+            keys, values = self.keys[i, :B], self.values[i, :B]  # (B, Hkv, T, D)
+            keys.index_copy_(2, slot, k.view(B, Hkv, 1, D))
+            values.index_copy_(2, slot, v.view(B, Hkv, 1, D))
+            scores = torch.matmul(q.view(B, Hkv, -1, D), keys.transpose(-1, -2)).masked_fill_(hidden, float("-inf"))
+            out = torch.matmul(scores.softmax(-1), values)  # (B, Hkv, G, D)
+            h = torch.addmm(h, out.view(B, -1), w_out)
+            gate, up = F.linear(_normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
+            h = torch.addmm(h, F.silu(gate).mul_(up), w_down)
+        return F.linear(_normalize(h, self.final_eps), self.head).float()
+
+    def graphed_step(self):
+        """A drop-in for :meth:`step` that replays a CUDA graph of :meth:`step_static`.
+
+        On a GPU, a decoding step at sampling sizes is a few dozen tiny kernels, and launching
+        them from Python costs more than running them; a graph launches them all at once.
+        Returns :meth:`step` itself off CUDA or when :data:`CUDA_GRAPHS` is False.
+        """
+        if not CUDA_GRAPHS or self.keys.device.type != "cuda":
+            return self.step
+        return _GraphedStep(self)
+
+
+# Sampling on a GPU replays each decoding step from a CUDA graph; set False to launch kernels one by one.
+CUDA_GRAPHS = True
+
+
+class _GraphedStep:
+    """``decoder.step`` through a CUDA graph, captured at the first call (one per sampling call)."""
+
+    def __init__(self, decoder: LlamaDecoder):
+        self.decoder = decoder
+        rows, device = decoder.keys.shape[1], decoder.keys.device
+        self.token = torch.zeros(rows, dtype=torch.long, device=device)
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.graph = None
+        self.logits = None
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        decoder = self.decoder
+        if token.shape[0] != self.token.shape[0]:  # not the rows the graph was made for: run eagerly
+            return decoder.step(token)
+        decoder._room(decoder.position + 1)
+        self.token.copy_(token)
+        self.position.fill_(decoder.position)
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        decoder.position += 1
+        return self.logits.clone()  # the graph's output buffer is overwritten by the next replay
+
+    def _capture(self) -> None:
+        # one eager run first, on a side stream, so that cuBLAS sets up outside the capture; it writes
+        # this position's keys and values, which the replay then writes again with the same numbers
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.decoder.step_static(self.token, self.position)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self.decoder.step_static(self.token, self.position)
