@@ -38,6 +38,26 @@ def test_roundtrip_restores_weights_optimizer_and_rng(tmp_path):
     assert (path / "tensors.safetensors").read_bytes()[:8] != b"\x80\x02"
 
 
+def test_gpu_generator_states_are_saved_and_restored(tmp_path, monkeypatch):
+    """A GPU run samples from the GPUs' generators; a checkpoint keeps each one's state and
+    restores it on the GPUs the resuming machine has (the CUDA calls stood in for on a CPU)."""
+    states = [torch.randint(0, 255, (16,), dtype=torch.uint8) for _ in range(2)]
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.__setitem__(device, state.clone()))
+    model = _model()
+    path = save_checkpoint(tmp_path, 1, {"m": model}, {}, {})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # resumed on a machine with one GPU
+    load_checkpoint(path, {"m": _model()}, {})
+    assert list(restored) == [0] and torch.equal(restored[0], states[0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # and on a CPU: nothing to restore
+    restored.clear()
+    load_checkpoint(path, {"m": _model()}, {})
+    assert restored == {}
+
+
 def test_tied_weights_roundtrip(tmp_path, tiny_generator):
     path = save_checkpoint(tmp_path, 1, {"g": tiny_generator}, {}, {})
     from copy import deepcopy

@@ -84,6 +84,20 @@ def test_graphed_decoding_matches_eager_decoding():
     assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=1e-5)
 
 
+def test_gpu_run_resumed_equals_uninterrupted(tmp_path):
+    """Sampling draws from the GPU's generator, whose state the checkpoint keeps: a run stopped
+    after a checkpoint and resumed on the GPU ends where an unbroken one does."""
+    full = scratchgan.ScratchGANConfig(out_dir=str(tmp_path / "full"), device="cuda", **TINY)
+    scratchgan.main(full)
+    part = {**TINY, "steps": TINY["steps"] - 2}
+    scratchgan.main(scratchgan.ScratchGANConfig(out_dir=str(tmp_path / "part"), device="cuda", **part))
+    scratchgan.main(scratchgan.ScratchGANConfig(out_dir=str(tmp_path / "part"), device="cuda", resume=True, **TINY))
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "generator").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "part" / "generator").state_dict()
+    for key in a:
+        assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
 def test_gpu_run_resumes_on_a_cpu(tmp_path):
     """Train on the GPU, stop, and continue the same run on a CPU: checkpoints hold no device."""
     config = scratchgan.ScratchGANConfig(out_dir=str(tmp_path / "run"), device="cuda", **{**TINY, "steps": 2})

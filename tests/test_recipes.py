@@ -13,8 +13,8 @@ from textgan.recipes import mle, scratchgan, seqgan
 TINY = {"grammar_sentences": 200, "d_model": 32, "n_layers": 1, "n_heads": 2, "batch_size": 8, "eval_samples": 16,
         "eval_every": 2, "log_every": 1, "checkpoint_every": 2, "print_samples": 1}
 
-# runs compared bit for bit with each other stay on the CPU: GPU kernels that add with atomics
-# (embedding gradients, among others) are not bitwise reproducible from run to run
+# runs compared bit for bit run on the CPU, so that a GPU machine checks what CI checks;
+# resuming on a GPU is tests/test_cuda.py's
 CPU = {"device": "cpu"}
 
 RECIPES = {
@@ -72,7 +72,6 @@ def test_recipe_trains_checkpoints_and_exports(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["mle", "scratchgan"])
 def test_resume_continues_where_it_stopped(name, tmp_path):
-    """Bit for bit, on the CPU: on a GPU, atomic adds make every run differ in the last bits."""
     module, full = _config(name, tmp_path / "full", **CPU)
     module.main(full)
     _, part = _config(name, tmp_path / "part", steps=RECIPES[name][2]["steps"] - 2, **CPU)

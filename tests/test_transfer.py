@@ -246,7 +246,7 @@ def test_recipe_resume_equals_uninterrupted(style_folder, tmp_path):
     common = {"data": str(style_folder), "d_model": 32, "n_layers": 1, "n_heads": 2, "warmup_steps": 2, "batch_size": 8,
               "eval_every": 100, "eval_sentences": 4, "checkpoint_every": 3, "disc_dim": 16,
               "overlap_weight": 0.5,  # the minimal-edit reward on, so that its path is covered too
-              "device": "cpu"}  # bit for bit is a CPU property: GPU atomics reorder sums from run to run
+              "device": "cpu"}  # compared bit for bit: on the CPU, as in CI
     style_transfer.main(style_transfer.StyleTransferConfig(out_dir=str(tmp_path / "a"), steps=6, **common))
     style_transfer.main(style_transfer.StyleTransferConfig(out_dir=str(tmp_path / "b"), steps=3, **common))
     style_transfer.main(style_transfer.StyleTransferConfig(out_dir=str(tmp_path / "b"), steps=6, resume=True, **common))

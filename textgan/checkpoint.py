@@ -3,7 +3,7 @@
 A checkpoint is a folder ``checkpoints/step_00001234/`` with
 
 - ``tensors.safetensors``: module weights (``model/<name>/<param>``), optimizer moments
-  (``optim/<name>/<index>/<key>``) and the torch RNG state;
+  (``optim/<name>/<index>/<key>``) and the torch RNG states (CPU, and each GPU in use);
 - ``state.json``: step, config, optimizer hyper-parameters, baselines, Python RNG state, and
   anything else the recipe passes.
 
@@ -86,7 +86,7 @@ def save_checkpoint(
     """Write ``directory/step_<step>/`` atomically and prune to the newest ``keep``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors: dict[str, torch.Tensor] = {"rng/torch": torch.get_rng_state()}
+    tensors: dict[str, torch.Tensor] = {"rng/torch": torch.get_rng_state(), **_cuda_rng_states()}
     optim_meta = {}
     seen: set[int] = set()
     for name, module in modules.items():
@@ -132,6 +132,24 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
              and (p / "state.json").is_file() and (p / "tensors.safetensors").is_file()]
     return sorted(found, key=lambda p: p.name)
+
+
+def _cuda_rng_states() -> dict[str, torch.Tensor]:
+    """Each visible GPU's generator state, ``rng/cuda/<index>``: sampling on a GPU draws from these,
+    so a resumed GPU run must restore them to draw what an uninterrupted run would."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {f"rng/cuda/{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
+
+
+def _set_cuda_rng_states(tensors: dict[str, torch.Tensor]) -> None:
+    """Restore the GPU generators a checkpoint holds, on the GPUs this machine has (none on a CPU)."""
+    if not torch.cuda.is_available():
+        return
+    for i in range(torch.cuda.device_count()):
+        state = tensors.get(f"rng/cuda/{i}")
+        if state is not None:
+            torch.cuda.set_rng_state(state.cpu(), device=i)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
@@ -184,6 +202,7 @@ def load_checkpoint(
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(_optimizer_join(name, tensors, meta["optimizers"][name]))
     torch.set_rng_state(tensors["rng/torch"].cpu())
+    _set_cuda_rng_states(tensors)
     version, internal, gauss = meta["python_rng"]
     random.setstate((version, tuple(internal), gauss))
     return meta
