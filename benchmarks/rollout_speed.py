@@ -21,7 +21,7 @@ import time
 
 import torch
 from _record import device_name, record, results_name
-from sampler_speed import _sync
+from sampler_speed import sync_device
 
 from textgan.models import build_generator
 from textgan.rl import mc_rollout_rewards
@@ -63,10 +63,10 @@ def main() -> None:
     times = {}
     for name, complete in (("shared cache", shared), ("prefill per prefix", prefill), ("re-encoding", reencoding)):
         mc_rollout_rewards(fake.tokens[:2], fake.mask[:2], complete, score, 2)  # warm-up, untimed
-        _sync()
+        sync_device()
         start = time.perf_counter()
         mc_rollout_rewards(fake.tokens, fake.mask, complete, score, rollouts)
-        _sync()
+        sync_device()
         times[name] = time.perf_counter() - start
         print(f"{name}: {times[name]:.2f} s", flush=True)
     speedup = times["re-encoding"] / times["shared cache"]

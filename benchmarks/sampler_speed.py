@@ -24,7 +24,7 @@ from textgan.models.fast_decode import LlamaDecoder
 from textgan.sampling import sample
 
 
-def _sync() -> None:
+def sync_device() -> None:
     """Wait for queued GPU work, so that host clocks time the work and not its launch."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -34,10 +34,10 @@ def best_of(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
-        _sync()
+        sync_device()
         start = time.perf_counter()
         fn()
-        _sync()
+        sync_device()
         times.append(time.perf_counter() - start)
     return min(times)
 

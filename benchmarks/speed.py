@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from _record import device_name, record, results_name
-from sampler_speed import _sync, best_of, compare
+from sampler_speed import best_of, compare, sync_device
 
 from textgan.models import build_generator
 
@@ -113,11 +113,11 @@ def gan_step_on_same_batch(size: dict, repeats: int, device: str) -> dict:
 
     def timed(fn) -> float:
         fn()
-        _sync()
+        sync_device()
         start = time.perf_counter()
         for _ in range(repeats):
             fn()
-        _sync()
+        sync_device()
         return (time.perf_counter() - start) / repeats
 
     gan_s = timed(gan)

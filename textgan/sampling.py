@@ -180,17 +180,30 @@ def _decoder(model, prompt: torch.Tensor, max_new_tokens: int, fast: bool, promp
         return decoder.prefill(prompt, prompt_mask), decoder.graphed_step(), decoder.reorder
     attention = None if prompt_mask is None else prompt_mask.long()
     out = model(input_ids=prompt, attention_mask=attention, use_cache=True)
-    state = {"cache": out.past_key_values, "attention": attention}
+    state = {"cache": _returned_cache(out), "attention": attention}
+    cache_arg = _cache_argument(model)
 
     def next_logits(token: torch.Tensor) -> torch.Tensor:
         if state["attention"] is not None:
             state["attention"] = torch.cat([state["attention"], state["attention"].new_ones(len(token), 1)], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=state["attention"], past_key_values=state["cache"],
-                    use_cache=True)
-        state["cache"] = out.past_key_values
+        out = model(input_ids=token[:, None], attention_mask=state["attention"], use_cache=True,
+                    **{cache_arg: state["cache"]})
+        state["cache"] = _returned_cache(out)
         return out.logits[:, -1]
 
     return out.logits[:, -1], next_logits, None
+
+
+def _cache_argument(model) -> str:
+    """The forward's name for the KV cache: ``cache`` in newer transformers, ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _mask_new(tokens: torch.Tensor, prompt: torch.Tensor, eos_id: int) -> torch.Tensor:
