@@ -15,6 +15,26 @@ def test_sample_writes_n_lines(trained_generator, tmp_path):
     target = tmp_path / "out.txt"
     result = run("textgan", "sample", "--model", str(trained_generator), "-n", "3", "--output", str(target))
     assert result.returncode == 0 and len(target.read_text().splitlines()) == 3
+    on_cpu = tmp_path / "cpu.txt"
+    result = run("textgan", "sample", "--model", str(trained_generator), "-n", "3", "--output", str(on_cpu), "--device", "cpu")
+    assert result.returncode == 0 and on_cpu.read_text() == target.read_text()  # same seed, same device here
+
+
+def test_device_names():
+    import pytest
+    import torch
+
+    from textgan.cli import _device
+    from textgan.models.generator import ModelError
+
+    assert _device("cpu") == torch.device("cpu")
+    assert _device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad, words in (("gpu0", "not a device"), ("meta", "cpu or cuda")):
+        with pytest.raises(ModelError, match=words):
+            _device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="no GPU is visible"):
+            _device("cuda")
 
 
 def _assert_clean_error(result, *words):
@@ -33,6 +53,7 @@ def test_sample_errors(trained_generator, tmp_path):
     _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "-n", "-3"), "-n")
     _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "--output", str(tmp_path / "no" / "x.txt")), "cannot write")
     _assert_clean_error(run("textgan", "sample", "--bogus"))
+    _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "--device", "gpu0"), "--device")
 
 
 def test_train_errors(tmp_path):

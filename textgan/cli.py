@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--output", default="", help="write sentences to this file instead of standard output")
     sample.add_argument("--style", default="", help="style to write in (style-transfer models, e.g. --style pos)")
     sample.add_argument("--trust-remote-code", action="store_true", help="let the model folder run its own code")
+    _add_device_argument(sample)
 
     transfer = commands.add_parser("transfer", help="rewrite sentences from one style into another")
     transfer.add_argument("sentences", nargs="*", metavar="SENTENCE", help="sentences to rewrite (default: --input or standard input)")
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--batch-size", type=_positive_int, default=128, help="sentences rewritten at once")
     transfer.add_argument("--seed", type=int, default=0, help="random seed (--decoding sample)")
     transfer.add_argument("--trust-remote-code", action="store_true", help="let the model folder run its own code")
+    _add_device_argument(transfer)
 
     from .evaluation import ALL_METRICS
 
@@ -116,7 +118,33 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--x", default="", help="metric on the plot's x axis (default bleu-5, or nll-oracle with --oracle)")
     sweep.add_argument("--y", default="", help="metric on the plot's y axis (default self-bleu-4, or nll-test with --oracle)")
     sweep.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    _add_device_argument(sweep)
     return parser
+
+
+def _add_device_argument(parser) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (default: a GPU when there is one)")
+
+
+def _device(name: str):
+    """The torch device that --device names; a one-line error for a bad name or a missing GPU."""
+    import torch
+
+    from .models.generator import ModelError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"--device {name}: no GPU is visible; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ModelError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ModelError(f"--device {name!r}: textgan runs on cpu or cuda")
+    return device
 
 
 def _add_scoring_arguments(parser, metric_help: str) -> None:
@@ -154,8 +182,9 @@ def cmd_sample(args) -> int:
 
     if args.output:
         _check_output(args.output)
+    device = _device(args.device)
     if args.style:
-        rewriter = Rewriter.load(args.model, trust_remote_code=args.trust_remote_code)
+        rewriter = Rewriter.load(args.model, device=device, trust_remote_code=args.trust_remote_code)
         lines = rewriter.sample(args.style, args.num, temperature=args.temperature, top_p=args.top_p,
                                 batch_size=args.batch_size, seed=args.seed)
     else:
@@ -163,7 +192,7 @@ def cmd_sample(args) -> int:
             raise ModelError(f"{args.model} is a style-transfer model; choose a style with --style "
                              f"({', '.join(transfer_styles(args.model))})")
         model, tokenizer = load_generator(args.model, trust_remote_code=args.trust_remote_code)
-        lines = sample_texts(model, tokenizer, args.num, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        lines = sample_texts(model.to(device), tokenizer, args.num, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                              max_length=args.max_length, batch_size=args.batch_size, seed=args.seed)
     text = "\n".join(lines) + "\n"
     if args.output:
@@ -203,7 +232,7 @@ def cmd_transfer(args) -> int:
     if args.model == DEFAULT_TRANSFER_MODEL and not os.path.isdir(args.model):
         raise ModelError(f"no model at {args.model}; train one with 'python -m textgan.recipes.style_transfer "
                          "recipes/yelp_transfer.yaml' or pass --model DIR")
-    rewriter = Rewriter.load(args.model, trust_remote_code=args.trust_remote_code)
+    rewriter = Rewriter.load(args.model, device=_device(args.device), trust_remote_code=args.trust_remote_code)
     for style in (args.source, args.target):
         rewriter.layout.style_id(style)  # unknown style: fail before reading the input
     if args.source == args.target:
@@ -296,6 +325,7 @@ def cmd_sweep(args) -> int:
         temperatures = []
     if not temperatures or any(not t > 0 for t in temperatures):
         raise EvaluationError(f"--temperatures must be positive numbers separated by commas, got {args.temperatures!r}")
+    device = _device(args.device)
     models = {}
     for spec in args.model:
         label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
@@ -319,7 +349,7 @@ def cmd_sweep(args) -> int:
         if metric_of(axis) not in available:
             raise EvaluationError(f"cannot plot {axis!r}: the sweep computes {', '.join(sorted(available))}; "
                                   "pass the files it needs (--references, --oracle, ...) or choose --x/--y")
-    rows = sweep(models, temperatures, args.num, args.output, valid=valid, seed=args.seed, **inputs)
+    rows = sweep(models, temperatures, args.num, args.output, valid=valid, seed=args.seed, device=device, **inputs)
     png = plot_sweep(rows, x, y, os.path.join(args.output, "sweep.png"))
     print(format_table(rows))
     print(f"\nwrote {os.path.join(args.output, 'sweep.json')} and {png}")

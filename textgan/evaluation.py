@@ -25,6 +25,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from . import metrics as text_metrics
@@ -190,13 +191,15 @@ def sweep(
     valid: list[str] | None = None,
     seed: int = 0,
     progress: bool = True,
+    device: str | torch.device = "cpu",
     **score_kwargs,
 ) -> list[dict]:
     """Sample ``n`` sentences from each model at each temperature and score them.
 
     ``valid``: held-out text for ``nll-test`` at each temperature (the model's NLL with its
     logits divided by T, as Caccia et al.). Writes ``samples/<label>_T<t>.txt`` and
-    ``sweep.json`` under ``out_dir``; returns one row per (model, temperature).
+    ``sweep.json`` under ``out_dir``; returns one row per (model, temperature). The models sample
+    on ``device``; scoring runs where its own models are.
     """
     from .models.generator import load_generator
 
@@ -205,6 +208,7 @@ def sweep(
     rows = []
     for label, path in models.items():
         model, tokenizer = load_generator(path)
+        model = model.to(device)
         for t in tqdm(temperatures, desc=f"sweep {label}", disable=not progress):
             texts = sample_texts(model, tokenizer, n, temperature=t, seed=seed, progress=progress)
             write_text_atomic(out_dir / "samples" / f"{label}_T{t:g}.txt", "\n".join(texts) + "\n")
