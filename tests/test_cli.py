@@ -17,7 +17,11 @@ def test_sample_writes_n_lines(trained_generator, tmp_path):
     assert result.returncode == 0 and len(target.read_text().splitlines()) == 3
     on_cpu = tmp_path / "cpu.txt"
     result = run("textgan", "sample", "--model", str(trained_generator), "-n", "3", "--output", str(on_cpu), "--device", "cpu")
-    assert result.returncode == 0 and on_cpu.read_text() == target.read_text()  # same seed, same device here
+    assert result.returncode == 0 and len(on_cpu.read_text().splitlines()) == 3
+    import torch
+
+    if not torch.cuda.is_available():  # the default device is the CPU here: same seed, same samples
+        assert on_cpu.read_text() == target.read_text()
 
 
 def test_device_names():
