@@ -169,6 +169,30 @@ def test_beam_of_one_is_greedy_and_wider_beams_score_higher(layout_and_model):
     assert torch.equal(history[torch.arange(3), ranked.argmax(1)], b4)
 
 
+def test_beam_search_through_the_static_step_equals_the_plain_step(layout_and_model, monkeypatch):
+    """On a GPU, decoding replays step_static from a CUDA graph while beam search reorders the cache
+    between steps. The same sequence run eagerly on the CPU: the same hypotheses and scores."""
+    from textgan.models.fast_decode import LlamaDecoder
+
+    layout, model = layout_and_model
+    ids, _ = layout.encode(["the food was really bad .", "bad .", "our waiter was rude ."])
+    prompt, mask = layout.prompts(ids, [layout.style_ids["neg"]] * 3, [layout.style_ids["pos"]] * 3)
+    args = (model, prompt, mask, 8, layout.eos_id, layout.pad_id)
+    plain = beam_search(*args, beam=4, n_best=True)
+
+    def static_step(decoder):
+        def step(token):
+            logits = decoder.step_static(token, torch.tensor(decoder.position))
+            decoder.position += 1
+            return logits
+        return step
+
+    monkeypatch.setattr(LlamaDecoder, "graphed_step", static_step)
+    static = beam_search(*args, beam=4, n_best=True)
+    assert torch.equal(static[0], plain[0])
+    assert torch.allclose(static[1], plain[1], atol=1e-5)
+
+
 def test_token_bias_steers_the_beam_but_not_the_scores(layout_and_model):
     layout, model = layout_and_model
     ids, _ = layout.encode(["the food was really bad .", "bad ."])
