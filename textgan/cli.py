@@ -128,23 +128,14 @@ def _add_device_argument(parser) -> None:
 
 def _device(name: str):
     """The torch device that --device names; a one-line error for a bad name or a missing GPU."""
-    import torch
-
+    from .config import ConfigError
     from .models.generator import ModelError
+    from .training import resolve_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ModelError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"--device {name}: no GPU is visible; use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ModelError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
-    if device.type not in ("cpu", "cuda"):
-        raise ModelError(f"--device {name!r}: textgan runs on cpu or cuda")
-    return device
+        return resolve_device(name, option="--device ")
+    except ConfigError as e:
+        raise ModelError(str(e)) from None
 
 
 def _add_scoring_arguments(parser, metric_help: str) -> None:

@@ -138,16 +138,21 @@ def compile_forward(module: torch.nn.Module, config: BaseConfig) -> torch.nn.Mod
     return module
 
 
-def resolve_device(name: str) -> torch.device:
-    """The device named in a config; under torchrun on GPUs, this process's GPU."""
+def resolve_device(name: str, option: str = "device=") -> torch.device:
+    """The device named in a config (or by a command's ``option``, e.g. ``"--device "``, which the
+    error messages quote); under torchrun on GPUs, this process's GPU."""
     if name == "auto":
         return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+        raise ConfigError(f"{option}{name} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{option}{name}: textgan runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no GPU is available; use device=cpu")
+        raise ConfigError(f"{option}{name}: no GPU is visible; use {option}cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"{option}{name}: this machine has {torch.cuda.device_count()} GPU(s)")
     return distributed.local_device(device)
 
 

@@ -94,7 +94,8 @@ class LlamaDecoder:
         self.position = 0
         self.key_valid: torch.Tensor | None = None  # (B, max_length) bool, set by a padded prefill
         rotary = model.model.rotary_emb
-        positions = torch.arange(max_length, device=weight.device, dtype=torch.float32)
+        self._key_positions = torch.arange(max_length, device=weight.device)  # step_static's mask
+        positions = self._key_positions.float()
         freqs = positions[:, None] * rotary.inv_freq.to(weight.device, torch.float32)[None]
         scaling = getattr(rotary, "attention_scaling", 1.0)
         self.rotation = torch.polar(torch.full_like(freqs, scaling), freqs)  # (T, D / 2) complex64
@@ -121,7 +122,8 @@ class LlamaDecoder:
             self.head = model.lm_head.weight * model.model.norm.weight
         # a step rotates q and k of every head in one multiplication: (T, (H + Hkv) * D / 2)
         self.step_rotation = self.rotation.repeat(1, self.n_heads + self.n_kv_heads)
-        self._key_positions = None  # made by the first step_static
+        # for step_static, which picks a position's row by index_select (on real data): (T, N, 2)
+        self._step_rotation_real = torch.view_as_real(self.step_rotation).contiguous()
         self.eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
                     for layer in self.layers]
         self.final_eps = model.model.norm.variance_epsilon
@@ -240,9 +242,6 @@ class LlamaDecoder:
         """
         B, Hkv, D = token.shape[0], self.n_kv_heads, self.head_dim
         qk_size = self.q_size + self.kv_size
-        if self._key_positions is None:
-            self._key_positions = torch.arange(self.max_length, device=token.device)
-            self._step_rotation_real = torch.view_as_real(self.step_rotation).contiguous()  # (T, N, 2)
         hidden = self._key_positions > position  # (T,): keys not yet written
         if self.key_valid is not None:
             hidden = hidden | ~self.key_valid[:B, None, None, :]  # (B, 1, 1, T)
