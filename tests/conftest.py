@@ -8,6 +8,11 @@ import torch
 SHARED_DATA = Path(os.environ.get("TEXTGAN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
+# A recipe run small enough for a test: a 200-sentence grammar corpus and a one-layer, 32-wide generator.
+TINY_RUN = {"grammar_sentences": 200, "d_model": 32, "n_layers": 1, "n_heads": 2, "batch_size": 8, "eval_samples": 16,
+            "eval_every": 2, "log_every": 1, "checkpoint_every": 2, "print_samples": 1}
+
+
 def shared_data(*parts: str) -> Path:
     """Path into ../shared/data; skips the test with a reason where the data is absent."""
     path = SHARED_DATA.joinpath(*parts)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_RUN
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM
 
@@ -18,9 +19,7 @@ from textgan.sampling import sample
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible: the CUDA path is checked on GPU machines")
 
-TINY = {"grammar_sentences": 200, "d_model": 32, "n_layers": 1, "n_heads": 2, "batch_size": 8, "eval_samples": 16,
-        "eval_every": 2, "log_every": 1, "checkpoint_every": 2, "print_samples": 1, "steps": 4, "pretrain_steps": 2,
-        "disc_dim": 16}
+TINY = {**TINY_RUN, "steps": 4, "pretrain_steps": 2, "disc_dim": 16}
 
 
 @pytest.fixture(autouse=True)

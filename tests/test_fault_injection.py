@@ -10,11 +10,12 @@ import time
 
 import pytest
 import torch
+from conftest import TINY_RUN
 from safetensors.torch import load_file
 
-TINY = ["grammar_sentences=200", "d_model=32", "n_layers=1", "n_heads=2", "batch_size=8", "disc_dim=16", "log_every=1",
-        "eval_every=1000", "eval_samples=8", "print_samples=0", "checkpoint_every=2", "keep_checkpoints=2",
-        "device=cpu"]  # runs are compared bit for bit: on the CPU, as in CI
+_SETTINGS = {**TINY_RUN, "disc_dim": 16, "eval_every": 1000, "eval_samples": 8, "print_samples": 0, "keep_checkpoints": 2,
+             "device": "cpu"}  # runs are compared bit for bit: on the CPU, as in CI
+TINY = [f"{key}={value}" for key, value in _SETTINGS.items()]
 
 
 def start(out, *extra):

@@ -5,13 +5,11 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_RUN
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from textgan.checkpoint import list_checkpoints
 from textgan.recipes import mle, scratchgan, seqgan
-
-TINY = {"grammar_sentences": 200, "d_model": 32, "n_layers": 1, "n_heads": 2, "batch_size": 8, "eval_samples": 16,
-        "eval_every": 2, "log_every": 1, "checkpoint_every": 2, "print_samples": 1}
 
 # runs compared bit for bit run on the CPU, so that a GPU machine checks what CI checks;
 # resuming on a GPU is tests/test_cuda.py's
@@ -28,7 +26,7 @@ RECIPES = {
 
 def _config(name, tmp_path, **extra):
     module, cls, specific = RECIPES[name]
-    return module, cls(out_dir=str(tmp_path / name), **{**TINY, **specific, **extra})
+    return module, cls(out_dir=str(tmp_path / name), **{**TINY_RUN, **specific, **extra})
 
 
 def _initial_weights(cls, config):
