@@ -21,6 +21,7 @@ from pathlib import Path
 
 from _record import record
 
+ROOT = Path(__file__).resolve().parents[1]  # the recipes run from here, so that preset paths resolve from anywhere
 VARIANTS = [
     ("mle", "mle", []),
     ("mle, as long as scratchgan", "mle", ["steps=8000"]),
@@ -55,7 +56,7 @@ def main() -> None:
             command = [sys.executable, "-m", f"textgan.recipes.{recipe}", *overrides]
             print("running:", " ".join(command[1:]), flush=True)
             start = time.time()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
             metrics = json.loads((out / "metrics.json").read_text())
             rows.append({"variant": label, "command": " ".join(["python", *command[1:-len(overrides)], *extra]),
                          "wall_s": round(time.time() - start, 1), **metrics})
