@@ -210,27 +210,17 @@ class LlamaDecoder:
         B, pos = token.shape[0], self.position
         end = pos + 1
         self._room(end)
-        Hkv, D = self.n_kv_heads, self.head_dim
-        qk_size = self.q_size + self.kv_size
-        mask = None if self.key_valid is None else self.key_valid[:B, None, None, :end]  # (B, 1, 1, end)
-        rotation = self.step_rotation[pos]
-        h = F.embedding(token, self.model.model.embed_tokens.weight)  # (B, C)
-        for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
-            qk, v = F.linear(_normalize(h, self.eps[i][0]), w_qkv).split([qk_size, self.kv_size], dim=-1)
-            q, k = _rotate_pairs(qk, rotation).split([self.q_size, self.kv_size], dim=-1)
+        hidden = None if self.key_valid is None else ~self.key_valid[:B, None, None, :end]  # (B, 1, 1, end)
+
+        def cache(i: int, k: torch.Tensor, v: torch.Tensor):
             keys, values = self.keys[i, :B, :, :end], self.values[i, :B, :, :end]  # (B, Hkv, end, D)
-            keys[:, :, pos] = k.view(B, Hkv, D)
-            values[:, :, pos] = v.view(B, Hkv, D)
-            # query heads grouped by the key/value head they share: (B, Hkv, H / Hkv, D)
-            scores = torch.matmul(q.view(B, Hkv, -1, D), keys.transpose(-1, -2))  # (B, Hkv, G, end)
-            if mask is not None:
-                scores = scores.masked_fill_(~mask, float("-inf"))
-            out = torch.matmul(scores.softmax(-1), values)  # (B, Hkv, G, D)
-            h = torch.addmm(h, out.view(B, -1), w_out)
-            gate, up = F.linear(_normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
-            h = torch.addmm(h, F.silu(gate).mul_(up), w_down)
+            keys[:, :, pos] = k
+            values[:, :, pos] = v
+            return keys, values
+
+        logits = self._one_position(token, self.step_rotation[pos], cache, hidden)
         self.position = end
-        return F.linear(_normalize(h, self.final_eps), self.head).float()
+        return logits
 
     def step_static(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """:meth:`step` with shapes that do not depend on the position, for a CUDA graph.
@@ -240,21 +230,39 @@ class LlamaDecoder:
         and the cache write and the rotary angle are indexed by the tensor, so one captured graph
         replays at every position. Does not advance :attr:`position` (the caller does).
         """
-        B, Hkv, D = token.shape[0], self.n_kv_heads, self.head_dim
-        qk_size = self.q_size + self.kv_size
+        B = token.shape[0]
         hidden = self._key_positions > position  # (T,): keys not yet written
         if self.key_valid is not None:
             hidden = hidden | ~self.key_valid[:B, None, None, :]  # (B, 1, 1, T)
         slot = position.view(1)
         rotation = torch.view_as_complex(self._step_rotation_real.index_select(0, slot))  # (1, N)
-        h = F.embedding(token, self.model.model.embed_tokens.weight)
+
+        def cache(i: int, k: torch.Tensor, v: torch.Tensor):
+            keys, values = self.keys[i, :B], self.values[i, :B]  # (B, Hkv, T, D)
+            keys.index_copy_(2, slot, k.unsqueeze(2))
+            values.index_copy_(2, slot, v.unsqueeze(2))
+            return keys, values
+
+        return self._one_position(token, rotation, cache, hidden)
+
+    def _one_position(self, token: torch.Tensor, rotation: torch.Tensor, cache, hidden: torch.Tensor | None):
+        """The decoder layers on one new token per row: the body of :meth:`step` and :meth:`step_static`.
+
+        ``cache(i, k, v)`` writes layer i's new key and value rows (B, Hkv, D) and returns the
+        (B, Hkv, keys, D) keys and values to attend to; ``hidden`` (broadcast to the scores) is
+        True where a key must not be attended to, or None.
+        """
+        B, Hkv, D = token.shape[0], self.n_kv_heads, self.head_dim
+        qk_size = self.q_size + self.kv_size
+        h = F.embedding(token, self.model.model.embed_tokens.weight)  # (B, C)
         for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
             qk, v = F.linear(_normalize(h, self.eps[i][0]), w_qkv).split([qk_size, self.kv_size], dim=-1)
             q, k = _rotate_pairs(qk, rotation).split([self.q_size, self.kv_size], dim=-1)
-            keys, values = self.keys[i, :B], self.values[i, :B]  # (B, Hkv, T, D)
-            keys.index_copy_(2, slot, k.view(B, Hkv, 1, D))
-            values.index_copy_(2, slot, v.view(B, Hkv, 1, D))
-            scores = torch.matmul(q.view(B, Hkv, -1, D), keys.transpose(-1, -2)).masked_fill_(hidden, float("-inf"))
+            keys, values = cache(i, k.view(B, Hkv, D), v.view(B, Hkv, D))
+            # query heads grouped by the key/value head they share: (B, Hkv, H / Hkv, D)
+            scores = torch.matmul(q.view(B, Hkv, -1, D), keys.transpose(-1, -2))  # (B, Hkv, G, keys)
+            if hidden is not None:
+                scores = scores.masked_fill_(hidden, float("-inf"))
             out = torch.matmul(scores.softmax(-1), values)  # (B, Hkv, G, D)
             h = torch.addmm(h, out.view(B, -1), w_out)
             gate, up = F.linear(_normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
