@@ -135,17 +135,24 @@ def train_lstm(train: torch.Tensor, test: torch.Tensor, vocab: int, epochs: int,
     return model, best[0], curve
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def oracle_data(description: str) -> tuple[argparse.Namespace, Oracle, torch.Tensor, torch.Tensor]:
+    """The oracle scripts' command line (--quick, --oracle) and data: the oracle, then its 10,000
+    training and 2,000 held-out sequences (seeds 0 and 1, as in oracle.py; 500 and 200 with --quick)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--oracle", type=Path, default=SHARED, help="the SeqGAN oracle parameters (npz)")
     args = parser.parse_args()
     if not args.oracle.is_file():
         sys.exit(f"error: {args.oracle} not found; pass --oracle with the path to seqgan_oracle.npz")
-    started = time.time()
     oracle = Oracle.load(args.oracle)
     n_train, n_test = (500, 200) if args.quick else (10_000, 2_000)
-    train, test = oracle.sample(n_train, 0), oracle.sample(n_test, 1)
+    return args, oracle, oracle.sample(n_train, 0), oracle.sample(n_test, 1)
+
+
+def main() -> None:
+    started = time.time()
+    args, oracle, train, test = oracle_data(__doc__)
+    n_train, n_test = len(train), len(test)
 
     probs = unigram(train, oracle.vocab_size)
     per_token = -float(probs.log()[test].mean())
