@@ -116,18 +116,27 @@ class OracleShapedLSTM(torch.nn.Module):
         return torch.cat(out, 1)
 
 
+def mle_epoch(model: OracleShapedLSTM, optimizer: torch.optim.Optimizer, train: torch.Tensor, batch: int = 64,
+              clip: float | None = None) -> None:
+    """One pass over ``train`` in shuffled batches of cross-entropy; ``clip``: gradient-norm bound, or None."""
+    vocab = model.out.out_features
+    for rows in torch.randperm(len(train)).split(batch):
+        logits, _ = model(with_start(train[rows], vocab))
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), train[rows].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+
+
 def train_lstm(train: torch.Tensor, test: torch.Tensor, vocab: int, epochs: int, lr: float = 1e-2, batch: int = 64):
     """MLE with Adam; returns the model at its best held-out epoch and [(epoch, NLL-test)]."""
     torch.manual_seed(0)
     model, best, curve = OracleShapedLSTM(vocab), None, []
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for epoch in range(1, epochs + 1):
-        for rows in torch.randperm(len(train)).split(batch):
-            logits, _ = model(with_start(train[rows], vocab))
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), train[rows].flatten())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        mle_epoch(model, optimizer, train, batch)
         curve.append((epoch, model.nll(test)))
         if best is None or curve[-1][1] < best[1]:
             best = (epoch, curve[-1][1], {k: v.clone() for k, v in model.state_dict().items()})

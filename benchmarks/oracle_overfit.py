@@ -27,54 +27,42 @@ import time
 
 import torch
 from _record import record
-from oracle_baselines import OracleShapedLSTM, oracle_data, with_start
+from oracle_baselines import OracleShapedLSTM, mle_epoch, oracle_data
 
-from textgan.oracle import Oracle
+from textgan.metrics import copy_rate, ngrams
+from textgan.oracle import Oracle, to_text
 
 EPOCHS = 120
 REPORTED = (1, 2, 3, 5, 10, 20, 30, 40, 60, 80, 100, 120)
 
 
-def ngrams(rows: list[list[int]], n: int) -> set[tuple[int, ...]]:
-    return {tuple(r[i:i + n]) for r in rows for i in range(len(r) - n + 1)}
-
-
 def evaluate(model: OracleShapedLSTM, oracle: Oracle, train: torch.Tensor, test: torch.Tensor,
-             seen: set, seen_4grams: set, generator: torch.Generator) -> dict:
-    model.eval()
+             train_lines: set[str], train_4grams: set, generator: torch.Generator) -> dict:
     samples = model.sample(len(test), oracle.length, 1.0, generator)
-    rows = samples.tolist()
-    grams = [g for r in rows for g in (tuple(r[i:i + 4]) for i in range(len(r) - 3))]
+    lines = to_text(samples)
+    grams = [g for line in lines for g in ngrams(line.split(), 4)]
     return {"nll_test": model.nll(test), "nll_train": model.nll(train[:len(test)]), "nll_oracle": oracle.nll(samples),
-            "seen_4grams": sum(g in seen_4grams for g in grams) / len(grams),
-            "copied": sum(tuple(r) in seen for r in rows) / len(rows)}
+            "seen_4grams": sum(g in train_4grams for g in grams) / len(grams), "copied": copy_rate(lines, train_lines)}
 
 
 def main() -> None:
     started = time.time()
     args, oracle, train, test = oracle_data(__doc__)
     n_train, n_test, epochs = len(train), len(test), 3 if args.quick else EPOCHS
-    seen, seen_4grams = {tuple(r) for r in train.tolist()}, ngrams(train.tolist(), 4)
-    vocab = oracle.vocab_size
+    train_lines = set(to_text(train))
+    train_4grams = {g for line in train_lines for g in ngrams(line.split(), 4)}
 
     torch.manual_seed(0)
-    model = OracleShapedLSTM(vocab)
+    model = OracleShapedLSTM(oracle.vocab_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(2)
     oracle_row = {"epoch": "the oracle", "nll_test": oracle.nll(test), "nll_train": oracle.nll(train[:n_test])}
     oracle_row |= {"nll_oracle": oracle.nll(oracle.sample(n_test, 3)), "seen_4grams": None, "copied": None}
     rows = []
     for epoch in range(1, epochs + 1):
-        model.train()
-        for batch in torch.randperm(n_train).split(64):
-            logits, _ = model(with_start(train[batch], vocab))
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), train[batch].flatten())
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
+        mle_epoch(model, optimizer, train, batch=64, clip=5.0)
         if epoch in REPORTED or epoch == epochs:
-            rows.append({"epoch": epoch, **evaluate(model, oracle, train, test, seen, seen_4grams, generator),
+            rows.append({"epoch": epoch, **evaluate(model, oracle, train, test, train_lines, train_4grams, generator),
                          "seconds": round(time.time() - started)})
             print(rows[-1], flush=True)
 
