@@ -1,6 +1,6 @@
 """Where do the published NLL-oracle figures come from? MLE trained as SeqGAN trains it.
 
-    python benchmarks/oracle_overfit.py            # full run, about 30 minutes on 2 CPU cores
+    python benchmarks/oracle_overfit.py            # full run, about 12 minutes on 2 CPU cores
     python benchmarks/oracle_overfit.py --quick    # a smoke run
 
 SeqGAN (and Texygen after it) pretrains its generator by MLE for 120 epochs on the 10,000 oracle
