@@ -57,11 +57,15 @@ def test_sample_errors(trained_generator, tmp_path):
     _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "-n", "-3"), "-n")
     _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "--output", str(tmp_path / "no" / "x.txt")), "cannot write")
     _assert_clean_error(run("textgan", "sample", "--bogus"))
+    for flag, value, words in (("-n", "x", "whole number"), ("--top-p", "1.5", "(0, 1]"), ("--top-k", "-2", "zero or more"),
+                               ("--temperature", "inf", "finite")):
+        _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), flag, value), flag, words)
     _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "--device", "gpu0"), "--device")
 
 
 def test_train_errors(tmp_path):
     _assert_clean_error(run("textgan", "train", "gan9000"), "unknown recipe")
+    _assert_clean_error(run("textgan", "train"), "name a recipe", "scratchgan")
     _assert_clean_error(run("textgan", "train", "mle", "stpes=3"), "did you mean 'steps'")
     _assert_clean_error(run("textgan.recipes.scratchgan", "batch_size=-1"), "batch_size")
     _assert_clean_error(run("textgan.recipes.mle", f"data={tmp_path / 'none.txt'}", f"out_dir={tmp_path / 'r'}"), "no such file")
@@ -78,6 +82,10 @@ def test_recipe_help_lists_fields():
     assert result.returncode == 0
     for field in ("discount", "baseline", "pretrain_steps", "spectral_norm", "resume"):
         assert field in result.stdout
+    for flag in ("--help", "-h"):
+        result = run("textgan", "train", flag)  # the train command's own help names every recipe
+        assert result.returncode == 0 and not result.stderr, result.stderr
+        assert all(recipe in result.stdout for recipe in ("scratchgan", "seqgan", "mle", "style_transfer"))
 
 
 def test_train_command_runs_a_recipe(tmp_path):

@@ -23,22 +23,43 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
+def _number(text: str, kind: type, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int, "a positive whole number")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    value = _number(text, int, "a whole number, zero or more")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    value = _number(text, float, "a positive number")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {value}")
+    return value
+
+
+def _probability_mass(text: str) -> float:
+    value = _number(text, float, "a number in (0, 1]")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
     return value
 
 
 def _nonnegative_float(text: str) -> float:
-    value = float(text)
+    value = _number(text, float, "a number, zero or more")
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number, zero or more, got {value}")
     return value
@@ -56,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--model", required=True, help="generator folder (a run's 'generator' folder or any causal LM)")
     sample.add_argument("-n", "--num", type=_positive_int, default=10, help="how many sentences (default 10)")
     sample.add_argument("--temperature", type=_positive_float, default=1.0, help="sampling temperature (default 1.0)")
-    sample.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
-    sample.add_argument("--top-p", type=_positive_float, default=1.0, help="nucleus sampling mass (1.0: all)")
+    sample.add_argument("--top-k", type=_nonnegative_int, default=0, help="keep the k most likely tokens (0: all)")
+    sample.add_argument("--top-p", type=_probability_mass, default=1.0, help="nucleus sampling mass (1.0: all)")
     sample.add_argument("--max-length", type=_positive_int, default=None, help="most tokens per sentence (default: the model's limit)")
     sample.add_argument("--batch-size", type=_positive_int, default=256, help="sentences sampled at once")
     sample.add_argument("--seed", type=int, default=0, help="random seed")
@@ -94,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="rerank: let a rewrite equal its input (by default a copy is chosen only when the beam "
                                "holds nothing else)")
     transfer.add_argument("--temperature", type=_positive_float, default=1.0, help="temperature with --decoding sample")
-    transfer.add_argument("--top-p", type=_positive_float, default=1.0, help="nucleus mass with --decoding sample")
+    transfer.add_argument("--top-p", type=_probability_mass, default=1.0, help="nucleus mass with --decoding sample")
     transfer.add_argument("--batch-size", type=_positive_int, default=128, help="sentences rewritten at once")
     transfer.add_argument("--seed", type=int, default=0, help="random seed (--decoding sample)")
     transfer.add_argument("--trust-remote-code", action="store_true", help="let the model folder run its own code")
@@ -347,7 +368,20 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+TRAIN_USAGE = f"""usage: textgan train RECIPE [PRESET.yaml] [key=value ...]
+
+Run a training recipe; RECIPE is one of {', '.join(RECIPES)}.
+'textgan train RECIPE --help' lists that recipe's config keys."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"] and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+        if len(argv) == 1:  # argparse would ask for 'recipe, args' and point back at this same help
+            print(f"error: name a recipe, one of {', '.join(RECIPES)} (see 'textgan train --help')", file=sys.stderr)
+            return 2
+        print(TRAIN_USAGE)
+        return 0
     args = build_parser().parse_args(argv)
     if args.command == "train":
         if args.recipe not in RECIPES:
