@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import NEGATIVE, POSITIVE, _sentences, shared_data
 
+from textgan.data import DataError
 from textgan.models.generator import ModelError
 from textgan.tokenization import build_word_tokenizer
 from textgan.transfer import (
@@ -71,8 +72,6 @@ def test_load_style_data_holds_out_dev(tmp_path):
 
 
 def test_load_style_data_errors(tmp_path):
-    from textgan.data import DataError
-
     with pytest.raises(DataError, match="no such folder"):
         load_style_data(tmp_path / "missing")
     (tmp_path / "train.neg").write_text("bad food .\n")
@@ -80,6 +79,22 @@ def test_load_style_data_errors(tmp_path):
         load_style_data(tmp_path)
     (tmp_path / "train.pos").write_bytes(b"good \xff food\n")
     with pytest.raises(DataError, match="UTF-8"):
+        load_style_data(tmp_path)
+
+
+def test_load_style_data_reads_the_sentiment_releases_layout(style_folder, tmp_path):
+    """Shen et al.'s and Li et al.'s Yelp/Amazon folders: sentiment.<split>.<0|1>, and reference.<0|1>
+    lines of 'source<TAB>rewrite'; read as styles neg and pos, with the same sentences as our layout."""
+    ours = load_style_data(style_folder)
+    for label, style in (("0", "neg"), ("1", "pos")):
+        for split in ("train", "dev", "test"):
+            (tmp_path / f"sentiment.{split}.{label}").write_bytes((style_folder / f"{split}.{style}").read_bytes())
+        pairs = zip(ours.test[style], ours.references[style])
+        (tmp_path / f"reference.{label}").write_text("".join(f"{source}\t{rewrite}\n" for source, rewrite in pairs))
+    release = load_style_data(tmp_path)
+    assert release == ours
+    (tmp_path / "reference.1").write_bytes(b"a\t\xff\n")
+    with pytest.raises(DataError, match="UTF-8"):  # a one-line error, not a traceback
         load_style_data(tmp_path)
 
 

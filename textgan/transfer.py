@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .bleu import ngram_counts
-from .data import DataError, read_lines, sequence_mask
+from .data import DataError, read_lines, read_text, sequence_mask
 from .models.generator import ModelError
 from .sampling import _decoder, sample
 
@@ -84,10 +84,42 @@ class StyleData:
     references: dict[str, list[str]] = field(default_factory=dict)
 
 
+# The sentiment releases of Shen et al. 2017 (shentianxiao/language-style-transfer) and Li et al.
+# 2018 (lijuncen/Sentiment-and-Style-Transfer) name their files sentiment.<split>.<label>, with
+# label 0 negative and 1 positive, and reference.<label> for the human rewrites of the test set.
+RELEASE_STYLES = {"0": "neg", "1": "pos"}
+_SPLITS = ("train", "dev", "test", "reference")
+
+
+def style_files(folder: Path) -> dict[str, dict[str, Path]]:
+    """``files[split][style]`` of a style folder, in either layout: ``<split>.<style>`` (ours), or a
+    sentiment release's ``sentiment.<split>.<0|1>`` and ``reference.<0|1>`` (styles neg and pos)."""
+    files: dict[str, dict[str, Path]] = {split: {} for split in _SPLITS}
+    if any(p.is_file() for p in folder.glob("train.*")):
+        for split in _SPLITS:
+            for path in folder.glob(f"{split}.*"):
+                if path.is_file() and path.suffix[1:]:
+                    files[split][path.suffix[1:]] = path
+        return files
+    for label, style in RELEASE_STYLES.items():
+        for split in _SPLITS:
+            path = folder / (f"reference.{label}" if split == "reference" else f"sentiment.{split}.{label}")
+            if path.is_file():
+                files[split][style] = path
+    return files
+
+
+def _reference(line: str) -> str:
+    """A reference line: Li et al.'s files hold ``source<TAB>human rewrite``; ours the rewrite alone."""
+    return line.rsplit("\t", 1)[-1]
+
+
 def load_style_data(folder: str | Path, *, normalized: bool = True, dev_size: int = 500, seed: int = 0) -> StyleData:
     """Read ``train.<style>`` (and ``dev.<style>``, ``test.<style>``, ``reference.<style>`` when present).
 
-    Styles are the suffixes of the ``train.*`` files; at least two are needed. Without a
+    Styles are the suffixes of the ``train.*`` files; at least two are needed. A folder of
+    Shen et al.'s or Li et al.'s Yelp or Amazon release (``sentiment.train.0``, ...,
+    ``reference.1``) is read as styles neg (0) and pos (1) (:func:`style_files`). Without a
     ``dev.<style>`` file, ``dev_size`` sentences of that style's training set are held out.
     """
     import random
@@ -95,31 +127,30 @@ def load_style_data(folder: str | Path, *, normalized: bool = True, dev_size: in
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder; give a folder with train.<style> files (e.g. train.neg, train.pos)")
-    styles = sorted(p.suffix[1:] for p in folder.glob("train.*") if p.is_file() and p.suffix[1:])
+    files = style_files(folder)
+    styles = sorted(files["train"])
     if len(styles) < 2:
         raise DataError(f"{folder}: found {len(styles)} train.<style> file(s); style transfer needs at least two styles "
-                        "(e.g. train.neg and train.pos, one sentence per line)")
+                        "(e.g. train.neg and train.pos, or sentiment.train.0 and sentiment.train.1, one sentence per line)")
     prep = normalize if normalized else str.strip
 
     def read(path: Path) -> list[str]:
         return [prep(line) for line in read_lines(path)]
 
-    data = StyleData(styles, {s: read(folder / f"train.{s}") for s in styles})
+    data = StyleData(styles, {s: read(files["train"][s]) for s in styles})
     for style in styles:
-        for split in ("dev", "test", "reference"):
-            path = folder / f"{split}.{style}"
-            if path.is_file():
-                target = data.references if split == "reference" else getattr(data, split)
-                if split == "reference":  # aligned with test lines, blank lines and all
-                    target[style] = [prep(line) for line in path.read_text(encoding="utf-8").splitlines()]
-                else:
-                    target[style] = read(path)
+        for split in ("dev", "test"):
+            if style in files[split]:
+                getattr(data, split)[style] = read(files[split][style])
+        if style in files["reference"]:  # aligned with test lines, blank lines and all
+            text = read_text(files["reference"][style])
+            data.references[style] = [prep(_reference(line)) for line in text.splitlines()]
         if style not in data.dev:
             shuffled = data.train[style][:]
             random.Random(seed).shuffle(shuffled)
             n = min(dev_size, len(shuffled) // 10)
             if n < 1:
-                raise DataError(f"{folder}/train.{style}: too few sentences ({len(shuffled)}) to hold out a dev set; "
+                raise DataError(f"{files['train'][style]}: too few sentences ({len(shuffled)}) to hold out a dev set; "
                                 f"add sentences or a dev.{style} file")
             data.dev[style], data.train[style] = shuffled[:n], shuffled[n:]
     return data
