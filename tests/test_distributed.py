@@ -1,4 +1,4 @@
-"""Data-parallel training: gradient averaging across processes (gloo) and a 2-process torchrun recipe."""
+"""Data-parallel training: gradient averaging across processes (gloo), and every recipe under 2-process torchrun."""
 
 import json
 import os
@@ -48,10 +48,10 @@ def test_average_gradients_equals_full_batch_gradient(tmp_path):
     assert [r["local"] for r in results] == [4, 3]
 
 
-def _torchrun(*args):
+def _torchrun(*args, recipe="scratchgan"):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "textgan.recipes.scratchgan", *args], capture_output=True, text=True, timeout=300,
+                           "-m", f"textgan.recipes.{recipe}", *args], capture_output=True, text=True, timeout=300,
                           env=env, check=False)
 
 
@@ -70,6 +70,28 @@ def test_torchrun_two_processes_train_checkpoint_and_resume(tmp_path):
     assert sorted(set(logged)) == list(range(2, 13, 2))  # every logged step present; rank 1 wrote nothing
     train_lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in train_lines if "gen/pg_loss" in r]) == 4  # steps 6, 8, 10, 12 logged once each
+
+
+TINY = ["device=cpu", "d_model=32", "n_layers=1", "n_heads=2", "batch_size=8"]
+OTHER_RECIPES = {  # recipe: (its tiny arguments, a file of its export)
+    "mle": (TINY + ["grammar_sentences=300", "steps=4", "eval_samples=8"], "generator/config.json"),
+    "seqgan": (TINY + ["grammar_sentences=300", "pretrain_steps=2", "disc_pretrain_steps=2", "steps=2", "num_rollouts=2",
+                       "eval_samples=8"], "generator/config.json"),
+    "style_transfer": (TINY + ["steps=4", "warmup_steps=2", "eval_every=4", "eval_sentences=4", "disc_dim=16"],
+                       "model/config.json"),
+    "classifier": (["device=cpu", "steps=4", "batch_size=8", "dim=16"], "classifier/classifier.json"),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(OTHER_RECIPES))
+def test_every_other_recipe_trains_under_torchrun(recipe, style_folder, tmp_path):
+    args, export = OTHER_RECIPES[recipe]
+    data = [f"data={style_folder}"] if recipe in ("style_transfer", "classifier") else []
+    result = _torchrun(f"out_dir={tmp_path / 'run'}", *data, *args, recipe=recipe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / export).is_file()
+    reports = [line for line in result.stdout.splitlines() if line.startswith(("run folder:", "classifier exported to"))]
+    assert len(reports) == 1, result.stdout[-2000:]  # rank 0 alone reports
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
