@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from transformers import AutoTokenizer
 
 from textgan.tokenization import build_word_tokenizer
 
@@ -27,6 +28,11 @@ def sandbox(tmp_path_factory, trained_generator, transfer_run):
     mismatched = root / "mismatched"
     shutil.copytree(trained_generator, mismatched)
     build_word_tokenizer([f"w{i}" for i in range(2000)]).save_pretrained(mismatched)
+    no_eos = root / "no_eos"  # a model whose tokenizer has no end token to stop samples with
+    shutil.copytree(trained_generator, no_eos)
+    tokenizer = AutoTokenizer.from_pretrained(no_eos)
+    tokenizer.eos_token = None
+    tokenizer.save_pretrained(no_eos)
     styles = root / "styles_bad"
     styles.mkdir()
     (styles / "train.neg").write_text("bad food .\n" * 50)
@@ -54,6 +60,7 @@ CASES = [
     ("train-model-missing", lambda s: ["train", "scratchgan", f"model={R(s, 'nomodel')}", *TINY], ["no such folder"]),
     ("train-model-wrong-kind", lambda s: ["train", "scratchgan", f"model={R(s, 'not_a_model')}", *TINY], ["config.json"]),
     ("train-tokenizer-mismatch", lambda s: ["train", "mle", f"model={s['mismatched']}", *TINY], ["do not belong together"]),
+    ("train-tokenizer-without-eos", lambda s: ["train", "scratchgan", f"model={R(s, 'no_eos')}", *TINY], ["end-of-sequence"]),
     ("train-unknown-key", lambda s: ["train", "mle", "stpes=3"], ["did you mean 'steps'"]),
     ("train-ill-typed-key", lambda s: ["train", "mle", "steps=many"], ["expected an integer"]),
     ("train-negative-batch", lambda s: ["train", "scratchgan", "batch_size=-4"], ["batch_size must be positive"]),
@@ -70,6 +77,7 @@ CASES = [
     ("sample-model-is-a-file", lambda s: ["sample", "--model", R(s, "ok.txt")], ["is a file"]),
     ("sample-model-wrong-kind", lambda s: ["sample", "--model", R(s, "not_a_model")], ["config.json"]),
     ("sample-tokenizer-mismatch", lambda s: ["sample", "--model", str(s["mismatched"])], ["do not belong together"]),
+    ("sample-tokenizer-without-eos", lambda s: ["sample", "--model", R(s, "no_eos")], ["eos_token"]),
     ("sample-zero-temperature", lambda s: ["sample", "--model", str(s["generator"]), "--temperature", "0"], ["temperature"]),
     ("sample-negative-n", lambda s: ["sample", "--model", str(s["generator"]), "-n", "-2"], ["-n"]),
     ("sample-ill-typed-n", lambda s: ["sample", "--model", str(s["generator"]), "-n", "ten"], ["-n"]),

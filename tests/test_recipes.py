@@ -130,6 +130,36 @@ def test_pretrained_generator_folder(tmp_path):
     assert math.isfinite(result["eval/nll_valid"])
 
 
+@pytest.mark.parametrize("name", ["scratchgan", "seqgan"])
+def test_gpt2_style_generator_folder(name, tmp_path):
+    """model=DIR with a GPT-2 model and tokenizer: byte-level BPE, one token for begin, end and (absent) padding,
+    and no fast decoder (sampling and rollouts take the Hugging Face forward). Trains, evaluates and exports."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    from textgan.grammar import Grammar
+
+    lines = Grammar.default().sample_corpus(300, seed=0)
+    data = tmp_path / "corpus.txt"
+    data.write_text("\n".join(lines) + "\n")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(lines, vocab_size=300, special_tokens=["<|endoftext|>"])
+    bpe.save(str(tmp_path / "bpe.json"))
+    end = "<|endoftext|>"
+    tokenizer = GPT2TokenizerFast(tokenizer_file=str(tmp_path / "bpe.json"), bos_token=end, eos_token=end, unk_token=end)
+    assert tokenizer.pad_token is None
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                       bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    module, config = _config(name, tmp_path, model=str(tmp_path / "gpt2"), data=str(data))
+    result = module.main(config)
+    assert math.isfinite(result["eval/nll_valid"])
+    exported = tmp_path / name / "generator"
+    assert AutoModelForCausalLM.from_pretrained(exported).config.model_type == "gpt2"
+    assert AutoTokenizer.from_pretrained(exported).eos_token == end
+
+
 def _losses(run) -> list[float]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [v for r in records for k, v in sorted(r.items()) if k.endswith("loss")]

@@ -107,7 +107,10 @@ def special_ids(tokenizer) -> tuple[int, int, int]:
     """(bos, eos, pad) ids of any tokenizer; falls back to EOS where one is missing (GPT-2)."""
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ValueError("the tokenizer has no end-of-sequence token; textgan needs one to end samples")
+        from .models.generator import ModelError  # a ValueError; the commands print it as one line
+
+        raise ModelError("the tokenizer has no end-of-sequence token, which textgan needs to end samples; set "
+                         "eos_token in the model folder's tokenizer_config.json (or special_tokens_map.json)")
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     return bos, eos, pad
