@@ -33,6 +33,9 @@ def sandbox(tmp_path_factory, trained_generator, transfer_run):
     tokenizer = AutoTokenizer.from_pretrained(no_eos)
     tokenizer.eos_token = None
     tokenizer.save_pretrained(no_eos)
+    truncated = root / "truncated"  # weights cut short, as by a full disk
+    shutil.copytree(trained_generator, truncated)
+    (truncated / "model.safetensors").write_bytes((truncated / "model.safetensors").read_bytes()[:1000])
     styles = root / "styles_bad"
     styles.mkdir()
     (styles / "train.neg").write_text("bad food .\n" * 50)
@@ -78,6 +81,7 @@ CASES = [
     ("sample-model-wrong-kind", lambda s: ["sample", "--model", R(s, "not_a_model")], ["config.json"]),
     ("sample-tokenizer-mismatch", lambda s: ["sample", "--model", str(s["mismatched"])], ["do not belong together"]),
     ("sample-tokenizer-without-eos", lambda s: ["sample", "--model", R(s, "no_eos")], ["eos_token"]),
+    ("sample-truncated-weights", lambda s: ["sample", "--model", R(s, "truncated")], ["cannot load a causal LM"]),
     ("sample-zero-temperature", lambda s: ["sample", "--model", str(s["generator"]), "--temperature", "0"], ["temperature"]),
     ("sample-negative-n", lambda s: ["sample", "--model", str(s["generator"]), "-n", "-2"], ["-n"]),
     ("sample-ill-typed-n", lambda s: ["sample", "--model", str(s["generator"]), "-n", "ten"], ["-n"]),

@@ -338,6 +338,25 @@ def test_load_classifier_errors(tmp_path, transfer_run):
         load_classifier(transfer_run / "model")
 
 
+def test_truncated_weights_are_a_clear_error(tmp_path, transfer_run):
+    """A weights file cut short (a full disk, an interrupted copy): ModelError, not safetensors' own exception."""
+    from textgan.models.classifier import load_classifier, save_classifier
+
+    model = Rewriter.load(transfer_run / "model")
+    classifier = save_classifier(model.discriminator, model.tokenizer, ["neg", "pos", "rewrite"], tmp_path / "classifier")
+    transfer = tmp_path / "transfer"
+    shutil.copytree(transfer_run / "model", transfer)
+    for weights in (classifier / "model.safetensors", transfer / "discriminator.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelError, match="SafetensorError"):
+        load_classifier(classifier)
+    with pytest.raises(ModelError, match="discriminator.safetensors is damaged"):
+        Rewriter.load(transfer)
+    (transfer / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match="cannot load a causal LM"):
+        Rewriter.load(transfer)
+
+
 # --------------------------------------------------------------------------- textgan transfer / sample --style
 
 

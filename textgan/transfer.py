@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .bleu import ngram_counts
 from .data import DataError, read_lines, read_text, sequence_mask
-from .models.generator import ModelError
+from .models.generator import ModelError, load_errors
 from .sampling import _decoder, sample
 
 SEP = "<sep>"
@@ -461,7 +461,7 @@ class Rewriter:
                     weights[key] = float(info["discriminator"].get(key, 0.0))
             return cls(model.to(device).eval(), tokenizer, list(info["styles"]), int(info["max_length"]),
                        bool(info.get("normalize", True)), disc, **weights)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        except load_errors() as e:
             raise ModelError(f"{path}: {reading} is damaged or missing ({type(e).__name__}); re-export the model") from None
 
     def count_too_long(self, sentences: list[str]) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .generator import ModelError
+from .generator import ModelError, load_errors
 
 CONFIG_FILE = "classifier.json"
 
@@ -95,7 +95,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
         info = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         model = build_classifier(info["architecture"], path / "model.safetensors")
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+    except load_errors() as e:
         raise ModelError(f"cannot load the classifier in {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     return model.to(device).eval(), tokenizer, info
 

@@ -17,6 +17,14 @@ class ModelError(ValueError):
     """A model folder could not be used; the message says what to do."""
 
 
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged or foreign model folder raises: unreadable files, bad JSON, missing
+    keys, mismatched shapes, and safetensors' own error for a truncated or corrupt weights file."""
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError
+
+
 def build_generator(
     vocab_size: int,
     *,
@@ -83,7 +91,7 @@ def load_generator(path: str, *, trust_remote_code: bool = False):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
+    except load_errors() as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load a causal LM from {path}: {first_line}") from None
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
