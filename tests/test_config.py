@@ -24,6 +24,12 @@ def test_unknown_key_names_the_closest():
     ("batch_size=-4", "batch_size must be positive"),
     ("temperature=0", "temperature must be positive"),
     ("tokenizer=chars", "tokenizer must be one of"),
+    ("lr=nan", "lr: expected a finite number"),
+    ("lr=inf", "lr: expected a finite number"),
+    ("steps=inf", "steps: expected an integer"),
+    ("lr=-0.001", "lr must be positive"),
+    ("grad_clip=0", "grad_clip must be positive"),  # clip_grad_norm_ with 0 would zero every gradient
+    ("weight_decay=-1", "weight_decay must be zero or positive"),
 ])
 def test_ill_typed_and_out_of_range_values(item, message):
     with pytest.raises(ConfigError, match=message):
@@ -35,6 +41,12 @@ def test_recipe_specific_checks():
         parse_args(ScratchGANConfig, ["baseline=median"])
     with pytest.raises(ConfigError, match="discount must be in"):
         parse_args(ScratchGANConfig, ["discount=2"])
+    for item, message in (("gen_lr=0", "gen_lr must be positive"), ("disc_lr=-1", "disc_lr must be positive"),
+                          ("grad_clip=-1", "grad_clip must be positive"), ("disc_dropout=1", "disc_dropout must be in"),
+                          ("baseline_decay=1.5", "baseline_decay must be in"), ("betas=0.5,1.0", "betas must each be in"),
+                          ("disc_steps=0", "disc_steps must be positive")):
+        with pytest.raises(ConfigError, match=message):
+            parse_args(ScratchGANConfig, [item])
 
 
 def test_yaml_preset_then_overrides(tmp_path):
@@ -50,6 +62,11 @@ def test_yaml_preset_then_overrides(tmp_path):
         parse_args(MLEConfig, [str(tmp_path / "missing.yaml")])
     with pytest.raises(ConfigError, match="cannot read argument"):
         parse_args(MLEConfig, ["--steps", "3"])
+    for text, message in (("steps: [1, 2]\n", "steps: expected an integer"), ("lr: {a: 1}\n", "lr: expected a number"),
+                          ("lr: .nan\n", "lr: expected a finite number")):
+        bad.write_text(text)  # YAML's lists, mappings and .nan: one-line errors, not TypeErrors
+        with pytest.raises(ConfigError, match=message):
+            parse_args(MLEConfig, [str(bad)])
 
 
 def test_every_field_has_help():

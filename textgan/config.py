@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 import typing
 from pathlib import Path
@@ -46,12 +47,22 @@ def check_bounds(config, positive: tuple[str, ...] = (), non_negative: tuple[str
             raise ConfigError(f"{name} must be zero or positive, got {getattr(config, name)}")
 
 
+def check_unit_interval(config, names: tuple[str, ...]) -> None:
+    """Raise a ConfigError unless each named field is in [0, 1) (dropout rates, decays)."""
+    for name in names:
+        value = getattr(config, name)
+        if not 0 <= value < 1:
+            raise ConfigError(f"{name} must be in [0, 1), got {value}")
+
+
 def parse_betas(text: str) -> tuple[float, float]:
     """Adam betas written as ``0.5,0.999``."""
     try:
         b1, b2 = (float(x) for x in text.split(","))
     except ValueError:
         raise ConfigError(f"betas must be two numbers like 0.5,0.999, got {text!r}") from None
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise ConfigError(f"betas must each be in [0, 1), like 0.5,0.999, got {text!r}")
     return b1, b2
 
 
@@ -74,15 +85,18 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         try:
             return int(value) if not isinstance(value, str) else int(value.replace("_", ""))
-        except ValueError:
+        except (ValueError, TypeError, OverflowError):  # TypeError: a YAML list or mapping; OverflowError: inf
             raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
     if typ is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
-        except ValueError:
+            number = float(value)
+        except (ValueError, TypeError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # nan or inf would train on silently, or crash steps later
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if typ is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")

@@ -20,7 +20,7 @@ import yaml
 
 from . import distributed, metrics
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from .config import ConfigError, arg, check_bounds, check_choice, parse_betas, to_dict
+from .config import ConfigError, arg, check_bounds, check_choice, check_unit_interval, parse_betas, to_dict
 from .data import Corpus, encode, load_corpus, sequence_mask, write_text_atomic
 from .losses import DISC_OBJECTIVES, mle_loss
 from .models.generator import build_generator, load_generator, token_logprobs
@@ -108,7 +108,9 @@ class GANConfig(RunConfig):
 
     def check(self) -> None:
         super().check()
-        check_bounds(self, non_negative=("steps", "pretrain_steps"))
+        check_bounds(self, positive=("gen_lr", "mle_lr", "disc_lr", "disc_steps", "disc_dim", "grad_clip"),
+                     non_negative=("steps", "pretrain_steps", "disc_weight_decay"))
+        check_unit_interval(self, ("disc_dropout",))
         check_choice("baseline", self.baseline, BASELINE_KINDS)
         check_choice("disc_objective", self.disc_objective, DISC_OBJECTIVES)
         parse_betas(self.betas)

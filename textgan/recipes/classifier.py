@@ -62,7 +62,8 @@ class ClassifierConfig(BaseConfig):
         if not self.data:
             raise ConfigError("data is required: a folder with train.<style> files, e.g. data=../shared/data/yelp")
         check_bounds(self, positive=("steps", "batch_size", "dim", "filters", "max_length", "log_every", "eval_every",
-                                     "checkpoint_every"), non_negative=("vocab_size", "keep_checkpoints"))
+                                     "checkpoint_every", "lr", "grad_clip"),
+                     non_negative=("vocab_size", "keep_checkpoints", "weight_decay"))
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 

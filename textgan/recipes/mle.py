@@ -40,7 +40,7 @@ class MLEConfig(RunConfig):
 
     def check(self) -> None:
         super().check()
-        check_bounds(self, non_negative=("steps",))
+        check_bounds(self, positive=("lr", "grad_clip"), non_negative=("steps", "weight_decay"))
 
 
 def main(config: MLEConfig) -> dict:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, arg, check_choice
+from ..config import ConfigError, arg, check_bounds, check_choice, check_unit_interval
 from ..data import batch_at, sequence_mask
 from ..distributed import local_batch_size, seed_step, shard
 from ..losses import discriminator_loss
@@ -81,6 +81,8 @@ class ScratchGANConfig(GANConfig):
         super().check()
         check_choice("reward", self.reward, REWARD_KINDS)
         check_choice("disc", self.disc, ("lstm", "transformer"))
+        check_unit_interval(self, ("baseline_decay",))
+        check_bounds(self, positive=("disc_layers",))
         if self.disc_lm_weight < 0:
             raise ConfigError(f"disc_lm_weight must be zero or positive, got {self.disc_lm_weight}")
         if not 0 <= self.discount <= 1:

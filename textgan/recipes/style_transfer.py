@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, arg, check_bounds, check_choice, parse_betas
+from ..config import ConfigError, arg, check_bounds, check_choice, check_unit_interval, parse_betas
 from ..data import sequence_mask, step_seed
 from ..distributed import seed_step, shard
 from ..losses import mle_loss
@@ -125,13 +125,11 @@ class StyleTransferConfig(BaseConfig):
             raise ConfigError("data is required: a folder with train.<style> files, e.g. data=../shared/data/yelp")
         check_bounds(self, positive=("max_length", "d_model", "n_layers", "n_heads", "batch_size", "lr", "adv_lr", "disc_lr",
                                      "disc_dim", "eval_sentences", "log_every", "eval_every", "checkpoint_every",
-                                     "rollout_temperature"),
+                                     "rollout_temperature", "grad_clip"),
                      non_negative=("vocab_size", "d_ff", "steps", "warmup_steps", "noise_shuffle", "cycle_weight",
                                    "pg_weight", "style_weight", "content_weight", "overlap_weight", "print_samples",
-                                   "keep_checkpoints"))
-        for name in ("noise_drop", "lm_fraction", "baseline_decay"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+                                   "keep_checkpoints", "weight_decay"))
+        check_unit_interval(self, ("noise_drop", "lm_fraction", "baseline_decay", "disc_dropout"))
         check_choice("baseline", self.baseline, BASELINE_KINDS)
         check_choice("decoding", self.decoding, DECODING)
         parse_betas(self.betas)
