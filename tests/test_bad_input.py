@@ -33,6 +33,9 @@ def sandbox(tmp_path_factory, trained_generator, transfer_run):
     tokenizer = AutoTokenizer.from_pretrained(no_eos)
     tokenizer.eos_token = None
     tokenizer.save_pretrained(no_eos)
+    damaged_run = root / "damaged_run" / "tokenizer"  # a run folder whose saved tokenizer was cut short
+    damaged_run.mkdir(parents=True)
+    (damaged_run / "tokenizer.json").write_text('{"version": "1.0", "trunc')
     truncated = root / "truncated"  # weights cut short, as by a full disk
     shutil.copytree(trained_generator, truncated)
     (truncated / "model.safetensors").write_bytes((truncated / "model.safetensors").read_bytes()[:1000])
@@ -64,6 +67,8 @@ CASES = [
     ("train-model-wrong-kind", lambda s: ["train", "scratchgan", f"model={R(s, 'not_a_model')}", *TINY], ["config.json"]),
     ("train-tokenizer-mismatch", lambda s: ["train", "mle", f"model={s['mismatched']}", *TINY], ["do not belong together"]),
     ("train-tokenizer-without-eos", lambda s: ["train", "scratchgan", f"model={R(s, 'no_eos')}", *TINY], ["end-of-sequence"]),
+    ("train-resume-damaged-tokenizer", lambda s: ["train", "mle", f"out_dir={R(s, 'damaged_run')}", "resume=true", *TINY],
+     ["tokenizer is damaged", "fresh out_dir"]),
     ("train-unknown-key", lambda s: ["train", "mle", "stpes=3"], ["did you mean 'steps'"]),
     ("train-ill-typed-key", lambda s: ["train", "mle", "steps=many"], ["expected an integer"]),
     ("train-negative-batch", lambda s: ["train", "scratchgan", "batch_size=-4"], ["batch_size must be positive"]),

@@ -100,7 +100,7 @@ def _restore(tmp_path, capsys):
     from textgan.training import restore
 
     run = SimpleNamespace(config=SimpleNamespace(resume=True), checkpoints=tmp_path, truncate_log=lambda step: None,
-                          writes=True)
+                          start=lambda: None, writes=True)
     model = _model()
     state = restore(run, {"m": model}, {"m": torch.optim.Adam(model.parameters())}, "cpu")
     return state, model, capsys.readouterr().err

@@ -85,6 +85,41 @@ def test_resume_continues_where_it_stopped(name, tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
 
 
+def _folder(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_a_run_stopped_by_bad_input_leaves_the_earlier_run_in_its_folder(tmp_path):
+    """A new run in an earlier run's out_dir replaces it only once it starts: a typo in data= or
+    max_length too short for the corpus stops it with the earlier checkpoints, logs and tokenizer intact."""
+    from textgan.config import ConfigError
+    from textgan.data import DataError
+
+    module, config = _config("mle", tmp_path)
+    module.main(config)
+    run = tmp_path / "mle"
+    before = _folder(run)
+    assert (run / "checkpoints").is_dir() and (run / "tokenizer" / "tokenizer.json").is_file()
+    for change, error in (({"data": str(tmp_path / "typo.txt")}, DataError), ({"max_length": 1}, ConfigError),
+                          ({"data": str(tmp_path / "typo.txt"), "resume": True}, DataError)):
+        _, again = _config("mle", tmp_path, **change)
+        with pytest.raises(error):
+            module.main(again)
+        assert _folder(run) == before, change
+
+
+def test_a_fresh_run_clears_only_an_earlier_runs_files(tmp_path):
+    """out_dir=. in a folder of one's own: a samples.txt that no run wrote (no config.yaml beside it) is kept."""
+    own = tmp_path / "project"
+    own.mkdir()
+    (own / "samples.txt").write_text("my own notes\n")
+    mle.main(mle.MLEConfig(out_dir=str(own), **{**TINY_RUN, "steps": 2}))
+    assert (own / "samples.txt").read_text().startswith("my own notes\n")
+    assert (own / "config.yaml").is_file()
+    mle.main(mle.MLEConfig(out_dir=str(own), **{**TINY_RUN, "steps": 2}))  # now a run folder: a new run replaces it
+    assert not (own / "samples.txt").read_text().startswith("my own notes")
+
+
 def test_scratchgan_discriminator_lm_head_trains_and_resumes(tmp_path):
     """From scratch with D's auxiliary LM loss and reward increments: the LM loss is logged and
     falls, and a resumed run (LM head restored from the checkpoint) ends where an unbroken one does."""

@@ -103,6 +103,20 @@ def build_tokenizer(kind: str, sentences: list[str], vocab_size: int | None = No
     raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
 
 
+def load_run_tokenizer(folder):
+    """The tokenizer a run saved in ``folder`` (resume trains on the vocabulary its checkpoints were
+    trained with); a damaged one is a one-line ModelError."""
+    from transformers import PreTrainedTokenizerFast
+
+    from .models.generator import ModelError, load_errors
+
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(folder)
+    except load_errors() as e:
+        raise ModelError(f"{folder}: the run's tokenizer is damaged ({type(e).__name__}); resume needs it to match "
+                         "its checkpoints, so start a new run in a fresh out_dir") from None
+
+
 def special_ids(tokenizer) -> tuple[int, int, int]:
     """(bos, eos, pad) ids of any tokenizer; falls back to EOS where one is missing (GPT-2)."""
     eos = tokenizer.eos_token_id

@@ -26,7 +26,7 @@ from .losses import DISC_OBJECTIVES, mle_loss
 from .models.generator import build_generator, load_generator, token_logprobs
 from .rl import BASELINE_KINDS
 from .sampling import sample_texts
-from .tokenization import TOKENIZER_KINDS, build_tokenizer, special_ids
+from .tokenization import TOKENIZER_KINDS, build_tokenizer, load_run_tokenizer, special_ids
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -171,7 +171,13 @@ def _log_step(line: str) -> int | None:
 
 
 class Run:
-    """The run folder and its logs. Under torchrun only rank 0 writes; other ranks' writes are no-ops."""
+    """The run folder and its logs. Under torchrun only rank 0 writes; other ranks' writes are no-ops.
+
+    Making a Run only checks that ``out_dir`` can be written. What it changes in the folder waits for
+    :meth:`start`, which :func:`restore` calls once the recipe has read its data and built its models:
+    a run that stops on bad input (a missing file, a damaged model) leaves an earlier run's
+    checkpoints, logs and tokenizer in the same folder as they were.
+    """
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -190,13 +196,27 @@ class Run:
         except OSError as e:
             raise ConfigError(f"cannot write the run folder out_dir={config.out_dir} ({e.strerror or type(e).__name__}); "
                               "choose a folder you can write") from None
-        if not config.resume:  # a fresh run replaces whatever an earlier run left in out_dir
+        self._tokenizer = None  # a new run's tokenizer, saved by start()
+
+    def keep_tokenizer(self, tokenizer) -> None:
+        """Save ``tokenizer`` into ``out_dir/tokenizer`` when the run starts (a resumed run reads it back)."""
+        self._tokenizer = tokenizer
+
+    def start(self) -> None:
+        """Write the resolved config and the new tokenizer; a fresh run (not ``resume``) first removes
+        what an earlier run left in ``out_dir`` (checkpoints, metrics and samples), if an earlier run
+        is there: a folder with a textgan ``config.yaml``, never a user's own samples.txt."""
+        if not self.writes:
+            return
+        if not self.config.resume and (self.dir / "config.yaml").is_file():
             import shutil
 
             shutil.rmtree(self.checkpoints, ignore_errors=True)
             for name in ("metrics.jsonl", "samples.txt", "metrics.json"):
                 (self.dir / name).unlink(missing_ok=True)
-        (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+        if self._tokenizer is not None:
+            self._tokenizer.save_pretrained(self.dir / "tokenizer")
+        (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False), encoding="utf-8")
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.writes:
@@ -251,13 +271,10 @@ def prepare(config: RunConfig, run: Run) -> Setup:
         generator, tokenizer = load_generator(config.model, trust_remote_code=config.trust_remote_code)
     else:
         if config.resume and (tokenizer_dir / "tokenizer.json").is_file():
-            from transformers import PreTrainedTokenizerFast
-
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+            tokenizer = load_run_tokenizer(tokenizer_dir)
         else:
             tokenizer = build_tokenizer(config.tokenizer, corpus.train, config.vocab_size or None)
-            if run.writes:
-                tokenizer.save_pretrained(tokenizer_dir)
+            run.keep_tokenizer(tokenizer)
         bos, eos, pad = special_ids(tokenizer)
         generator = build_generator(len(tokenizer), bos_id=bos, eos_id=eos, pad_id=pad, d_model=config.d_model,
                                     n_layers=config.n_layers, n_heads=config.n_heads, d_ff=config.d_ff,
@@ -432,12 +449,14 @@ def finish(run: Run, setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def restore(run: Run, modules: dict, optimizers: dict, device) -> dict | None:
-    """Load the newest valid checkpoint of ``run`` if ``resume`` is set; return its state or None.
+    """Start ``run`` (:meth:`Run.start`) and load its newest valid checkpoint if ``resume`` is set;
+    return the checkpoint's state or None.
 
     A damaged checkpoint (truncated, failing its checksum) is skipped with a warning and the
     previous one is tried. Log lines written after the restored step are dropped, so that the
     resumed run's metrics.jsonl reads as if it had never stopped.
     """
+    run.start()
     state = None
     if run.config.resume:
         state = _load_newest(run, modules, optimizers, device)

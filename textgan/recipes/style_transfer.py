@@ -348,7 +348,7 @@ def make_judge(config, disc, layout: Layout, device):
 
 
 def main(config: StyleTransferConfig) -> dict:
-    from transformers import PreTrainedTokenizerFast
+    from ..tokenization import load_run_tokenizer
 
     run = Run(config)
     seed_everything(config.seed)
@@ -358,9 +358,9 @@ def main(config: StyleTransferConfig) -> dict:
     tokenizer_dir = run.dir / "tokenizer"
     tokenizer, model = build_tokenizer_and_model(config, styles, [s for style in styles for s in data.train[style]])
     if config.resume and not config.model and (tokenizer_dir / "tokenizer.json").is_file():
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)  # the vocabulary the checkpoint was trained with
-    elif run.writes:
-        tokenizer.save_pretrained(tokenizer_dir)
+        tokenizer = load_run_tokenizer(tokenizer_dir)  # the vocabulary the checkpoint was trained with
+    else:
+        run.keep_tokenizer(tokenizer)
     model = model.to(device)
     compile_forward(getattr(model, "base_model", None) or model.model, config)  # the body target_logprobs calls
     layout = Layout(tokenizer, styles, config.max_length)
@@ -376,13 +376,13 @@ def main(config: StyleTransferConfig) -> dict:
     }
     modules = {"rewriter": model, "discriminator": disc}
     ema = EMABaseline(config.max_length + 1, config.baseline_decay)
+    judge, judge_name = make_judge(config, disc, layout, device)  # before restore: a bad classifier path changes nothing
     state = restore(run, modules, optimizers, device)
     if state:
         ema.load_state_dict(state["ema"])
     start = state["step"] if state else 0
     rewriter = Rewriter(model, tokenizer, styles, config.max_length, config.normalize, disc,
                         config.style_weight, config.content_weight, overlap_weight=config.overlap_weight)
-    judge, judge_name = make_judge(config, disc, layout, device)
     dev = {s: data.dev[s][: config.eval_sentences] for s in styles}
 
     def evaluator():
