@@ -122,3 +122,18 @@ def test_tokenizer_that_does_not_fit_the_model_is_refused(trained_generator, tmp
     _assert_clean_error(run("textgan", "sample", "--model", str(broken)), "do not belong together")
     _assert_clean_error(run("textgan", "evaluate", "--samples", str(broken / "config.json"), "--lm", str(broken)),
                         "do not belong together")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Ctrl-C in sample, evaluate, sweep or transfer: exit 130 and one line, not a KeyboardInterrupt traceback."""
+    from textgan import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for name, argv in (("cmd_sample", ["sample", "--model", "m"]), ("cmd_evaluate", ["evaluate", "--samples", "s"]),
+                       ("cmd_sweep", ["sweep", "--model", "m", "--output", "o"]),
+                       ("cmd_transfer", ["transfer", "--from", "neg", "--to", "pos"])):
+        monkeypatch.setattr(cli, name, interrupted)
+        assert cli.main(argv) == 130
+        assert capsys.readouterr().err.strip() == f"interrupted; textgan {argv[0]} stopped before it finished"

@@ -405,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, DataError, EvaluationError, EncoderError, OracleError, StyleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: files are written whole or not at all, so say so and stop, no traceback
+        print(f"interrupted; textgan {args.command} stopped before it finished", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
