@@ -51,6 +51,22 @@ def test_load_errors(tmp_path):
     np.savez(tmp_path / "partial.npz", Wi=np.zeros((2, 2), dtype=np.float32))
     with pytest.raises(OracleError, match="missing"):
         Oracle.load(tmp_path / "partial.npz")
+    params = {k: v.numpy() for k, v in tiny_oracle().p.items()}
+    np.savez(tmp_path / "oracle.npz", **params)
+    assert Oracle.load(tmp_path / "oracle.npz").vocab_size == 4
+    np.savez(tmp_path / "narrow.npz", **{**params, "Wo": params["Wo"][:, :2]})  # would fail in a matmul, later
+    with pytest.raises(OracleError, match=r"Wo \(3, 2\) \(expected \(3, 4\)\)"):
+        Oracle.load(tmp_path / "narrow.npz")
+
+
+def test_evaluate_refuses_samples_that_are_not_oracle_sequences(tmp_path, capsys):
+    """nll-oracle of a file with no line of 20 oracle ids: one line saying so, not a score of inf."""
+    from textgan.cli import main
+
+    np.savez(tmp_path / "oracle.npz", **{k: v.numpy() for k, v in tiny_oracle().p.items()})
+    (tmp_path / "words.txt").write_text("a man riding a bike .\n")
+    assert main(["evaluate", "--samples", str(tmp_path / "words.txt"), "--oracle", str(tmp_path / "oracle.npz")]) == 2
+    assert "no line is an oracle sequence (20 token ids below 4" in capsys.readouterr().err
 
 
 def test_real_oracle_entropy_matches_the_published_value():

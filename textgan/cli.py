@@ -313,12 +313,19 @@ def _scoring_inputs(args) -> dict:
 def cmd_evaluate(args) -> int:
     import json
 
-    from .evaluation import format_table, score
+    from .evaluation import EvaluationError, format_table, score
 
     if args.json:
         _check_output(args.json)
     samples = read_lines(args.samples)
     inputs = _scoring_inputs(args)
+    if "nll-oracle" in inputs["metrics"]:
+        from .oracle import from_text
+
+        if not len(from_text(samples, vocab_size=inputs["oracle"].vocab_size)[0]):
+            raise EvaluationError(f"{args.samples}: no line is an oracle sequence ({inputs['oracle'].length} token ids "
+                                  f"below {inputs['oracle'].vocab_size}, separated by spaces), so nll-oracle has "
+                                  "nothing to score; give samples of the oracle's form")
     scores = score(samples, **inputs)
     print(format_table([{"metric": k, "value": v} for k, v in scores.items()]))
     if args.json:

@@ -37,6 +37,20 @@ class Oracle:
             raise OracleError(f"oracle parameters missing: {', '.join(missing)}")
         self.p = {k: params[k].double() for k in PARAMETERS}
         self.vocab_size = self.p["g_embeddings"].shape[0]
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Every parameter's shape against the embedding table's (V, E) and the hidden size H of Ui."""
+        p = self.p
+        if p["g_embeddings"].dim() != 2 or p["Ui"].dim() != 2:
+            raise OracleError("oracle parameters have the wrong shapes: g_embeddings and Ui must be matrices")
+        (V, E), H = p["g_embeddings"].shape, p["Ui"].shape[0]
+        expected = {"g_embeddings": (V, E), "Wo": (H, V), "bo": (V,)}
+        for gate in ("i", "f", "og", "c"):
+            expected |= {f"W{gate}": (E, H), f"U{gate}": (H, H), f"b{gate}": (H,)}
+        wrong = [f"{k} {tuple(p[k].shape)} (expected {shape})" for k, shape in expected.items() if tuple(p[k].shape) != shape]
+        if wrong:
+            raise OracleError(f"oracle parameters have the wrong shapes: {', '.join(wrong)}")
 
     @classmethod
     def load(cls, path: str | Path) -> Oracle:
