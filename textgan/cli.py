@@ -342,7 +342,7 @@ def cmd_sweep(args) -> int:
         temperatures = [float(t) for t in args.temperatures.split(",")]
     except ValueError:
         temperatures = []
-    if not temperatures or any(not t > 0 for t in temperatures):
+    if not temperatures or any(not 0 < t < float("inf") for t in temperatures):
         raise EvaluationError(f"--temperatures must be positive numbers separated by commas, got {args.temperatures!r}")
     device = _device(args.device)
     models = {}
@@ -351,6 +351,8 @@ def cmd_sweep(args) -> int:
         label = label or os.path.basename(os.path.normpath(path)) or path
         if label == "generator":  # a run's exported folder: name it after the run
             label = os.path.basename(os.path.dirname(os.path.normpath(path))) or label
+        if label in models:  # the second would overwrite the first's samples and row
+            raise EvaluationError(f"two --model entries are labelled {label!r}; name them, e.g. --model mle={path}")
         load_generator(path)  # fail now, not after sampling the first model
         models[label] = path
     if os.path.exists(args.output) and not os.path.isdir(args.output):
