@@ -108,6 +108,21 @@ def test_a_run_stopped_by_bad_input_leaves_the_earlier_run_in_its_folder(tmp_pat
         assert _folder(run) == before, change
 
 
+def test_resume_with_another_model_size_is_refused_and_changes_nothing(tmp_path):
+    """resume=true with d_model changed: intact checkpoints that do not fit are not 'damaged'; skipping them would
+    start over and overwrite them. A one-line ConfigError instead, with the run folder as it was."""
+    from textgan.config import ConfigError
+
+    module, config = _config("mle", tmp_path)
+    module.main(config)
+    run = tmp_path / "mle"
+    before = _folder(run)
+    _, wider = _config("mle", tmp_path, resume=True, d_model=64, steps=config.steps + 2)
+    with pytest.raises(ConfigError, match=r"cannot resume: .*do not fit the model.*config.yaml"):
+        module.main(wider)
+    assert _folder(run) == before
+
+
 def test_a_fresh_run_clears_only_an_earlier_runs_files(tmp_path):
     """out_dir=. in a folder of one's own: a samples.txt that no run wrote (no config.yaml beside it) is kept."""
     own = tmp_path / "project"

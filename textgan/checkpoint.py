@@ -34,6 +34,10 @@ class CheckpointError(ValueError):
     """A checkpoint folder is incomplete, corrupted or does not match the run."""
 
 
+class CheckpointMismatch(CheckpointError):
+    """An intact checkpoint of another model or recipe: its weights or optimizers do not fit the run's."""
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -182,23 +186,30 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore modules, optimizers and RNG states in place; return the JSON state.
 
-    Raises :class:`CheckpointError`, before changing anything, when the checkpoint is
-    unreadable, fails its checksum, or lacks a module or optimizer that the caller restores.
+    Raises, before changing anything, :class:`CheckpointError` when the checkpoint is unreadable
+    or fails its checksum, and :class:`CheckpointMismatch` when it lacks a module or optimizer
+    that the caller restores or its weights have other names or shapes than the modules'.
     """
     path = Path(path)
     tensors, meta = read_checkpoint(path, map_location)
     for name in modules:
         if not any(k.startswith(f"model/{name}/") for k in tensors):
-            raise CheckpointError(f"{path} holds no weights for {name!r}")
+            raise CheckpointMismatch(f"{path} holds no weights for {name!r}")
     for name in optimizers:
         if name not in meta.get("optimizers", {}):
-            raise CheckpointError(f"{path} holds no state for optimizer {name!r}")
+            raise CheckpointMismatch(f"{path} holds no state for optimizer {name!r}")
+    weights = {name: {k[len(f"model/{name}/"):]: v for k, v in tensors.items() if k.startswith(f"model/{name}/")}
+               for name in modules}
+    for name, module in modules.items():  # every module checked before any is changed
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in weights[name].items()}
+        if found != expected:
+            differ = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+            detail = ", ".join(f"{k} {found.get(k, 'missing')} vs {expected.get(k, 'none')}" for k in differ[:2])
+            raise CheckpointMismatch(f"{path}: weights of {name!r} do not fit the model ({len(differ)} differ; "
+                                     f"checkpoint vs model: {detail})")
     for name, module in modules.items():
-        prefix = f"model/{name}/"
-        try:
-            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        except RuntimeError as e:
-            raise CheckpointError(f"{path}: weights of {name!r} do not fit the model ({str(e).splitlines()[0]})") from None
+        module.load_state_dict(weights[name])
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(_optimizer_join(name, tensors, meta["optimizers"][name]))
     torch.set_rng_state(tensors["rng/torch"].cpu())

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from . import distributed, metrics
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from .checkpoint import CheckpointError, CheckpointMismatch, list_checkpoints, load_checkpoint
 from .config import ConfigError, arg, check_bounds, check_choice, check_unit_interval, parse_betas, to_dict
 from .data import Corpus, encode, load_corpus, sequence_mask, write_text_atomic
 from .losses import DISC_OBJECTIVES, mle_loss
@@ -449,17 +449,18 @@ def finish(run: Run, setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def restore(run: Run, modules: dict, optimizers: dict, device) -> dict | None:
-    """Start ``run`` (:meth:`Run.start`) and load its newest valid checkpoint if ``resume`` is set;
-    return the checkpoint's state or None.
+    """Load the newest valid checkpoint of ``run`` if ``resume`` is set, then start the run
+    (:meth:`Run.start`); return the checkpoint's state or None.
 
     A damaged checkpoint (truncated, failing its checksum) is skipped with a warning and the
-    previous one is tried. Log lines written after the restored step are dropped, so that the
-    resumed run's metrics.jsonl reads as if it had never stopped.
+    previous one is tried. An intact checkpoint that does not fit the modules (the run was started
+    with another model size or recipe) is a ConfigError: starting over would overwrite it. Log
+    lines written after the restored step are dropped, so that the resumed run's metrics.jsonl
+    reads as if it had never stopped.
     """
-    run.start()
-    state = None
+    state = _load_newest(run, modules, optimizers, device) if run.config.resume else None
+    run.start()  # after loading: a resume that fails leaves the run's config.yaml as it was
     if run.config.resume:
-        state = _load_newest(run, modules, optimizers, device)
         run.truncate_log(state["step"] if state else 0)
     distributed.broadcast_modules(modules.values())  # every process starts from rank 0's weights
     return state
@@ -474,6 +475,9 @@ def _load_newest(run: Run, modules: dict, optimizers: dict, device) -> dict | No
     for path in reversed(found):
         try:
             state = load_checkpoint(path, modules, optimizers, map_location=device)
+        except CheckpointMismatch as e:  # intact, but another model's: starting over would overwrite it
+            raise ConfigError(f"cannot resume: {e}. Resume with the settings the run was started with (its "
+                              f"{run.dir / 'config.yaml'}), or start a new run in another out_dir") from None
         except CheckpointError as e:
             print(f"warning: skipping checkpoint: {e}", file=sys.stderr)
             continue
