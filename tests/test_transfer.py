@@ -471,10 +471,14 @@ def test_transfer_errors(transfer_run, trained_generator, tmp_path):
     assert not (tmp_path / "out.txt").exists()
 
 
-def test_transfer_default_model_missing(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "textgan", "transfer", "--from", "neg", "--to", "pos", "x"],
-                            capture_output=True, cwd=tmp_path, timeout=120, check=False)
-    assert_clean_error(result, "no model at runs/style_transfer/model")
+def test_transfer_default_model(tmp_path, transfer_run):
+    """Without --model: the recipe's default out_dir, then the README's Yelp preset's; neither is a one-line error."""
+    command = [sys.executable, "-m", "textgan", "transfer", "--from", "neg", "--to", "pos", "the food was bad ."]
+    result = subprocess.run(command, capture_output=True, cwd=tmp_path, timeout=120, check=False)
+    assert_clean_error(result, "no model at runs/style_transfer/model or runs/yelp_transfer/model")
+    shutil.copytree(transfer_run / "model", tmp_path / "runs" / "yelp_transfer" / "model")
+    result = subprocess.run(command, capture_output=True, cwd=tmp_path, timeout=120, check=False)
+    assert result.returncode == 0 and len(result.stdout.decode().splitlines()) == 1, result.stderr
 
 
 def test_sample_in_a_style(transfer_run, trained_generator):

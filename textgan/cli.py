@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("sentences", nargs="*", metavar="SENTENCE", help="sentences to rewrite (default: --input or standard input)")
     transfer.add_argument("--from", dest="source", required=True, help="style of the input (e.g. neg)")
     transfer.add_argument("--to", dest="target", required=True, help="style to rewrite into (e.g. pos)")
-    transfer.add_argument("--model", default=DEFAULT_TRANSFER_MODEL, help=f"style-transfer model folder (default {DEFAULT_TRANSFER_MODEL})")
+    transfer.add_argument("--model", default=None, help="style-transfer model folder (default: the first of "
+                          f"{' and '.join(DEFAULT_TRANSFER_MODELS)} that exists)")
     transfer.add_argument("--input", default="", help="file with one sentence per line (default: standard input)")
     transfer.add_argument("--output", default="", help="write the rewrites to this file instead of standard output")
     transfer.add_argument("--decoding", choices=("greedy", "sample", "beam", "rerank"), default="greedy",
@@ -170,7 +171,8 @@ def _add_scoring_arguments(parser, metric_help: str) -> None:
     parser.add_argument("--reverse-lm-steps", type=_positive_int, default=1000, help="MLE steps of the reverse-LM model")
 
 
-DEFAULT_TRANSFER_MODEL = "runs/style_transfer/model"
+# where the style_transfer recipe writes its model by default, and with the README's Yelp preset
+DEFAULT_TRANSFER_MODELS = ("runs/style_transfer/model", "runs/yelp_transfer/model")
 
 
 def transfer_styles(model_dir: str) -> list[str]:
@@ -241,9 +243,11 @@ def cmd_transfer(args) -> int:
 
     if args.output:
         _check_output(args.output)
-    if args.model == DEFAULT_TRANSFER_MODEL and not os.path.isdir(args.model):
-        raise ModelError(f"no model at {args.model}; train one with 'python -m textgan.recipes.style_transfer "
-                         "recipes/yelp_transfer.yaml' or pass --model DIR")
+    if args.model is None:
+        args.model = next((path for path in DEFAULT_TRANSFER_MODELS if os.path.isdir(path)), None)
+        if args.model is None:
+            raise ModelError(f"no model at {' or '.join(DEFAULT_TRANSFER_MODELS)}; train one with 'python -m "
+                             "textgan.recipes.style_transfer recipes/yelp_transfer.yaml' or pass --model DIR")
     rewriter = Rewriter.load(args.model, device=_device(args.device), trust_remote_code=args.trust_remote_code)
     for style in (args.source, args.target):
         rewriter.layout.style_id(style)  # unknown style: fail before reading the input
