@@ -30,6 +30,7 @@ def test_unknown_key_names_the_closest():
     ("lr=-0.001", "lr must be positive"),
     ("grad_clip=0", "grad_clip must be positive"),  # clip_grad_norm_ with 0 would zero every gradient
     ("weight_decay=-1", "weight_decay must be zero or positive"),
+    ("d_model=30", r"d_model \(30\) must be a multiple of n_heads \(4\)"),  # else a ValueError when the model is built
 ])
 def test_ill_typed_and_out_of_range_values(item, message):
     with pytest.raises(ConfigError, match=message):

@@ -54,3 +54,11 @@ def test_decoding_a_continuation_keeps_its_space(kind, sentences, tmp_path):
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown tokenizer"):
         build_tokenizer("chars", ["a b"])
+
+
+def test_unigram_vocabulary_too_small_is_a_data_error():
+    """sentencepiece refuses a vocabulary smaller than what it must hold; the message says to raise vocab_size."""
+    from textgan.data import DataError
+
+    with pytest.raises(DataError, match="raise vocab_size"):
+        build_tokenizer("unigram", ["a man riding a bike .", "a dog on a couch ."] * 20, vocab_size=3)

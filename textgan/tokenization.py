@@ -78,12 +78,19 @@ def build_unigram_tokenizer(sentences: Iterable[str], vocab_size: int = 8000):
         text_path = os.path.join(tmp, "corpus.txt")
         with open(text_path, "w", encoding="utf-8") as f:
             f.writelines(sentence.strip() + "\n" for sentence in sentences)
-        spm.SentencePieceTrainer.train(
-            input=text_path, model_prefix=os.path.join(tmp, "sp"), model_type="unigram",
-            vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=1.0,
-            pad_id=0, bos_id=1, eos_id=2, unk_id=3,
-            pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_piece=UNK, minloglevel=2,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                input=text_path, model_prefix=os.path.join(tmp, "sp"), model_type="unigram",
+                vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=1.0,
+                pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+                pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_piece=UNK, minloglevel=2,
+            )
+        except RuntimeError as e:  # sentencepiece's own checks, e.g. a vocabulary smaller than the alphabet
+            from .data import DataError
+
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"sentencepiece could not train a unigram vocabulary of {vocab_size} pieces on this text "
+                            f"({reason}); raise vocab_size") from None
         processor = spm.SentencePieceProcessor(model_file=os.path.join(tmp, "sp.model"))
         vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
     tokenizer = Tokenizer(models.Unigram(vocab, unk_id=SPECIAL_TOKENS.index(UNK), byte_fallback=False))

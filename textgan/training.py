@@ -80,6 +80,8 @@ class RunConfig(BaseConfig):
         check_bounds(self, positive=("batch_size", "max_length", "d_model", "n_layers", "n_heads", "log_every",
                                      "eval_every", "eval_samples", "checkpoint_every", "grammar_sentences"),
                      non_negative=("vocab_size", "d_ff", "print_samples", "keep_checkpoints"))
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
         if not 0 < self.valid_fraction < 1:

@@ -130,6 +130,8 @@ class StyleTransferConfig(BaseConfig):
                                    "pg_weight", "style_weight", "content_weight", "overlap_weight", "print_samples",
                                    "keep_checkpoints", "weight_decay"))
         check_unit_interval(self, ("noise_drop", "lm_fraction", "baseline_decay", "disc_dropout"))
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
         check_choice("baseline", self.baseline, BASELINE_KINDS)
         check_choice("decoding", self.decoding, DECODING)
         parse_betas(self.betas)
