@@ -18,7 +18,8 @@ QUICK = {
 def train_all(work: Path, common: list[str], recipes: dict[str, list[str]], quick: bool, retrain: bool) -> dict[str, float]:
     """Train each recipe (``mle`` first) into ``work/<recipe>``; GAN recipes start from ``work/mle/generator``.
 
-    A run whose exported generator exists is reused unless ``retrain``. Returns wall seconds per recipe.
+    A run whose exported generator exists is reused unless ``retrain``; one that has checkpoints but no
+    export (stopped by a crash) resumes from its newest checkpoint. Returns wall seconds per recipe.
     """
     seconds = {}
     for recipe, overrides in recipes.items():
@@ -32,6 +33,9 @@ def train_all(work: Path, common: list[str], recipes: dict[str, list[str]], quic
             args.append(f"model={work / 'mle' / 'generator'}")
         if quick:
             args += QUICK[recipe]
+        if (out / "checkpoints").is_dir() and not retrain:  # a run that a crash stopped: go on from its checkpoint
+            args.append("resume=true")
+            print(f"{recipe}: resuming the interrupted run in {out} (its time below is the rest of the run only)")
         command = [sys.executable, "-m", f"textgan.recipes.{recipe}", *args]
         print("running:", " ".join(["python", *command[1:]]), flush=True)
         start = time.time()
