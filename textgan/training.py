@@ -188,6 +188,7 @@ class Run:
         self.started = time.time()
         self.last_diversity: dict | None = None  # the previous evaluation's scores, to spot mode collapse
         self.writes = distributed.is_main()
+        self._tokenizer = None  # a new run's tokenizer, saved by start()
         if not self.writes:
             return
         try:
@@ -198,7 +199,6 @@ class Run:
         except OSError as e:
             raise ConfigError(f"cannot write the run folder out_dir={config.out_dir} ({e.strerror or type(e).__name__}); "
                               "choose a folder you can write") from None
-        self._tokenizer = None  # a new run's tokenizer, saved by start()
 
     def keep_tokenizer(self, tokenizer) -> None:
         """Save ``tokenizer`` into ``out_dir/tokenizer`` when the run starts (a resumed run reads it back)."""
