@@ -70,6 +70,19 @@ def test_yaml_preset_then_overrides(tmp_path):
             parse_args(MLEConfig, [str(bad)])
 
 
+def test_shipped_presets_are_found_from_any_folder(tmp_path, monkeypatch):
+    """After pip install there is no recipes/ folder beside the user: the README's preset paths still work."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("recipes/pure_scratchgan.yaml", "pure_scratchgan.yaml"):
+        config = parse_args(ScratchGANConfig, [name])
+        assert config.pretrain_steps == 0 and config.gen_lr == 5e-4
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "pure_scratchgan.yaml").write_text("steps: 7\n")  # a file that exists wins
+    assert parse_args(ScratchGANConfig, ["recipes/pure_scratchgan.yaml"]).steps == 7
+    with pytest.raises(ConfigError, match="shipped presets .*pure_scratchgan.yaml"):
+        parse_args(ScratchGANConfig, ["recipes/pure_scratchgann.yaml"])
+
+
 def test_every_field_has_help():
     text = help_text(ScratchGANConfig, "prog")
     for line in text.splitlines():

@@ -122,10 +122,31 @@ def apply_overrides(config, overrides: dict[str, Any]):
     return dataclasses.replace(config, **values)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def preset_folder() -> Path | None:
+    """The presets that ship with textgan: ``textgan/presets`` in an installed wheel, ``recipes/`` in a
+    source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "presets", here.parent / "recipes"):
+        if candidate.is_dir() and any(candidate.glob("*.yaml")):
+            return candidate
+    return None
+
+
+def find_preset(path: str | Path) -> Path:
+    """``path`` if it is a file; else the shipped preset of that file name, so that the README's
+    ``recipes/pure_scratchgan.yaml`` works from any folder after ``pip install textgan``."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such preset file; see the recipes/ folder for presets")
+    if path.is_file():
+        return path
+    shipped = preset_folder()
+    if shipped is not None and (shipped / path.name).is_file():
+        return shipped / path.name
+    names = ", ".join(sorted(p.name for p in shipped.glob("*.yaml"))) if shipped is not None else "none found"
+    raise ConfigError(f"{path}: no such preset file; give a YAML file or one of the shipped presets ({names})")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = find_preset(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
