@@ -446,7 +446,8 @@ def finish(run: Run, setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
     values["time/total_s"] = round(time.time() - run.started, 1)
     (run.dir / "metrics.json").write_text(json.dumps(values, indent=2), encoding="utf-8")
     print(report(values))
-    print(f"\nrun folder: {run.dir}  (generator exported to {run.dir / 'generator'})")
+    print(f"\nrun folder: {run.dir}  (generator exported to {run.dir / 'generator'}; "
+          f"try: textgan sample --model {run.dir / 'generator'} -n 10)")
     return values
 
 
