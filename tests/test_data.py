@@ -25,6 +25,13 @@ def test_read_lines_errors(tmp_path):
         read_lines(bad)
 
 
+def test_windows_files_read_like_any_other(tmp_path):
+    """A byte-order mark (Notepad's UTF-8) and CRLF line ends: the same lines, no stray first-word character."""
+    windows = tmp_path / "windows.txt"
+    windows.write_bytes(b"\xef\xbb\xbfa man riding a bike .\r\na dog on a couch .\r\n")
+    assert read_lines(windows) == ["a man riding a bike .", "a dog on a couch ."]
+
+
 def test_text_file_split_is_deterministic(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(f"sentence number {i}" for i in range(100)) + "\n\n")

@@ -37,9 +37,10 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def decode_utf8(raw: bytes, name: str | Path) -> str:
-    """``raw`` as UTF-8 text; a DataError naming ``name`` (a file, standard input) if it is not."""
+    """``raw`` as UTF-8 text, without the byte-order mark some editors write first; a DataError
+    naming ``name`` (a file, standard input) if it is not UTF-8."""
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{name}: not valid UTF-8 (byte {e.start}); re-encode it as UTF-8") from None
 
