@@ -67,6 +67,8 @@ def test_evaluate_refuses_samples_that_are_not_oracle_sequences(tmp_path, capsys
     (tmp_path / "words.txt").write_text("a man riding a bike .\n")
     assert main(["evaluate", "--samples", str(tmp_path / "words.txt"), "--oracle", str(tmp_path / "oracle.npz")]) == 2
     assert "no line is an oracle sequence (20 token ids below 4" in capsys.readouterr().err
+    assert main(["evaluate", "--samples", str(tmp_path / "words.txt"), "--metrics", "nll-oracle"]) == 2
+    assert "needs --oracle" in capsys.readouterr().err
 
 
 def test_real_oracle_entropy_matches_the_published_value():

@@ -323,7 +323,7 @@ def cmd_evaluate(args) -> int:
         _check_output(args.json)
     samples = read_lines(args.samples)
     inputs = _scoring_inputs(args)
-    if "nll-oracle" in inputs["metrics"]:
+    if "nll-oracle" in inputs["metrics"] and inputs["oracle"] is not None:  # without --oracle, score() says so
         from .oracle import from_text
 
         if not len(from_text(samples, vocab_size=inputs["oracle"].vocab_size)[0]):
