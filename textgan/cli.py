@@ -347,7 +347,7 @@ def cmd_sweep(args) -> int:
     except ValueError:
         temperatures = []
     if not temperatures or any(not 0 < t < float("inf") for t in temperatures):
-        raise EvaluationError(f"--temperatures must be positive numbers separated by commas, got {args.temperatures!r}")
+        raise EvaluationError(f"--temperatures must be finite positive numbers separated by commas, got {args.temperatures!r}")
     device = _device(args.device)
     models = {}
     for spec in args.model:
