@@ -53,10 +53,9 @@ def train_flops_per_token(d_model: int, n_layers: int, vocab: int, context: int)
 
 def step_seconds(recipe: str, size: dict, steps: int, extra: dict, device: str, warmup: int = 2) -> float:
     """Mean seconds per step of a recipe after ``warmup`` steps, from its own metrics log."""
-    import importlib
+    from textgan.recipes import load_recipe
 
-    module = importlib.import_module(f"textgan.recipes.{recipe}")
-    config_cls = next(v for k, v in vars(module).items() if k.endswith("Config") and v.__module__ == module.__name__)
+    module, config_cls = load_recipe(recipe)
     with tempfile.TemporaryDirectory() as tmp:
         config = config_cls(out_dir=tmp, batch_size=BATCH, steps=steps, log_every=1, eval_every=10**6,
                             checkpoint_every=10**6, eval_samples=16, print_samples=0, grammar_sentences=5000,

@@ -5,7 +5,6 @@ arguments; each goes through the same parsing as on the command line (recipe key
 flags), without running. The Python blocks run, in order, against a small trained model.
 """
 
-import importlib
 import re
 import shlex
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from textgan.cli import build_parser
 from textgan.config import parse_args
+from textgan.recipes import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,12 +40,6 @@ def readme_commands() -> list[str]:
     return parts
 
 
-def recipe_config(recipe: str):
-    module = importlib.import_module(f"textgan.recipes.{recipe}")
-    return next(v for k, v in vars(module).items()
-                if k.endswith("Config") and isinstance(v, type) and v.__module__ == module.__name__)
-
-
 COMMANDS = readme_commands()
 
 
@@ -66,7 +60,7 @@ def test_readme_command_parses(command, monkeypatch):
         build_parser().parse_args(argv[1:])  # exits 2 on an unknown or ill-formed flag
         return
     if "--help" not in args:
-        parse_args(recipe_config(recipe), args)  # ConfigError on an unknown key, a bad value, a missing preset
+        parse_args(load_recipe(recipe)[1], args)  # ConfigError on an unknown key, a bad value, a missing preset
 
 
 def test_readme_python_runs(trained_generator, tmp_path):

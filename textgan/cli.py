@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
@@ -400,10 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.recipe not in RECIPES:
             print(f"error: unknown recipe {args.recipe!r}; choose one of {', '.join(RECIPES)}", file=sys.stderr)
             return 2
-        module = importlib.import_module(f"textgan.recipes.{args.recipe}")
+        from .recipes import load_recipe
         from .recipes._cli import run_recipe
 
-        config_cls = next(v for k, v in vars(module).items() if k.endswith("Config") and k != "RunConfig" and isinstance(v, type) and v.__module__ == module.__name__)
+        module, config_cls = load_recipe(args.recipe)
         return run_recipe(config_cls, module.main, f"textgan train {args.recipe}", args.args)
     from .data import DataError
     from .evaluation import EvaluationError

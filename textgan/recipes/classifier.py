@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, arg, check_bounds
+from ..config import ConfigError, arg, check_bounds, check_unit_interval
 from ..data import step_seed
 from ..distributed import shard
 from ..models.classifier import SentenceClassifier, classify, encode_batch, save_classifier
@@ -64,8 +64,7 @@ class ClassifierConfig(BaseConfig):
         check_bounds(self, positive=("steps", "batch_size", "dim", "filters", "max_length", "log_every", "eval_every",
                                      "checkpoint_every", "lr", "grad_clip"),
                      non_negative=("vocab_size", "keep_checkpoints", "weight_decay"))
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_unit_interval(self, ("dropout",))
 
 
 def balanced_batch(data: dict[str, list[str]], styles: list[str], batch_size: int, step: int, seed: int):

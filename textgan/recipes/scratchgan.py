@@ -82,9 +82,7 @@ class ScratchGANConfig(GANConfig):
         check_choice("reward", self.reward, REWARD_KINDS)
         check_choice("disc", self.disc, ("lstm", "transformer"))
         check_unit_interval(self, ("baseline_decay",))
-        check_bounds(self, positive=("disc_layers",))
-        if self.disc_lm_weight < 0:
-            raise ConfigError(f"disc_lm_weight must be zero or positive, got {self.disc_lm_weight}")
+        check_bounds(self, positive=("disc_layers",), non_negative=("disc_lm_weight",))
         if not 0 <= self.discount <= 1:
             raise ConfigError(f"discount must be in [0, 1], got {self.discount}")
 
