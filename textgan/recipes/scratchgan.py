@@ -18,6 +18,7 @@ import torch
 from ..config import ConfigError, arg, check_bounds, check_choice, check_unit_interval
 from ..data import batch_at, sequence_mask
 from ..distributed import local_batch_size, seed_step, shard
+from ..embeddings import init_embedding, ppmi_vectors
 from ..losses import discriminator_loss
 from ..models.discriminator import build_discriminator
 from ..models.generator import token_logprobs
@@ -76,11 +77,14 @@ class ScratchGANConfig(GANConfig):
     disc_layers: int = arg(1, "discriminator layers")
     disc_lm_weight: float = arg(0.0, "weight of the discriminator's auxiliary next-token loss on real sentences "
                                 "(0: no LM head); the generator never sees it")
+    embed_init: str = arg("random", "initial token embeddings of G and D: random, or ppmi (word vectors from the "
+                          "training corpus's co-occurrences, as ScratchGAN starts from GloVe; G's only with a new model)")
 
     def check(self) -> None:
         super().check()
         check_choice("reward", self.reward, REWARD_KINDS)
         check_choice("disc", self.disc, ("lstm", "transformer"))
+        check_choice("embed_init", self.embed_init, ("random", "ppmi"))
         check_unit_interval(self, ("baseline_decay",))
         check_bounds(self, positive=("disc_layers",), non_negative=("disc_lm_weight",))
         if not 0 <= self.discount <= 1:
@@ -97,6 +101,8 @@ def main(config: ScratchGANConfig) -> dict:
                                         spectral_norm=config.spectral_norm,
                                         max_positions=config.max_length + 2,
                                         lm_head=config.disc_lm_weight > 0).to(device)
+    if config.embed_init == "ppmi":
+        init_from_corpus(config, setup, discriminator)
     optimizers = gan_optimizers(config, generator, discriminator)
     ema = EMABaseline(config.max_length + 1, config.baseline_decay)
     modules = {"generator": generator, "discriminator": discriminator}
@@ -123,6 +129,16 @@ def main(config: ScratchGANConfig) -> dict:
     scores, samples = evaluate(setup, config)
     run.write_samples(total, samples)
     return finish(run, setup, scores)
+
+
+def init_from_corpus(config: ScratchGANConfig, setup, discriminator) -> None:
+    """Start D's embeddings, and a new generator's, from PPMI word vectors of the training sentences."""
+    own_generator = not config.model
+    dim = max(config.disc_dim, config.d_model if own_generator else 0)
+    vectors = ppmi_vectors(setup.train_ids, len(setup.tokenizer), dim, setup.pad_id)
+    init_embedding(discriminator.embedding.weight, vectors[:, : config.disc_dim])
+    if own_generator:
+        init_embedding(setup.generator.get_input_embeddings().weight, vectors[:, : config.d_model])
 
 
 def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, real, setup) -> dict:
