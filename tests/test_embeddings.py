@@ -64,6 +64,13 @@ def test_large_vocabularies_use_a_truncated_svd():
     assert vectors.shape == (3000, 16) and torch.isfinite(vectors).all()
 
 
+def test_vocabularies_beyond_the_dense_limit_are_refused():
+    from textgan.embeddings import MAX_VOCAB
+
+    with pytest.raises(ValueError, match="at most"):
+        ppmi_vectors(torch.tensor([[1, 2]]), MAX_VOCAB + 1, 8, PAD)
+
+
 def test_init_embedding_keeps_the_weights_scale_and_checks_the_shape():
     weight = torch.nn.Embedding(5, 3).weight
     scale = float(weight.detach().std())
@@ -95,3 +102,18 @@ def test_embed_init_must_be_known():
 
     with pytest.raises(ConfigError, match="embed_init"):
         scratchgan.ScratchGANConfig(embed_init="glove").check()
+
+
+def test_scratchgan_refuses_ppmi_on_a_vocabulary_too_large_with_a_config_error(tmp_path, monkeypatch):
+    import textgan.embeddings
+    from textgan.config import ConfigError
+    from textgan.models.discriminator import build_discriminator
+    from textgan.recipes import scratchgan
+    from textgan.training import Run, prepare
+
+    config = scratchgan.ScratchGANConfig(out_dir=str(tmp_path / "run"), embed_init="ppmi", disc_dim=16, **TINY_RUN)
+    setup = prepare(config, Run(config))
+    monkeypatch.setattr(textgan.embeddings, "MAX_VOCAB", 10)
+    discriminator = build_discriminator("lstm", len(setup.tokenizer), setup.pad_id, dim=16)
+    with pytest.raises(ConfigError, match="embed_init=ppmi: .*at most 10 words.*embed_init=random"):
+        scratchgan.init_from_corpus(config, setup, discriminator)

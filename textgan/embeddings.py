@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+MAX_VOCAB = 8192  # covers the word-level vocabularies and the 8,000 of bpe / unigram
+
 
 def cooccurrence(ids: torch.Tensor, vocab_size: int, pad_id: int, window: int = 2) -> torch.Tensor:
     """Symmetric co-occurrence counts within ``window`` tokens, each pair weighted 1/distance.
@@ -51,8 +53,12 @@ def ppmi_vectors(ids: torch.Tensor, vocab_size: int, dim: int, pad_id: int, wind
 
     ids: (N, L) long rows -> (V, dim) float32, each column scaled to unit standard deviation.
     Words that never occur (padding, unknown) get zero vectors; if ``dim`` exceeds the rank
-    the SVD can give, the extra columns are zero.
+    the SVD can give, the extra columns are zero. The co-occurrence matrix is dense, so
+    vocabularies are limited to ``MAX_VOCAB`` words (a few GB of memory at the limit).
     """
+    if vocab_size > MAX_VOCAB:
+        raise ValueError(f"PPMI word vectors need a vocabulary of at most {MAX_VOCAB:,} words (a dense "
+                         f"co-occurrence matrix); this one has {vocab_size:,}")
     matrix = ppmi(cooccurrence(ids, vocab_size, pad_id, window))
     if vocab_size > 2048:  # a full SVD is cubic in V: take the top components only
         U, S, _ = torch.svd_lowrank(matrix, q=min(dim + 16, vocab_size), niter=4)
