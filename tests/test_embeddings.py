@@ -81,14 +81,21 @@ def test_init_embedding_keeps_the_weights_scale_and_checks_the_shape():
         init_embedding(weight, torch.randn(5, 4))
 
 
-def test_scratchgan_starts_both_players_from_corpus_vectors(tmp_path):
+def _tiny_scratchgan(tmp_path):
+    """(config, setup, discriminator) of a tiny embed_init=ppmi ScratchGAN run, before training."""
     from textgan.models.discriminator import build_discriminator
     from textgan.recipes import scratchgan
     from textgan.training import Run, prepare
 
     config = scratchgan.ScratchGANConfig(out_dir=str(tmp_path / "run"), embed_init="ppmi", disc_dim=16, **TINY_RUN)
     setup = prepare(config, Run(config))
-    discriminator = build_discriminator("lstm", len(setup.tokenizer), setup.pad_id, dim=16)
+    return config, setup, build_discriminator("lstm", len(setup.tokenizer), setup.pad_id, dim=16)
+
+
+def test_scratchgan_starts_both_players_from_corpus_vectors(tmp_path):
+    from textgan.recipes import scratchgan
+
+    config, setup, discriminator = _tiny_scratchgan(tmp_path)
     scratchgan.init_from_corpus(config, setup, discriminator)
     vectors = ppmi_vectors(setup.train_ids, len(setup.tokenizer), 32, setup.pad_id)
     for weight, dim in ((discriminator.embedding.weight, 16), (setup.generator.get_input_embeddings().weight, 32)):
@@ -107,13 +114,9 @@ def test_embed_init_must_be_known():
 def test_scratchgan_refuses_ppmi_on_a_vocabulary_too_large_with_a_config_error(tmp_path, monkeypatch):
     import textgan.embeddings
     from textgan.config import ConfigError
-    from textgan.models.discriminator import build_discriminator
     from textgan.recipes import scratchgan
-    from textgan.training import Run, prepare
 
-    config = scratchgan.ScratchGANConfig(out_dir=str(tmp_path / "run"), embed_init="ppmi", disc_dim=16, **TINY_RUN)
-    setup = prepare(config, Run(config))
+    config, setup, discriminator = _tiny_scratchgan(tmp_path)
     monkeypatch.setattr(textgan.embeddings, "MAX_VOCAB", 10)
-    discriminator = build_discriminator("lstm", len(setup.tokenizer), setup.pad_id, dim=16)
     with pytest.raises(ConfigError, match="embed_init=ppmi: .*at most 10 words.*embed_init=random"):
         scratchgan.init_from_corpus(config, setup, discriminator)

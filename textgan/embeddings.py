@@ -43,8 +43,7 @@ def ppmi(counts: torch.Tensor, alpha: float = 0.75) -> torch.Tensor:
     rows = counts.sum(dim=1, keepdim=True) / total  # (V, 1)
     contexts = counts.sum(dim=0, keepdim=True) ** alpha
     contexts = contexts / contexts.sum()  # (1, V)
-    with torch.no_grad():
-        pmi = torch.log(counts / total) - torch.log(rows) - torch.log(contexts)
+    pmi = torch.log(counts / total) - torch.log(rows) - torch.log(contexts)  # -inf where never seen
     return torch.where(counts > 0, pmi, torch.zeros_like(pmi)).clamp_min(0.0)
 
 
