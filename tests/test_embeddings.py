@@ -18,7 +18,8 @@ def test_cooccurrence_counts_pairs_within_the_window_weighted_by_distance():
     expected[1, 2] = expected[2, 1] = 1.0  # row 1, distance 1
     expected[2, 3] = expected[3, 2] = 2.0  # rows 1 and 2, distance 1
     expected[1, 3] = expected[3, 1] = 0.5  # row 1, distance 2
-    torch.testing.assert_close(counts, expected)
+    assert counts.is_sparse
+    torch.testing.assert_close(counts.to_dense(), expected)
 
 
 def test_ppmi_by_hand():
@@ -34,19 +35,24 @@ def test_ppmi_by_hand():
                 expected[a, b] = max(0.0, math.log(counts[a, b] / total / (p_row[a] * context[b])))
     torch.testing.assert_close(ppmi(counts), expected)
     assert ppmi(torch.zeros(3, 3)).abs().sum() == 0
+    sparse = ppmi(counts.to_sparse())
+    assert sparse.is_sparse
+    torch.testing.assert_close(sparse.to_dense(), expected)
 
 
-def test_words_used_alike_get_similar_vectors_and_padding_none():
-    # "cat" and "dog" (3, 4) share every context; "red" and "blue" (5, 6) share theirs
+@pytest.mark.parametrize("vocab_size", [9, 5000], ids=["full-svd", "truncated-svd"])
+def test_words_used_alike_get_similar_vectors_and_padding_none(vocab_size):
+    # "cat" and "dog" (3, 4) share every context; "red" and "blue" (5, 6) share theirs;
+    # with 5,000 words (all but 9 unseen) the truncated SVD of the sparse matrix must find the same
     a, the, sat, cat, dog, red, blue, car = range(1, 9)
     rows = []
     for g in range(40):
         animal = (cat, dog)[g % 2]
         colour = (red, blue)[(g // 2) % 2]
         rows += [[the, animal, sat, PAD], [a, colour, car, PAD]]
-    vectors = ppmi_vectors(torch.tensor(rows), 9, 4, PAD)
-    assert vectors.shape == (9, 4) and vectors.dtype == torch.float32
-    assert vectors[PAD].abs().sum() == 0
+    vectors = ppmi_vectors(torch.tensor(rows), vocab_size, 4, PAD)
+    assert vectors.shape == (vocab_size, 4) and vectors.dtype == torch.float32
+    assert vectors[PAD].abs().sum() == 0 and vectors[9:].abs().sum() == 0
     unit = torch.nn.functional.normalize(vectors, dim=1)
     assert unit[cat] @ unit[dog] > 0.9 and unit[red] @ unit[blue] > 0.9
     assert unit[cat] @ unit[red] < 0.5
@@ -57,18 +63,17 @@ def test_more_dimensions_than_the_rank_leaves_zero_columns():
     assert vectors.shape == (4, 6) and vectors[:, 4:].abs().sum() == 0
 
 
-def test_large_vocabularies_use_a_truncated_svd():
+def test_a_pretrained_size_vocabulary_stays_sparse():
+    # 50,257 words (GPT-2's tokenizer): a dense co-occurrence matrix would be 20 GB
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, 3000, (400, 12), generator=generator)
-    vectors = ppmi_vectors(ids, 3000, 16, PAD)
-    assert vectors.shape == (3000, 16) and torch.isfinite(vectors).all()
-
-
-def test_vocabularies_beyond_the_dense_limit_are_refused():
-    from textgan.embeddings import MAX_VOCAB
-
-    with pytest.raises(ValueError, match="at most"):
-        ppmi_vectors(torch.tensor([[1, 2]]), MAX_VOCAB + 1, 8, PAD)
+    ids = torch.randint(1, 50257, (400, 12), generator=generator)
+    counts = cooccurrence(ids, 50257, PAD)
+    assert counts.is_sparse and counts._nnz() <= 2 * 400 * (11 + 10)
+    vectors = ppmi_vectors(ids, 50257, 16, PAD)
+    assert vectors.shape == (50257, 16) and torch.isfinite(vectors).all()
+    unseen = torch.ones(50257, dtype=torch.bool)
+    unseen[ids.unique()] = False
+    assert vectors[unseen].abs().sum() == 0 and vectors[~unseen].abs().sum() > 0
 
 
 def test_init_embedding_keeps_the_weights_scale_and_checks_the_shape():
@@ -109,14 +114,3 @@ def test_embed_init_must_be_known():
 
     with pytest.raises(ConfigError, match="embed_init"):
         scratchgan.ScratchGANConfig(embed_init="glove").check()
-
-
-def test_scratchgan_refuses_ppmi_on_a_vocabulary_too_large_with_a_config_error(tmp_path, monkeypatch):
-    import textgan.embeddings
-    from textgan.config import ConfigError
-    from textgan.recipes import scratchgan
-
-    config, setup, discriminator = _tiny_scratchgan(tmp_path)
-    monkeypatch.setattr(textgan.embeddings, "MAX_VOCAB", 10)
-    with pytest.raises(ConfigError, match="embed_init=ppmi: .*at most 10 words.*embed_init=random"):
-        scratchgan.init_from_corpus(config, setup, discriminator)

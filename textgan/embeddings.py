@@ -12,39 +12,55 @@ from __future__ import annotations
 
 import torch
 
-MAX_VOCAB = 8192  # covers the word-level vocabularies and the 8,000 of bpe / unigram
+DENSE_SVD_LIMIT = 2048  # above this many words a full SVD (cubic in V) gives way to a truncated one
 
 
 def cooccurrence(ids: torch.Tensor, vocab_size: int, pad_id: int, window: int = 2) -> torch.Tensor:
     """Symmetric co-occurrence counts within ``window`` tokens, each pair weighted 1/distance.
 
-    ids: (N, L) long rows (padding ``pad_id``) -> (V, V) float64, ``counts[a, b]`` = ``counts[b, a]``.
+    ids: (N, L) long rows (padding ``pad_id``) -> (V, V) sparse COO float64, coalesced,
+    ``counts[a, b]`` = ``counts[b, a]``. Sparse because a corpus pairs each word with few
+    others: a 50,000-word vocabulary costs memory in proportion to its distinct pairs, not V^2.
     """
-    counts = torch.zeros(vocab_size * vocab_size, dtype=torch.float64)
+    rows, cols, weights = [], [], []
     for distance in range(1, min(window, ids.shape[1] - 1) + 1):
         left, right = ids[:, :-distance].reshape(-1), ids[:, distance:].reshape(-1)
         keep = (left != pad_id) & (right != pad_id)
-        pairs = left[keep] * vocab_size + right[keep]
-        counts += torch.bincount(pairs, minlength=vocab_size * vocab_size).double() / distance
-    counts = counts.view(vocab_size, vocab_size)
-    return counts + counts.T
+        left, right = left[keep], right[keep]
+        weight = torch.full(left.shape, 1.0 / distance, dtype=torch.float64)
+        rows += [left, right]
+        cols += [right, left]
+        weights += [weight, weight]
+    if not rows:
+        return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=torch.float64),
+                                       (vocab_size, vocab_size), check_invariants=True).coalesce()
+    indices = torch.stack([torch.cat(rows), torch.cat(cols)])
+    return torch.sparse_coo_tensor(indices, torch.cat(weights), (vocab_size, vocab_size),
+                                   check_invariants=True).coalesce()
 
 
 def ppmi(counts: torch.Tensor, alpha: float = 0.75) -> torch.Tensor:
-    """Positive pointwise mutual information of a (V, V) count matrix -> (V, V).
+    """Positive pointwise mutual information of a (V, V) count matrix -> (V, V), sparse if
+    ``counts`` is.
 
     PMI(a, b) = log P(a, b) / (P(a) P_alpha(b)), with the context distribution raised to
     ``alpha`` (Levy et al. 2015: 0.75 keeps rare contexts from dominating); negative values
-    and pairs never seen are 0.
+    and pairs never seen are 0, so only the pairs seen are computed.
     """
-    total = counts.sum()
+    dense = not counts.is_sparse
+    sparse = (counts.to_sparse() if dense else counts).coalesce()
+    (a, b), values = sparse.indices(), sparse.values().double()
+    size = counts.shape[0]
+    total = values.sum()
     if total == 0:
         return torch.zeros_like(counts)
-    rows = counts.sum(dim=1, keepdim=True) / total  # (V, 1)
-    contexts = counts.sum(dim=0, keepdim=True) ** alpha
-    contexts = contexts / contexts.sum()  # (1, V)
-    pmi = torch.log(counts / total) - torch.log(rows) - torch.log(contexts)  # -inf where never seen
-    return torch.where(counts > 0, pmi, torch.zeros_like(pmi)).clamp_min(0.0)
+    rows = torch.zeros(size, dtype=torch.float64).index_add_(0, a, values) / total
+    contexts = torch.zeros(size, dtype=torch.float64).index_add_(0, b, values) ** alpha
+    contexts = contexts / contexts.sum()
+    pmi = torch.log(values / total) - torch.log(rows[a]) - torch.log(contexts[b])
+    keep = pmi > 0
+    result = torch.sparse_coo_tensor(sparse.indices()[:, keep], pmi[keep], counts.shape, check_invariants=True).coalesce()
+    return result.to_dense().to(counts.dtype) if dense else result
 
 
 def ppmi_vectors(ids: torch.Tensor, vocab_size: int, dim: int, pad_id: int, window: int = 2) -> torch.Tensor:
@@ -52,20 +68,21 @@ def ppmi_vectors(ids: torch.Tensor, vocab_size: int, dim: int, pad_id: int, wind
 
     ids: (N, L) long rows -> (V, dim) float32, each column scaled to unit standard deviation.
     Words that never occur (padding, unknown) get zero vectors; if ``dim`` exceeds the rank
-    the SVD can give, the extra columns are zero. The co-occurrence matrix is dense, so
-    vocabularies are limited to ``MAX_VOCAB`` words (a few GB of memory at the limit).
+    the SVD can give, the extra columns are zero. Above ``DENSE_SVD_LIMIT`` words only the top
+    components are computed, from the sparse matrix (a randomized SVD: Halko et al. 2011), so
+    a pretrained tokenizer's 50,000 words take seconds and memory in proportion to V * dim.
     """
-    if vocab_size > MAX_VOCAB:
-        raise ValueError(f"PPMI word vectors need a vocabulary of at most {MAX_VOCAB:,} words (a dense "
-                         f"co-occurrence matrix); this one has {vocab_size:,}")
     matrix = ppmi(cooccurrence(ids, vocab_size, pad_id, window))
-    if vocab_size > 2048:  # a full SVD is cubic in V: take the top components only
+    if vocab_size > DENSE_SVD_LIMIT:
         U, S, _ = torch.svd_lowrank(matrix, q=min(dim + 16, vocab_size), niter=4)
     else:
-        U, S, _ = torch.linalg.svd(matrix)
+        U, S, _ = torch.linalg.svd(matrix.to_dense())
     k = min(dim, len(S))
     vectors = torch.zeros(vocab_size, dim, dtype=torch.float64)
     vectors[:, :k] = U[:, :k] * S[:k].sqrt()
+    seen = torch.zeros(vocab_size, dtype=torch.bool)
+    seen[matrix.coalesce().indices()[0]] = True
+    vectors[~seen] = 0.0  # the randomized SVD leaves rounding noise where a row is empty
     std = vectors[:, :k].std(dim=0, keepdim=True)
     vectors[:, :k] /= torch.where(std > 0, std, torch.ones_like(std))
     return vectors.float()

@@ -135,10 +135,7 @@ def init_from_corpus(config: ScratchGANConfig, setup, discriminator) -> None:
     """Start D's embeddings, and a new generator's, from PPMI word vectors of the training sentences."""
     own_generator = not config.model
     dim = max(config.disc_dim, config.d_model if own_generator else 0)
-    try:
-        vectors = ppmi_vectors(setup.train_ids, len(setup.tokenizer), dim, setup.pad_id)
-    except ValueError as e:
-        raise ConfigError(f"embed_init=ppmi: {e}; use embed_init=random or a smaller vocab_size") from None
+    vectors = ppmi_vectors(setup.train_ids, len(setup.tokenizer), dim, setup.pad_id)
     init_embedding(discriminator.embedding.weight, vectors[:, : config.disc_dim])
     if own_generator:
         init_embedding(setup.generator.get_input_embeddings().weight, vectors[:, : config.d_model])
