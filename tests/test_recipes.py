@@ -153,6 +153,54 @@ def test_scratchgan_discriminator_lm_head_trains_and_resumes(tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
 
 
+def test_weight_average_by_hand():
+    from textgan.training import WeightAverage
+
+    model = torch.nn.BatchNorm1d(2)  # a parameter and buffers
+    average = WeightAverage(model, decay=0.9)
+    expected = model.weight.detach().clone()
+    for n in (1, 2, 3):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+            model.running_mean.add_(2.0)
+        average.update(model)
+        decay = min(0.9, (1 + n) / (10 + n))  # warmed up: 2/11, 3/12, 4/13
+        expected = decay * expected + (1 - decay) * model.weight.detach()
+        torch.testing.assert_close(average.model.weight, expected)
+    assert torch.equal(average.model.running_mean, model.running_mean) and average.updates == 3
+    assert not average.model.weight.requires_grad and not average.model.training
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_scratchgan_exports_the_weight_average_and_resumes_it(tmp_path):
+    """gen_average: the exported generator is the average, not the last weights, and a resumed run
+    (average and its warm-up count restored) ends where an unbroken one does."""
+    from safetensors.torch import load_file
+
+    extra = {"pretrain_steps": 0, "steps": 6, "gen_average": 0.5, "gen_lr": 1e-3, **CPU}
+    module, full = _config("scratchgan", tmp_path / "full", **extra)
+    module.main(full)
+    run = tmp_path / "full" / "scratchgan"
+    exported = AutoModelForCausalLM.from_pretrained(run / "generator").state_dict()
+    tensors = load_file(list_checkpoints(run / "checkpoints")[-1] / "tensors.safetensors")
+    for key, value in exported.items():
+        torch.testing.assert_close(value, tensors[f"model/generator_average/{key}"])
+    assert any(not torch.equal(tensors[f"model/generator/{k}"], v) for k, v in exported.items())
+    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "steps": 4})[1])
+    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "resume": True})[1])
+    resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "part" / "scratchgan" / "generator").state_dict()
+    for key in exported:
+        torch.testing.assert_close(exported[key], resumed[key], atol=1e-6, rtol=0)
+
+
+def test_gen_average_must_be_below_one():
+    from textgan.config import ConfigError
+
+    with pytest.raises(ConfigError, match="gen_average"):
+        scratchgan.ScratchGANConfig(gen_average=1.0).check()
+
+
 def test_disc_lm_weight_must_not_be_negative():
     from textgan.config import ConfigError
 

@@ -107,12 +107,14 @@ class GANConfig(RunConfig):
     spectral_norm: bool = arg(False, "spectral normalisation on the discriminator's linear and conv layers")
     disc_objective: str = arg("bce", "discriminator loss: bce, hinge, lsgan")
     grad_clip: float = arg(1.0, "gradient-norm clipping for both players")
+    gen_average: float = arg(0.0, "decay of a moving average of G's weights, which is evaluated and exported in "
+                             "place of the last weights (GAN weight averaging, e.g. 0.99); 0: off")
 
     def check(self) -> None:
         super().check()
         check_bounds(self, positive=("gen_lr", "mle_lr", "disc_lr", "disc_steps", "disc_dim", "grad_clip"),
                      non_negative=("steps", "pretrain_steps", "disc_weight_decay"))
-        check_unit_interval(self, ("disc_dropout",))
+        check_unit_interval(self, ("disc_dropout", "gen_average"))
         check_choice("baseline", self.baseline, BASELINE_KINDS)
         check_choice("disc_objective", self.disc_objective, DISC_OBJECTIVES)
         parse_betas(self.betas)
@@ -140,6 +142,38 @@ def compile_forward(module: torch.nn.Module, config: BaseConfig) -> torch.nn.Mod
     if config.compile:
         module.compile()
     return module
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak averaging), kept as a copy of
+    the model that can be sampled, evaluated and exported like the model itself.
+
+    A GAN's generator chases a moving discriminator, so its weights circle around good settings
+    instead of settling; their average is often the better generator (Yazici et al. 2019, "The
+    unusual effectiveness of averaging in GAN training"). The decay is warmed up as in
+    ``tf.train.ExponentialMovingAverage`` — ``min(decay, (1 + n) / (10 + n))`` after ``n``
+    updates — so the average does not remember the random initialisation for long. Buffers
+    are copied, not averaged. The copy is a module: put it in a recipe's checkpoint modules and
+    its state (with :attr:`updates` in the JSON state) survives a resume.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        if not 0 < decay < 1:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for average, live in zip(self.model.parameters(), model.parameters(), strict=True):
+            average.lerp_(live.detach().to(average.dtype), 1 - decay)
+        for average, live in zip(self.model.buffers(), model.buffers(), strict=True):
+            average.copy_(live)
 
 
 def resolve_device(name: str, option: str = "device=") -> torch.device:

@@ -10,6 +10,7 @@ batch from real sentences. ``pretrain_steps`` MLE steps run first (0: ScratchGAN
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ from ..sampling import sample
 from ..training import (
     GANConfig,
     Run,
+    WeightAverage,
     autocast,
     compile_forward,
     evaluate,
@@ -106,9 +108,15 @@ def main(config: ScratchGANConfig) -> dict:
     optimizers = gan_optimizers(config, generator, discriminator)
     ema = EMABaseline(config.max_length + 1, config.baseline_decay)
     modules = {"generator": generator, "discriminator": discriminator}
+    average = WeightAverage(setup.generator, config.gen_average) if config.gen_average else None
+    if average is not None:
+        modules["generator_average"] = average.model
     state = restore(run, modules, optimizers, device)
     if state:
         ema.load_state_dict(state["ema"])
+        if average is not None:
+            average.updates = state["average_updates"]
+    evaluated = dataclasses.replace(setup, generator=average.model) if average is not None else setup
     start = state["step"] if state else 0
     total = config.pretrain_steps + config.steps
     prompt = torch.full((local_batch_size(config.batch_size), 1), setup.bos_id, dtype=torch.long, device=device)
@@ -122,13 +130,15 @@ def main(config: ScratchGANConfig) -> dict:
                     values = {"gen/mle_loss": mle_step(generator, optimizers["mle"], real, setup.eos_id, config.grad_clip)}
                 else:
                     values = adversarial_step(config, generator, discriminator, optimizers, ema, prompt, real, setup)
+            if average is not None:
+                average.update(generator)
             bar.update(1)
-            periodic(run, setup, config, step + 1, values, bar, modules, optimizers, {"ema": ema.state_dict()},
-                     last_step=total)
+            extra = {"ema": ema.state_dict()} | ({"average_updates": average.updates} if average is not None else {})
+            periodic(run, evaluated, config, step + 1, values, bar, modules, optimizers, extra, last_step=total)
 
-    scores, samples = evaluate(setup, config)
+    scores, samples = evaluate(evaluated, config)
     run.write_samples(total, samples)
-    return finish(run, setup, scores)
+    return finish(run, evaluated, scores)
 
 
 def init_from_corpus(config: ScratchGANConfig, setup, discriminator) -> None:
