@@ -173,23 +173,27 @@ def test_weight_average_by_hand():
         WeightAverage(model, decay=1.0)
 
 
-def test_scratchgan_exports_the_weight_average_and_resumes_it(tmp_path):
+@pytest.mark.parametrize("name, extra, part", [
+    ("scratchgan", {"pretrain_steps": 0, "steps": 6}, {"steps": 4}),
+    ("seqgan", {}, {"steps": 0}),  # 2 MLE + 2 D pretraining steps, then 2 adversarial
+])
+def test_gan_recipes_export_the_weight_average_and_resume_it(name, extra, part, tmp_path):
     """gen_average: the exported generator is the average, not the last weights, and a resumed run
     (average and its warm-up count restored) ends where an unbroken one does."""
     from safetensors.torch import load_file
 
-    extra = {"pretrain_steps": 0, "steps": 6, "gen_average": 0.5, "gen_lr": 1e-3, **CPU}
-    module, full = _config("scratchgan", tmp_path / "full", **extra)
+    extra = {**extra, "gen_average": 0.5, "gen_lr": 1e-3, **CPU}
+    module, full = _config(name, tmp_path / "full", **extra)
     module.main(full)
-    run = tmp_path / "full" / "scratchgan"
+    run = tmp_path / "full" / name
     exported = AutoModelForCausalLM.from_pretrained(run / "generator").state_dict()
     tensors = load_file(list_checkpoints(run / "checkpoints")[-1] / "tensors.safetensors")
     for key, value in exported.items():
         torch.testing.assert_close(value, tensors[f"model/generator_average/{key}"])
     assert any(not torch.equal(tensors[f"model/generator/{k}"], v) for k, v in exported.items())
-    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "steps": 4})[1])
-    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "resume": True})[1])
-    resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "part" / "scratchgan" / "generator").state_dict()
+    module.main(_config(name, tmp_path / "part", **{**extra, **part})[1])
+    module.main(_config(name, tmp_path / "part", **{**extra, "resume": True})[1])
+    resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "part" / name / "generator").state_dict()
     for key in exported:
         torch.testing.assert_close(exported[key], resumed[key], atol=1e-6, rtol=0)
 

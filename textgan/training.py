@@ -176,6 +176,20 @@ class WeightAverage:
             average.copy_(live)
 
 
+def generator_average(config: GANConfig, setup: Setup, modules: dict) -> tuple[WeightAverage | None, Setup]:
+    """With ``gen_average``: a :class:`WeightAverage` of the generator, registered in ``modules`` so
+    that checkpoints carry it, and the Setup to evaluate and export (the average's). Without it:
+    ``(None, setup)``. Call before :func:`restore`; put ``average.updates`` in the checkpoint state
+    as ``average_updates``."""
+    import dataclasses
+
+    if not config.gen_average:
+        return None, setup
+    average = WeightAverage(setup.generator, config.gen_average)
+    modules["generator_average"] = average.model
+    return average, dataclasses.replace(setup, generator=average.model)
+
+
 def resolve_device(name: str, option: str = "device=") -> torch.device:
     """The device named in a config (or by a command's ``option``, e.g. ``"--device "``, which the
     error messages quote); under torchrun on GPUs, this process's GPU."""

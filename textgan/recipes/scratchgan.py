@@ -10,7 +10,6 @@ batch from real sentences. ``pretrain_steps`` MLE steps run first (0: ScratchGAN
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -39,12 +38,12 @@ from ..sampling import sample
 from ..training import (
     GANConfig,
     Run,
-    WeightAverage,
     autocast,
     compile_forward,
     evaluate,
     finish,
     gan_optimizers,
+    generator_average,
     mle_step,
     optimizer_step,
     periodic,
@@ -108,15 +107,12 @@ def main(config: ScratchGANConfig) -> dict:
     optimizers = gan_optimizers(config, generator, discriminator)
     ema = EMABaseline(config.max_length + 1, config.baseline_decay)
     modules = {"generator": generator, "discriminator": discriminator}
-    average = WeightAverage(setup.generator, config.gen_average) if config.gen_average else None
-    if average is not None:
-        modules["generator_average"] = average.model
+    average, evaluated = generator_average(config, setup, modules)
     state = restore(run, modules, optimizers, device)
     if state:
         ema.load_state_dict(state["ema"])
         if average is not None:
             average.updates = state["average_updates"]
-    evaluated = dataclasses.replace(setup, generator=average.model) if average is not None else setup
     start = state["step"] if state else 0
     total = config.pretrain_steps + config.steps
     prompt = torch.full((local_batch_size(config.batch_size), 1), setup.bos_id, dtype=torch.long, device=device)

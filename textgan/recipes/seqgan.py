@@ -30,6 +30,7 @@ from ..training import (
     evaluate,
     finish,
     gan_optimizers,
+    generator_average,
     mle_step,
     optimizer_step,
     periodic,
@@ -70,9 +71,12 @@ def main(config: SeqGANConfig) -> dict:
     optimizers = gan_optimizers(config, generator, discriminator)
     ema = EMABaseline(config.max_length + 1)
     modules = {"generator": generator, "discriminator": discriminator}
+    average, evaluated = generator_average(config, setup, modules)
     state = restore(run, modules, optimizers, device)
     if state:
         ema.load_state_dict(state["ema"])
+        if average is not None:
+            average.updates = state["average_updates"]
     start = state["step"] if state else 0
     g_end = config.pretrain_steps
     d_end = g_end + config.disc_pretrain_steps
@@ -106,13 +110,15 @@ def main(config: SeqGANConfig) -> dict:
             real = shard(batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id)).to(device)
             with autocast(config, device):
                 values = seqgan_step(step, real)
+            if average is not None:
+                average.update(generator)
             bar.update(1)
-            periodic(run, setup, config, step + 1, values, bar, modules, optimizers, {"ema": ema.state_dict()},
-                     last_step=total)
+            extra = {"ema": ema.state_dict()} | ({"average_updates": average.updates} if average is not None else {})
+            periodic(run, evaluated, config, step + 1, values, bar, modules, optimizers, extra, last_step=total)
 
-    scores, samples = evaluate(setup, config)
+    scores, samples = evaluate(evaluated, config)
     run.write_samples(total, samples)
-    return finish(run, setup, scores)
+    return finish(run, evaluated, scores)
 
 
 def adversarial_step(config, generator, discriminator, gen_opt, ema, prompt, setup, fake) -> dict:
