@@ -55,6 +55,12 @@ def check_unit_interval(config, names: tuple[str, ...]) -> None:
             raise ConfigError(f"{name} must be in [0, 1), got {value}")
 
 
+def check_heads(config) -> None:
+    """Raise a ConfigError unless ``config.d_model`` splits evenly into ``config.n_heads`` heads."""
+    if config.d_model % config.n_heads:
+        raise ConfigError(f"d_model ({config.d_model}) must be a multiple of n_heads ({config.n_heads})")
+
+
 def parse_betas(text: str) -> tuple[float, float]:
     """Adam betas written as ``0.5,0.999``."""
     try:

@@ -20,7 +20,7 @@ import yaml
 
 from . import distributed, metrics
 from .checkpoint import CheckpointError, CheckpointMismatch, list_checkpoints, load_checkpoint
-from .config import ConfigError, arg, check_bounds, check_choice, check_unit_interval, parse_betas, to_dict
+from .config import ConfigError, arg, check_bounds, check_choice, check_heads, check_unit_interval, parse_betas, to_dict
 from .data import Corpus, encode, load_corpus, sequence_mask, write_text_atomic
 from .losses import DISC_OBJECTIVES, mle_loss
 from .models.generator import build_generator, load_generator, token_logprobs
@@ -80,8 +80,7 @@ class RunConfig(BaseConfig):
         check_bounds(self, positive=("batch_size", "max_length", "d_model", "n_layers", "n_heads", "log_every",
                                      "eval_every", "eval_samples", "checkpoint_every", "grammar_sentences"),
                      non_negative=("vocab_size", "d_ff", "print_samples", "keep_checkpoints"))
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        check_heads(self)
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
         if not 0 < self.valid_fraction < 1:

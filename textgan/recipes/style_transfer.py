@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, arg, check_bounds, check_choice, check_unit_interval, parse_betas
+from ..config import ConfigError, arg, check_bounds, check_choice, check_heads, check_unit_interval, parse_betas
 from ..data import sequence_mask, step_seed
 from ..distributed import seed_step, shard
 from ..losses import mle_loss
@@ -130,8 +130,7 @@ class StyleTransferConfig(BaseConfig):
                                    "pg_weight", "style_weight", "content_weight", "overlap_weight", "print_samples",
                                    "keep_checkpoints", "weight_decay"))
         check_unit_interval(self, ("noise_drop", "lm_fraction", "baseline_decay", "disc_dropout"))
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        check_heads(self)
         check_choice("baseline", self.baseline, BASELINE_KINDS)
         check_choice("decoding", self.decoding, DECODING)
         parse_betas(self.betas)
