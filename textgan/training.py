@@ -107,7 +107,8 @@ class GANConfig(RunConfig):
     disc_objective: str = arg("bce", "discriminator loss: bce, hinge, lsgan")
     grad_clip: float = arg(1.0, "gradient-norm clipping for both players")
     gen_average: float = arg(0.0, "decay of a moving average of G's weights, which is evaluated and exported in "
-                             "place of the last weights (GAN weight averaging, e.g. 0.99); 0: off")
+                             "place of the last weights (GAN weight averaging, e.g. 0.99; one more copy of G in "
+                             "memory); 0: off")
 
     def check(self) -> None:
         super().check()
