@@ -10,6 +10,8 @@ Both take tokens without BOS, ``(B, T)`` with padding after EOS.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
@@ -72,7 +74,10 @@ class TokenDiscriminator(nn.Module):
         """tokens: (B, T) long -> (B, T, D) encoder states, state t having read tokens[:, : t + 1]."""
         x = self.dropout(self.embedding(tokens))  # (B, T, D)
         if self.kind == "lstm":
-            h, _ = self.encoder(x)
+            # under CPU bf16 autocast oneDNN builds its LSTM kernel only on CPUs with bf16 instructions
+            # (it fails elsewhere, e.g. on AVX2-only machines), so on a CPU the recurrence runs in fp32
+            with torch.autocast("cpu", enabled=False) if x.device.type == "cpu" else contextlib.nullcontext():
+                h, _ = self.encoder(x)
         else:
             T = tokens.shape[1]
             x = x + self.position(torch.arange(T, device=tokens.device))
