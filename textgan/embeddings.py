@@ -31,12 +31,10 @@ def cooccurrence(ids: torch.Tensor, vocab_size: int, pad_id: int, window: int = 
         rows += [left, right]
         cols += [right, left]
         weights += [weight, weight]
-    if not rows:
-        return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=torch.float64),
-                                       (vocab_size, vocab_size), check_invariants=True).coalesce()
-    indices = torch.stack([torch.cat(rows), torch.cat(cols)])
-    return torch.sparse_coo_tensor(indices, torch.cat(weights), (vocab_size, vocab_size),
-                                   check_invariants=True).coalesce()
+    empty = [torch.zeros(0, dtype=torch.long)]  # rows of one token have no pairs
+    indices = torch.stack([torch.cat(rows or empty), torch.cat(cols or empty)])
+    values = torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64)
+    return torch.sparse_coo_tensor(indices, values, (vocab_size, vocab_size), check_invariants=True).coalesce()
 
 
 def ppmi(counts: torch.Tensor, alpha: float = 0.75) -> torch.Tensor:
@@ -49,7 +47,8 @@ def ppmi(counts: torch.Tensor, alpha: float = 0.75) -> torch.Tensor:
     """
     dense = not counts.is_sparse
     sparse = (counts.to_sparse() if dense else counts).coalesce()
-    (a, b), values = sparse.indices(), sparse.values().double()
+    indices, values = sparse.indices(), sparse.values().double()
+    a, b = indices
     size = counts.shape[0]
     total = values.sum()
     if total == 0:
@@ -59,7 +58,7 @@ def ppmi(counts: torch.Tensor, alpha: float = 0.75) -> torch.Tensor:
     contexts = contexts / contexts.sum()
     pmi = torch.log(values / total) - torch.log(rows[a]) - torch.log(contexts[b])
     keep = pmi > 0
-    result = torch.sparse_coo_tensor(sparse.indices()[:, keep], pmi[keep], counts.shape, check_invariants=True).coalesce()
+    result = torch.sparse_coo_tensor(indices[:, keep], pmi[keep], counts.shape, check_invariants=True).coalesce()
     return result.to_dense().to(counts.dtype) if dense else result
 
 
@@ -81,7 +80,7 @@ def ppmi_vectors(ids: torch.Tensor, vocab_size: int, dim: int, pad_id: int, wind
     vectors = torch.zeros(vocab_size, dim, dtype=torch.float64)
     vectors[:, :k] = U[:, :k] * S[:k].sqrt()
     seen = torch.zeros(vocab_size, dtype=torch.bool)
-    seen[matrix.coalesce().indices()[0]] = True
+    seen[matrix.indices()[0]] = True  # ppmi() returns it coalesced
     vectors[~seen] = 0.0  # the randomized SVD leaves rounding noise where a row is empty
     std = vectors[:, :k].std(dim=0, keepdim=True)
     vectors[:, :k] /= torch.where(std > 0, std, torch.ones_like(std))

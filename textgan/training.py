@@ -154,7 +154,7 @@ class WeightAverage:
     ``tf.train.ExponentialMovingAverage`` — ``min(decay, (1 + n) / (10 + n))`` after ``n``
     updates — so the average does not remember the random initialisation for long. Buffers
     are copied, not averaged. The copy is a module: put it in a recipe's checkpoint modules and
-    its state (with :attr:`updates` in the JSON state) survives a resume.
+    it survives a resume (set :attr:`updates` to the number of updates made before it).
     """
 
     def __init__(self, model: torch.nn.Module, decay: float):
@@ -179,8 +179,8 @@ class WeightAverage:
 def generator_average(config: GANConfig, setup: Setup, modules: dict) -> tuple[WeightAverage | None, Setup]:
     """With ``gen_average``: a :class:`WeightAverage` of the generator, registered in ``modules`` so
     that checkpoints carry it, and the Setup to evaluate and export (the average's). Without it:
-    ``(None, setup)``. Call before :func:`restore`; put ``average.updates`` in the checkpoint state
-    as ``average_updates``."""
+    ``(None, setup)``. Call before :func:`restore`; after it, set ``average.updates`` to the number of
+    updates the restored run made (the recipes update once per step: the restored step)."""
     import dataclasses
 
     if not config.gen_average:

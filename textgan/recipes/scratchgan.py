@@ -111,9 +111,9 @@ def main(config: ScratchGANConfig) -> dict:
     state = restore(run, modules, optimizers, device)
     if state:
         ema.load_state_dict(state["ema"])
-        if average is not None:
-            average.updates = state["average_updates"]
     start = state["step"] if state else 0
+    if average is not None:
+        average.updates = start  # one update per step, so its warm-up count is the step count
     total = config.pretrain_steps + config.steps
     prompt = torch.full((local_batch_size(config.batch_size), 1), setup.bos_id, dtype=torch.long, device=device)
 
@@ -129,8 +129,8 @@ def main(config: ScratchGANConfig) -> dict:
             if average is not None:
                 average.update(generator)
             bar.update(1)
-            extra = {"ema": ema.state_dict()} | ({"average_updates": average.updates} if average is not None else {})
-            periodic(run, evaluated, config, step + 1, values, bar, modules, optimizers, extra, last_step=total)
+            periodic(run, evaluated, config, step + 1, values, bar, modules, optimizers, {"ema": ema.state_dict()},
+                     last_step=total)
 
     scores, samples = evaluate(evaluated, config)
     run.write_samples(total, samples)
