@@ -1,5 +1,10 @@
+import contextlib
+import io
 import os
 import random
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,55 @@ SHARED_DATA = Path(os.environ.get("TEXTGAN_SHARED_DATA", Path(__file__).resolve(
 # A recipe run small enough for a test: a 200-sentence grammar corpus and a one-layer, 32-wide generator.
 TINY_RUN = {"grammar_sentences": 200, "d_model": 32, "n_layers": 1, "n_heads": 2, "batch_size": 8, "eval_samples": 16,
             "eval_every": 2, "log_every": 1, "checkpoint_every": 2, "print_samples": 1}
+
+
+def run_module(module: str, *args: str, stdin: bytes = b"", cwd: Path | str | None = None) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` run in this process: its exit code, standard output and error (str).
+
+    ``MODULE`` is ``textgan`` (the console script's ``main``) or ``textgan.recipes.NAME`` (what that
+    module's ``__main__`` block runs). The code path is the command's own, without paying a fresh
+    interpreter and a torch import per call; any exception escapes and fails the test, as a
+    traceback would. The global RNG state is restored afterwards. A few tests still start a real
+    interpreter (``test_console_script_errors_have_no_traceback``, ``test_sample_writes_n_lines``).
+    """
+    from textgan.cli import main
+
+    def call() -> int:
+        if module == "textgan":
+            return main(list(args))
+        prefix = "textgan.recipes."
+        assert module.startswith(prefix), module
+        from textgan.recipes import load_recipe
+        from textgan.recipes._cli import run_recipe
+
+        recipe, config_cls = load_recipe(module.removeprefix(prefix))
+        return run_recipe(config_cls, recipe.main, f"python -m {module}", list(args))
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    stdin_stream = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    saved_stdin, saved_random = sys.stdin, random.getstate()
+    try:
+        sys.stdin = stdin_stream
+        if cwd is not None:
+            os.chdir(cwd)
+        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings():
+            # warnings reach standard error as in a fresh interpreter (pytest would otherwise collect them)
+            warnings.simplefilter("default")
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: err.write(
+                warnings.formatwarning(message, category, filename, lineno, line))
+            try:
+                code = call()
+            except SystemExit as e:  # argparse's own exit (--help, a bad flag)
+                code = 0 if e.code is None else e.code
+                if not isinstance(code, int):  # sys.exit("message"): the interpreter prints it and exits 1
+                    print(code, file=sys.stderr)
+                    code = 1
+    finally:
+        sys.stdin = saved_stdin
+        os.chdir(here)
+        random.setstate(saved_random)
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
 def shared_data(*parts: str) -> Path:

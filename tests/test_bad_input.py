@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_module
 from transformers import AutoTokenizer
 
 from textgan.tokenization import build_word_tokenizer
@@ -119,26 +120,18 @@ CASES = [
 ]
 
 
-def _run_in_process(argv, capsys) -> tuple[int, str]:
-    """``textgan ARGV`` in this process (the same code path as the console script, without a
-    fresh interpreter per case): its exit code and standard error. Any exception escapes and
-    fails the test, as a traceback would."""
-    from textgan.cli import main
-
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse's own exit
-        code = e.code
-    return code, capsys.readouterr().err
+def _run_in_process(argv) -> tuple[int, str]:
+    """``textgan ARGV`` in this process (``conftest.run_module``): its exit code and standard error."""
+    result = run_module("textgan", *argv)
+    return result.returncode, result.stderr
 
 
 @pytest.mark.parametrize(("case", "argv", "words"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_gives_one_clean_line(sandbox, case, argv, words, capsys, monkeypatch):
+def test_bad_input_gives_one_clean_line(sandbox, case, argv, words, monkeypatch):
     root = sandbox["root"]
     monkeypatch.chdir(root)
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
-    code, stderr = _run_in_process(argv(sandbox), capsys)
+    code, stderr = _run_in_process(argv(sandbox))
     assert code == 2, (code, stderr[-2000:])
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), stderr
@@ -157,13 +150,13 @@ def test_console_script_errors_have_no_traceback(sandbox):
         assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_a_10000_token_line_is_scored_not_a_crash(sandbox, capsys, tmp_path):
+def test_a_10000_token_line_is_scored_not_a_crash(sandbox, tmp_path):
     """evaluate and sweep read text and score it as it is: a 10,000-token line is just a long sentence."""
     samples = tmp_path / "long.txt"
     samples.write_text("a man riding a bike .\n" + "word " * 10_000 + "\n")
     out = tmp_path / "scores.json"
     code, stderr = _run_in_process(["evaluate", "--samples", str(samples), "--references", R(sandbox, "ok.txt"),
-                                    "--metrics", "bleu,self-bleu,distinct", "--json", str(out)], capsys)
+                                    "--metrics", "bleu,self-bleu,distinct", "--json", str(out)])
     assert code == 0, stderr
     import json
 

@@ -3,15 +3,16 @@
 import subprocess
 import sys
 
-
-def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, timeout=300, check=False)
+from conftest import run_module as run
 
 
 def test_sample_writes_n_lines(trained_generator, tmp_path):
-    result = run("textgan", "sample", "--model", str(trained_generator), "-n", "5", "--temperature", "0.8", "--top-k", "20")
+    args = ("sample", "--model", str(trained_generator), "-n", "5", "--temperature", "0.8", "--top-k", "20")
+    # through a real interpreter, as a user runs it, and in this process as the other CLI tests run: the same lines
+    result = subprocess.run([sys.executable, "-m", "textgan", *args], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 5
+    assert run("textgan", *args).stdout == result.stdout
     target = tmp_path / "out.txt"
     result = run("textgan", "sample", "--model", str(trained_generator), "-n", "3", "--output", str(target))
     assert result.returncode == 0 and len(target.read_text().splitlines()) == 3

@@ -2,12 +2,10 @@
 
 import random
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import NEGATIVE, POSITIVE, _sentences, shared_data
+from conftest import NEGATIVE, POSITIVE, _sentences, run_module, shared_data
 
 from textgan.data import DataError
 from textgan.models.generator import ModelError
@@ -25,13 +23,12 @@ from textgan.transfer import (
 )
 
 
-def run_cli(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "textgan", *args], input=stdin, capture_output=True, timeout=300,
-                          check=False)
+def run_cli(*args, stdin=b""):
+    return run_module("textgan", *args, stdin=stdin)
 
 
 def assert_clean_error(result, *words):
-    stderr = result.stderr.decode() if isinstance(result.stderr, bytes) else result.stderr
+    stderr = result.stderr
     assert result.returncode == 2, (result.returncode, stderr)
     assert "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
@@ -367,16 +364,16 @@ def test_transfer_keeps_order_count_and_empty_lines(transfer_run, tmp_path):
     source.write_text("\n".join(lines) + "\n")
     result = run_cli("transfer", "--model", model, "--from", "neg", "--to", "pos", "--input", str(source))
     assert result.returncode == 0, result.stderr
-    out = result.stdout.decode().split("\n")[:-1]
+    out = result.stdout.split("\n")[:-1]
     assert len(out) == len(lines)
     assert out[1] == "" and out[3] == "" and all(out[i] for i in (0, 2, 4))
     # the same lines, one at a time, in any batch size, in reverse order: the same rewrites
     result = run_cli("transfer", "--model", model, "--from", "neg", "--to", "pos", "--batch-size", "1", *lines[::-1])
-    assert result.stdout.decode().split("\n")[:-1] == out[::-1]
+    assert result.stdout.split("\n")[:-1] == out[::-1]
     # standard input, and beam / sampling decoders
     result = run_cli("transfer", "--model", model, "--from", "neg", "--to", "pos", "--decoding", "beam",
                      stdin="\n".join(lines).encode())
-    assert result.returncode == 0 and len(result.stdout.decode().split("\n")[:-1]) == len(lines)
+    assert result.returncode == 0 and len(result.stdout.split("\n")[:-1]) == len(lines)
     target = tmp_path / "out.txt"
     result = run_cli("transfer", "--model", model, "--from", "pos", "--to", "neg", "--decoding", "sample",
                      "--input", str(source), "--output", str(target))
@@ -424,7 +421,7 @@ def test_rerank_needs_the_discriminator(transfer_run, tmp_path):
     base = ("transfer", "--from", "neg", "--to", "pos", "--decoding", "rerank", "the food was bad .")
     assert_clean_error(run_cli(*base, "--model", str(bare)), "discriminator", "--decoding beam")
     result = run_cli(*base, "--model", str(transfer_run / "model"), "--beam", "2")
-    assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr
     (transfer_run / "model" / "discriminator.safetensors").rename(tmp_path / "moved.safetensors")
     try:  # named in transfer.json but gone: a damaged folder, one line
         assert_clean_error(run_cli(*base, "--model", str(transfer_run / "model")), "damaged")
@@ -436,8 +433,8 @@ def test_transfer_cuts_overlong_lines(transfer_run):
     result = run_cli("transfer", "--model", str(transfer_run / "model"), "--from", "neg", "--to", "pos",
                      " ".join(["bad"] * 10_000))
     assert result.returncode == 0
-    assert len(result.stdout.decode().split("\n")[:-1]) == 1
-    assert "cut to that length" in result.stderr.decode()
+    assert len(result.stdout.split("\n")[:-1]) == 1
+    assert "cut to that length" in result.stderr
 
 
 def test_transfer_errors(transfer_run, trained_generator, tmp_path):
@@ -473,19 +470,18 @@ def test_transfer_errors(transfer_run, trained_generator, tmp_path):
 
 def test_transfer_default_model(tmp_path, transfer_run):
     """Without --model: the recipe's default out_dir, then the README's Yelp preset's; neither is a one-line error."""
-    command = [sys.executable, "-m", "textgan", "transfer", "--from", "neg", "--to", "pos", "the food was bad ."]
-    result = subprocess.run(command, capture_output=True, cwd=tmp_path, timeout=120, check=False)
-    assert_clean_error(result, "no model at runs/style_transfer/model or runs/yelp_transfer/model")
+    command = ("transfer", "--from", "neg", "--to", "pos", "the food was bad .")
+    assert_clean_error(run_module("textgan", *command, cwd=tmp_path), "no model at runs/style_transfer/model or runs/yelp_transfer/model")
     shutil.copytree(transfer_run / "model", tmp_path / "runs" / "yelp_transfer" / "model")
-    result = subprocess.run(command, capture_output=True, cwd=tmp_path, timeout=120, check=False)
-    assert result.returncode == 0 and len(result.stdout.decode().splitlines()) == 1, result.stderr
+    result = run_module("textgan", *command, cwd=tmp_path)
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 1, result.stderr
 
 
 def test_sample_in_a_style(transfer_run, trained_generator):
     model = str(transfer_run / "model")
     result = run_cli("sample", "--model", model, "--style", "pos", "-n", "7")
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.decode().split("\n")[:-1]) == 7
+    assert len(result.stdout.split("\n")[:-1]) == 7
     assert_clean_error(run_cli("sample", "--model", model, "--style", "meh"), "unknown style", "neg, pos")
     assert_clean_error(run_cli("sample", "--model", model), "--style", "(neg, pos)")
     assert_clean_error(run_cli("sample", "--model", str(trained_generator), "--style", "pos"), "not a style-transfer model")
@@ -574,19 +570,19 @@ def test_transfer_cli_takes_rerank_weights(transfer_run):
     base = ("transfer", "--model", str(transfer_run / "model"), "--from", "neg", "--to", "pos", "--decoding", "rerank",
             "--beam", "2", "the food was bad .")
     result = run_cli(*base, "--style-weight", "0.5", "--content-weight", "2")
-    assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr
     result = run_cli(*base, "--allow-copy", "--content-weight", "1000")
-    assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr
     assert_clean_error(run_cli(*base, "--content-weight", "-1"), "--content-weight")
     assert_clean_error(run_cli(*base, "--style-weight", "inf"), "--style-weight")
     result = run_cli(*base, "--overlap-weight", "3")
-    assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr
     assert_clean_error(run_cli(*base, "--overlap-weight", "-2"), "--overlap-weight")
     result = run_cli(*base, "--copy-bias", "1.5")
-    assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr
     assert_clean_error(run_cli(*base, "--copy-bias", "nan"), "--copy-bias")
     result = run_cli(*base, "--lm-style-weight", "0.5")
-    assert result.returncode == 0 and result.stdout.decode().strip(), result.stderr
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr
     assert_clean_error(run_cli(*base, "--lm-style-weight", "-1"), "--lm-style-weight")
 
 
