@@ -25,6 +25,57 @@ def test_sample_writes_n_lines(trained_generator, tmp_path):
         assert on_cpu.read_text() == target.read_text()
 
 
+def test_hub_reachable_honours_the_endpoint_and_offline_mode(monkeypatch):
+    import socket
+
+    from textgan.models.generator import hub_reachable
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    assert hub_reachable()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not hub_reachable()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    server.close()  # nothing listens there now
+    assert not hub_reachable()
+
+
+def test_model_names_that_cannot_be_found_fail_at_once(tmp_path, monkeypatch):
+    """A path whose first folder is here is a path, not a hub name; a hub name with no hub in reach is looked
+    up in the local cache only (no retries against the network) and fails in one line."""
+    import pytest
+
+    from textgan.models import generator
+    from textgan.models.generator import ModelError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ModelError, match="runs/nope: no such folder; give"):
+        generator.load_generator("runs/nope")
+    monkeypatch.setattr(generator, "hub_reachable", lambda: False)
+    with pytest.raises(ModelError, match="someorg/nomodel: no such folder, and the Hugging Face hub cannot be reached"):
+        generator.load_generator("someorg/nomodel")
+
+
+def test_a_hub_model_in_the_local_cache_loads_offline(trained_generator, tmp_path):
+    """HF_HUB_OFFLINE=1 and a model in the hub cache (its layout written by hand): it loads, with no network."""
+    import os
+    import shutil
+
+    snapshot = tmp_path / "cache" / "models--someorg--tiny" / "snapshots" / "0123abc"
+    shutil.copytree(trained_generator, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "textgan", "sample", "--model", "someorg/tiny", "-n", "3"], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 3, result.stderr
+
+
 def test_device_names():
     import pytest
     import torch

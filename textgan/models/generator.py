@@ -25,6 +25,26 @@ def load_errors() -> tuple[type[BaseException], ...]:
     return OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) answers a TCP connection;
+    False at once with ``HF_HUB_OFFLINE`` set."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "") or "https://huggingface.co")
+    if not endpoint.hostname:
+        return True  # an endpoint we cannot parse: let the hub client try it and report
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or (80 if endpoint.scheme == "http" else 443)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def build_generator(
     vocab_size: int,
     *,
@@ -81,17 +101,26 @@ def load_generator(path: str, *, trust_remote_code: bool = False):
 
     hf_logging.disable_progress_bar()
     local = Path(path).expanduser()
-    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+    # a path, not a hub name: it starts like one, has more than one '/', or its first folder is here ("runs/x")
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or (
+        "/" in path and Path(path.split("/")[0]).is_dir())
+    if not local.exists() and looks_local:
         raise ModelError(f"{path}: no such folder; give the 'generator' folder of a textgan run or a Hugging Face model name")
     if local.exists():
         if not local.is_dir():
             raise ModelError(f"{path} is a file; give the folder of a trained generator (it holds config.json)")
         if not (local / "config.json").is_file():
             raise ModelError(f"{path} has no config.json; give the 'generator' folder of a textgan run or a Hugging Face model folder")
+    # A hub name with no way to the hub: read the local cache only, at once, instead of the hub
+    # client's retries (about a minute of them, and a screen of warnings) before the same failure.
+    offline = not local.exists() and not hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=offline)
     except load_errors() as e:
+        if offline:
+            raise ModelError(f"{path}: no such folder, and the Hugging Face hub cannot be reached (nor is the model in "
+                             "its local cache); give a model folder, or connect and try again") from None
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load a causal LM from {path}: {first_line}") from None
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
