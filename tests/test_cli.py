@@ -28,7 +28,7 @@ def test_sample_writes_n_lines(trained_generator, tmp_path):
 def test_hub_reachable_honours_the_endpoint_and_offline_mode(monkeypatch):
     import socket
 
-    from textgan.models.generator import hub_reachable
+    from textgan.hub import reachable as hub_reachable
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

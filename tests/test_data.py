@@ -2,6 +2,7 @@ import pytest
 import torch
 from conftest import shared_data
 
+from textgan import hub
 from textgan.data import DataError, batch_at, encode, load_corpus, read_lines, sequence_mask
 from textgan.tokenization import special_ids
 
@@ -99,5 +100,26 @@ def test_hf_dataset_failures_are_one_clean_error(monkeypatch):
         raise ConnectionError("Couldn't reach 'someone/corpus' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    monkeypatch.setattr(hub, "reachable", lambda: True)  # the hub answers, then the load fails
     with pytest.raises(DataError, match="cannot load the Hugging Face dataset 'someone/corpus'.*Couldn't reach"):
         load_corpus("hf:someone/corpus")
+
+
+def test_hf_dataset_with_no_hub_in_reach_reads_the_cache_only(monkeypatch):
+    """No hub: datasets runs in its offline mode for the call (no retries), and the flags are restored."""
+    import datasets
+    import huggingface_hub.constants
+
+    seen = {}
+
+    def load_dataset(*args, **kwargs):
+        seen["offline"] = (huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE)
+        raise ConnectionError("Couldn't reach 'someone/corpus' on the Hub (OfflineModeIsEnabled)")
+
+    before = (huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    with pytest.raises(DataError, match="'someone/corpus': the hub cannot be reached and it is not in the local cache"):
+        load_corpus("hf:someone/corpus")
+    assert seen["offline"] == (True, True)
+    assert (huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE) == before

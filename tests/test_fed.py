@@ -59,3 +59,15 @@ def test_packaged_encoder_separates_real_from_shuffled_text():
     with pytest.warns(UserWarning):
         far = fed(real, shuffled, encoder)["fed"]
     assert math.isfinite(near) and near < far
+
+
+def test_an_encoder_hub_name_with_no_hub_in_reach_fails_at_once(monkeypatch, tmp_path):
+    pytest.importorskip("sentence_transformers", reason="the FED encoder needs textgan[eval]")
+    from textgan import hub
+    from textgan.fed import EncoderError, load_encoder
+
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    with pytest.raises(EncoderError, match="someorg/encoder: no such folder, and the Hugging Face hub cannot be reached"):
+        load_encoder("someorg/encoder")
+    with pytest.raises(EncoderError, match="cannot load a sentence encoder"):  # a folder is a folder, hub or not
+        load_encoder(str(tmp_path))

@@ -7,6 +7,7 @@ drawn by ``(seed, step)`` so that a resumed run sees exactly the batches it woul
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import hub
 from .grammar import Grammar
 
 
@@ -71,9 +73,16 @@ def _hf_lines(name: str, split: str, column: str) -> list[str]:
     config = None
     if ":" in name:
         name, config = name.split(":", 1)
+    # a hub name with no hub in reach: the local cache only, at once, instead of a minute of retries
+    local = Path(name).expanduser().exists()
+    cache_only = not local and not hub.reachable()
     try:
-        dataset = datasets.load_dataset(name, config, split=split)
+        with hub.offline() if cache_only else contextlib.nullcontext():
+            dataset = datasets.load_dataset(name, config, split=split)
     except (OSError, ValueError, DatasetsError) as e:  # network, unknown name or split, unreadable files
+        if cache_only:
+            raise DataError(f"cannot load the Hugging Face dataset {name!r}: the hub cannot be reached and it is not "
+                            "in the local cache; use a local text file or dataset folder, or connect and try again") from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"cannot load the Hugging Face dataset {name!r} (split {split!r}): {reason}. Check the name "
                         "and hf_split, or use a local text file or dataset folder") from None

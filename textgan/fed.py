@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+from . import hub
 
 Encoder = Callable[[list[str]], torch.Tensor]
 
@@ -67,9 +70,13 @@ def load_encoder(path: str = "", device: str = "cpu", batch_size: int = 256) -> 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    cache_only = not Path(path).expanduser().exists() and not hub.reachable()  # a hub name, no hub: the cache, at once
     try:
-        model = SentenceTransformer(path, device=device)
+        model = SentenceTransformer(path, device=device, local_files_only=cache_only)
     except (OSError, ValueError) as e:
+        if cache_only:
+            raise EncoderError(f"{path}: no such folder, and the Hugging Face hub cannot be reached (nor is the model in "
+                               "its local cache); give a sentence-transformers model folder") from None
         raise EncoderError(f"cannot load a sentence encoder from {path}: {str(e).splitlines()[0] if str(e) else e!r}") from None
 
     def encode(sentences: list[str]) -> torch.Tensor:

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..hub import reachable as hub_reachable
+
 
 class ModelError(ValueError):
     """A model folder could not be used; the message says what to do."""
@@ -23,26 +25,6 @@ def load_errors() -> tuple[type[BaseException], ...]:
     from safetensors import SafetensorError
 
     return OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) answers a TCP connection;
-    False at once with ``HF_HUB_OFFLINE`` set."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "") or "https://huggingface.co")
-    if not endpoint.hostname:
-        return True  # an endpoint we cannot parse: let the hub client try it and report
-    try:
-        with socket.create_connection((endpoint.hostname, endpoint.port or (80 if endpoint.scheme == "http" else 443)),
-                                      timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def build_generator(

@@ -1,0 +1,50 @@
+"""Whether the Hugging Face hub can be reached, and its clients' offline mode for one call.
+
+Without a network, the hub clients retry each request with back-off before they give up or fall
+back to their local cache: about a minute, and a screen of warnings, for a name that a quick
+connection test shows cannot be looked up. textgan checks first and, offline, reads the local
+cache only (``local_files_only`` for models, :func:`offline` for datasets).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import socket
+from urllib.parse import urlparse
+
+
+def reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) answers a TCP connection;
+    False at once with ``HF_HUB_OFFLINE`` set."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "") or "https://huggingface.co")
+    if not endpoint.hostname:
+        return True  # an endpoint we cannot parse: let the hub client try it and report
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or (80 if endpoint.scheme == "http" else 443)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def offline():
+    """Within it, ``datasets`` and ``huggingface_hub`` read their local caches only (as with
+    ``HF_HUB_OFFLINE=1``, which they read once, at import)."""
+    flags = [("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
+             ("datasets.config", "HF_DATASETS_OFFLINE")]
+    saved = []
+    for module_name, flag in flags:
+        module = importlib.import_module(module_name)
+        if hasattr(module, flag):
+            saved.append((module, flag, getattr(module, flag)))
+            setattr(module, flag, True)
+    try:
+        yield
+    finally:
+        for module, flag, value in saved:
+            setattr(module, flag, value)
