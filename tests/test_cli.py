@@ -35,6 +35,8 @@ def test_hub_reachable_honours_the_endpoint_and_offline_mode(monkeypatch):
     server.listen(1)
     endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     assert hub_reachable()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -42,6 +44,8 @@ def test_hub_reachable_honours_the_endpoint_and_offline_mode(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     server.close()  # nothing listens there now
     assert not hub_reachable()
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")  # through a proxy, the hub client decides
+    assert hub_reachable()
 
 
 def test_model_names_that_cannot_be_found_fail_at_once(tmp_path, monkeypatch):

@@ -17,12 +17,15 @@ from urllib.parse import urlparse
 
 def reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) answers a TCP connection;
-    False at once with ``HF_HUB_OFFLINE`` set."""
+    False at once with ``HF_HUB_OFFLINE`` set, True where a proxy is configured (a direct connection
+    says nothing about the proxy's)."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "") or "https://huggingface.co")
-    if not endpoint.hostname:
-        return True  # an endpoint we cannot parse: let the hub client try it and report
+    proxied = any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                                    "ALL_PROXY", "all_proxy"))
+    if proxied or not endpoint.hostname:
+        return True  # behind a proxy, or an endpoint we cannot parse: the hub client's own attempt decides
     try:
         with socket.create_connection((endpoint.hostname, endpoint.port or (80 if endpoint.scheme == "http" else 443)),
                                       timeout=timeout):
