@@ -53,6 +53,7 @@ def test_model_names_that_cannot_be_found_fail_at_once(tmp_path, monkeypatch):
     up in the local cache only (no retries against the network) and fails in one line."""
     import pytest
 
+    from textgan import hub
     from textgan.models import generator
     from textgan.models.generator import ModelError
 
@@ -60,7 +61,7 @@ def test_model_names_that_cannot_be_found_fail_at_once(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     with pytest.raises(ModelError, match="runs/nope: no such folder; give"):
         generator.load_generator("runs/nope")
-    monkeypatch.setattr(generator, "hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda: False)
     with pytest.raises(ModelError, match="someorg/nomodel: no such folder, and the Hugging Face hub cannot be reached"):
         generator.load_generator("someorg/nomodel")
 

@@ -73,9 +73,7 @@ def _hf_lines(name: str, split: str, column: str) -> list[str]:
     config = None
     if ":" in name:
         name, config = name.split(":", 1)
-    # a hub name with no hub in reach: the local cache only, at once, instead of a minute of retries
-    local = Path(name).expanduser().exists()
-    cache_only = not local and not hub.reachable()
+    cache_only = hub.cache_only(name)  # then at once from the local cache, not after a minute of retries
     try:
         with hub.offline() if cache_only else contextlib.nullcontext():
             dataset = datasets.load_dataset(name, config, split=split)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -70,7 +69,7 @@ def load_encoder(path: str = "", device: str = "cpu", batch_size: int = 256) -> 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    cache_only = not Path(path).expanduser().exists() and not hub.reachable()  # a hub name, no hub: the cache, at once
+    cache_only = hub.cache_only(path)  # then at once from the local cache, not after a minute of retries
     try:
         model = SentenceTransformer(path, device=device, local_files_only=cache_only)
     except (OSError, ValueError) as e:

@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import os
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
 
@@ -32,6 +33,12 @@ def reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def cache_only(name: str) -> bool:
+    """Whether ``name`` must come from the local cache: it is no local path, and the hub cannot be
+    reached (so asking the hub would only mean the client's retries before the same answer)."""
+    return not Path(name).expanduser().exists() and not reachable()
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..hub import reachable as hub_reachable
+from .. import hub
 
 
 class ModelError(ValueError):
@@ -95,7 +95,7 @@ def load_generator(path: str, *, trust_remote_code: bool = False):
             raise ModelError(f"{path} has no config.json; give the 'generator' folder of a textgan run or a Hugging Face model folder")
     # A hub name with no way to the hub: read the local cache only, at once, instead of the hub
     # client's retries (about a minute of them, and a screen of warnings) before the same failure.
-    offline = not local.exists() and not hub_reachable()
+    offline = hub.cache_only(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=offline)
