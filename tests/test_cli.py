@@ -25,6 +25,18 @@ def test_sample_writes_n_lines(trained_generator, tmp_path):
         assert on_cpu.read_text() == target.read_text()
 
 
+def test_sample_continues_a_prompt(trained_generator):
+    result = run("textgan", "sample", "--model", str(trained_generator), "-n", "4", "--prompt", "a man riding")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4 and all(line.startswith("a man riding ") for line in lines), lines
+
+
+def test_version_names_the_libraries():
+    result = run("textgan", "--version")
+    assert result.returncode == 0 and result.stdout.startswith("textgan 0.") and "torch 2." in result.stdout
+
+
 def test_hub_reachable_honours_the_endpoint_and_offline_mode(monkeypatch):
     import socket
 
@@ -118,6 +130,10 @@ def test_sample_errors(trained_generator, tmp_path):
                                ("--temperature", "inf", "finite")):
         _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), flag, value), flag, words)
     _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "--device", "gpu0"), "--device")
+    _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "--prompt", "a Zebra"),
+                        "no 'Zebra' (it knows them in lower case)")
+    _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "--prompt", "a man riding",
+                            "--max-length", "3"), "the prompt is 3 tokens")
 
 
 def test_train_errors(tmp_path):

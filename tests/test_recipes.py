@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from textgan.checkpoint import list_checkpoints
 from textgan.recipes import mle, scratchgan, seqgan
+from textgan.sampling import sample_texts
 
 # runs compared bit for bit run on the CPU, so that a GPU machine checks what CI checks;
 # resuming on a GPU is tests/test_cuda.py's
@@ -260,6 +261,10 @@ def test_gpt2_style_generator_folder(name, tmp_path):
     exported = tmp_path / name / "generator"
     assert AutoModelForCausalLM.from_pretrained(exported).config.model_type == "gpt2"
     assert AutoTokenizer.from_pretrained(exported).eos_token == end
+    # a byte-level prompt: any text encodes, and the sentences start with it
+    texts = sample_texts(AutoModelForCausalLM.from_pretrained(exported), AutoTokenizer.from_pretrained(exported), 3,
+                         prompt="a man", max_length=12)
+    assert len(texts) == 3 and all(text.startswith("a man") for text in texts), texts
 
 
 def _losses(run) -> list[float]:

@@ -176,3 +176,45 @@ def test_prefix_completer_samples_what_sample_would(tiny_generator, word_tokeniz
                         eos_id=eos, pad_id=pad)
         assert torch.equal(ours, torch.cat([prefixes, theirs.tokens], 1))
         assert ours.shape[1] <= fake.tokens.shape[1] and torch.equal(ours[:, :t], prefixes)
+
+
+def test_sample_texts_continue_a_prompt(tiny_generator, word_tokenizer):
+    """Every sentence starts with the prompt, and the next word is drawn from the model's distribution given
+    the prompt, not the distribution at the start of a sentence."""
+    from textgan.sampling import sample_texts
+
+    with torch.no_grad():  # larger weights: a random model whose next word depends on its context
+        for name, weight in tiny_generator.named_parameters():
+            if "norm" not in name:
+                weight.mul_(8)
+    # max_length 3: the prompt, one word and the end token, or a fourth word where the model has not ended by then
+    texts = sample_texts(tiny_generator, word_tokenizer, 4000, prompt="a man", max_length=3, seed=3, batch_size=1000)
+    assert all(text.split()[:2] == ["a", "man"] and len(text.split()) <= 4 for text in texts)
+    again = [sample_texts(tiny_generator, word_tokenizer, 50, prompt="a man", seed=s) for s in (5, 5, 6)]
+    assert again[0] == again[1] != again[2]  # seeded
+    bos, eos, _ = special_ids(word_tokenizer)
+    given = [bos, *word_tokenizer.convert_tokens_to_ids(["a", "man"])]
+    with torch.no_grad():
+        p_prompt, p_start = (torch.log_softmax(tiny_generator(torch.tensor([ids])).logits[0, -1], -1)
+                             for ids in (given, [bos]))
+    third = torch.tensor([word_tokenizer.convert_tokens_to_ids(text.split()[2]) if len(text.split()) > 2 else eos
+                          for text in texts])
+    # the mean log-ratio of the drawn words estimates KL(p_prompt || p_start) when they come from p_prompt (and
+    # -KL(p_start || p_prompt) if the prompt were ignored); within 5 standard errors of it
+    ratio = p_prompt - p_start
+    kl = (p_prompt.exp() * ratio).sum()
+    error = ((p_prompt.exp() * (ratio - kl) ** 2).sum() / len(texts)).sqrt()
+    assert kl > 20 * error
+    assert (ratio[third].mean() - kl).abs() < 5 * error, (ratio[third].mean(), kl, error)
+
+
+def test_prompts_the_model_cannot_continue_are_refused(tiny_generator, word_tokenizer):
+    from textgan.sampling import PromptError, sample_texts
+
+    with pytest.raises(PromptError, match="has no 'zorbl'; write the prompt"):
+        sample_texts(tiny_generator, word_tokenizer, 2, prompt="a zorbl man")
+    with pytest.raises(PromptError, match="no 'A', 'Man' \\(it knows them in lower case\\)"):
+        sample_texts(tiny_generator, word_tokenizer, 2, prompt="A Man")
+    with pytest.raises(PromptError, match="the prompt is 2 tokens, and sentences are at most 2"):
+        sample_texts(tiny_generator, word_tokenizer, 2, prompt="a man", max_length=2)
+    assert len(sample_texts(tiny_generator, word_tokenizer, 2, prompt="  ")) == 2  # blank: unconditional

@@ -64,8 +64,35 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
+class _VersionAction(argparse.Action):
+    """--version: argparse's own action would wrap the line at the terminal's width."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version_line())
+        parser.exit()
+
+
+def _version_line() -> str:
+    """textgan's version and the versions of the libraries whose behaviour it depends on (for bug reports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    found = []
+    for name in ("torch", "transformers", "tokenizers"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} missing")
+    return f"textgan {__version__} ({', '.join(found)}; Python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="textgan", description="Train and sample adversarial text generators.")
+    parser.add_argument("--version", action=_VersionAction, help="print textgan's version and its libraries', and exit")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = commands.add_parser("train", help="run a training recipe", add_help=False)
@@ -82,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch-size", type=_positive_int, default=256, help="sentences sampled at once")
     sample.add_argument("--seed", type=int, default=0, help="random seed")
     sample.add_argument("--output", default="", help="write sentences to this file instead of standard output")
+    sample.add_argument("--prompt", default="", help="text every sample continues, e.g. --prompt 'a man' (the "
+                        "sentences printed start with it)")
     sample.add_argument("--style", default="", help="style to write in (style-transfer models, e.g. --style pos)")
     sample.add_argument("--trust-remote-code", action="store_true", help="let the model folder run its own code")
     _add_device_argument(sample)
@@ -197,6 +226,9 @@ def cmd_sample(args) -> int:
         _check_output(args.output)
     device = _device(args.device)
     if args.style:
+        if args.prompt:
+            raise ModelError("--prompt continues a generator's text; a style-transfer model's --style samples start "
+                             "from nothing, so give one of the two")
         rewriter = Rewriter.load(args.model, device=device, trust_remote_code=args.trust_remote_code)
         lines = rewriter.sample(args.style, args.num, temperature=args.temperature, top_p=args.top_p,
                                 batch_size=args.batch_size, seed=args.seed)
@@ -205,8 +237,9 @@ def cmd_sample(args) -> int:
             raise ModelError(f"{args.model} is a style-transfer model; choose a style with --style "
                              f"({', '.join(transfer_styles(args.model))})")
         model, tokenizer = load_generator(args.model, trust_remote_code=args.trust_remote_code)
-        lines = sample_texts(model.to(device), tokenizer, args.num, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                             max_length=args.max_length, batch_size=args.batch_size, seed=args.seed)
+        lines = sample_texts(model.to(device), tokenizer, args.num, prompt=args.prompt, temperature=args.temperature,
+                             top_k=args.top_k, top_p=args.top_p, max_length=args.max_length, batch_size=args.batch_size,
+                             seed=args.seed)
     text = "\n".join(lines) + "\n"
     if args.output:
         write_text_atomic(args.output, text)
@@ -409,12 +442,13 @@ def main(argv: list[str] | None = None) -> int:
     from .fed import EncoderError
     from .models.generator import ModelError
     from .oracle import OracleError
+    from .sampling import PromptError
     from .transfer import StyleError
 
     command = {"sample": cmd_sample, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "transfer": cmd_transfer}[args.command]
     try:
         return command(args)
-    except (ModelError, DataError, EvaluationError, EncoderError, OracleError, StyleError) as e:
+    except (ModelError, DataError, EvaluationError, EncoderError, OracleError, PromptError, StyleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: files are written whole or not at all, so say so and stop, no traceback

@@ -215,22 +215,32 @@ def _mask_new(tokens: torch.Tensor, prompt: torch.Tensor, eos_id: int) -> torch.
 
 
 def sample_batches(model, n: int, batch_size: int, max_length: int, *, bos_id: int, eos_id: int, pad_id: int,
-                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, device: str | torch.device = "cpu"):
-    """Yield rollouts of unconditional samples, ``n`` rows in all, ``batch_size`` at a time."""
+                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, device: str | torch.device = "cpu",
+                   prefix: list[int] = ()):
+    """Yield rollouts of samples, ``n`` rows in all, ``batch_size`` at a time: unconditional, or
+    continuations of the ``prefix`` ids (up to ``max_length`` new tokens before the end token)."""
+    start_ids = torch.tensor([bos_id, *prefix], dtype=torch.long, device=device)
     for start in range(0, n, batch_size):
         rows = min(batch_size, n - start)
-        prompt = torch.full((rows, 1), bos_id, dtype=torch.long, device=device)
+        prompt = start_ids.expand(rows, -1).contiguous()
         yield sample(model, prompt, max_length + 1, eos_id=eos_id, pad_id=pad_id,
                      temperature=temperature, top_k=top_k, top_p=top_p)
 
 
-def sample_texts(model, tokenizer, n: int, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 max_length: int | None = None, batch_size: int = 256, seed: int = 0, progress: bool = False) -> list[str]:
-    """``n`` unconditional samples as text, reproducible from ``seed`` whatever the global RNG state.
+class PromptError(ValueError):
+    """A prompt the model cannot continue (unknown words, too long); the message says what to do."""
 
-    Sampling draws from its own seeded random stream, so it neither perturbs a training run's
-    stream (a resumed run matches an uninterrupted one) nor depends on it. ``max_length``
-    defaults to, and is capped at, the model's position limit less BOS and EOS.
+
+def sample_texts(model, tokenizer, n: int, *, prompt: str = "", temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, max_length: int | None = None, batch_size: int = 256, seed: int = 0,
+                 progress: bool = False) -> list[str]:
+    """``n`` samples as text, reproducible from ``seed`` whatever the global RNG state.
+
+    With a ``prompt`` ("a man"), every sample continues it and the returned sentences start with
+    it; without one they are unconditional. Sampling draws from its own seeded random stream, so
+    it neither perturbs a training run's stream (a resumed run matches an uninterrupted one) nor
+    depends on it. ``max_length`` (tokens, the prompt's included) defaults to, and is capped at,
+    the model's position limit less BOS and EOS.
     """
     import math
 
@@ -241,21 +251,49 @@ def sample_texts(model, tokenizer, n: int, *, temperature: float = 1.0, top_k: i
     bos, eos, pad = special_ids(tokenizer)
     limit = getattr(model.config, "max_position_embeddings", 64) - 2
     max_length = min(max_length or limit, limit)
+    prefix = encode_prompt(tokenizer, prompt, max_length)
     device = next(model.parameters()).device
     model.eval()
     texts: list[str] = []
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        batches = sample_batches(model, n, batch_size, max_length, bos_id=bos, eos_id=eos, pad_id=pad,
-                                 temperature=temperature, top_k=top_k, top_p=top_p, device=device)
+        batches = sample_batches(model, n, batch_size, max_length - len(prefix), bos_id=bos, eos_id=eos, pad_id=pad,
+                                 temperature=temperature, top_k=top_k, top_p=top_p, device=device, prefix=prefix)
         for rollout in tqdm(batches, total=math.ceil(n / batch_size), desc=f"sampling T={temperature:g}",
                             disable=not progress, leave=False):
-            texts.extend(decode(tokenizer, rollout))
+            texts.extend(decode(tokenizer, rollout, prefix))
     return texts
 
 
-def decode(tokenizer, rollout: Rollout) -> list[str]:
-    """The sampled text of each row (special tokens dropped)."""
-    rows = [row[: int(n)].tolist() for row, n in zip(rollout.tokens.cpu(), rollout.lengths.cpu())]
+def encode_prompt(tokenizer, prompt: str, max_length: int) -> list[int]:
+    """The token ids of ``prompt`` (no special tokens), refusing words the tokenizer cannot represent.
+
+    A word-level tokenizer maps a word it has not seen to its unknown token, which decoding would
+    silently drop from the sample; such a prompt is refused, naming the words. Raises
+    :class:`PromptError` too when the prompt leaves no room for a continuation within ``max_length``.
+    """
+    if not prompt.strip():
+        return []
+    text, fast = prompt.strip(), getattr(tokenizer, "is_fast", False)  # only fast tokenizers give offsets
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
+    ids, unk = encoded["input_ids"], tokenizer.unk_token_id
+    offsets = encoded["offset_mapping"] if fast else [(0, len(text))] * len(ids)
+    unknown = [text[start:end] for token, (start, end) in zip(ids, offsets) if unk is not None and token == unk]
+    if unknown:
+        words = ", ".join(repr(word) for word in dict.fromkeys(unknown))
+        hint = ""
+        if all(tokenizer.convert_tokens_to_ids(word.lower()) not in (None, unk) for word in unknown):
+            hint = " (it knows them in lower case)"
+        raise PromptError(f"the model's vocabulary has no {words}{hint}; write the prompt as its training text was "
+                          "written (word-level models: the same spelling, case and tokenization)")
+    if len(ids) >= max_length:
+        raise PromptError(f"the prompt is {len(ids)} tokens, and sentences are at most {max_length}; shorten it "
+                          "(or raise --max-length up to the model's limit)")
+    return ids
+
+
+def decode(tokenizer, rollout: Rollout, prefix: list[int] = ()) -> list[str]:
+    """The sampled text of each row (special tokens dropped), after the ``prefix`` ids it continues."""
+    rows = [list(prefix) + row[: int(n)].tolist() for row, n in zip(rollout.tokens.cpu(), rollout.lengths.cpu())]
     return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
