@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=_positive_float, default=1.0, help="sampling temperature (default 1.0)")
     sample.add_argument("--top-k", type=_nonnegative_int, default=0, help="keep the k most likely tokens (0: all)")
     sample.add_argument("--top-p", type=_probability_mass, default=1.0, help="nucleus sampling mass (1.0: all)")
-    sample.add_argument("--max-length", type=_positive_int, default=None, help="most tokens per sentence (default: the model's limit)")
+    sample.add_argument("--max-length", type=_positive_int, default=None, help="tokens a sentence may have before its end token, the prompt's included (default: the model's "
+                        "limit); one the model has not ended by then is cut a token later")
     sample.add_argument("--batch-size", type=_positive_int, default=256, help="sentences sampled at once")
     sample.add_argument("--seed", type=int, default=0, help="random seed")
     sample.add_argument("--output", default="", help="write sentences to this file instead of standard output")

@@ -239,8 +239,9 @@ def sample_texts(model, tokenizer, n: int, *, prompt: str = "", temperature: flo
     With a ``prompt`` ("a man"), every sample continues it and the returned sentences start with
     it; without one they are unconditional. Sampling draws from its own seeded random stream, so
     it neither perturbs a training run's stream (a resumed run matches an uninterrupted one) nor
-    depends on it. ``max_length`` (tokens, the prompt's included) defaults to, and is capped at,
-    the model's position limit less BOS and EOS.
+    depends on it. ``max_length``, the tokens a sentence may have before its end token (the
+    prompt's included), defaults to, and is capped at, the model's position limit less BOS and EOS;
+    a row the model has not ended by then is cut one token later.
     """
     import math
 
