@@ -32,6 +32,12 @@ def test_sample_continues_a_prompt(trained_generator):
     assert len(lines) == 4 and all(line.startswith("a man riding ") for line in lines), lines
 
 
+def test_a_run_folder_stands_for_its_exported_generator(trained_generator):
+    by_run = run("textgan", "sample", "--model", str(trained_generator.parent), "-n", "3", "--seed", "4")
+    assert by_run.returncode == 0, by_run.stderr
+    assert by_run.stdout == run("textgan", "sample", "--model", str(trained_generator), "-n", "3", "--seed", "4").stdout
+
+
 def test_version_names_the_libraries():
     result = run("textgan", "--version")
     assert result.returncode == 0 and result.stdout.startswith("textgan 0.") and "torch 2." in result.stdout

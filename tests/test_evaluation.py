@@ -57,6 +57,26 @@ def test_evaluate_prints_a_table_and_writes_json(files, tmp_path):
     assert saved["scores"]["samples"] == 4 and "bleu-4" in saved["scores"]
 
 
+def test_a_runs_samples_file_is_scored_for_its_last_evaluation(files, tmp_path):
+    """A recipe's samples.txt holds each evaluation under '# step N': evaluate scores the last block alone."""
+    from textgan.evaluation import last_evaluation
+
+    samples, references = files
+    run_file = tmp_path / "run_samples.txt"
+    run_file.write_text("# step 2\nan early sample\nanother one\n# step 4\n" + samples.read_text())
+    assert last_evaluation(run_file.read_text().splitlines()) == (SAMPLES, [2, 4])
+    assert last_evaluation(SAMPLES) == (SAMPLES, [])
+    out = tmp_path / "scores.json"
+    result = run("textgan", "evaluate", "--samples", str(run_file), "--references", str(references), "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("note:") and "4 samples of step 4, the last of 2 evaluations" in result.stderr
+    direct = run("textgan", "evaluate", "--samples", str(samples), "--references", str(references))
+    assert result.stdout == direct.stdout  # the same scores as the block alone
+    assert json.loads(out.read_text())["samples_step"] == 4
+    run_file.write_text("# step 2\na sample\n# step 4\n")
+    _assert_clean_error(run("textgan", "evaluate", "--samples", str(run_file)), "no samples after its last '# step 4'")
+
+
 def test_evaluate_errors(files, tmp_path):
     samples = files[0]
     evaluate = ("textgan", "evaluate", "--samples")

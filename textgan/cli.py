@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("args", nargs=argparse.REMAINDER, help="[PRESET.yaml] [key=value ...]; --help lists the keys")
 
     sample = commands.add_parser("sample", help="sample sentences from a trained generator")
-    sample.add_argument("--model", required=True, help="generator folder (a run's 'generator' folder or any causal LM)")
+    sample.add_argument("--model", required=True, help="a run folder (or its 'generator' folder), or any causal LM folder or hub name")
     sample.add_argument("-n", "--num", type=_positive_int, default=10, help="how many sentences (default 10)")
     sample.add_argument("--temperature", type=_positive_float, default=1.0, help="sampling temperature (default 1.0)")
     sample.add_argument("--top-k", type=_nonnegative_int, default=0, help="keep the k most likely tokens (0: all)")
@@ -219,13 +219,14 @@ def transfer_styles(model_dir: str) -> list[str]:
 
 
 def cmd_sample(args) -> int:
-    from .models.generator import ModelError, load_generator
+    from .models.generator import ModelError, load_generator, model_folder
     from .sampling import sample_texts
     from .transfer import CONFIG_FILE, Rewriter
 
     if args.output:
         _check_output(args.output)
     device = _device(args.device)
+    args.model = model_folder(args.model)  # a run folder: the model it exported
     if args.style:
         if args.prompt:
             raise ModelError("--prompt continues a generator's text; a style-transfer model's --style samples start "
@@ -350,11 +351,18 @@ def _scoring_inputs(args) -> dict:
 def cmd_evaluate(args) -> int:
     import json
 
-    from .evaluation import EvaluationError, format_table, score
+    from .evaluation import EvaluationError, format_table, last_evaluation, score
 
     if args.json:
         _check_output(args.json)
-    samples = read_lines(args.samples)
+    samples, steps = last_evaluation(read_lines(args.samples))
+    if steps:
+        if not samples:
+            raise EvaluationError(f"{args.samples}: no samples after its last '# step {steps[-1]}' line; give a file "
+                                  "of samples, one per line")
+        of = f", the last of {len(steps)} evaluations" if len(steps) > 1 else ""
+        print(f"note: {args.samples} is a run's samples file; scoring the {len(samples)} samples of step {steps[-1]}{of}",
+              file=sys.stderr)
     inputs = _scoring_inputs(args)
     if "nll-oracle" in inputs["metrics"] and inputs["oracle"] is not None:  # without --oracle, score() says so
         from .oracle import from_text
@@ -366,7 +374,9 @@ def cmd_evaluate(args) -> int:
     scores = score(samples, **inputs)
     print(format_table([{"metric": k, "value": v} for k, v in scores.items()]))
     if args.json:
-        write_text_atomic(args.json, json.dumps({"samples_file": args.samples, "references_file": args.references or None,
+        step = {"samples_step": steps[-1]} if steps else {}
+        write_text_atomic(args.json, json.dumps({"samples_file": args.samples, **step,
+                                                 "references_file": args.references or None,
                                                  "metrics": inputs["metrics"], "scores": scores}, indent=2) + "\n")
     return 0
 

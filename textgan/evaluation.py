@@ -42,6 +42,21 @@ class EvaluationError(ValueError):
     """A metric cannot be computed from what was given; the message says what to pass."""
 
 
+def last_evaluation(lines: list[str]) -> tuple[list[str], list[int]]:
+    """The samples of the last evaluation in a run's ``samples.txt``, and the steps of all of them.
+
+    A recipe appends each evaluation's samples to ``samples.txt`` under a ``# step N`` line; scored
+    whole, such a file would mix the models of several steps and count the header lines as
+    sentences. Lines with no such header are returned whole, with no steps.
+    """
+    import re
+
+    starts = [(i, int(m.group(1))) for i, line in enumerate(lines) if (m := re.fullmatch(r"# step (\d+)", line))]
+    if not starts:
+        return lines, []
+    return lines[starts[-1][0] + 1:], [step for _, step in starts]
+
+
 def parse_metrics(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in ALL_METRICS]

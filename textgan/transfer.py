@@ -440,12 +440,12 @@ class Rewriter:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", trust_remote_code: bool = False) -> Rewriter:
-        from .models.generator import load_generator
+        from .models.generator import load_generator, model_folder
 
-        path = Path(path)
+        path = Path(model_folder(str(path)))
         if path.is_dir() and not (path / CONFIG_FILE).is_file():
             raise ModelError(f"{path} is not a style-transfer model (no {CONFIG_FILE}); "
-                             "give the 'model' folder of a style_transfer run")
+                             "give a style_transfer run folder or its 'model' folder")
         model, tokenizer = load_generator(str(path), trust_remote_code=trust_remote_code)
         reading = CONFIG_FILE
         try:

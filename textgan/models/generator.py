@@ -72,8 +72,22 @@ def _set_generation_defaults(model, max_positions: int) -> None:
     gen.max_length = max_positions
 
 
+# Where textgan's recipes export their model inside a run folder: generator/ (GAN and MLE runs), model/ (style transfer)
+EXPORTED_MODEL_FOLDERS = ("generator", "model")
+
+
+def model_folder(path: str) -> str:
+    """The model folder ``path`` means: ``path`` itself, or, given a textgan run folder, the model it exported."""
+    local = Path(path).expanduser()
+    if local.is_dir() and not (local / "config.json").is_file():
+        for name in EXPORTED_MODEL_FOLDERS:
+            if (local / name / "config.json").is_file():
+                return str(Path(path) / name)
+    return path
+
+
 def load_generator(path: str, *, trust_remote_code: bool = False):
-    """Load a causal LM and its tokenizer from a local folder or a hub name.
+    """Load a causal LM and its tokenizer from a local folder, a textgan run folder, or a hub name.
 
     Returns (model, tokenizer). Raises :class:`ModelError` with a one-line explanation when
     ``path`` is not a causal LM folder.
@@ -82,17 +96,18 @@ def load_generator(path: str, *, trust_remote_code: bool = False):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    path = model_folder(path)
     local = Path(path).expanduser()
     # a path, not a hub name: it starts like one, has more than one '/', or its first folder is here ("runs/x")
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or (
         "/" in path and Path(path.split("/")[0]).is_dir())
     if not local.exists() and looks_local:
-        raise ModelError(f"{path}: no such folder; give the 'generator' folder of a textgan run or a Hugging Face model name")
+        raise ModelError(f"{path}: no such folder; give a textgan run folder (or its 'generator' folder) or a Hugging Face model name")
     if local.exists():
         if not local.is_dir():
             raise ModelError(f"{path} is a file; give the folder of a trained generator (it holds config.json)")
         if not (local / "config.json").is_file():
-            raise ModelError(f"{path} has no config.json; give the 'generator' folder of a textgan run or a Hugging Face model folder")
+            raise ModelError(f"{path} has no config.json; give a textgan run folder (or its 'generator' folder) or a Hugging Face model folder")
     # A hub name with no way to the hub: read the local cache only, at once, instead of the hub
     # client's retries (about a minute of them, and a screen of warnings) before the same failure.
     offline = hub.cache_only(path)
