@@ -1,8 +1,10 @@
 """Batched sampling from a causal LM with a KV cache, returning a typed rollout record.
 
 One forward pass over the prompt fills the cache; then each step feeds only the newest token.
-All rows share the same prompt length, so no attention mask or position bookkeeping is needed:
-rows that have ended keep running and their tokens are replaced by padding.
+Rows share one prompt length (prompts of different lengths are left-padded and masked, as a
+style-transfer source is); rows that have ended keep running and their tokens are replaced by
+padding, until every row has ended. :func:`sample_texts` is the text-in, text-out layer on top
+(unconditional or prompted samples, seeded).
 """
 
 from __future__ import annotations
