@@ -140,6 +140,9 @@ def test_sample_errors(trained_generator, tmp_path):
                         "no 'Zebra' (it knows them in lower case)")
     _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "--prompt", "a man riding",
                             "--max-length", "3"), "the prompt is 3 tokens")
+    # a shell passes bytes that are not UTF-8 on as they are; Python's argv holds them as lone surrogates
+    _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "--prompt", "a \udcff man"),
+                        "--prompt is not valid UTF-8")
 
 
 def test_train_errors(tmp_path):

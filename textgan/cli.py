@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from .data import read_lines, write_text_atomic
+from .data import argument_text, read_lines, write_text_atomic
 from .recipes import RECIPES
 
 
@@ -225,6 +225,7 @@ def cmd_sample(args) -> int:
 
     if args.output:
         _check_output(args.output)
+    argument_text(args.prompt, "--prompt")
     device = _device(args.device)
     args.model = model_folder(args.model)  # a run folder: the model it exported
     if args.style:
@@ -257,7 +258,7 @@ def _input_lines(args) -> list[str]:
     if args.sentences:
         if args.input:
             raise DataError("give sentences as arguments or --input FILE, not both")
-        return list(args.sentences)
+        return [argument_text(sentence, f"SENTENCE {i}") for i, sentence in enumerate(args.sentences, 1)]
     name = args.input or "standard input"
     if args.input:
         text = read_text(args.input)

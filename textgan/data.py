@@ -47,6 +47,16 @@ def decode_utf8(raw: bytes, name: str | Path) -> str:
         raise DataError(f"{name}: not valid UTF-8 (byte {e.start}); re-encode it as UTF-8") from None
 
 
+def argument_text(value: str, name: str) -> str:
+    """A command-line argument used as text, checked: Python hands bytes that are not UTF-8 on as
+    lone surrogates, which tokenizers reject with a TypeError; a one-line DataError instead."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{name} is not valid UTF-8; give it as UTF-8 text") from None
+    return value
+
+
 def read_text(path: str | Path) -> str:
     """The text of a UTF-8 file; a one-line DataError for a missing file, a directory or bad UTF-8."""
     path = Path(path)
