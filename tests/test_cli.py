@@ -128,6 +128,7 @@ def _assert_clean_error(result, *words):
 def test_sample_errors(trained_generator, tmp_path):
     _assert_clean_error(run("textgan", "sample", "--model", str(tmp_path / "missing")), "no such folder")
     _assert_clean_error(run("textgan", "sample", "--model", str(tmp_path)), "config.json")
+    _assert_clean_error(run("textgan", "sample", "--model", ""), "no model was named")
     _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "--temperature", "0"), "temperature")
     _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "-n", "-3"), "-n")
     _assert_clean_error(run("textgan", "sample", "--model", str(trained_generator), "--output", str(tmp_path / "no" / "x.txt")), "cannot write")

@@ -118,6 +118,7 @@ def test_sweep_errors(trained_generator, files, tmp_path):
     _assert_clean_error(run(*sweep, "--model", str(trained_generator), "--temperatures", "0,1", "--output", str(tmp_path / "o")),
                         "--temperatures")
     _assert_clean_error(run(*sweep, "--model", str(tmp_path / "none"), "--output", str(tmp_path / "o")), "no such folder")
+    _assert_clean_error(run(*sweep, "--model", "mle=", "--output", str(tmp_path / "o")), "no model was named")
     _assert_clean_error(run(*sweep, "--model", str(trained_generator), "--output", str(references)), "is a file")
     _assert_clean_error(run("textgan", "sweep", "--model", str(trained_generator), "--output", str(tmp_path / "o"), "-n", "4",
                             "--temperatures", "1.0"), "bleu-5")

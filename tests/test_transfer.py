@@ -456,6 +456,7 @@ def test_transfer_errors(transfer_run, trained_generator, tmp_path):
     assert_clean_error(run_cli(*base, "--input", str(bad)), "UTF-8")
     assert_clean_error(run_cli(*base, stdin=b"\xff\n"), "UTF-8")
     assert_clean_error(run_cli(*base, "fine", "a \udcff byte"), "SENTENCE 2 is not valid UTF-8")  # argv's raw bytes
+    assert_clean_error(run_cli("transfer", "--model", "", "--from", "neg", "--to", "pos", "x"), "no model was named")
     assert_clean_error(run_cli(*base, "--output", str(tmp_path / "no" / "out.txt"), "x"), "cannot write")
     assert_clean_error(run_cli(*base, "--decoding", "topk", "x"))
     assert_clean_error(run_cli(*base, "--beam", "0", "x"))

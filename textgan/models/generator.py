@@ -96,6 +96,8 @@ def load_generator(path: str, *, trust_remote_code: bool = False):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    if not path.strip():
+        raise ModelError("no model was named (an empty path); give a model folder, a textgan run folder or a hub name")
     path = model_folder(path)
     local = Path(path).expanduser()
     # a path, not a hub name: it starts like one, has more than one '/', or its first folder is here ("runs/x")
