@@ -148,6 +148,7 @@ def test_sample_errors(trained_generator, tmp_path):
 
 def test_train_errors(tmp_path):
     _assert_clean_error(run("textgan", "train", "gan9000"), "unknown recipe")
+    _assert_clean_error(run("textgan", "train", "steps=3", "mle"), "name the recipe first: textgan train mle")
     _assert_clean_error(run("textgan", "train"), "name a recipe", "scratchgan")
     _assert_clean_error(run("textgan", "train", "mle", "stpes=3"), "did you mean 'steps'")
     _assert_clean_error(run("textgan.recipes.scratchgan", "batch_size=-1"), "batch_size")

@@ -442,7 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
         if args.recipe not in RECIPES:
-            print(f"error: unknown recipe {args.recipe!r}; choose one of {', '.join(RECIPES)}", file=sys.stderr)
+            named = next((word for word in args.args if word in RECIPES), None)
+            if named and ("=" in args.recipe or args.recipe.endswith((".yaml", ".yml"))):  # the order mixed up
+                print(f"error: name the recipe first: textgan train {named} [PRESET.yaml] [key=value ...]", file=sys.stderr)
+            else:
+                print(f"error: unknown recipe {args.recipe!r}; choose one of {', '.join(RECIPES)}", file=sys.stderr)
             return 2
         from .recipes import load_recipe
         from .recipes._cli import run_recipe
