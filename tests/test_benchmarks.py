@@ -23,6 +23,7 @@ def _results_digest() -> dict[str, str]:
     ("metric_speed.py", "coco", "| self-bleu |"),
     ("oracle.py", "oracle", "| scratchgan |"),
     ("oracle_overfit.py", "oracle", "| the oracle |"),
+    ("oracle_copying.py", "oracle", "| 0.85 |"),
     ("grammar_recipes.py", None, "| seqgan |"),
 ])
 def test_quick_mode_runs_and_leaves_the_recorded_results_alone(script, data, expected, tmp_path):
