@@ -60,7 +60,8 @@ class RunConfig(BaseConfig):
     max_length: int = arg(20, "longest sentence in tokens (longer training sentences are dropped); samples stop here")
     tokenizer: str = arg("word", "word, bpe or unigram (ignored with model=..., which brings its own)")
     vocab_size: int = arg(0, "tokenizer vocabulary size; 0: every word (word) or 8000 (bpe, unigram)")
-    model: str = arg("", "pretrained causal LM (folder or hub name) to use as the generator; empty: a new small Llama")
+    model: str = arg("", "pretrained causal LM (folder, textgan run folder or hub name) to use as the generator; empty: "
+                     "a new small Llama")
     trust_remote_code: bool = arg(False, "allow a model folder to run its own code (only for folders you trust)")
     d_model: int = arg(128, "generator width (new model)")
     n_layers: int = arg(2, "generator layers (new model)")
