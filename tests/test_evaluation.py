@@ -112,6 +112,34 @@ def test_sweep_writes_curve_plot_and_samples(trained_generator, files, tmp_path)
     assert len((out / "samples" / "tiny_T0.8.txt").read_text().splitlines()) == 12
 
 
+def test_an_interrupted_sweep_resumes_to_what_an_unbroken_one_writes(trained_generator, files, tmp_path):
+    """--resume keeps the rows already made (a sweep stopped after two of its three temperatures) and makes the
+    rest; the result equals one unbroken sweep. Rows made from other inputs or another model are refused."""
+    import shutil
+
+    references = files[1]
+    model = tmp_path / "model"
+    shutil.copytree(trained_generator, model)
+    sweep = ("textgan", "sweep", "--model", f"tiny={model}", "-n", "12", "--references", str(references), "--output")
+    assert run(*sweep, str(tmp_path / "whole"), "--temperatures", "0.8,1.0,1.2").returncode == 0
+    part = tmp_path / "part"
+    assert run(*sweep, str(part), "--temperatures", "0.8,1.0").returncode == 0
+    made = (part / "samples" / "tiny_T0.8.txt").stat().st_mtime_ns
+    result = run(*sweep, str(part), "--temperatures", "0.8,1.0,1.2", "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "2 of 3 rows are done" in result.stderr
+    assert (part / "samples" / "tiny_T0.8.txt").stat().st_mtime_ns == made  # kept, not sampled again
+    assert (part / "sweep.json").read_text() == (tmp_path / "whole" / "sweep.json").read_text()
+    for name in ("tiny_T1.2.txt", "tiny_T0.8.txt"):
+        assert (part / "samples" / name).read_text() == (tmp_path / "whole" / "samples" / name).read_text()
+
+    _assert_clean_error(run(*sweep[:5], "13", *sweep[6:], str(part), "--resume"), "holds a sweep of other inputs")
+    (model / "config.json").write_text((model / "config.json").read_text() + " ")  # the model changed
+    _assert_clean_error(run(*sweep, str(part), "--resume"), "model 'tiny' has changed")
+    fresh = run(*sweep, str(tmp_path / "new"), "--temperatures", "1.0", "--resume")  # nothing to resume: starts
+    assert fresh.returncode == 0 and "0 of 1 rows are done" in fresh.stderr
+
+
 def test_sweep_errors(trained_generator, files, tmp_path):
     references = files[1]
     sweep = ("textgan", "sweep", "--references", str(references))

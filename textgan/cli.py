@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--x", default="", help="metric on the plot's x axis (default bleu-5, or nll-oracle with --oracle)")
     sweep.add_argument("--y", default="", help="metric on the plot's y axis (default self-bleu-4, or nll-test with --oracle)")
     sweep.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    sweep.add_argument("--resume", action="store_true", help="keep the rows an interrupted sweep in --output already "
+                       "made from the same models and inputs, and make the rest")
     _add_device_argument(sweep)
     return parser
 
@@ -383,8 +385,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    import hashlib
+    from pathlib import Path
+
     from .evaluation import EvaluationError, format_table, metric_of, plot_sweep, sweep
-    from .models.generator import load_generator
+    from .models.generator import load_generator, model_digest
 
     try:
         temperatures = [float(t) for t in args.temperatures.split(",")]
@@ -418,7 +423,11 @@ def cmd_sweep(args) -> int:
         if metric_of(axis) not in available:
             raise EvaluationError(f"cannot plot {axis!r}: the sweep computes {', '.join(sorted(available))}; "
                                   "pass the files it needs (--references, --oracle, ...) or choose --x/--y")
-    rows = sweep(models, temperatures, args.num, args.output, valid=valid, seed=args.seed, device=device, **inputs)
+    read = {"lm": args.lm and model_digest(args.lm), "fed_encoder": args.fed_encoder and model_digest(args.fed_encoder),
+            "oracle": args.oracle and hashlib.sha256(Path(args.oracle).read_bytes()).hexdigest(),
+            "reverse_lm_steps": args.reverse_lm_steps}  # what the rows depend on beyond the sentences
+    rows = sweep(models, temperatures, args.num, args.output, valid=valid, seed=args.seed, device=device,
+                 resume=args.resume, inputs=read, **inputs)
     png = plot_sweep(rows, x, y, os.path.join(args.output, "sweep.png"))
     print(format_table(rows))
     print(f"\nwrote {os.path.join(args.output, 'sweep.json')} and {png}")
@@ -468,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: files are written whole or not at all, so say so and stop, no traceback
-        print(f"interrupted; textgan {args.command} stopped before it finished", file=sys.stderr)
+        again = "; run it again with --resume to keep the rows it made" if args.command == "sweep" else ""
+        print(f"interrupted; textgan {args.command} stopped before it finished{again}", file=sys.stderr)
         return 130
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -195,6 +196,9 @@ def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+SWEEP_STATE = "sweep.state.json"
+
+
 def sweep(
     models: dict[str, str],
     temperatures: list[float],
@@ -207,24 +211,47 @@ def sweep(
     seed: int = 0,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    resume: bool = False,
+    inputs: dict | None = None,
     **score_kwargs,
 ) -> list[dict]:
     """Sample ``n`` sentences from each model at each temperature and score them.
 
     ``valid``: held-out text for ``nll-test`` at each temperature (the model's NLL with its
     logits divided by T, as Caccia et al.). Writes ``samples/<label>_T<t>.txt`` and
-    ``sweep.json`` under ``out_dir``; returns one row per (model, temperature). The models sample
-    on ``device``; scoring runs where its own models are.
+    ``sweep.json`` under ``out_dir``, a row at a time; returns one row per (model, temperature).
+    The models sample on ``device``; scoring runs where its own models are.
+
+    ``resume``: keep the rows an interrupted sweep in ``out_dir`` already wrote, where they were
+    made from the same inputs: ``sweep.state.json`` records a digest of everything a row depends
+    on (n, seed, metrics, device type, the reference / held-out / training sentences, the
+    ``inputs`` the caller names, e.g. the files behind an oracle or LM, and the textgan version)
+    and one of each model folder's files. A sweep of other inputs is an :class:`EvaluationError`.
     """
-    from .models.generator import load_generator
+    from .models.generator import load_generator, model_digest
 
     out_dir = Path(out_dir)
+    setup = _digest({"n": n, "seed": seed, "metrics": metrics, "device": torch.device(device).type,
+                     "references": references, "valid": valid, "inputs": inputs or {},
+                     "score": {k: v for k, v in score_kwargs.items() if _plain(v)}})
+    state = {"setup": setup, "models": {label: model_digest(path) for label, path in models.items()}}
+    done = _resumable_rows(out_dir, state) if resume else {}
+    if resume and progress:
+        print(f"resuming the sweep in {out_dir}: {len(done)} of {len(models) * len(temperatures)} rows are done",
+              file=sys.stderr)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    if not done:  # an earlier sweep's rows must not outlive the state that described them
+        write_text_atomic(out_dir / "sweep.json", "[]\n")
+    write_text_atomic(out_dir / SWEEP_STATE, json.dumps(state, indent=2) + "\n")
     rows = []
     for label, path in models.items():
-        model, tokenizer = load_generator(path)
-        model = model.to(device)
+        todo = [t for t in temperatures if (label, t) not in done]
+        model, tokenizer = load_generator(path) if todo else (None, None)
+        model = model.to(device) if model is not None else None
         for t in tqdm(temperatures, desc=f"sweep {label}", disable=not progress):
+            if (label, t) in done:
+                rows.append(done[label, t])
+                continue
             texts = sample_texts(model, tokenizer, n, temperature=t, seed=seed, progress=progress)
             write_text_atomic(out_dir / "samples" / f"{label}_T{t:g}.txt", "\n".join(texts) + "\n")
             row = {"model": label, "temperature": t}
@@ -233,7 +260,44 @@ def sweep(
                 row["nll-test"], _ = sentences_nll(model, tokenizer, valid, temperature=t)
             rows.append(row)
             write_text_atomic(out_dir / "sweep.json", json.dumps(rows, indent=2) + "\n")
+    write_text_atomic(out_dir / "sweep.json", json.dumps(rows, indent=2) + "\n")
     return rows
+
+
+def _resumable_rows(out_dir: Path, state: dict) -> dict[tuple[str, float], dict]:
+    """The rows of an earlier sweep in ``out_dir`` that a sweep of ``state`` can keep, by (model, temperature)."""
+    try:
+        before = json.loads((out_dir / SWEEP_STATE).read_text(encoding="utf-8"))
+        rows = json.loads((out_dir / "sweep.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # nothing to resume (or a sweep interrupted before its first row): start afresh
+    if before.get("setup") != state["setup"]:
+        raise EvaluationError(f"{out_dir} holds a sweep of other inputs (-n, --seed, metrics, device or the files "
+                              "it reads differ); give another --output, or drop --resume to start it over")
+    changed = [label for label in state["models"] if label in before.get("models", {})
+               and before["models"][label] != state["models"][label]]
+    if changed:
+        raise EvaluationError(f"{out_dir}: model {changed[0]!r} has changed since its rows were written; give another "
+                              "--output, or drop --resume to start it over")
+    return {(row["model"], row["temperature"]): row for row in rows if isinstance(row, dict)
+            and row.get("model") in state["models"] and (out_dir / "samples" / f"{row['model']}_T{row['temperature']:g}.txt").is_file()}
+
+
+def _plain(value) -> bool:
+    """A scoring option that is its own fingerprint (a number, a name, a list of sentences), not a loaded object."""
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, (str, int, float)) for v in value)
+    return value is None or isinstance(value, (str, int, float))
+
+
+def _digest(value) -> str:
+    """SHA-256 of a JSON-able value (lists of sentences included), with textgan's version."""
+    import hashlib
+
+    from . import __version__
+
+    return hashlib.sha256(json.dumps([__version__, value], sort_keys=True, default=str).encode()).hexdigest()
+
 
 
 def plot_sweep(rows: list[dict], x: str, y: str, path: str | Path, title: str = "", baselines: dict | None = None) -> Path:

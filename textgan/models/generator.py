@@ -86,6 +86,19 @@ def model_folder(path: str) -> str:
     return path
 
 
+def model_digest(path: str) -> str:
+    """SHA-256 over the files of a local model folder (a run folder: the model it exported); a hub name stands for itself."""
+    import hashlib
+
+    folder = Path(model_folder(path)).expanduser()
+    if not folder.is_dir():
+        return "hub:" + path
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(file.name.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def load_generator(path: str, *, trust_remote_code: bool = False):
     """Load a causal LM and its tokenizer from a local folder, a textgan run folder, or a hub name.
 
