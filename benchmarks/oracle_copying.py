@@ -77,7 +77,8 @@ def main() -> None:
 
     baseline = mle_baseline()
     meets = [r for r in rows if r["nll_oracle"] < BAR_NLL_ORACLE and baseline is not None and r["nll_test"] <= baseline]
-    lines = ["| copy rate a | NLL-test (per token, end token included) | NLL-oracle (T=1) | samples copied from training | unique | meets the bar |",
+    lines = [("| copy rate a | NLL-test (per token, end token included) | NLL-oracle (T=1) | samples copied from training "
+              "| unique | meets the bar |"),
              "|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['copy_rate']:g} | {r['nll_test']:.3f} | {r['nll_oracle']:.3f} | {r['copied']:.3f} "

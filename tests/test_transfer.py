@@ -487,7 +487,8 @@ def test_sample_in_a_style(transfer_run, trained_generator):
     assert_clean_error(run_cli("sample", "--model", model, "--style", "meh"), "unknown style", "neg, pos")
     assert_clean_error(run_cli("sample", "--model", model), "--style", "(neg, pos)")
     assert_clean_error(run_cli("sample", "--model", str(trained_generator), "--style", "pos"), "not a style-transfer model")
-    assert_clean_error(run_cli("sample", "--model", model, "--style", "pos", "--prompt", "the food"), "give one of the two")
+    assert_clean_error(run_cli("sample", "--model", model, "--style", "pos", "--prompt", "the food"),
+                       "give one of the two")
     by_run = run_cli("sample", "--model", str(transfer_run), "--style", "pos", "-n", "7")  # the run folder: its model/
     assert by_run.returncode == 0 and by_run.stdout == result.stdout, by_run.stderr
 

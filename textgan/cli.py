@@ -100,13 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("args", nargs=argparse.REMAINDER, help="[PRESET.yaml] [key=value ...]; --help lists the keys")
 
     sample = commands.add_parser("sample", help="sample sentences from a trained generator")
-    sample.add_argument("--model", required=True, help="a run folder (or its 'generator' folder), or any causal LM folder or hub name")
+    sample.add_argument("--model", required=True,
+                        help="a run folder (or its 'generator' folder), or any causal LM folder or hub name")
     sample.add_argument("-n", "--num", type=_positive_int, default=10, help="how many sentences (default 10)")
     sample.add_argument("--temperature", type=_positive_float, default=1.0, help="sampling temperature (default 1.0)")
     sample.add_argument("--top-k", type=_nonnegative_int, default=0, help="keep the k most likely tokens (0: all)")
     sample.add_argument("--top-p", type=_probability_mass, default=1.0, help="nucleus sampling mass (1.0: all)")
-    sample.add_argument("--max-length", type=_positive_int, default=None, help="tokens a sentence may have before its end token, the prompt's included (default: the model's "
-                        "limit); one the model has not ended by then is cut a token later")
+    sample.add_argument("--max-length", type=_positive_int, default=None,
+                        help="tokens a sentence may have before its end token, the prompt's included (default: the "
+                        "model's limit); one the model has not ended by then is cut a token later")
     sample.add_argument("--batch-size", type=_positive_int, default=256, help="sentences sampled at once")
     sample.add_argument("--seed", type=int, default=0, help="random seed")
     sample.add_argument("--output", default="", help="write sentences to this file instead of standard output")
@@ -364,8 +366,8 @@ def cmd_evaluate(args) -> int:
             raise EvaluationError(f"{args.samples}: no samples after its last '# step {steps[-1]}' line; give a file "
                                   "of samples, one per line")
         of = f", the last of {len(steps)} evaluations" if len(steps) > 1 else ""
-        print(f"note: {args.samples} is a run's samples file; scoring the {len(samples)} samples of step {steps[-1]}{of}",
-              file=sys.stderr)
+        print(f"note: {args.samples} is a run's samples file; scoring the {len(samples)} samples of step "
+              f"{steps[-1]}{of}", file=sys.stderr)
     inputs = _scoring_inputs(args)
     if "nll-oracle" in inputs["metrics"] and inputs["oracle"] is not None:  # without --oracle, score() says so
         from .oracle import from_text
@@ -453,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.recipe not in RECIPES:
             named = next((word for word in args.args if word in RECIPES), None)
             if named and ("=" in args.recipe or args.recipe.endswith((".yaml", ".yml"))):  # the order mixed up
-                print(f"error: name the recipe first: textgan train {named} [PRESET.yaml] [key=value ...]", file=sys.stderr)
+                print(f"error: name the recipe first: textgan train {named} [PRESET.yaml] [key=value ...]",
+                      file=sys.stderr)
             else:
                 print(f"error: unknown recipe {args.recipe!r}; choose one of {', '.join(RECIPES)}", file=sys.stderr)
             return 2

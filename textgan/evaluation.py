@@ -279,8 +279,9 @@ def _resumable_rows(out_dir: Path, state: dict) -> dict[tuple[str, float], dict]
     if changed:
         raise EvaluationError(f"{out_dir}: model {changed[0]!r} has changed since its rows were written; give another "
                               "--output, or drop --resume to start it over")
-    return {(row["model"], row["temperature"]): row for row in rows if isinstance(row, dict)
-            and row.get("model") in state["models"] and (out_dir / "samples" / f"{row['model']}_T{row['temperature']:g}.txt").is_file()}
+    kept = [row for row in rows if isinstance(row, dict) and row.get("model") in state["models"]]
+    return {(row["model"], row["temperature"]): row for row in kept
+            if (out_dir / "samples" / f"{row['model']}_T{row['temperature']:g}.txt").is_file()}
 
 
 def _plain(value) -> bool:
@@ -297,7 +298,6 @@ def _digest(value) -> str:
     from . import __version__
 
     return hashlib.sha256(json.dumps([__version__, value], sort_keys=True, default=str).encode()).hexdigest()
-
 
 
 def plot_sweep(rows: list[dict], x: str, y: str, path: str | Path, title: str = "", baselines: dict | None = None) -> Path:

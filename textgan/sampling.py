@@ -291,8 +291,9 @@ def encode_prompt(tokenizer, prompt: str, max_length: int) -> list[int]:
         raise PromptError(f"the model's vocabulary has no {words}{hint}; write the prompt as its training text was "
                           "written (word-level models: the same spelling, case and tokenization)")
     if len(ids) >= max_length:
-        raise PromptError(f"the prompt is {len(ids)} token{'s' * (len(ids) > 1)}, and sentences are at most {max_length}; shorten it "
-                          "(or raise --max-length up to the model's limit)")
+        tokens = f"{len(ids)} token{'s' * (len(ids) > 1)}"
+        raise PromptError(f"the prompt is {tokens}, and sentences are at most {max_length}; shorten it (or raise "
+                          "--max-length up to the model's limit)")
     return ids
 
 

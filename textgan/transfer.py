@@ -443,7 +443,8 @@ class Rewriter:
         from .models.generator import load_generator, model_folder
 
         if not str(path).strip():
-            raise ModelError("no model was named (an empty path); give a style_transfer run folder or its 'model' folder")
+            raise ModelError("no model was named (an empty path); give a style_transfer run folder or its 'model' "
+                             "folder")
         path = Path(model_folder(str(path)))
         if path.is_dir() and not (path / CONFIG_FILE).is_file():
             raise ModelError(f"{path} is not a style-transfer model (no {CONFIG_FILE}); "

@@ -87,7 +87,8 @@ def model_folder(path: str) -> str:
 
 
 def model_digest(path: str) -> str:
-    """SHA-256 over the files of a local model folder (a run folder: the model it exported); a hub name stands for itself."""
+    """SHA-256 over the files of a local model folder (for a run folder: of the model it exported); a hub
+    name stands for itself."""
     import hashlib
 
     folder = Path(model_folder(path)).expanduser()
@@ -117,12 +118,14 @@ def load_generator(path: str, *, trust_remote_code: bool = False):
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or (
         "/" in path and Path(path.split("/")[0]).is_dir())
     if not local.exists() and looks_local:
-        raise ModelError(f"{path}: no such folder; give a textgan run folder (or its 'generator' folder) or a Hugging Face model name")
+        raise ModelError(f"{path}: no such folder; give a textgan run folder (or its 'generator' folder) or a Hugging "
+                         "Face model name")
     if local.exists():
         if not local.is_dir():
             raise ModelError(f"{path} is a file; give the folder of a trained generator (it holds config.json)")
         if not (local / "config.json").is_file():
-            raise ModelError(f"{path} has no config.json; give a textgan run folder (or its 'generator' folder) or a Hugging Face model folder")
+            raise ModelError(f"{path} has no config.json; give a textgan run folder (or its 'generator' folder) or a "
+                             "Hugging Face model folder")
     # A hub name with no way to the hub: read the local cache only, at once, instead of the hub
     # client's retries (about a minute of them, and a screen of warnings) before the same failure.
     offline = hub.cache_only(path)
