@@ -220,4 +220,5 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
                        ("cmd_transfer", ["transfer", "--from", "neg", "--to", "pos"])):
         monkeypatch.setattr(cli, name, interrupted)
         assert cli.main(argv) == 130
-        assert capsys.readouterr().err.strip() == f"interrupted; textgan {argv[0]} stopped before it finished"
+        again = "; run it again with --resume to keep the rows it made" if argv[0] == "sweep" else ""
+        assert capsys.readouterr().err.strip() == f"interrupted; textgan {argv[0]} stopped before it finished{again}"
