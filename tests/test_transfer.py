@@ -479,6 +479,31 @@ def test_transfer_default_model(tmp_path, transfer_run):
     assert result.returncode == 0 and len(result.stdout.splitlines()) == 1, result.stderr
 
 
+def test_a_style_prompt_is_continued_from_the_models_distribution(transfer_run):
+    """The word after the prompt is drawn from the rewriter's distribution given the style prompt and the
+    prompt's words (mean log-ratio against the distribution without them within 5 standard errors of the KL)."""
+    import torch
+
+    from textgan.transfer import Rewriter
+
+    rewriter = Rewriter.load(transfer_run / "model")
+    lines = rewriter.sample("pos", 2000, prompt="the food was", seed=1, batch_size=1000)
+    assert all(line.split()[:3] == ["the", "food", "was"] for line in lines)
+    layout, style = rewriter.layout, rewriter.layout.style_id("pos")
+    start, _ = layout.prompts([[]], [style], [style])
+    words = rewriter.tokenizer.convert_tokens_to_ids(["the", "food", "was"])
+    with torch.no_grad():
+        given, alone = (torch.log_softmax(rewriter.model(ids).logits[0, -1], -1)
+                        for ids in (torch.cat([start, torch.tensor([words])], 1), start))
+    drawn = torch.tensor([rewriter.tokenizer.convert_tokens_to_ids(line.split()[3]) if len(line.split()) > 3
+                          else layout.eos_id for line in lines])
+    ratio = given - alone
+    kl = (given.exp() * ratio).sum()
+    error = ((given.exp() * (ratio - kl) ** 2).sum() / len(lines)).sqrt()
+    assert kl > 20 * error
+    assert (ratio[drawn].mean() - kl).abs() < 5 * error, (ratio[drawn].mean(), kl, error)
+
+
 def test_sample_in_a_style(transfer_run, trained_generator):
     model = str(transfer_run / "model")
     result = run_cli("sample", "--model", model, "--style", "pos", "-n", "7")
@@ -487,8 +512,11 @@ def test_sample_in_a_style(transfer_run, trained_generator):
     assert_clean_error(run_cli("sample", "--model", model, "--style", "meh"), "unknown style", "neg, pos")
     assert_clean_error(run_cli("sample", "--model", model), "--style", "(neg, pos)")
     assert_clean_error(run_cli("sample", "--model", str(trained_generator), "--style", "pos"), "not a style-transfer model")
-    assert_clean_error(run_cli("sample", "--model", model, "--style", "pos", "--prompt", "the food"),
-                       "give one of the two")
+    prompted = run_cli("sample", "--model", model, "--style", "pos", "-n", "5", "--prompt", "The food")  # normalized
+    assert prompted.returncode == 0, prompted.stderr
+    assert all(line.startswith("the food") for line in prompted.stdout.splitlines()), prompted.stdout
+    assert_clean_error(run_cli("sample", "--model", model, "--style", "pos", "--prompt", "the zorblax"),
+                       "has no 'zorblax'")
     by_run = run_cli("sample", "--model", str(transfer_run), "--style", "pos", "-n", "7")  # the run folder: its model/
     assert by_run.returncode == 0 and by_run.stdout == result.stdout, by_run.stderr
 

@@ -233,12 +233,9 @@ def cmd_sample(args) -> int:
     device = _device(args.device)
     args.model = model_folder(args.model)  # a run folder: the model it exported
     if args.style:
-        if args.prompt:
-            raise ModelError("--prompt continues a generator's text; a style-transfer model's --style samples start "
-                             "from nothing, so give one of the two")
         rewriter = Rewriter.load(args.model, device=device, trust_remote_code=args.trust_remote_code)
-        lines = rewriter.sample(args.style, args.num, temperature=args.temperature, top_p=args.top_p,
-                                batch_size=args.batch_size, seed=args.seed)
+        lines = rewriter.sample(args.style, args.num, prompt=args.prompt, temperature=args.temperature,
+                                top_p=args.top_p, batch_size=args.batch_size, seed=args.seed)
     else:
         if os.path.isfile(os.path.join(args.model, CONFIG_FILE)):
             raise ModelError(f"{args.model} is a style-transfer model; choose a style with --style "

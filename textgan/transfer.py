@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .bleu import ngram_counts
 from .data import DataError, read_lines, read_text, sequence_mask
 from .models.generator import ModelError, load_errors
-from .sampling import _decoder, sample
+from .sampling import _decoder, encode_prompt, sample
 
 SEP = "<sep>"
 SPLITS = ("train", "dev", "test")
@@ -649,10 +649,13 @@ class Rewriter:
             texts.append(" ".join(" ".join(pieces).split()))
         return texts
 
-    def sample(self, style: str, n: int, *, temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 256,
-               seed: int = 0) -> list[str]:
-        """``n`` new sentences in ``style``: the rewrite of an empty source into that style."""
+    def sample(self, style: str, n: int, *, prompt: str = "", temperature: float = 1.0, top_p: float = 1.0,
+               batch_size: int = 256, seed: int = 0) -> list[str]:
+        """``n`` new sentences in ``style``: the rewrite of an empty source into that style, each
+        continuing ``prompt`` (normalized as the training text was) when one is given."""
         s = self.layout.style_id(style)
+        text = normalize(prompt) if self.normalized and prompt.strip() else prompt
+        prefix = encode_prompt(self.tokenizer, text, self.layout.max_length)
         out: list[str] = []
         device = next(self.model.parameters()).device
         cuda = [device] if device.type == "cuda" else []
@@ -660,7 +663,16 @@ class Rewriter:
             torch.manual_seed(seed)
             for start in range(0, n, batch_size):
                 rows = min(batch_size, n - start)
-                words = self.generate([[]] * rows, [s] * rows, [s] * rows, decoding="sample", temperature=temperature,
-                                      top_p=top_p)
+                if not prefix:
+                    words = self.generate([[]] * rows, [s] * rows, [s] * rows, decoding="sample",
+                                          temperature=temperature, top_p=top_p)
+                else:  # the style's prompt, then the prompt's words, as if the model had written them
+                    ids, mask = self.layout.prompts([[]] * rows, [s] * rows, [s] * rows)
+                    ids = torch.cat([ids, torch.tensor([prefix] * rows, dtype=torch.long)], 1)
+                    mask = torch.cat([mask, torch.ones(rows, len(prefix), dtype=torch.bool)], 1)
+                    rollout = sample(self.model, ids.to(device), self.layout.max_length + 1 - len(prefix),
+                                     eos_id=self.layout.eos_id, pad_id=self.layout.pad_id, temperature=temperature,
+                                     top_p=top_p, prompt_mask=mask.to(device))
+                    words = [prefix + row for row in self.layout.words(rollout.tokens.cpu())]
                 out.extend(self.decode(words))
         return out
