@@ -73,6 +73,13 @@ def test_a_runs_samples_file_is_scored_for_its_last_evaluation(files, tmp_path):
     direct = run("textgan", "evaluate", "--samples", str(samples), "--references", str(references))
     assert result.stdout == direct.stdout  # the same scores as the block alone
     assert json.loads(out.read_text())["samples_step"] == 4
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    run_file.rename(run_folder / "samples.txt")
+    (run_folder / "config.yaml").write_text("steps: 4\n")  # what makes a folder a run's
+    by_folder = run("textgan", "evaluate", "--samples", str(run_folder), "--references", str(references))
+    assert by_folder.returncode == 0 and by_folder.stdout == direct.stdout, by_folder.stderr
+    run_file = run_folder / "samples.txt"
     run_file.write_text("# step 2\na sample\n# step 4\n")
     _assert_clean_error(run("textgan", "evaluate", "--samples", str(run_file)), "no samples after its last '# step 4'")
 

@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     metric_help = f"comma-separated, from {','.join(ALL_METRICS)} (default: all that the given files allow, but fed and reverse-lm)"
     evaluate = commands.add_parser("evaluate", help="score a file of samples: BLEU, Self-BLEU, diversity, FED, NLL")
-    evaluate.add_argument("--samples", required=True, help="generated sentences, one per line (tokens separated by spaces)")
+    evaluate.add_argument("--samples", required=True, help="generated sentences, one per line (tokens separated by "
+                          "spaces), or a run folder: the last evaluation's samples in its samples.txt")
     _add_scoring_arguments(evaluate, metric_help)
     evaluate.add_argument("--json", default="", help="also write the scores to this JSON file")
 
@@ -357,6 +358,8 @@ def cmd_evaluate(args) -> int:
 
     if args.json:
         _check_output(args.json)
+    if all(os.path.isfile(os.path.join(args.samples, name)) for name in ("samples.txt", "config.yaml")):
+        args.samples = os.path.join(args.samples, "samples.txt")  # a run folder: its samples file
     samples, steps = last_evaluation(read_lines(args.samples))
     if steps:
         if not samples:
