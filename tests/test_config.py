@@ -61,6 +61,12 @@ def test_yaml_preset_then_overrides(tmp_path):
         parse_args(MLEConfig, [str(bad)])
     with pytest.raises(ConfigError, match="no such preset"):
         parse_args(MLEConfig, [str(tmp_path / "missing.yaml")])
+    bad.write_text("steps: [1\n")
+    with pytest.raises(ConfigError, match="not a valid YAML file \\(ParserError at line 2, column 1\\)"):
+        parse_args(MLEConfig, [str(bad)])
+    bad.write_bytes(b"steps: \xff\n")
+    with pytest.raises(ConfigError, match="not valid UTF-8 \\(byte 7\\)"):
+        parse_args(MLEConfig, [str(bad)])
     with pytest.raises(ConfigError, match="cannot read argument"):
         parse_args(MLEConfig, ["--steps", "3"])
     for text, message in (("steps: [1, 2]\n", "steps: expected an integer"), ("lr: {a: 1}\n", "lr: expected a number"),

@@ -155,8 +155,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = find_preset(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not a valid YAML file ({type(e).__name__}); fix its syntax") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {e.start}); re-encode it as UTF-8") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise ConfigError(f"{path}: not a valid YAML file ({type(e).__name__}{at}); fix its syntax") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
