@@ -126,11 +126,12 @@ def load_style_data(folder: str | Path, *, normalized: bool = True, dev_size: in
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder; give a folder with train.<style> files (e.g. train.neg, train.pos)")
+        what = "is a file" if folder.exists() else "no such folder"
+        raise DataError(f"{folder}: {what}; give a folder with train.<style> files (e.g. train.neg, train.pos)")
     files = style_files(folder)
     styles = sorted(files["train"])
     if len(styles) < 2:
-        raise DataError(f"{folder}: found {len(styles)} train.<style> file(s); style transfer needs at least two styles "
+        raise DataError(f"{folder}: found {len(styles)} train.<style> file(s); at least two styles are needed "
                         "(e.g. train.neg and train.pos, or sentiment.train.0 and sentiment.train.1, one sentence per line)")
     prep = normalize if normalized else str.strip
 
