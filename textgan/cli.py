@@ -236,7 +236,8 @@ def cmd_sample(args) -> int:
     if args.style:
         rewriter = Rewriter.load(args.model, device=device, trust_remote_code=args.trust_remote_code)
         lines = rewriter.sample(args.style, args.num, prompt=args.prompt, temperature=args.temperature,
-                                top_p=args.top_p, batch_size=args.batch_size, seed=args.seed)
+                                top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
+                                progress=args.num > args.batch_size)
     else:
         if os.path.isfile(os.path.join(args.model, CONFIG_FILE)):
             raise ModelError(f"{args.model} is a style-transfer model; choose a style with --style "
@@ -244,7 +245,7 @@ def cmd_sample(args) -> int:
         model, tokenizer = load_generator(args.model, trust_remote_code=args.trust_remote_code)
         lines = sample_texts(model.to(device), tokenizer, args.num, prompt=args.prompt, temperature=args.temperature,
                              top_k=args.top_k, top_p=args.top_p, max_length=args.max_length, batch_size=args.batch_size,
-                             seed=args.seed)
+                             seed=args.seed, progress=args.num > args.batch_size)  # a bar where it takes batches
     text = "\n".join(lines) + "\n"
     if args.output:
         write_text_atomic(args.output, text)

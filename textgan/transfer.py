@@ -651,9 +651,11 @@ class Rewriter:
         return texts
 
     def sample(self, style: str, n: int, *, prompt: str = "", temperature: float = 1.0, top_p: float = 1.0,
-               batch_size: int = 256, seed: int = 0) -> list[str]:
+               batch_size: int = 256, seed: int = 0, progress: bool = False) -> list[str]:
         """``n`` new sentences in ``style``: the rewrite of an empty source into that style, each
         continuing ``prompt`` (normalized as the training text was) when one is given."""
+        from tqdm.auto import tqdm
+
         s = self.layout.style_id(style)
         text = normalize(prompt) if self.normalized and prompt.strip() else prompt
         prefix = encode_prompt(self.tokenizer, text, self.layout.max_length)
@@ -662,7 +664,7 @@ class Rewriter:
         cuda = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
-            for start in range(0, n, batch_size):
+            for start in tqdm(range(0, n, batch_size), desc=f"sampling {style}", disable=not progress, leave=False):
                 rows = min(batch_size, n - start)
                 if not prefix:
                     words = self.generate([[]] * rows, [s] * rows, [s] * rows, decoding="sample",
