@@ -86,6 +86,25 @@ def test_resume_continues_where_it_stopped(name, tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
 
 
+def test_samples_file_keeps_one_block_per_evaluation_across_resumes(tmp_path):
+    """Resuming a finished run evaluates its last step again: its block is replaced, not repeated. Blocks
+    are found by their '# step N' lines, so a sample holding that text mid-line does not confuse them."""
+    from textgan.data import sample_blocks
+    from textgan.training import Run
+
+    module, config = _config("mle", tmp_path, **CPU)  # 4 steps, evaluations at 2 and 4 (the final one)
+    module.main(config)
+    samples = tmp_path / "mle" / "samples.txt"
+    before = samples.read_text()
+    module.main(_config("mle", tmp_path, resume=True, **CPU)[1])
+    assert [step for step, _ in sample_blocks(samples.read_text().splitlines())] == [2, 4]
+    assert samples.read_text() == before  # the same samples: the same weights, the same seed
+
+    samples.write_text("# step 2\na man # step 7 says hi\n# step 4\nthe end\n")
+    Run(config).truncate_log(2)
+    assert samples.read_text() == "# step 2\na man # step 7 says hi\n"
+
+
 def _folder(path):
     return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 

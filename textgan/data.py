@@ -47,6 +47,22 @@ def decode_utf8(raw: bytes, name: str | Path) -> str:
         raise DataError(f"{name}: not valid UTF-8 (byte {e.start}); re-encode it as UTF-8") from None
 
 
+def sample_blocks(lines: list[str]) -> list[tuple[int | None, list[str]]]:
+    """A run's ``samples.txt`` as (step, sentences) blocks: each evaluation's samples follow a
+    ``# step N`` line. Lines before the first such line form a block of step None (a file of
+    plain samples is one such block)."""
+    import re
+
+    blocks: list[tuple[int | None, list[str]]] = [(None, [])]
+    for line in lines:
+        header = re.fullmatch(r"# step (\d+)", line)
+        if header:
+            blocks.append((int(header.group(1)), []))
+        else:
+            blocks[-1][1].append(line)
+    return blocks if blocks[0][1] else blocks[1:]
+
+
 def argument_text(value: str, name: str) -> str:
     """A command-line argument used as text, checked: Python hands bytes that are not UTF-8 on as
     lone surrogates, which tokenizers reject with a TypeError; a one-line DataError instead."""

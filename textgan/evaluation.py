@@ -50,12 +50,11 @@ def last_evaluation(lines: list[str]) -> tuple[list[str], list[int]]:
     whole, such a file would mix the models of several steps and count the header lines as
     sentences. Lines with no such header are returned whole, with no steps.
     """
-    import re
+    from .data import sample_blocks
 
-    starts = [(i, int(m.group(1))) for i, line in enumerate(lines) if (m := re.fullmatch(r"# step (\d+)", line))]
-    if not starts:
-        return lines, []
-    return lines[starts[-1][0] + 1:], [step for _, step in starts]
+    blocks = sample_blocks(lines)
+    steps = [step for step, _ in blocks if step is not None]
+    return (blocks[-1][1], steps) if steps else (lines, [])
 
 
 def parse_metrics(text: str) -> list[str]:

@@ -21,7 +21,7 @@ import yaml
 from . import distributed, metrics
 from .checkpoint import CheckpointError, CheckpointMismatch, list_checkpoints, load_checkpoint
 from .config import ConfigError, arg, check_bounds, check_choice, check_heads, check_unit_interval, parse_betas, to_dict
-from .data import Corpus, encode, load_corpus, sequence_mask, write_text_atomic
+from .data import Corpus, encode, load_corpus, sample_blocks, sequence_mask, write_text_atomic
 from .losses import DISC_OBJECTIVES, mle_loss
 from .models.generator import build_generator, load_generator, token_logprobs
 from .rl import BASELINE_KINDS
@@ -277,10 +277,25 @@ class Run:
             f.write(json.dumps(record) + "\n")
 
     def write_samples(self, step: int, texts: list[str]) -> None:
+        """Append an evaluation's samples under a ``# step N`` line, replacing an earlier block of the same
+        step (a finished run resumed evaluates its last step again)."""
         if not self.writes:
             return
+        self._keep_samples(lambda logged: logged < step)
         with open(self.dir / "samples.txt", "a", encoding="utf-8") as f:
             f.write(f"# step {step}\n" + "\n".join(texts) + "\n")
+
+    def _keep_samples(self, keep) -> None:
+        """Rewrite samples.txt with the blocks whose step passes ``keep``, if any does not."""
+        path = self.dir / "samples.txt"
+        if not path.is_file():
+            return
+        blocks = sample_blocks(path.read_text(encoding="utf-8").splitlines())
+        if all(step is None or keep(step) for step, _ in blocks):
+            return
+        kept = [f"# step {step}\n" + "".join(line + "\n" for line in lines) for step, lines in blocks
+                if step is not None and keep(step)]
+        write_text_atomic(path, "".join(kept))
 
     def truncate_log(self, step: int) -> None:
         """Drop metrics.jsonl and samples.txt records after ``step`` (written before a crash, redone on resume)."""
@@ -291,11 +306,7 @@ class Run:
             lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
             kept = [line for line, logged in zip(lines, map(_log_step, lines)) if logged is not None and logged <= step]
             write_text_atomic(log, "".join(kept))
-        samples = self.dir / "samples.txt"
-        if samples.is_file():
-            blocks = samples.read_text(encoding="utf-8").split("# step ")
-            kept = [b for b in blocks[1:] if int(b.split("\n", 1)[0]) <= step]
-            write_text_atomic(samples, "".join("# step " + b for b in kept))
+        self._keep_samples(lambda logged: logged <= step)
 
 
 @dataclass
