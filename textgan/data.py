@@ -107,7 +107,7 @@ def _hf_lines(name: str, split: str, column: str) -> list[str]:
         if cache_only:
             raise DataError(f"cannot load the Hugging Face dataset {name!r}: the hub cannot be reached and it is not "
                             "in the local cache; use a local text file or dataset folder, or connect and try again") from None
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__).rstrip(".")
         raise DataError(f"cannot load the Hugging Face dataset {name!r} (split {split!r}): {reason}. Check the name "
                         "and hf_split, or use a local text file or dataset folder") from None
     if column not in dataset.column_names:
