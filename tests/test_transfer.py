@@ -324,6 +324,8 @@ def test_classifier_recipe(style_folder, tmp_path):
     assert scores["eval/accuracy"] > 0.9, scores  # the sentiment word decides the class
     model, tokenizer, info = load_classifier(tmp_path / "c" / "classifier")
     assert classify(model, tokenizer, ["the food was awful .", "the staff was lovely ."], info["labels"]) == ["neg", "pos"]
+    by_run = load_classifier(tmp_path / "c")  # the run folder stands for its classifier
+    assert classify(by_run[0], by_run[1], ["the food was awful ."], by_run[2]["labels"]) == ["neg"]
 
 
 def test_load_classifier_errors(tmp_path, transfer_run):
@@ -333,6 +335,8 @@ def test_load_classifier_errors(tmp_path, transfer_run):
         load_classifier(tmp_path / "missing")
     with pytest.raises(ModelError, match="not a textgan classifier"):
         load_classifier(transfer_run / "model")
+    with pytest.raises(ModelError, match="is a file"):
+        load_classifier(transfer_run / "config.yaml")
 
 
 def test_truncated_weights_are_a_clear_error(tmp_path, transfer_run):

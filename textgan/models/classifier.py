@@ -85,8 +85,11 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
     from transformers import PreTrainedTokenizerFast
 
     path = Path(path)
+    if not (path / CONFIG_FILE).is_file() and (path / "classifier" / CONFIG_FILE).is_file():
+        path = path / "classifier"  # a classifier run folder: the classifier it saved
     if not path.is_dir():
-        raise ModelError(f"{path}: no such folder; give the 'classifier' folder of a classifier run "
+        what = "is a file" if path.exists() else "no such folder"
+        raise ModelError(f"{path}: {what}; give a classifier run folder or its 'classifier' folder "
                          "(python -m textgan.recipes.classifier)")
     if not (path / CONFIG_FILE).is_file() or not (path / "model.safetensors").is_file():
         raise ModelError(f"{path} is not a textgan classifier (it lacks {CONFIG_FILE} or model.safetensors); "

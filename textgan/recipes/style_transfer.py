@@ -110,7 +110,7 @@ class StyleTransferConfig(BaseConfig):
     disc_dropout: float = arg(0.3, "discriminator dropout")
     betas: str = arg("0.9,0.999", "Adam betas of both players")
     grad_clip: float = arg(1.0, "gradient-norm clipping")
-    classifier: str = arg("", "style judge for evaluations: the 'classifier' folder of a classifier run")
+    classifier: str = arg("", "style judge for evaluations: a classifier run folder (or its 'classifier' folder)")
     decoding: str = arg("greedy", "decoding of evaluation rewrites: greedy, sample, beam, rerank")
     eval_sentences: int = arg(200, "dev sentences per style rewritten at each evaluation")
     log_every: int = arg(25, "steps between metric log lines")
