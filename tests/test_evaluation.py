@@ -100,6 +100,11 @@ def test_evaluate_errors(files, tmp_path):
     _assert_clean_error(run(*evaluate, str(samples), "--oracle", str(samples)), "not an npz")
     _assert_clean_error(run(*evaluate, str(samples), "--json", str(tmp_path / "no" / "s.json")), "cannot write")
     _assert_clean_error(run(*evaluate, str(samples), "--json", str(tmp_path)), "directory")
+    kept = samples.read_text()
+    for flag in ("--samples", "--references"):  # the JSON would replace an input file
+        _assert_clean_error(run(*evaluate, str(samples), "--references", str(files[1]), "--json",
+                                str(samples if flag == "--samples" else files[1])), f"is the {flag} file")
+    assert samples.read_text() == kept
     assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.tmp"))
 
 

@@ -451,6 +451,10 @@ def test_transfer_errors(transfer_run, trained_generator, tmp_path):
                        "not a style-transfer model")
     assert_clean_error(run_cli(*base, "--input", str(tmp_path / "none.txt")), "no such file")
     assert_clean_error(run_cli(*base, "--input", str(tmp_path)), "directory")
+    source = tmp_path / "source.txt"
+    source.write_text("the food was bad .\n")
+    assert_clean_error(run_cli(*base, "--input", str(source), "--output", str(source)), "is the --input file")
+    assert source.read_text() == "the food was bad .\n"  # not replaced by its rewrite
     empty, blank, bad = tmp_path / "empty.txt", tmp_path / "blank.txt", tmp_path / "bad.txt"
     empty.write_text("")
     blank.write_text("\n  \n\n")

@@ -280,7 +280,7 @@ def cmd_transfer(args) -> int:
     from .transfer import Rewriter
 
     if args.output:
-        _check_output(args.output)
+        _check_output(args.output, {"--input": args.input})
     if args.model is None:
         args.model = next((path for path in DEFAULT_TRANSFER_MODELS if os.path.isdir(path)), None)
         if args.model is None:
@@ -310,7 +310,8 @@ def cmd_transfer(args) -> int:
     return 0
 
 
-def _check_output(path: str) -> None:
+def _check_output(path: str, inputs: dict[str, str] | None = None) -> None:
+    """An output file can be written, and is none of ``inputs`` (flag -> path): writing it must not destroy them."""
     from .evaluation import EvaluationError
 
     parent = os.path.dirname(os.path.abspath(path))
@@ -318,6 +319,10 @@ def _check_output(path: str) -> None:
         raise EvaluationError(f"cannot write {path}: it is a directory; give a file name")
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise EvaluationError(f"cannot write {path}: its folder does not exist or is not writable")
+    for flag, source in (inputs or {}).items():
+        if source and os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise EvaluationError(f"{path} is the {flag} file; writing there would replace what is read from it, so "
+                                  "give another file name")
 
 
 def _scoring_inputs(args) -> dict:
@@ -357,10 +362,10 @@ def cmd_evaluate(args) -> int:
 
     from .evaluation import EvaluationError, format_table, last_evaluation, score
 
-    if args.json:
-        _check_output(args.json)
     if all(os.path.isfile(os.path.join(args.samples, name)) for name in ("samples.txt", "config.yaml")):
         args.samples = os.path.join(args.samples, "samples.txt")  # a run folder: its samples file
+    if args.json:
+        _check_output(args.json, {"--samples": args.samples, "--references": args.references, "--train": args.train})
     samples, steps = last_evaluation(read_lines(args.samples))
     if steps:
         if not samples:
