@@ -1,5 +1,6 @@
 """Each recipe for a few steps on a tiny config, in-process."""
 
+import dataclasses
 import json
 import math
 
@@ -103,6 +104,22 @@ def test_samples_file_keeps_one_block_per_evaluation_across_resumes(tmp_path):
     samples.write_text("# step 2\na man # step 7 says hi\n# step 4\nthe end\n")
     Run(config).truncate_log(2)
     assert samples.read_text() == "# step 2\na man # step 7 says hi\n"
+
+
+def test_a_folder_with_someone_elses_config_yaml_is_not_a_run_folder(tmp_path):
+    """out_dir=. in a project that has its own config.yaml: the run would overwrite it (and clear the folder's
+    samples.txt as an earlier run's), so it stops with one line and leaves both as they were."""
+    from textgan.config import ConfigError
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("learning_rate: 3\n")
+    (folder / "samples.txt").write_text("my own data\n")
+    module, config = _config("mle", tmp_path, **CPU)
+    with pytest.raises(ConfigError, match="holds a config.yaml that is not a textgan run's"):
+        module.main(dataclasses.replace(config, out_dir=str(folder)))
+    assert (folder / "config.yaml").read_text() == "learning_rate: 3\n"
+    assert (folder / "samples.txt").read_text() == "my own data\n"
 
 
 def _folder(path):

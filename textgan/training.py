@@ -248,6 +248,17 @@ class Run:
         except OSError as e:
             raise ConfigError(f"cannot write the run folder out_dir={config.out_dir} ({e.strerror or type(e).__name__}); "
                               "choose a folder you can write") from None
+        if (self.dir / "config.yaml").is_file() and not self._earlier_run():
+            raise ConfigError(f"out_dir={config.out_dir} holds a config.yaml that is not a textgan run's, which the run "
+                              "would overwrite; choose another out_dir (e.g. runs/NAME)")
+
+    def _earlier_run(self) -> bool:
+        """Whether out_dir's config.yaml is a textgan run's resolved config (not a user's own file of that name)."""
+        try:
+            saved = yaml.safe_load((self.dir / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return False
+        return isinstance(saved, dict) and {"out_dir", "resume", "seed", "precision"} <= saved.keys()
 
     def keep_tokenizer(self, tokenizer) -> None:
         """Save ``tokenizer`` into ``out_dir/tokenizer`` when the run starts (a resumed run reads it back)."""
@@ -259,7 +270,7 @@ class Run:
         is there: a folder with a textgan ``config.yaml``, never a user's own samples.txt."""
         if not self.writes:
             return
-        if not self.config.resume and (self.dir / "config.yaml").is_file():
+        if not self.config.resume and (self.dir / "config.yaml").is_file() and self._earlier_run():
             import shutil
 
             shutil.rmtree(self.checkpoints, ignore_errors=True)
