@@ -666,16 +666,12 @@ class Rewriter:
             torch.manual_seed(seed)
             for start in tqdm(range(0, n, batch_size), desc=f"sampling {style}", disable=not progress, leave=False):
                 rows = min(batch_size, n - start)
-                if not prefix:
-                    words = self.generate([[]] * rows, [s] * rows, [s] * rows, decoding="sample",
-                                          temperature=temperature, top_p=top_p)
-                else:  # the style's prompt, then the prompt's words, as if the model had written them
-                    ids, mask = self.layout.prompts([[]] * rows, [s] * rows, [s] * rows)
-                    ids = torch.cat([ids, torch.tensor([prefix] * rows, dtype=torch.long)], 1)
-                    mask = torch.cat([mask, torch.ones(rows, len(prefix), dtype=torch.bool)], 1)
-                    rollout = sample(self.model, ids.to(device), self.layout.max_length + 1 - len(prefix),
-                                     eos_id=self.layout.eos_id, pad_id=self.layout.pad_id, temperature=temperature,
-                                     top_p=top_p, prompt_mask=mask.to(device))
-                    words = [prefix + row for row in self.layout.words(rollout.tokens.cpu())]
-                out.extend(self.decode(words))
+                # the style's layout for an empty source, then the prompt's words, as if the model had written them
+                ids, mask = self.layout.prompts([[]] * rows, [s] * rows, [s] * rows)
+                ids = torch.cat([ids, torch.tensor([prefix] * rows, dtype=torch.long)], 1)
+                mask = torch.cat([mask, torch.ones(rows, len(prefix), dtype=torch.bool)], 1)
+                rollout = sample(self.model, ids.to(device), self.layout.max_length + 1 - len(prefix),
+                                 eos_id=self.layout.eos_id, pad_id=self.layout.pad_id, temperature=temperature,
+                                 top_p=top_p, prompt_mask=mask.to(device))
+                out.extend(self.decode([prefix + row for row in self.layout.words(rollout.tokens.cpu())]))
         return out
