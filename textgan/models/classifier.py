@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .generator import ModelError, load_errors
+from .generator import ModelError, load_errors, model_folder
 
 CONFIG_FILE = "classifier.json"
 
@@ -84,9 +84,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
     """Load a saved classifier folder. Returns (model in eval mode, tokenizer, info dict with ``labels``)."""
     from transformers import PreTrainedTokenizerFast
 
-    path = Path(path)
-    if not (path / CONFIG_FILE).is_file() and (path / "classifier" / CONFIG_FILE).is_file():
-        path = path / "classifier"  # a classifier run folder: the classifier it saved
+    path = Path(model_folder(str(path), names=("classifier",), marker=CONFIG_FILE))  # a run folder: its classifier
     if not path.is_dir():
         what = "is a file" if path.exists() else "no such folder"
         raise ModelError(f"{path}: {what}; give a classifier run folder or its 'classifier' folder "

@@ -76,12 +76,13 @@ def _set_generation_defaults(model, max_positions: int) -> None:
 EXPORTED_MODEL_FOLDERS = ("generator", "model")
 
 
-def model_folder(path: str) -> str:
-    """The model folder ``path`` means: ``path`` itself, or, given a textgan run folder, the model it exported."""
+def model_folder(path: str, names: tuple[str, ...] = EXPORTED_MODEL_FOLDERS, marker: str = "config.json") -> str:
+    """The model folder ``path`` means: ``path`` itself, or, given a textgan run folder, the model it
+    exported: the first of its subfolders ``names`` that holds ``marker`` (the file a model folder has)."""
     local = Path(path).expanduser()
-    if local.is_dir() and not (local / "config.json").is_file():
-        for name in EXPORTED_MODEL_FOLDERS:
-            if (local / name / "config.json").is_file():
+    if local.is_dir() and not (local / marker).is_file():
+        for name in names:
+            if (local / name / marker).is_file():
                 return str(Path(path) / name)
     return path
 
