@@ -67,6 +67,20 @@ def run_module(module: str, *args: str, stdin: bytes = b"", cwd: Path | str | No
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
+def assert_drawn_from(log_p: torch.Tensor, log_q: torch.Tensor, drawn: torch.Tensor) -> None:
+    """Tokens ``drawn`` (N,) come from log-probabilities ``log_p`` (V,), not ``log_q`` (V,).
+
+    Their mean log-ratio log p - log q estimates KL(p || q) when they come from p (and -KL(q || p)
+    when from q): it must lie within 5 standard errors of KL(p || q), which must itself lie over 20
+    standard errors from 0 for the check to tell the two apart.
+    """
+    ratio = log_p - log_q
+    kl = (log_p.exp() * ratio).sum()
+    error = ((log_p.exp() * (ratio - kl) ** 2).sum() / len(drawn)).sqrt()
+    assert kl > 20 * error
+    assert (ratio[drawn].mean() - kl).abs() < 5 * error, (ratio[drawn].mean(), kl, error)
+
+
 def shared_data(*parts: str) -> Path:
     """Path into ../shared/data; skips the test with a reason where the data is absent."""
     path = SHARED_DATA.joinpath(*parts)
