@@ -244,9 +244,9 @@ def sweep(
     write_text_atomic(out_dir / SWEEP_STATE, json.dumps(state, indent=2) + "\n")
     rows = []
     for label, path in models.items():
-        todo = [t for t in temperatures if (label, t) not in done]
-        model, tokenizer = load_generator(path) if todo else (None, None)
-        model = model.to(device) if model is not None else None
+        if any((label, t) not in done for t in temperatures):  # a model whose rows are all kept is not loaded
+            model, tokenizer = load_generator(path)
+            model = model.to(device)
         for t in tqdm(temperatures, desc=f"sweep {label}", disable=not progress):
             if (label, t) in done:
                 rows.append(done[label, t])
