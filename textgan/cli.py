@@ -431,9 +431,9 @@ def cmd_sweep(args) -> int:
         if metric_of(axis) not in available:
             raise EvaluationError(f"cannot plot {axis!r}: the sweep computes {', '.join(sorted(available))}; "
                                   "pass the files it needs (--references, --oracle, ...) or choose --x/--y")
+    # the files behind the loaded oracle, LM and encoder (plain options and sentences sweep() digests itself)
     read = {"lm": args.lm and model_digest(args.lm), "fed_encoder": args.fed_encoder and model_digest(args.fed_encoder),
-            "oracle": args.oracle and hashlib.sha256(Path(args.oracle).read_bytes()).hexdigest(),
-            "reverse_lm_steps": args.reverse_lm_steps}  # what the rows depend on beyond the sentences
+            "oracle": args.oracle and hashlib.sha256(Path(args.oracle).read_bytes()).hexdigest()}
     rows = sweep(models, temperatures, args.num, args.output, valid=valid, seed=args.seed, device=device,
                  resume=args.resume, inputs=read, **inputs)
     png = plot_sweep(rows, x, y, os.path.join(args.output, "sweep.png"))
