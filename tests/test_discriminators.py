@@ -43,6 +43,34 @@ def test_token_discriminator_lm_head_loss(kind):
         build_discriminator(kind, vocab_size=20, pad_id=0, dim=16).lm_loss(h, tokens, mask)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_token_values_sum_to_the_prefix_logits(kind):
+    torch.manual_seed(0)
+    d = build_discriminator(kind, vocab_size=30, pad_id=0, dim=16, dropout=0.0, token_values=True).eval()
+    with torch.no_grad():
+        d.start.normal_()
+        d.value_bias.normal_()
+    tokens = torch.randint(1, 30, (4, 7))
+    values = d.token_values(tokens)
+    assert values.shape == (4, 7, 30)
+    # a prefix's logit is the sum of its tokens' values
+    taken = torch.stack([values[b, t, tokens[b, t]] for b in range(4) for t in range(7)]).view(4, 7)
+    assert_close(d(tokens), taken.cumsum(1))
+    # values at position t read tokens[:, :t] only: changing token t onwards leaves them as they were
+    changed = tokens.clone()
+    changed[:, 3:] = torch.randint(1, 30, (4, 4))
+    assert_close(d.token_values(changed)[:, :4], values[:, :4])
+    assert not torch.allclose(d.token_values(changed)[:, 4:], values[:, 4:])
+    # the padding row learns too: a generator can write the padding token inside a sentence, and
+    # D must be able to value it there (a lookup with padding_idx would leave that row at zero)
+    d(torch.tensor([[3, 0, 5]])).sum().backward()
+    assert d.embedding.weight.grad[0].abs().sum() > 0
+    with pytest.raises(ValueError, match="without token values"):
+        build_discriminator(kind, vocab_size=30, pad_id=0, dim=16).token_values(tokens)
+    with pytest.raises(ValueError, match="no auxiliary LM head"):
+        build_discriminator(kind, vocab_size=30, pad_id=0, dim=16, lm_head=True, token_values=True)
+
+
 def test_cnn_discriminator_shapes_and_short_input():
     d = build_discriminator("cnn", vocab_size=50, pad_id=0, dim=16).eval()
     assert d(torch.randint(1, 50, (3, 12))).shape == (3,)

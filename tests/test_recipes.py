@@ -176,7 +176,7 @@ def test_scratchgan_discriminator_lm_head_trains_and_resumes(tmp_path):
     """From scratch with D's auxiliary LM loss and reward increments: the LM loss is logged and
     falls, and a resumed run (LM head restored from the checkpoint) ends where an unbroken one does."""
     extra = {"pretrain_steps": 0, "steps": 6, "disc_lm_weight": 1.0, "reward_increments": True, "reward": "logit",
-             "normalize_advantages": True, **CPU}
+             "normalize_advantages": True, "expected_reward": False, **CPU}
     module, full = _config("scratchgan", tmp_path / "full", **extra)
     module.main(full)
     records = [json.loads(line) for line in (tmp_path / "full" / "scratchgan" / "metrics.jsonl").read_text().splitlines()]
@@ -188,6 +188,66 @@ def test_scratchgan_discriminator_lm_head_trains_and_resumes(tmp_path):
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "part" / "scratchgan" / "generator").state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_expected_reward_gradient_by_hand():
+    """G's gradient from D's token values, against the formula: at each real position,
+    π_v (q_v − E_π q) for the expected value, plus (1[v = x_t] − π_v) · discount·R_(t+1) for the later ones."""
+    from types import SimpleNamespace
+
+    from textgan.rl import EMABaseline
+
+    torch.manual_seed(0)
+    B, T, V, discount = 3, 4, 5, 0.5
+    logits = torch.randn(B, T, V, requires_grad=True)
+    values = torch.randn(B, T, V)
+    tokens = torch.randint(0, V, (B, T))
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, 2:] = False
+    generator = lambda input_ids: SimpleNamespace(logits=logits)
+    discriminator = SimpleNamespace(token_values=lambda t: values)
+    config = SimpleNamespace(center_rewards=False, discount=discount, baseline="none", normalize_advantages=False,
+                             entropy_coef=0.0)
+    fake = SimpleNamespace(tokens=tokens, mask=mask)
+    ids = torch.cat([torch.zeros(B, 1, dtype=torch.long), tokens], 1)
+    loss, rewards, _ = scratchgan.expected_reward_update(config, generator, discriminator, EMABaseline(T), fake, ids)
+    loss.backward()
+
+    expected = torch.zeros(B, T, V)
+    pi = torch.softmax(logits.detach(), -1)
+    n = int(mask.sum())
+    for b in range(B):
+        r = [float(values[b, t, tokens[b, t]]) if mask[b, t] else 0.0 for t in range(T)]
+        assert rewards[b].tolist() == pytest.approx(r)
+        for t in range(T):
+            if not mask[b, t]:
+                continue
+            later = sum(discount ** (s - t) * r[s] for s in range(t + 1, T))
+            onehot = torch.nn.functional.one_hot(tokens[b, t], V).float()
+            expected[b, t] = -(pi[b, t] * (values[b, t] - (pi[b, t] * values[b, t]).sum()) + (onehot - pi[b, t]) * later) / n
+    torch.testing.assert_close(logits.grad, expected)
+
+
+def test_scratchgan_expected_reward_trains_and_resumes(tmp_path):
+    """From scratch with D's token values: losses finite, D's token values restored on resume
+    (a resumed run ends where an unbroken one does), and no auxiliary LM loss beside them."""
+    extra = {"pretrain_steps": 0, "steps": 6, "expected_reward": True, "center_rewards": True,
+             "normalize_advantages": True, **CPU}
+    module, full = _config("scratchgan", tmp_path / "full", **extra)
+    module.main(full)
+    records = [json.loads(line) for line in (tmp_path / "full" / "scratchgan" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["gen/pg_loss"] for r in records if "gen/pg_loss" in r]
+    assert len(losses) == 6 and all(math.isfinite(r["disc/loss"]) for r in records if "disc/loss" in r)
+    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "steps": 4})[1])
+    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "resume": True})[1])
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "scratchgan" / "generator").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "part" / "scratchgan" / "generator").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    from textgan.config import ConfigError
+
+    with pytest.raises(ConfigError, match="disc_lm_weight"):
+        scratchgan.ScratchGANConfig(expected_reward=True, disc_lm_weight=1.0).check()
 
 
 def test_weight_average_by_hand():

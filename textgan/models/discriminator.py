@@ -32,10 +32,12 @@ class TokenDiscriminator(nn.Module):
 
     def __init__(self, vocab_size: int, pad_id: int, *, kind: str = "lstm", dim: int = 128,
                  n_layers: int = 1, n_heads: int = 4, dropout: float = 0.1, max_positions: int = 64,
-                 lm_head: bool = False):
+                 lm_head: bool = False, token_values: bool = False):
         super().__init__()
         if kind not in ("lstm", "transformer"):
             raise ValueError(f"unknown token discriminator kind {kind!r}; choose lstm or transformer")
+        if lm_head and token_values:
+            raise ValueError("a discriminator with token values has no auxiliary LM head")
         self.kind = kind
         self.embedding = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
         self.dropout = nn.Dropout(dropout)
@@ -48,14 +50,37 @@ class TokenDiscriminator(nn.Module):
             self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.head = nn.Linear(dim, 1)
         self.lm_head = nn.Linear(dim, vocab_size) if lm_head else None
+        # token values: the state before token t scores every candidate for it, through D's own
+        # (tied) embeddings, and the logit of a prefix is the sum of its tokens' values
+        self.start = nn.Parameter(torch.zeros(dim)) if token_values else None
+        self.value_bias = nn.Parameter(torch.zeros(vocab_size)) if token_values else None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) long -> (B, T) float logits."""
+        if self.start is not None:  # the taken tokens' values only: no (B, T, V) product
+            h = self.dropout(self.hidden(tokens))
+            # the weight rows themselves: unlike the lookup, they give the padding row its gradient,
+            # so D can learn to value a padding token that the generator writes inside a sentence
+            taken = (h * self.embedding.weight[tokens]).sum(-1).float() + self.value_bias[tokens]
+            return taken.cumsum(1)
         return self.score(self.hidden(tokens))
 
     def score(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, T, D) from :meth:`hidden` -> (B, T) float logits."""
         return self.head(self.dropout(h)).squeeze(-1).float()  # fp32 logits under bf16 autocast too
+
+    def token_values(self, tokens: torch.Tensor) -> torch.Tensor:
+        """D's value of every candidate token at every position: (B, T) long -> (B, T, V) float.
+
+        ``values[:, t, v]`` reads ``tokens[:, :t]`` only; the logit of the prefix ending at t is
+        ``sum(values[:, s, tokens[:, s]] for s <= t)``. That is the form of the best discriminator's
+        logit, log p_data(prefix) − log p_G(prefix), whose terms are the per-token log-ratios
+        log p_data(v | prefix) − log p_G(v | prefix); so values[:, t] estimates them for every v at once.
+        """
+        if self.start is None:
+            raise ValueError("this discriminator was built without token values (token_values=True)")
+        h = self.hidden(tokens)
+        return (self.dropout(h) @ self.embedding.weight.t()).float() + self.value_bias
 
     def lm_loss(self, h: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Auxiliary language-model loss: mean cross-entropy of ``tokens[:, t + 1]`` predicted from
@@ -71,8 +96,11 @@ class TokenDiscriminator(nn.Module):
         return masked_mean(losses, mask[:, 1:])
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (B, T) long -> (B, T, D) encoder states, state t having read tokens[:, : t + 1]."""
+        """tokens: (B, T) long -> (B, T, D) encoder states, state t having read tokens[:, : t + 1]
+        (with token values, tokens[:, : t])."""
         x = self.dropout(self.embedding(tokens))  # (B, T, D)
+        if self.start is not None:  # state t reads tokens[:, :t]
+            x = torch.cat([self.start.expand(x.shape[0], 1, -1).to(x.dtype), x[:, :-1]], dim=1)
         if self.kind == "lstm":
             # under CPU bf16 autocast oneDNN builds its LSTM kernel only on CPUs with bf16 instructions
             # (it fails elsewhere, e.g. on AVX2-only machines), so on a CPU the recurrence runs in fp32
@@ -115,7 +143,7 @@ class CNNDiscriminator(nn.Module):
 
 def build_discriminator(kind: str, vocab_size: int, pad_id: int, *, dim: int = 128, n_layers: int = 1,
                         dropout: float = 0.1, spectral_norm: bool = False, max_positions: int = 64,
-                        lm_head: bool = False) -> nn.Module:
+                        lm_head: bool = False, token_values: bool = False) -> nn.Module:
     """``kind``: ``lstm`` or ``transformer`` (per-token), or ``cnn`` (per-sentence).
 
     ``lm_head``: give a per-token discriminator an auxiliary next-token head (see
@@ -124,7 +152,8 @@ def build_discriminator(kind: str, vocab_size: int, pad_id: int, *, dim: int = 1
         model = CNNDiscriminator(vocab_size, pad_id, dim=dim, dropout=dropout)
     elif kind in ("lstm", "transformer"):
         model = TokenDiscriminator(vocab_size, pad_id, kind=kind, dim=dim, n_layers=n_layers,
-                                   dropout=dropout, max_positions=max_positions, lm_head=lm_head)
+                                   dropout=dropout, max_positions=max_positions, lm_head=lm_head,
+                                   token_values=token_values)
     else:
         raise ValueError(f"unknown discriminator {kind!r}; choose lstm, transformer or cnn")
     return apply_spectral_norm(model) if spectral_norm else model

@@ -3,7 +3,15 @@
 The generator writes a batch of sentences; a per-token discriminator scores every prefix,
 giving a dense reward for every token; discounted returns minus a moving-average baseline
 weight the policy-gradient (REINFORCE) update; then the discriminator learns to tell the
-batch from real sentences. ``pretrain_steps`` MLE steps run first (0: ScratchGAN's pure setting).
+batch from real sentences. By default the generator starts from random weights (ScratchGAN's
+pure setting); ``pretrain_steps`` MLE steps can run first.
+
+By default (``expected_reward``) D values every candidate token at every position, its logit of
+a prefix being the sum of its tokens' values, and the generator's update takes the expectation
+of each position's value under its own distribution, exactly, over the whole vocabulary: the
+sampled token's REINFORCE term, the noisiest part of the estimate, is gone, and REINFORCE is
+left only for the discounted values of the tokens after it. ``expected_reward=false`` is
+ScratchGAN's own estimator (REINFORCE on the sampled token, rewards from D's prefix logits).
 
     python -m textgan.recipes.scratchgan [PRESET.yaml] [key=value ...]
 """
@@ -59,27 +67,35 @@ class ScratchGANConfig(GANConfig):
     """Train a text GAN with dense per-token rewards (ScratchGAN)."""
 
     out_dir: str = arg("runs/scratchgan", "run folder: config, metrics log, checkpoints, samples, exported generator")
-    pretrain_steps: int = arg(500, "MLE warm-up steps before adversarial training; 0 is ScratchGAN's pure setting")
-    steps: int = arg(600, "adversarial steps (one generator update each)")
-    batch_size: int = arg(256, "sentences per step; large batches keep the policy gradient's variance low")
-    gen_lr: float = arg(2e-5, "generator Adam learning rate in adversarial steps")
+    pretrain_steps: int = arg(0, "MLE warm-up steps before adversarial training; 0 is ScratchGAN's pure setting")
+    steps: int = arg(1800, "adversarial steps (one generator update each)")
+    batch_size: int = arg(128, "sentences per step")
+    gen_lr: float = arg(3e-4, "generator Adam learning rate in adversarial steps (a pretrained generator wants "
+                        "a fine-tuning step, e.g. 1e-5)")
     betas: str = arg("0.5,0.999", "Adam betas of the adversarial optimizers")
     disc_steps: int = arg(3, "discriminator updates per generator update")
     discount: float = arg(0.23, "discount of future rewards in the returns (ScratchGAN: 0.23)")
-    reward: str = arg("scratchgan", "reward from D's logit: scratchgan (2·sigmoid−1), log_d, logit")
+    reward: str = arg("scratchgan", "reward from D's logit with expected_reward=false: scratchgan (2·sigmoid−1), "
+                      "log_d, logit")
     baseline_decay: float = arg(0.9, "decay of the ema baseline")
-    center_rewards: bool = arg(False, "subtract each position's batch-mean reward before discounting "
+    center_rewards: bool = arg(True, "subtract each position's batch-mean reward before discounting "
                                "(stops negative rewards from favouring short samples)")
-    reward_increments: bool = arg(False, "reward each token by the change it makes to D's reward of the prefix "
-                                  "(r_t − r_(t−1)) instead of the prefix's reward")
-    normalize_advantages: bool = arg(False, "scale advantages to zero mean and unit variance")
+    reward_increments: bool = arg(False, "with expected_reward=false, reward each token by the change it makes to "
+                                  "D's reward of the prefix (r_t − r_(t−1)) instead of the prefix's reward")
+    normalize_advantages: bool = arg(True, "scale advantages to zero mean and unit variance")
     entropy_coef: float = arg(0.0, "weight of the entropy bonus")
     disc: str = arg("lstm", "per-token discriminator: lstm or transformer")
     disc_layers: int = arg(1, "discriminator layers")
     disc_lm_weight: float = arg(0.0, "weight of the discriminator's auxiliary next-token loss on real sentences "
                                 "(0: no LM head); the generator never sees it")
-    embed_init: str = arg("random", "initial token embeddings of G and D: random, or ppmi (word vectors from the "
+    expected_reward: bool = arg(True, "D values every candidate token (a prefix's logit is the sum of its tokens' "
+                                "values) and G's update takes each token's expected value over the whole "
+                                "vocabulary, REINFORCE only for later rewards; rewards are D's logit increments")
+    embed_init: str = arg("ppmi", "initial token embeddings of G and D: random, or ppmi (word vectors from the "
                           "training corpus's co-occurrences, as ScratchGAN starts from GloVe; G's only with a new model)")
+
+    gen_average: float = arg(0.98, "decay of a moving average of G's weights, which is evaluated and exported in "
+                             "place of the last weights (GAN weight averaging); 0: off")
 
     def check(self) -> None:
         super().check()
@@ -88,6 +104,8 @@ class ScratchGANConfig(GANConfig):
         check_choice("embed_init", self.embed_init, ("random", "ppmi"))
         check_unit_interval(self, ("baseline_decay",))
         check_bounds(self, positive=("disc_layers",), non_negative=("disc_lm_weight",))
+        if self.expected_reward and self.disc_lm_weight:
+            raise ConfigError("disc_lm_weight needs D's prefix head: add expected_reward=false")
         if not 0 <= self.discount <= 1:
             raise ConfigError(f"discount must be in [0, 1], got {self.discount}")
 
@@ -101,7 +119,8 @@ def main(config: ScratchGANConfig) -> dict:
                                         n_layers=config.disc_layers, dropout=config.disc_dropout,
                                         spectral_norm=config.spectral_norm,
                                         max_positions=config.max_length + 2,
-                                        lm_head=config.disc_lm_weight > 0).to(device)
+                                        lm_head=config.disc_lm_weight > 0,
+                                        token_values=config.expected_reward).to(device)
     if config.embed_init == "ppmi":
         init_from_corpus(config, setup, discriminator)
     optimizers = gan_optimizers(config, generator, discriminator)
@@ -147,27 +166,59 @@ def init_from_corpus(config: ScratchGANConfig, setup, discriminator) -> None:
         init_embedding(setup.generator.get_input_embeddings().weight, vectors[:, : config.d_model])
 
 
+def expected_reward_update(config, generator, discriminator, ema, fake, ids):
+    """G's loss when D values every candidate token: the expectation of each position's value under
+    G's distribution (exact over the vocabulary, no sampling noise), plus REINFORCE for the
+    discounted values of the tokens after it. -> (loss, rewards (B, T), entropy (B, T))."""
+    mask = fake.mask
+    with torch.no_grad():
+        values = discriminator.token_values(fake.tokens)  # (B, T, V)
+    rewards = values.gather(-1, fake.tokens[..., None]).squeeze(-1) * mask  # D's logit increments
+    scored = center_rewards(rewards, mask) if config.center_rewards else rewards
+    future = discounted_returns(scored, mask, config.discount) - scored  # discount · R_(t+1)
+    future_advantage = future - baseline_values(config.baseline, future, mask, ema)
+    ema.update(future, mask)
+
+    logp = torch.log_softmax(generator(input_ids=ids[:, :-1]).logits.float(), dim=-1)  # (B, T, V)
+    probs = logp.exp()
+    entropy = -(probs * logp).sum(-1)
+    expected = (probs * values).sum(-1)  # (B, T), differentiable through G's distribution
+    logprobs = logp.gather(-1, fake.tokens[..., None]).squeeze(-1)
+    scale = 1.0
+    if config.normalize_advantages:  # the spread of the sampled tokens' advantages, as REINFORCE's
+        advantage = rewards - expected.detach() + future_advantage
+        scale = masked_mean((advantage - masked_mean(advantage, mask)) ** 2, mask).sqrt() + 1e-8
+    loss = -masked_mean(expected + logprobs * future_advantage, mask) / scale
+    if config.entropy_coef:
+        loss = loss - config.entropy_coef * masked_mean(entropy, mask)
+    return loss, rewards, entropy
+
+
 def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, real, setup) -> dict:
     # 1. sample a batch from G
     fake = sample(generator, prompt, config.max_length + 1, eos_id=setup.eos_id, pad_id=setup.pad_id)
     mask = fake.mask
 
-    # 2. score every prefix with D: dense per-token rewards
-    with torch.no_grad():
-        rewards = rewards_from_logits(discriminator(fake.tokens), config.reward)  # (B, T)
-    scored = reward_increments(rewards, mask) if config.reward_increments else rewards
-    scored = center_rewards(scored, mask) if config.center_rewards else scored
+    ids = torch.cat([prompt, fake.tokens], dim=1)
+    if config.expected_reward:
+        gen_loss, rewards, entropy = expected_reward_update(config, generator, discriminator, ema, fake, ids)
+    else:
+        # 2. score every prefix with D: dense per-token rewards
+        with torch.no_grad():
+            rewards = rewards_from_logits(discriminator(fake.tokens), config.reward)  # (B, T)
+        scored = reward_increments(rewards, mask) if config.reward_increments else rewards
+        scored = center_rewards(scored, mask) if config.center_rewards else scored
 
-    # 3. discounted returns and the baseline
-    returns = discounted_returns(scored, mask, config.discount)
-    advantages = returns - baseline_values(config.baseline, returns, mask, ema)
-    if config.normalize_advantages:
-        advantages = normalize_advantages(advantages, mask)
-    ema.update(returns, mask)
+        # 3. discounted returns and the baseline
+        returns = discounted_returns(scored, mask, config.discount)
+        advantages = returns - baseline_values(config.baseline, returns, mask, ema)
+        if config.normalize_advantages:
+            advantages = normalize_advantages(advantages, mask)
+        ema.update(returns, mask)
 
-    # 4. policy-gradient step for G
-    logprobs, entropy = token_logprobs(generator, torch.cat([prompt, fake.tokens], dim=1), with_entropy=True)
-    gen_loss = reinforce_loss(logprobs, advantages, mask, entropy, config.entropy_coef)
+        # 4. policy-gradient step for G
+        logprobs, entropy = token_logprobs(generator, ids, with_entropy=True)
+        gen_loss = reinforce_loss(logprobs, advantages, mask, entropy, config.entropy_coef)
     gen_loss = optimizer_step(gen_loss, optimizers["generator"], generator, config.grad_clip)
 
     # 5. D step(s): real sentences against this batch of samples
@@ -175,8 +226,12 @@ def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, 
     real_mask = sequence_mask(real_tokens, setup.eos_id)
     lm_loss = None
     for _ in range(config.disc_steps):
-        real_hidden = discriminator.hidden(real_tokens)  # kept for the auxiliary LM loss
-        real_logits, fake_logits = discriminator.score(real_hidden), discriminator(fake.tokens)
+        if config.disc_lm_weight:
+            real_hidden = discriminator.hidden(real_tokens)  # kept for the auxiliary LM loss
+            real_logits = discriminator.score(real_hidden)
+        else:
+            real_logits = discriminator(real_tokens)
+        fake_logits = discriminator(fake.tokens)
         disc_loss = discriminator_loss(real_logits, fake_logits, real_mask, mask, config.disc_objective)
         if config.disc_lm_weight:
             lm_loss = discriminator.lm_loss(real_hidden, real_tokens, real_mask)
