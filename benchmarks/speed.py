@@ -87,7 +87,6 @@ def gan_step_on_same_batch(size: dict, repeats: int, device: str) -> dict:
     import time
     from types import SimpleNamespace
 
-    from textgan.models.discriminator import build_discriminator
     from textgan.recipes import scratchgan
     from textgan.rl import EMABaseline
     from textgan.sampling import sample
@@ -96,8 +95,7 @@ def gan_step_on_same_batch(size: dict, repeats: int, device: str) -> dict:
     torch.manual_seed(0)
     config = scratchgan.ScratchGANConfig(disc_steps=1, batch_size=BATCH, **size)
     generator = build_generator(VOCAB, bos_id=1, eos_id=2, pad_id=0, max_positions=64, **size)
-    discriminator = build_discriminator(config.disc, VOCAB, 0, dim=config.disc_dim, n_layers=config.disc_layers,
-                                        dropout=config.disc_dropout, max_positions=config.max_length + 2)
+    discriminator = scratchgan.recipe_discriminator(config, VOCAB, 0)
     generator, discriminator = generator.to(device), discriminator.to(device)
     optimizers = gan_optimizers(config, generator, discriminator)
     ema = EMABaseline(config.max_length + 1, config.baseline_decay)

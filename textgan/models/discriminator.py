@@ -48,7 +48,7 @@ class TokenDiscriminator(nn.Module):
             self.position = nn.Embedding(max_positions, dim)
             layer = nn.TransformerEncoderLayer(dim, n_heads, 4 * dim, dropout, batch_first=True, norm_first=True)
             self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
-        self.head = nn.Linear(dim, 1)
+        self.head = None if token_values else nn.Linear(dim, 1)
         self.lm_head = nn.Linear(dim, vocab_size) if lm_head else None
         # token values: the state before token t scores every candidate for it, through D's own
         # (tied) embeddings, and the logit of a prefix is the sum of its tokens' values
@@ -59,9 +59,12 @@ class TokenDiscriminator(nn.Module):
         """tokens: (B, T) long -> (B, T) float logits."""
         if self.start is not None:  # the taken tokens' values only: no (B, T, V) product
             h = self.dropout(self.hidden(tokens))
-            # the weight rows themselves: unlike the lookup, they give the padding row its gradient,
-            # so D can learn to value a padding token that the generator writes inside a sentence
-            taken = (h * self.embedding.weight[tokens]).sum(-1).float() + self.value_bias[tokens]
+            # a lookup without padding_idx gives the padding row its gradient, so D can learn to value
+            # a padding token that the generator writes inside a sentence; and unlike indexing
+            # (weight[tokens]), whose CPU backward adds in a thread-dependent order, it repeats exactly
+            rows = nn.functional.embedding(tokens, self.embedding.weight).float()
+            bias = nn.functional.embedding(tokens, self.value_bias[:, None]).squeeze(-1)
+            taken = (h.float() * rows).sum(-1) + bias
             return taken.cumsum(1)
         return self.score(self.hidden(tokens))
 

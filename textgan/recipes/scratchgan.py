@@ -115,12 +115,7 @@ def main(config: ScratchGANConfig) -> dict:
     seed_everything(config.seed)
     setup = prepare(config, run)
     generator, device = compile_forward(setup.generator, config), setup.device
-    discriminator = build_discriminator(config.disc, len(setup.tokenizer), setup.pad_id, dim=config.disc_dim,
-                                        n_layers=config.disc_layers, dropout=config.disc_dropout,
-                                        spectral_norm=config.spectral_norm,
-                                        max_positions=config.max_length + 2,
-                                        lm_head=config.disc_lm_weight > 0,
-                                        token_values=config.expected_reward).to(device)
+    discriminator = recipe_discriminator(config, len(setup.tokenizer), setup.pad_id).to(device)
     if config.embed_init == "ppmi":
         init_from_corpus(config, setup, discriminator)
     optimizers = gan_optimizers(config, generator, discriminator)
@@ -156,6 +151,14 @@ def main(config: ScratchGANConfig) -> dict:
     return finish(run, evaluated, scores)
 
 
+def recipe_discriminator(config: ScratchGANConfig, vocab_size: int, pad_id: int) -> torch.nn.Module:
+    """The per-token discriminator ``config`` describes (with token values for ``expected_reward``)."""
+    return build_discriminator(config.disc, vocab_size, pad_id, dim=config.disc_dim, n_layers=config.disc_layers,
+                               dropout=config.disc_dropout, spectral_norm=config.spectral_norm,
+                               max_positions=config.max_length + 2, lm_head=config.disc_lm_weight > 0,
+                               token_values=config.expected_reward)
+
+
 def init_from_corpus(config: ScratchGANConfig, setup, discriminator) -> None:
     """Start D's embeddings, and a new generator's, from PPMI word vectors of the training sentences."""
     own_generator = not config.model
@@ -172,7 +175,9 @@ def expected_reward_update(config, generator, discriminator, ema, fake, ids):
     discounted values of the tokens after it. -> (loss, rewards (B, T), entropy (B, T))."""
     mask = fake.mask
     with torch.no_grad():
+        discriminator.eval()  # its values without dropout's noise
         values = discriminator.token_values(fake.tokens)  # (B, T, V)
+        discriminator.train()
     rewards = values.gather(-1, fake.tokens[..., None]).squeeze(-1) * mask  # D's logit increments
     scored = center_rewards(rewards, mask) if config.center_rewards else rewards
     future = discounted_returns(scored, mask, config.discount) - scored  # discount · R_(t+1)
