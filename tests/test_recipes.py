@@ -205,13 +205,20 @@ def test_expected_reward_gradient_by_hand():
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[1, 2:] = False
     generator = lambda input_ids: SimpleNamespace(logits=logits)
-    discriminator = SimpleNamespace(token_values=lambda t: values)
+
+    class Discriminator(torch.nn.Module):
+        def token_values(self, tokens):
+            assert not self.training, "D's values for G are read without dropout"
+            return values
+
+    discriminator = Discriminator()
     config = SimpleNamespace(center_rewards=False, discount=discount, baseline="none", normalize_advantages=False,
                              entropy_coef=0.0)
     fake = SimpleNamespace(tokens=tokens, mask=mask)
     ids = torch.cat([torch.zeros(B, 1, dtype=torch.long), tokens], 1)
     loss, rewards, _ = scratchgan.expected_reward_update(config, generator, discriminator, EMABaseline(T), fake, ids)
     loss.backward()
+    assert discriminator.training  # back to training mode for its own updates
 
     expected = torch.zeros(B, T, V)
     pi = torch.softmax(logits.detach(), -1)
