@@ -56,6 +56,9 @@ def test_token_values_sum_to_the_prefix_logits(kind):
     # a prefix's logit is the sum of its tokens' values
     taken = torch.stack([values[b, t, tokens[b, t]] for b in range(4) for t in range(7)]).view(4, 7)
     assert_close(d(tokens), taken.cumsum(1))
+    assert_close(d.score(d.hidden(tokens), tokens), d(tokens))
+    with pytest.raises(ValueError, match="with their tokens"):
+        d.score(d.hidden(tokens))
     # values at position t read tokens[:, :t] only: changing token t onwards leaves them as they were
     changed = tokens.clone()
     changed[:, 3:] = torch.randint(1, 30, (4, 4))

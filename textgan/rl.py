@@ -151,11 +151,17 @@ def baseline_values(kind: str, returns: torch.Tensor, mask: torch.Tensor, ema: E
     raise ValueError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINE_KINDS)}")
 
 
+def advantage_scale(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Standard deviation over the unmasked entries, plus ``eps``: what :func:`normalize_advantages`
+    divides by. (B, T) -> scalar."""
+    mean = masked_mean(advantages, mask)
+    return masked_mean((advantages - mean) ** 2, mask).sqrt() + eps
+
+
 def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Zero mean, unit variance over the unmasked entries. (B, T) -> (B, T), 0 at padding."""
     mean = masked_mean(advantages, mask)
-    var = masked_mean((advantages - mean) ** 2, mask)
-    return (advantages - mean) / (var.sqrt() + eps) * mask.to(advantages.dtype)
+    return (advantages - mean) / advantage_scale(advantages, mask, eps) * mask.to(advantages.dtype)
 
 
 def reinforce_loss(

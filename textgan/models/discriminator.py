@@ -57,20 +57,23 @@ class TokenDiscriminator(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) long -> (B, T) float logits."""
-        if self.start is not None:  # the taken tokens' values only: no (B, T, V) product
-            h = self.dropout(self.hidden(tokens))
-            # a lookup without padding_idx gives the padding row its gradient, so D can learn to value
-            # a padding token that the generator writes inside a sentence; and unlike indexing
-            # (weight[tokens]), whose CPU backward adds in a thread-dependent order, it repeats exactly
-            rows = nn.functional.embedding(tokens, self.embedding.weight).float()
-            bias = nn.functional.embedding(tokens, self.value_bias[:, None]).squeeze(-1)
-            taken = (h.float() * rows).sum(-1) + bias
-            return taken.cumsum(1)
-        return self.score(self.hidden(tokens))
+        return self.score(self.hidden(tokens), tokens)
 
-    def score(self, h: torch.Tensor) -> torch.Tensor:
-        """Hidden states (B, T, D) from :meth:`hidden` -> (B, T) float logits."""
-        return self.head(self.dropout(h)).squeeze(-1).float()  # fp32 logits under bf16 autocast too
+    def score(self, h: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, T, D) from :meth:`hidden` -> (B, T) float logits (fp32 under bf16 autocast too).
+
+        With token values, the logits sum the taken tokens' values, so the tokens (B, T) are needed."""
+        if self.start is None:
+            return self.head(self.dropout(h)).squeeze(-1).float()
+        if tokens is None:
+            raise ValueError("a discriminator with token values scores hidden states with their tokens")
+        # the taken tokens' values only: no (B, T, V) product. A lookup without padding_idx gives the
+        # padding row its gradient, so D can learn to value a padding token that the generator writes
+        # inside a sentence; and unlike indexing (weight[tokens]), whose CPU backward adds in a
+        # thread-dependent order, it repeats exactly
+        rows = nn.functional.embedding(tokens, self.embedding.weight).float()
+        bias = nn.functional.embedding(tokens, self.value_bias[:, None]).squeeze(-1)
+        return ((self.dropout(h).float() * rows).sum(-1) + bias).cumsum(1)
 
     def token_values(self, tokens: torch.Tensor) -> torch.Tensor:
         """D's value of every candidate token at every position: (B, T) long -> (B, T, V) float.

@@ -33,6 +33,7 @@ from ..models.generator import token_logprobs
 from ..rl import (
     REWARD_KINDS,
     EMABaseline,
+    advantage_scale,
     baseline_values,
     center_rewards,
     discounted_returns,
@@ -191,8 +192,7 @@ def expected_reward_update(config, generator, discriminator, ema, fake, ids):
     logprobs = logp.gather(-1, fake.tokens[..., None]).squeeze(-1)
     scale = 1.0
     if config.normalize_advantages:  # the spread of the sampled tokens' advantages, as REINFORCE's
-        advantage = rewards - expected.detach() + future_advantage
-        scale = masked_mean((advantage - masked_mean(advantage, mask)) ** 2, mask).sqrt() + 1e-8
+        scale = advantage_scale(rewards - expected.detach() + future_advantage, mask)
     loss = -masked_mean(expected + logprobs * future_advantage, mask) / scale
     if config.entropy_coef:
         loss = loss - config.entropy_coef * masked_mean(entropy, mask)
@@ -231,12 +231,8 @@ def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, 
     real_mask = sequence_mask(real_tokens, setup.eos_id)
     lm_loss = None
     for _ in range(config.disc_steps):
-        if config.disc_lm_weight:
-            real_hidden = discriminator.hidden(real_tokens)  # kept for the auxiliary LM loss
-            real_logits = discriminator.score(real_hidden)
-        else:
-            real_logits = discriminator(real_tokens)
-        fake_logits = discriminator(fake.tokens)
+        real_hidden = discriminator.hidden(real_tokens)  # kept for the auxiliary LM loss
+        real_logits, fake_logits = discriminator.score(real_hidden, real_tokens), discriminator(fake.tokens)
         disc_loss = discriminator_loss(real_logits, fake_logits, real_mask, mask, config.disc_objective)
         if config.disc_lm_weight:
             lm_loss = discriminator.lm_loss(real_hidden, real_tokens, real_mask)
