@@ -31,6 +31,31 @@ def _config(name, tmp_path, **extra):
     return module, cls(out_dir=str(tmp_path / name), **{**TINY_RUN, **specific, **extra})
 
 
+def _metrics(run) -> list[dict]:
+    """The records of a run folder's metrics.jsonl."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_generator(run_a, run_b, atol=1e-6, rtol=0.0):
+    """The two run folders exported the same generator (same parameter names, values within tolerance)."""
+    a = AutoModelForCausalLM.from_pretrained(run_a / "generator").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(run_b / "generator").state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=rtol)
+
+
+def _trained_and_resumed(tmp_path, extra) -> list[dict]:
+    """A scratchgan run of ``extra`` (6 steps), and one stopped after 4 and resumed, end with the same
+    generator. -> the unbroken run's metrics records."""
+    module, full = _config("scratchgan", tmp_path / "full", **extra)
+    module.main(full)
+    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "steps": 4})[1])
+    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "resume": True})[1])
+    _assert_same_generator(tmp_path / "full" / "scratchgan", tmp_path / "part" / "scratchgan")
+    return _metrics(tmp_path / "full" / "scratchgan")
+
+
 def _initial_weights(cls, config):
     """The generator the recipe starts from (same seed, same construction)."""
     from textgan.training import Run, prepare, seed_everything
@@ -47,7 +72,7 @@ def test_recipe_trains_checkpoints_and_exports(name, tmp_path):
     run = tmp_path / name
 
     # losses finite, metrics written
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = _metrics(run)
     losses = [v for r in records for k, v in r.items() if k.endswith("loss")]
     assert losses and all(math.isfinite(v) for v in losses)
     assert (run / "config.yaml").is_file() and (run / "samples.txt").read_text().strip()
@@ -78,13 +103,10 @@ def test_resume_continues_where_it_stopped(name, tmp_path):
     module.main(part)  # "crashes" after its last checkpoint
     _, resumed = _config(name, tmp_path / "part", resume=True, **CPU)
     module.main(resumed)
-    records = [json.loads(line) for line in (tmp_path / "part" / name / "metrics.jsonl").read_text().splitlines()]
+    records = _metrics(tmp_path / "part" / name)
     steps = [r["step"] for r in records if any(k.endswith("loss") for k in r)]
     assert steps == sorted(steps) and steps[-1] == full.steps + getattr(full, "pretrain_steps", 0)
-    a = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / name / "generator").state_dict()
-    b = AutoModelForCausalLM.from_pretrained(tmp_path / "part" / name / "generator").state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    _assert_same_generator(tmp_path / "full" / name, tmp_path / "part" / name)
 
 
 def test_samples_file_keeps_one_block_per_evaluation_across_resumes(tmp_path):
@@ -177,17 +199,9 @@ def test_scratchgan_discriminator_lm_head_trains_and_resumes(tmp_path):
     falls, and a resumed run (LM head restored from the checkpoint) ends where an unbroken one does."""
     extra = {"pretrain_steps": 0, "steps": 6, "disc_lm_weight": 1.0, "reward_increments": True, "reward": "logit",
              "normalize_advantages": True, "expected_reward": False, **CPU}
-    module, full = _config("scratchgan", tmp_path / "full", **extra)
-    module.main(full)
-    records = [json.loads(line) for line in (tmp_path / "full" / "scratchgan" / "metrics.jsonl").read_text().splitlines()]
+    records = _trained_and_resumed(tmp_path, extra)
     lm = [r["disc/lm_loss"] for r in records if "disc/lm_loss" in r]
     assert len(lm) == 6 and all(math.isfinite(v) for v in lm) and lm[-1] < lm[0]
-    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "steps": 4})[1])
-    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "resume": True})[1])
-    a = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "scratchgan" / "generator").state_dict()
-    b = AutoModelForCausalLM.from_pretrained(tmp_path / "part" / "scratchgan" / "generator").state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
 
 
 def test_expected_reward_gradient_by_hand():
@@ -240,17 +254,9 @@ def test_scratchgan_expected_reward_trains_and_resumes(tmp_path):
     (a resumed run ends where an unbroken one does), and no auxiliary LM loss beside them."""
     extra = {"pretrain_steps": 0, "steps": 6, "expected_reward": True, "center_rewards": True,
              "normalize_advantages": True, **CPU}
-    module, full = _config("scratchgan", tmp_path / "full", **extra)
-    module.main(full)
-    records = [json.loads(line) for line in (tmp_path / "full" / "scratchgan" / "metrics.jsonl").read_text().splitlines()]
+    records = _trained_and_resumed(tmp_path, extra)
     losses = [r["gen/pg_loss"] for r in records if "gen/pg_loss" in r]
     assert len(losses) == 6 and all(math.isfinite(r["disc/loss"]) for r in records if "disc/loss" in r)
-    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "steps": 4})[1])
-    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "resume": True})[1])
-    a = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "scratchgan" / "generator").state_dict()
-    b = AutoModelForCausalLM.from_pretrained(tmp_path / "part" / "scratchgan" / "generator").state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
     from textgan.config import ConfigError
 
     with pytest.raises(ConfigError, match="disc_lm_weight"):
@@ -371,8 +377,7 @@ def test_gpt2_style_generator_folder(name, tmp_path):
 
 
 def _losses(run) -> list[float]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [v for r in records for k, v in sorted(r.items()) if k.endswith("loss")]
+    return [v for r in _metrics(run) for k, v in sorted(r.items()) if k.endswith("loss")]
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
@@ -395,11 +400,8 @@ def test_compiled_forward_matches_eager(tmp_path):
     _, eager = _config("mle", tmp_path / "eager")
     module.main(eager)
     assert _losses(tmp_path / "compiled" / "mle") == pytest.approx(_losses(tmp_path / "eager" / "mle"), rel=1e-4)
-    a = AutoModelForCausalLM.from_pretrained(tmp_path / "compiled" / "mle" / "generator").state_dict()
-    b = AutoModelForCausalLM.from_pretrained(tmp_path / "eager" / "mle" / "generator").state_dict()
-    assert a.keys() == b.keys()  # compiled in place: parameter names unchanged
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
+    # compiled in place: parameter names unchanged, values close
+    _assert_same_generator(tmp_path / "compiled" / "mle", tmp_path / "eager" / "mle", atol=1e-4, rtol=1e-3)
 
 
 def test_precision_must_be_known():
