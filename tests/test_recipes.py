@@ -315,6 +315,61 @@ def test_gen_average_must_be_below_one():
         scratchgan.ScratchGANConfig(gen_average=1.0).check()
 
 
+def test_gen_lr_decay_by_hand():
+    from textgan.config import ConfigError
+    from textgan.training import gen_lr_at
+
+    def schedule(decay):
+        config = scratchgan.ScratchGANConfig(steps=10, gen_lr=0.3, gen_lr_decay=decay)
+        config.check()
+        return [gen_lr_at(config, step) for step in range(10)]
+
+    assert schedule(0.0) == pytest.approx([0.3] * 10)
+    assert schedule(0.3) == pytest.approx([0.3] * 8 + [0.2, 0.1])  # n = 3: 3/3, 2/3, 1/3 of gen_lr
+    assert schedule(1.0) == pytest.approx([0.03 * (10 - s) for s in range(10)])
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="gen_lr_decay"):
+            scratchgan.ScratchGANConfig(gen_lr_decay=bad).check()
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("scratchgan", {"pretrain_steps": 2, "steps": 4}),
+    ("seqgan", {"steps": 4}),  # after 2 MLE and 2 D pretraining steps
+])
+def test_gan_recipes_follow_the_gen_lr_schedule(name, extra, tmp_path):
+    """Each adversarial step uses (and logs) the scheduled learning rate, counted from the first
+    adversarial step; MLE pretraining keeps mle_lr."""
+    module, config = _config(name, tmp_path, gen_lr=1e-3, gen_lr_decay=0.5, **extra, **CPU)
+    module.main(config)
+    logged = [r["gen/lr"] for r in _metrics(tmp_path / name) if "gen/lr" in r]
+    assert logged == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3 / 2])  # n = 2: 2/2, then 1/2 of gen_lr
+
+
+def test_scratchgan_with_gen_lr_decay_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """A run that crashes in its decay phase and is resumed with the same config ends with the
+    generator of an unbroken run: the schedule depends on the step alone."""
+    extra = {"pretrain_steps": 0, "steps": 6, "gen_lr": 1e-3, "gen_lr_decay": 0.5, **CPU}
+    module, full = _config("scratchgan", tmp_path / "full", **extra)
+    module.main(full)
+    lrs = [r["gen/lr"] for r in _metrics(tmp_path / "full" / "scratchgan") if "gen/lr" in r]
+    assert lrs == pytest.approx([1e-3] * 4 + [2e-3 / 3, 1e-3 / 3])
+
+    step, calls = scratchgan.adversarial_step, []
+
+    def crash_at_the_sixth(*args):
+        calls.append(1)
+        if len(calls) == 6:  # after the checkpoint at step 4 and one decayed step
+            raise RuntimeError("simulated crash")
+        return step(*args)
+
+    monkeypatch.setattr(scratchgan, "adversarial_step", crash_at_the_sixth)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        module.main(_config("scratchgan", tmp_path / "part", **extra)[1])
+    monkeypatch.setattr(scratchgan, "adversarial_step", step)
+    module.main(_config("scratchgan", tmp_path / "part", **extra, resume=True)[1])
+    _assert_same_generator(tmp_path / "full" / "scratchgan", tmp_path / "part" / "scratchgan")
+
+
 def test_disc_lm_weight_must_not_be_negative():
     from textgan.config import ConfigError
 

@@ -110,12 +110,16 @@ class GANConfig(RunConfig):
     gen_average: float = arg(0.0, "decay of a moving average of G's weights, which is evaluated and exported in "
                              "place of the last weights (GAN weight averaging, e.g. 0.99; one more copy of G in "
                              "memory); 0: off")
+    gen_lr_decay: float = arg(0.0, "fraction of the adversarial steps, at the end, over which G's learning rate "
+                              "falls linearly towards 0, so that training ends on small steps; 0: constant")
 
     def check(self) -> None:
         super().check()
         check_bounds(self, positive=("gen_lr", "mle_lr", "disc_lr", "disc_steps", "disc_dim", "grad_clip"),
                      non_negative=("steps", "pretrain_steps", "disc_weight_decay"))
         check_unit_interval(self, ("disc_dropout", "gen_average"))
+        if not 0 <= self.gen_lr_decay <= 1:
+            raise ConfigError(f"gen_lr_decay must be in [0, 1], got {self.gen_lr_decay}")
         check_choice("baseline", self.baseline, BASELINE_KINDS)
         check_choice("disc_objective", self.disc_objective, DISC_OBJECTIVES)
         parse_betas(self.betas)
@@ -484,6 +488,19 @@ def gan_optimizers(config: GANConfig, generator, discriminator) -> dict[str, tor
                               weight_decay=config.disc_weight_decay),
         "mle": adam(generator.parameters(), lr=config.mle_lr),
     }
+
+
+def gen_lr_at(config: GANConfig, step: int) -> float:
+    """G's learning rate at adversarial step ``step`` (0 for the first): ``gen_lr``, then over the last
+    ``gen_lr_decay`` of the ``steps`` a linear fall that reaches ``gen_lr / n`` on the last of those n
+    steps. A function of the step alone, so a resumed run follows the same schedule."""
+    n = round(config.gen_lr_decay * config.steps)
+    return config.gen_lr * min(1.0, (config.steps - step) / n) if n else config.gen_lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def report(values: dict[str, float]) -> str:

@@ -52,6 +52,7 @@ from ..training import (
     evaluate,
     finish,
     gan_optimizers,
+    gen_lr_at,
     generator_average,
     mle_step,
     optimizer_step,
@@ -60,6 +61,7 @@ from ..training import (
     progress,
     restore,
     seed_everything,
+    set_lr,
 )
 
 
@@ -140,7 +142,10 @@ def main(config: ScratchGANConfig) -> dict:
                 if step < config.pretrain_steps:
                     values = {"gen/mle_loss": mle_step(generator, optimizers["mle"], real, setup.eos_id, config.grad_clip)}
                 else:
+                    lr = gen_lr_at(config, step - config.pretrain_steps)
+                    set_lr(optimizers["generator"], lr)
                     values = adversarial_step(config, generator, discriminator, optimizers, ema, prompt, real, setup)
+                    values["gen/lr"] = lr
             if average is not None:
                 average.update(generator)
             bar.update(1)

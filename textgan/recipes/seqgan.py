@@ -30,6 +30,7 @@ from ..training import (
     evaluate,
     finish,
     gan_optimizers,
+    gen_lr_at,
     generator_average,
     mle_step,
     optimizer_step,
@@ -38,6 +39,7 @@ from ..training import (
     progress,
     restore,
     seed_everything,
+    set_lr,
 )
 
 
@@ -96,8 +98,11 @@ def main(config: SeqGANConfig) -> dict:
         if step < d_end:  # phase 2: pretraining of D
             return {"disc/loss": disc_step(real, draw_fake().tokens)}
         # phase 3: adversarial training
+        lr = gen_lr_at(config, step - d_end)
+        set_lr(optimizers["generator"], lr)
         values = adversarial_step(config, generator, discriminator, optimizers["generator"], ema, prompt, setup,
                                   draw_fake())
+        values["gen/lr"] = lr
         for i in range(config.disc_steps):
             real_i = real if i == 0 else shard(batch_at(setup.train_ids, config.batch_size, step * 7919 + i,
                                                         config.seed, setup.eos_id)).to(device)
