@@ -99,6 +99,8 @@ class ScratchGANConfig(GANConfig):
 
     gen_average: float = arg(0.98, "decay of a moving average of G's weights, which is evaluated and exported in "
                              "place of the last weights (GAN weight averaging); 0: off")
+    gen_lr_decay: float = arg(0.3, "fraction of the adversarial steps, at the end, over which G's learning rate "
+                              "falls linearly towards 0, so that training ends on small steps; 0: constant")
 
     def check(self) -> None:
         super().check()
