@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _record import record
+from _record import cpu_model, record
 
 ROOT = Path(__file__).resolve().parents[1]  # the recipes run from here, so that preset paths resolve from anywhere
 VARIANTS = [
@@ -32,12 +32,32 @@ VARIANTS = [
     ("scratchgan, REINFORCE from scratch (pure_scratchgan preset)", "scratchgan", ["recipes/pure_scratchgan.yaml"]),
     ("seqgan", "seqgan", []),
 ]
+EARLIER = "2026-11-22 to 11-28, AMD EPYC"  # rows recorded before rows named their date and CPU
 # --quick: a few steps of each, to check that the benchmark runs
 QUICK = {
     "mle": ["steps=4", "eval_every=1000", "eval_samples=64", "grammar_sentences=500", "d_model=32", "n_layers=1"],
     "scratchgan": ["pretrain_steps=2"],
     "seqgan": ["pretrain_steps=2", "disc_pretrain_steps=2", "num_rollouts=2"],
 }
+
+
+def markdown(rows: list[dict]) -> str:
+    """The results table of ``rows``, as recorded in grammar_recipes.md."""
+    header = ("| recipe | wall time | grammatical | NLL under grammar | held-out NLL | distinct-4 (corpus) | unique | copied "
+              "| measured |\n|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines = [header]
+    for r in rows:
+        gnll = "n/a" if r.get("eval/grammar_nll") is None else f"{r['eval/grammar_nll']:.3f} ({r['ref/grammar_nll']:.3f})"
+        lines.append(f"| {r['variant']} | {r['wall_s'] / 60:.1f} min | {r['eval/grammatical']:.3f} | {gnll} | "
+                     f"{r['eval/nll_valid']:.3f} | {r['eval/distinct_4']:.3f} ({r['ref/distinct_4']:.3f}) | "
+                     f"{r['eval/unique']:.3f} | {r['eval/copied']:.3f} | {r.get('measured', EARLIER)} |")
+    return ("# Default recipes on the embedded grammar corpus\n\n"
+            "Samples at temperature 1.0 (1,000 per run) scored exactly by the grammar. NLL in nats per token "
+            "(end token included); in brackets, the same figure for the held-out corpus (the grammar's entropy "
+            "rate) and distinct-4 of as many training sentences. A row not re-run keeps the figures of its last "
+            "run; rows renamed when scratchgan's defaults changed (2026-11-28) keep, under `recorded_as` in "
+            "grammar_recipes.json, the label and command they ran as, with the same settings.\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -47,6 +67,7 @@ def main() -> None:
                         help="run only this variant, named as in the table (repeat for several)")
     args = parser.parse_args()
     rows = []
+    measured = f"{time.strftime('%Y-%m-%d', time.gmtime())}, {cpu_model() or 'CPU'}"  # rows of a table can differ
     with tempfile.TemporaryDirectory() as tmp:
         for label, recipe, extra in VARIANTS:
             if args.only and label not in args.only:
@@ -61,7 +82,7 @@ def main() -> None:
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
             metrics = json.loads((out / "metrics.json").read_text())
             rows.append({"variant": label, "command": " ".join(["python", *command[1:-len(overrides)], *extra]),
-                         "wall_s": round(time.time() - start, 1), **metrics})
+                         "wall_s": round(time.time() - start, 1), "measured": measured, **metrics})
     if args.only and not args.quick:  # re-run some variants: keep the recorded others
         from _record import RESULTS
 
@@ -70,21 +91,7 @@ def main() -> None:
         order = [label for label, _, _ in VARIANTS]
         rows = sorted([fresh.get(r["variant"], r) for r in recorded] + [r for r in rows if r["variant"] not in
                       {x["variant"] for x in recorded}], key=lambda r: order.index(r["variant"]))
-    header = ("| recipe | wall time | grammatical | NLL under grammar | held-out NLL | distinct-4 (corpus) | unique | copied |\n"
-              "|---|---:|---:|---:|---:|---:|---:|---:|")
-    lines = [header]
-    for r in rows:
-        gnll = "n/a" if r.get("eval/grammar_nll") is None else f"{r['eval/grammar_nll']:.3f} ({r['ref/grammar_nll']:.3f})"
-        lines.append(f"| {r['variant']} | {r['wall_s'] / 60:.1f} min | {r['eval/grammatical']:.3f} | {gnll} | "
-                     f"{r['eval/nll_valid']:.3f} | {r['eval/distinct_4']:.3f} ({r['ref/distinct_4']:.3f}) | "
-                     f"{r['eval/unique']:.3f} | {r['eval/copied']:.3f} |")
-    md = ("# Default recipes on the embedded grammar corpus\n\n"
-          "Samples at temperature 1.0 (1,000 per run) scored exactly by the grammar. NLL in nats per token "
-          "(end token included); in brackets, the same figure for the held-out corpus (the grammar's entropy "
-          "rate) and distinct-4 of as many training sentences. A row not re-run keeps the figures of its last "
-          "run; rows renamed when scratchgan's defaults changed (2026-11-28) keep, under `recorded_as` in "
-          "grammar_recipes.json, the label and command they ran as, with the same settings.\n\n"
-          + "\n".join(lines) + "\n")
+    md = markdown(rows)
     print(md)
     if not args.quick:
         record("grammar_recipes", {"rows": rows}, md)
