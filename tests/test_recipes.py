@@ -46,12 +46,24 @@ def _assert_same_generator(run_a, run_b, atol=1e-6, rtol=0.0):
 
 
 def _trained_and_resumed(tmp_path, extra) -> list[dict]:
-    """A scratchgan run of ``extra`` (6 steps), and one stopped after 4 and resumed, end with the same
-    generator. -> the unbroken run's metrics records."""
+    """A scratchgan run of ``extra`` (``pretrain_steps=0``, 6 steps), and the same run crashed in
+    its 6th adversarial step (after the checkpoint of step 4, with TINY_RUN's checkpoint_every=2) and
+    resumed, end with the same generator. -> the unbroken run's metrics records."""
     module, full = _config("scratchgan", tmp_path / "full", **extra)
     module.main(full)
-    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "steps": 4})[1])
-    module.main(_config("scratchgan", tmp_path / "part", **{**extra, "resume": True})[1])
+    step, calls = scratchgan.adversarial_step, []
+
+    def crashing(*args):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("simulated crash")
+        return step(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scratchgan, "adversarial_step", crashing)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            module.main(_config("scratchgan", tmp_path / "part", **extra)[1])
+    module.main(_config("scratchgan", tmp_path / "part", **extra, resume=True)[1])
     _assert_same_generator(tmp_path / "full" / "scratchgan", tmp_path / "part" / "scratchgan")
     return _metrics(tmp_path / "full" / "scratchgan")
 
@@ -345,29 +357,12 @@ def test_gan_recipes_follow_the_gen_lr_schedule(name, extra, tmp_path):
     assert logged == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3 / 2])  # n = 2: 2/2, then 1/2 of gen_lr
 
 
-def test_scratchgan_with_gen_lr_decay_resumes_where_it_stopped(tmp_path, monkeypatch):
+def test_scratchgan_with_gen_lr_decay_resumes_where_it_stopped(tmp_path):
     """A run that crashes in its decay phase and is resumed with the same config ends with the
     generator of an unbroken run: the schedule depends on the step alone."""
     extra = {"pretrain_steps": 0, "steps": 6, "gen_lr": 1e-3, "gen_lr_decay": 0.5, **CPU}
-    module, full = _config("scratchgan", tmp_path / "full", **extra)
-    module.main(full)
-    lrs = [r["gen/lr"] for r in _metrics(tmp_path / "full" / "scratchgan") if "gen/lr" in r]
-    assert lrs == pytest.approx([1e-3] * 4 + [2e-3 / 3, 1e-3 / 3])
-
-    step, calls = scratchgan.adversarial_step, []
-
-    def crash_at_the_sixth(*args):
-        calls.append(1)
-        if len(calls) == 6:  # after the checkpoint at step 4 and one decayed step
-            raise RuntimeError("simulated crash")
-        return step(*args)
-
-    monkeypatch.setattr(scratchgan, "adversarial_step", crash_at_the_sixth)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        module.main(_config("scratchgan", tmp_path / "part", **extra)[1])
-    monkeypatch.setattr(scratchgan, "adversarial_step", step)
-    module.main(_config("scratchgan", tmp_path / "part", **extra, resume=True)[1])
-    _assert_same_generator(tmp_path / "full" / "scratchgan", tmp_path / "part" / "scratchgan")
+    records = _trained_and_resumed(tmp_path, extra)  # crashes in step 6, after one decayed step
+    assert [r["gen/lr"] for r in records if "gen/lr" in r] == pytest.approx([1e-3] * 4 + [2e-3 / 3, 1e-3 / 3])
 
 
 def test_disc_lm_weight_must_not_be_negative():
