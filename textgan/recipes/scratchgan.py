@@ -97,8 +97,8 @@ class ScratchGANConfig(GANConfig):
     embed_init: str = arg("ppmi", "initial token embeddings of G and D: random, or ppmi (word vectors from the "
                           "training corpus's co-occurrences, as ScratchGAN starts from GloVe; G's only with a new model)")
 
-    gen_average: float = arg(0.98, "decay of a moving average of G's weights, which is evaluated and exported in "
-                             "place of the last weights (GAN weight averaging); 0: off")
+    gen_average: float = arg(0.995, "decay of a moving average of G's weights, which is evaluated and exported in "
+                              "place of the last weights (GAN weight averaging); 0: off")
     gen_lr_decay: float = arg(0.3, "fraction of the adversarial steps, at the end, over which G's learning rate "
                               "falls linearly towards 0, so that training ends on small steps; 0: constant")
 
