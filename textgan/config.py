@@ -47,12 +47,13 @@ def check_bounds(config, positive: tuple[str, ...] = (), non_negative: tuple[str
             raise ConfigError(f"{name} must be zero or positive, got {getattr(config, name)}")
 
 
-def check_unit_interval(config, names: tuple[str, ...]) -> None:
-    """Raise a ConfigError unless each named field is in [0, 1) (dropout rates, decays)."""
+def check_unit_interval(config, names: tuple[str, ...], closed: bool = False) -> None:
+    """Raise a ConfigError unless each named field is in [0, 1) (dropout rates, decays), or in
+    [0, 1] with ``closed`` (fractions, discounts)."""
     for name in names:
         value = getattr(config, name)
-        if not 0 <= value < 1:
-            raise ConfigError(f"{name} must be in [0, 1), got {value}")
+        if not (0 <= value <= 1 if closed else 0 <= value < 1):
+            raise ConfigError(f"{name} must be in [0, 1{']' if closed else ')'}, got {value}")
 
 
 def check_heads(config) -> None:

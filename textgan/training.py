@@ -118,8 +118,7 @@ class GANConfig(RunConfig):
         check_bounds(self, positive=("gen_lr", "mle_lr", "disc_lr", "disc_steps", "disc_dim", "grad_clip"),
                      non_negative=("steps", "pretrain_steps", "disc_weight_decay"))
         check_unit_interval(self, ("disc_dropout", "gen_average"))
-        if not 0 <= self.gen_lr_decay <= 1:
-            raise ConfigError(f"gen_lr_decay must be in [0, 1], got {self.gen_lr_decay}")
+        check_unit_interval(self, ("gen_lr_decay",), closed=True)
         check_choice("baseline", self.baseline, BASELINE_KINDS)
         check_choice("disc_objective", self.disc_objective, DISC_OBJECTIVES)
         parse_betas(self.betas)

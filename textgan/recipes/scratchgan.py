@@ -108,11 +108,10 @@ class ScratchGANConfig(GANConfig):
         check_choice("disc", self.disc, ("lstm", "transformer"))
         check_choice("embed_init", self.embed_init, ("random", "ppmi"))
         check_unit_interval(self, ("baseline_decay",))
+        check_unit_interval(self, ("discount",), closed=True)
         check_bounds(self, positive=("disc_layers",), non_negative=("disc_lm_weight",))
         if self.expected_reward and self.disc_lm_weight:
             raise ConfigError("disc_lm_weight needs D's prefix head: add expected_reward=false")
-        if not 0 <= self.discount <= 1:
-            raise ConfigError(f"discount must be in [0, 1], got {self.discount}")
 
 
 def main(config: ScratchGANConfig) -> dict:
