@@ -497,9 +497,12 @@ def gen_lr_at(config: GANConfig, step: int) -> float:
     return config.gen_lr * min(1.0, (config.steps - step) / n) if n else config.gen_lr
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def schedule_gen_lr(optimizer: torch.optim.Optimizer, config: GANConfig, step: int) -> float:
+    """Set G's optimizer to :func:`gen_lr_at` for adversarial step ``step``. -> that rate (to log)."""
+    lr = gen_lr_at(config, step)
     for group in optimizer.param_groups:
         group["lr"] = lr
+    return lr
 
 
 def report(values: dict[str, float]) -> str:

@@ -52,7 +52,6 @@ from ..training import (
     evaluate,
     finish,
     gan_optimizers,
-    gen_lr_at,
     generator_average,
     mle_step,
     optimizer_step,
@@ -60,8 +59,8 @@ from ..training import (
     prepare,
     progress,
     restore,
+    schedule_gen_lr,
     seed_everything,
-    set_lr,
 )
 
 
@@ -143,8 +142,7 @@ def main(config: ScratchGANConfig) -> dict:
                 if step < config.pretrain_steps:
                     values = {"gen/mle_loss": mle_step(generator, optimizers["mle"], real, setup.eos_id, config.grad_clip)}
                 else:
-                    lr = gen_lr_at(config, step - config.pretrain_steps)
-                    set_lr(optimizers["generator"], lr)
+                    lr = schedule_gen_lr(optimizers["generator"], config, step - config.pretrain_steps)
                     values = adversarial_step(config, generator, discriminator, optimizers, ema, prompt, real, setup)
                     values["gen/lr"] = lr
             if average is not None:

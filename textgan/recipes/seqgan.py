@@ -30,7 +30,6 @@ from ..training import (
     evaluate,
     finish,
     gan_optimizers,
-    gen_lr_at,
     generator_average,
     mle_step,
     optimizer_step,
@@ -38,8 +37,8 @@ from ..training import (
     prepare,
     progress,
     restore,
+    schedule_gen_lr,
     seed_everything,
-    set_lr,
 )
 
 
@@ -98,8 +97,7 @@ def main(config: SeqGANConfig) -> dict:
         if step < d_end:  # phase 2: pretraining of D
             return {"disc/loss": disc_step(real, draw_fake().tokens)}
         # phase 3: adversarial training
-        lr = gen_lr_at(config, step - d_end)
-        set_lr(optimizers["generator"], lr)
+        lr = schedule_gen_lr(optimizers["generator"], config, step - d_end)
         values = adversarial_step(config, generator, discriminator, optimizers["generator"], ema, prompt, setup,
                                   draw_fake())
         values["gen/lr"] = lr
