@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def record(name: str, results: dict, markdown: str) -> Path:
     """Write results/<name>.json and results/<name>.md."""
     RESULTS.mkdir(exist_ok=True)
     meta = {
-        "command": "python " + " ".join([_from_root(sys.argv[0]), *sys.argv[1:]]),
+        "command": "python " + shlex.join([_from_root(sys.argv[0]), *sys.argv[1:]]),  # quoted: it can be pasted
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
     }
