@@ -6,7 +6,8 @@
 In one run:
 1. the matmul ceiling: GFLOP/s of a 2048x2048 fp32 matmul through torch (8192x8192 on a GPU; best of 10);
 2. the MLE step: tokens/s and achieved FLOP/s (6 x matmul parameters per token, plus attention) as a
-   fraction of the ceiling;
+   fraction of the ceiling, eager and with the recipes' ``compile=true`` (torch.compile of the forward;
+   its compilation and recompiles fall in ten warm-up steps; not in --quick, which needs no compiler);
 3. sampling: textgan's sampler against ``generate()`` on the same weights, batch 64, lengths 20 and 50;
 4. one ScratchGAN step and one SeqGAN step with K=16 rollouts, as multiples of the MLE step's cost.
 Step costs are the mean wall time per step from the log of the real recipes (log_every=1,
@@ -145,6 +146,8 @@ def main() -> None:
     rows = []
     for name, size in SIZES.items():
         mle_s = step_seconds("mle", size, steps, {}, args.device)
+        compiled_s = None if args.quick else step_seconds("mle", size, steps + 10, {"compile": True}, args.device,
+                                                          warmup=10)
         scratch_s = step_seconds("scratchgan", size, steps, {"pretrain_steps": 0}, args.device)
         seqgan_s = step_seconds("seqgan", size, max(4, steps // 5),
                                 {"pretrain_steps": 0, "disc_pretrain_steps": 0, "num_rollouts": 16}, args.device)
@@ -153,7 +156,9 @@ def main() -> None:
         tokens = BATCH * context
         flops = train_flops_per_token(size["d_model"], size["n_layers"], VOCAB, context) * tokens / mle_s
         row = {"size": name, "mle_step_s": mle_s, "mle_tok_s": tokens / mle_s, "mle_gflop_s": flops / 1e9,
-               "mle_fraction_of_ceiling": flops / 1e9 / ceiling, "scratchgan_step_s": scratch_s,
+               "mle_fraction_of_ceiling": flops / 1e9 / ceiling, "mle_compiled_step_s": compiled_s,
+               "mle_compiled_fraction_of_ceiling": compiled_s and flops * mle_s / compiled_s / 1e9 / ceiling,
+               "scratchgan_step_s": scratch_s,
                "scratchgan_over_mle": scratch_s / mle_s, "seqgan_k16_step_s": seqgan_s, "seqgan_over_mle": seqgan_s / mle_s,
                "scratchgan_issue_definition": gan_step_on_same_batch(size, 5 if args.quick else 30, args.device),
                "sampling": [sampling(size, length, repeats, args.device) for length in ((5,) if args.quick else (20, 50))]}
@@ -161,19 +166,24 @@ def main() -> None:
         rows.append(row)
     lines = [(f"{device_name(args.device)}. Matmul ceiling ({n}x{n} fp32 through torch, best of 10): "
               f"**{ceiling:.1f} GFLOP/s**."), "",
-             ("| generator | MLE step | MLE tok/s | MLE GFLOP/s (of ceiling) | ScratchGAN step (x MLE) "
+             ("| generator | MLE step | MLE tok/s | MLE GFLOP/s (of ceiling) | MLE step, compile=true (of ceiling) "
+              "| ScratchGAN step (x MLE) "
               "| ScratchGAN: sample + score + G + 1 D (x MLE on the same batch) "
-              "| SeqGAN K=16 step (x MLE) | sampler vs generate() tok/s |"), "|---|---|---|---|---|---|---|---|"]
+              "| SeqGAN K=16 step (x MLE) | sampler vs generate() tok/s |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         g = r["scratchgan_issue_definition"]
         sampled = "; ".join(f"len {s['length']}: {s['textgan_tokens_per_s']:,.0f} vs {s['generate_tokens_per_s']:,.0f} ({s['speedup']:.2f}x)"
                             for s in r["sampling"])
+        compiled = ("n/a" if r["mle_compiled_step_s"] is None else
+                    f"{r['mle_compiled_step_s'] * 1e3:.0f} ms ({r['mle_compiled_fraction_of_ceiling']:.0%})")
         lines.append(f"| {r['size']} | {r['mle_step_s'] * 1e3:.0f} ms | {r['mle_tok_s']:,.0f} | {r['mle_gflop_s']:.1f} "
-                     f"({r['mle_fraction_of_ceiling']:.0%}) | {r['scratchgan_step_s'] * 1e3:.0f} ms ({r['scratchgan_over_mle']:.1f}x) "
+                     f"({r['mle_fraction_of_ceiling']:.0%}) | {compiled} "
+                     f"| {r['scratchgan_step_s'] * 1e3:.0f} ms ({r['scratchgan_over_mle']:.1f}x) "
                      f"| {g['gan_step_s'] * 1e3:.0f} ms vs {g['mle_same_batch_s'] * 1e3:.0f} ms ({g['ratio']:.1f}x) "
                      f"| {r['seqgan_k16_step_s']:.2f} s ({r['seqgan_over_mle']:.0f}x) | {sampled} |")
     markdown = "\n".join(lines) + ("\n\nBatch 64 on the embedded grammar corpus (vocabulary 428; each batch is cut to its "
-                                   "longest sentence); step costs are means over the recipes' own logged steps after two warm-up steps. "
+                                   "longest sentence); step costs are means over the recipes' own logged steps after two warm-up steps "
+                                   "(ten with compile=true, whose compilation they hold). "
                                    "The recipe's ScratchGAN step has 3 D updates and is compared with the MLE recipe's step on real "
                                    "batches; the next column times one step as issue #6 defines it (one D update) against an MLE "
                                    "step on a batch of the sampled batch's shape.\n")
