@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from _pipeline import train_all
+from _pipeline import fine_tune_settings, train_all
 from _record import RESULTS, record
 
 from textgan.evaluation import format_table, plot_sweep, score, sweep
@@ -42,7 +42,7 @@ RECIPES = {
     "mle": ["steps=800", "eval_every=400", "checkpoint_every=400"],
     "seqgan": ["pretrain_steps=0", "disc_pretrain_steps=300", "steps=60", "num_rollouts=8", "eval_every=20",
                "checkpoint_every=20"],
-    "scratchgan": ["pretrain_steps=0", "steps=300", "eval_every=100", "checkpoint_every=100"],
+    "scratchgan": [*fine_tune_settings(), "pretrain_steps=0", "steps=300", "eval_every=100", "checkpoint_every=100"],
 }
 # Texygen's published table (Zhu et al. 2018, Image COCO). Their Self-BLEU used 500 sentences.
 PUBLISHED = {
