@@ -157,7 +157,7 @@ def main() -> None:
         flops = train_flops_per_token(size["d_model"], size["n_layers"], VOCAB, context) * tokens / mle_s
         row = {"size": name, "mle_step_s": mle_s, "mle_tok_s": tokens / mle_s, "mle_gflop_s": flops / 1e9,
                "mle_fraction_of_ceiling": flops / 1e9 / ceiling, "mle_compiled_step_s": compiled_s,
-               "mle_compiled_fraction_of_ceiling": compiled_s and flops * mle_s / compiled_s / 1e9 / ceiling,
+               "mle_compiled_fraction_of_ceiling": None if compiled_s is None else flops * mle_s / compiled_s / 1e9 / ceiling,
                "scratchgan_step_s": scratch_s,
                "scratchgan_over_mle": scratch_s / mle_s, "seqgan_k16_step_s": seqgan_s, "seqgan_over_mle": seqgan_s / mle_s,
                "scratchgan_issue_definition": gan_step_on_same_batch(size, 5 if args.quick else 30, args.device),
