@@ -1,6 +1,7 @@
 """Image COCO captions (the Texygen benchmark): MLE, SeqGAN and ScratchGAN over a temperature sweep.
 
-    python benchmarks/coco.py            # full run (about an hour on 2 CPU cores)
+    python benchmarks/coco.py            # full run (15-35 minutes on 2 CPU cores)
+    python benchmarks/coco.py --seed 1   # another seed: its own runs (runs/bench_coco_seed1) and results
     python benchmarks/coco.py --quick    # a smoke run: a few steps, few samples, no FED
 
 1. MLE trains on train.txt (validation: test.txt).
@@ -13,7 +14,8 @@
    scored the same way as the reference point.
 
 Runs are kept under --work and reused when their exported generator exists (--retrain to redo).
-Writes benchmarks/results/coco.{json,md,png}.
+Writes benchmarks/results/coco.{json,md,png} (coco_seedN.* for --seed N > 0): the seed sets the
+recipes' training (initialisation, batches, sampling) and the sweep's samples.
 """
 
 from __future__ import annotations
@@ -75,9 +77,9 @@ def against_mle(rows: list[dict], model: str, quality: str = "bleu-5", diversity
     return out
 
 
-def plot(rows: list[dict], real_row: dict, n: int) -> None:
+def plot(rows: list[dict], real_row: dict, n: int, name: str = "coco") -> None:
     baselines = {"real text (train)": (real_row["bleu-5"], real_row["self-bleu-4"])}
-    plot_sweep(rows, "bleu-5", "self-bleu-4", RESULTS / "coco.png", baselines=baselines,
+    plot_sweep(rows, "bleu-5", "self-bleu-4", RESULTS / f"{name}.png", baselines=baselines,
                title=f"Image COCO, {n} samples per point (right: better quality; down: more diverse)")
 
 
@@ -85,15 +87,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--data", type=Path, default=SHARED, help="folder with COCO train.txt and test.txt")
-    parser.add_argument("--work", type=Path, default=Path("runs/bench_coco"), help="where the runs are kept")
+    parser.add_argument("--work", type=Path, default=None, help="where the runs are kept (runs/bench_coco[_seedN])")
     parser.add_argument("--samples", type=int, default=2000, help="samples per model and temperature")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run exists")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot-only", action="store_true", help="redraw results/coco.png from results/coco.json")
     args = parser.parse_args()
+    name = "coco" if args.seed == 0 else f"coco_seed{args.seed}"
+    args.work = args.work or Path("runs") / f"bench_{name}"
     if args.plot_only:
-        saved = json.loads((RESULTS / "coco.json").read_text())["results"]
-        plot(saved["rows"], saved["real"], saved["rows"][0]["samples"])
+        saved = json.loads((RESULTS / f"{name}.json").read_text())["results"]
+        plot(saved["rows"], saved["real"], saved["rows"][0]["samples"], name)
         return
     if not (args.data / "train.txt").is_file() or not (args.data / "test.txt").is_file():
         sys.exit(f"error: {args.data} lacks train.txt/test.txt; pass --data with the COCO folder (../shared/data/coco)")
@@ -102,7 +106,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     data = [f"data={args.data / 'train.txt'}", f"valid_file={args.data / 'test.txt'}"]
-    train_s = train_all(args.work, [*data, *MODEL], RECIPES, args.quick, args.retrain)
+    train_s = train_all(args.work, [*data, *MODEL, f"seed={args.seed}"], RECIPES, args.quick, args.retrain)
 
     references = (args.data / "test.txt").read_text(encoding="utf-8").splitlines()
     training = (args.data / "train.txt").read_text(encoding="utf-8").splitlines()
@@ -128,9 +132,9 @@ def main() -> None:
     best = [r for r in rows if r["model"] != "mle" and r["bleu-5"] >= 0.230 and r["self-bleu-5"] <= 0.50]
     published = ["| published (Texygen) | BLEU-2 | BLEU-3 | BLEU-4 | BLEU-5 | Self-BLEU-2 | Self-BLEU-3 | Self-BLEU-4 | Self-BLEU-5 |",
                  "|---|---|---|---|---|---|---|---|---|"]
-    for name, p in PUBLISHED.items():
+    for label, p in PUBLISHED.items():
         sb = p["self-bleu"] or ["-"] * 4
-        published.append(f"| {name} | " + " | ".join(str(v) for v in p["bleu"] + sb) + " |")
+        published.append(f"| {label} | " + " | ".join(str(v) for v in p["bleu"] + sb) + " |")
     md = [f"# Image COCO: quality-diversity sweep ({n:,} samples per point, {len(references):,} references)\n",
           format_table(rows + [real_row], columns), "",
           ("Published numbers for comparison (Texygen; their Self-BLEU used only 500 sentences, so it is not comparable "
@@ -146,9 +150,9 @@ def main() -> None:
     print(markdown)
     if args.quick:
         return
-    plot(rows, real_row, n)
-    record("coco", {"rows": rows, "real": real_row, "against_mle": comparisons, "train_s": train_s,
-                    "seed": args.seed, "published": PUBLISHED}, markdown + "\n![sweep](coco.png)\n")
+    plot(rows, real_row, n, name)
+    record(name, {"rows": rows, "real": real_row, "against_mle": comparisons, "train_s": train_s,
+                    "seed": args.seed, "published": PUBLISHED}, markdown + f"\n![sweep]({name}.png)\n")
 
 
 if __name__ == "__main__":
