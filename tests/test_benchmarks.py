@@ -35,3 +35,26 @@ def test_quick_mode_runs_and_leaves_the_recorded_results_alone(script, data, exp
     assert result.returncode == 0, result.stderr[-2000:]
     assert expected in result.stdout
     assert _results_digest() == before
+
+
+def test_fine_tune_settings_reproduce_the_preset_they_are_read_from():
+    """The COCO and oracle benchmarks' ScratchGAN runs use the MLE warm-up preset's settings, whatever the
+    recipe's defaults: the overrides, with the preset's step counts, give exactly the preset's config."""
+    import yaml
+
+    from textgan.config import parse_args
+    from textgan.recipes import load_recipe
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from _pipeline import PRESETS, fine_tune_settings
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    _, config_cls = load_recipe("scratchgan")
+    preset = PRESETS / "mle_warmup_scratchgan.yaml"
+    steps = {k: v for k, v in yaml.safe_load(preset.read_text()).items() if k in ("out_dir", "pretrain_steps", "steps")}
+    overrides = fine_tune_settings()
+    assert overrides and not any(o.split("=")[0] in steps for o in overrides)
+    from_overrides = parse_args(config_cls, [*overrides, *(f"{k}={v}" for k, v in steps.items())])
+    assert from_overrides == parse_args(config_cls, [str(preset)])
+    assert from_overrides != parse_args(config_cls, [f"{k}={v}" for k, v in steps.items()])  # the defaults differ
