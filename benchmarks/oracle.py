@@ -1,6 +1,7 @@
 """The SeqGAN synthetic benchmark: NLL-oracle and NLL-test over a temperature sweep.
 
     python benchmarks/oracle.py            # full run
+    python benchmarks/oracle.py --seed 1   # another training seed: its own runs (runs/bench_oracle_seed1) and results
     python benchmarks/oracle.py --quick    # a smoke run
 
 10,000 training and 2,000 held-out sequences of 20 tokens are sampled from the SeqGAN oracle
@@ -12,7 +13,8 @@ the model's per-token NLL on the held-out sequences at that temperature (coverag
 Our NLL-test counts the end token (21 tokens per sequence, the last nearly free), so it is
 comparable between our models but sits slightly below a 20-token NLL-test. NLL-oracle is the
 published quantity exactly. Samples that are not exactly 20 tokens are counted, not scored.
-Writes benchmarks/results/oracle.{json,md,png}.
+Writes benchmarks/results/oracle.{json,md,png} (oracle_seedN.* for --seed N > 0: the seed sets the
+recipes' training and the sweep's samples; the data stay the same oracle samples).
 """
 
 from __future__ import annotations
@@ -46,10 +48,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--oracle", type=Path, default=SHARED, help="the SeqGAN oracle parameters (npz)")
-    parser.add_argument("--work", type=Path, default=Path("runs/bench_oracle"), help="where data and runs are kept")
+    parser.add_argument("--work", type=Path, default=None, help="where data and runs are kept (runs/bench_oracle[_seedN])")
     parser.add_argument("--samples", type=int, default=2000, help="samples per model and temperature")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run exists")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the recipes' training and of the sweep's samples")
     args = parser.parse_args()
+    name = "oracle" if args.seed == 0 else f"oracle_seed{args.seed}"
+    args.work = args.work or Path("runs") / f"bench_{name}"
     if not args.oracle.is_file():
         sys.exit(f"error: {args.oracle} not found; pass --oracle with the path to seqgan_oracle.npz")
     if args.quick:
@@ -58,17 +63,18 @@ def main() -> None:
     started = time.time()
     oracle = Oracle.load(args.oracle)
     n_train, n_test = (500, 200) if args.quick else (10_000, 2_000)
-    for name, n, seed in (("train.txt", n_train, 0), ("test.txt", n_test, 1)):
-        if not (args.work / name).is_file():
-            (args.work / name).write_text("\n".join(to_text(oracle.sample(n, seed))) + "\n")
+    for filename, count, data_seed in (("train.txt", n_train, 0), ("test.txt", n_test, 1)):
+        if not (args.work / filename).is_file():
+            (args.work / filename).write_text("\n".join(to_text(oracle.sample(count, data_seed))) + "\n")
     test = (args.work / "test.txt").read_text().splitlines()
     data = [f"data={args.work / 'train.txt'}", f"valid_file={args.work / 'test.txt'}"]
-    train_s = train_all(args.work, [*data, *MODEL], RECIPES, args.quick, args.retrain)
+    train_s = train_all(args.work, [*data, *MODEL, f"seed={args.seed}"], RECIPES, args.quick, args.retrain)
 
     n = 200 if args.quick else args.samples
     temperatures = [0.8, 1.1] if args.quick else TEMPERATURES
     models = {recipe: str(args.work / recipe / "generator") for recipe in RECIPES}
-    rows = sweep(models, temperatures, n, args.work / "sweep", metrics=["nll-oracle", "unique"], valid=test, oracle=oracle)
+    rows = sweep(models, temperatures, n, args.work / "sweep", metrics=["nll-oracle", "unique"], valid=test, oracle=oracle,
+                 seed=args.seed)
     real_nll = oracle.nll(oracle.sample(n, seed=2))
     oracle_test_nll = oracle.nll(from_text(test)[0])  # the true model's NLL-test: the ideal point
     mle_t1 = next(r for r in rows if r["model"] == "mle" and r["temperature"] == 1.0) if not args.quick else rows[0]
@@ -87,10 +93,10 @@ def main() -> None:
     print(markdown)
     if args.quick:
         return
-    plot_sweep(rows, "nll-oracle", "nll-test", RESULTS / "oracle.png", baselines={"the oracle itself": (real_nll, oracle_test_nll)},
+    plot_sweep(rows, "nll-oracle", "nll-test", RESULTS / f"{name}.png", baselines={"the oracle itself": (real_nll, oracle_test_nll)},
                title=f"SeqGAN oracle: NLL-oracle vs NLL-test over temperature ({n} samples)")
-    record("oracle", {"rows": rows, "oracle_samples_nll": real_nll, "train_s": train_s, "published": PUBLISHED},
-           markdown + "\n![sweep](oracle.png)\n")
+    record(name, {"rows": rows, "oracle_samples_nll": real_nll, "train_s": train_s, "seed": args.seed,
+                  "published": PUBLISHED}, markdown + f"\n![sweep]({name}.png)\n")
 
 
 if __name__ == "__main__":
