@@ -32,6 +32,14 @@ def fine_tune_settings(preset: str = "mle_warmup_scratchgan.yaml") -> list[str]:
             if key not in ("out_dir", "pretrain_steps", "steps")]
 
 
+def seeded(benchmark: str, seed: int, work: Path | None) -> tuple[str, Path]:
+    """A benchmark's results name and run folder for ``seed``: ``coco`` and runs/bench_coco for seed 0,
+    ``coco_seed1`` and runs/bench_coco_seed1 for seed 1, so that seeds never share runs or results.
+    ``work`` (--work), when given, is the run folder."""
+    name = benchmark if seed == 0 else f"{benchmark}_seed{seed}"
+    return name, work or Path("runs") / f"bench_{name}"
+
+
 def train_all(work: Path, common: list[str], recipes: dict[str, list[str]], quick: bool, retrain: bool) -> dict[str, float]:
     """Train each recipe (``mle`` first) into ``work/<recipe>``; GAN recipes start from ``work/mle/generator``.
 

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from _pipeline import fine_tune_settings, train_all
+from _pipeline import fine_tune_settings, seeded, train_all
 from _record import RESULTS, record
 
 from textgan.evaluation import format_table, plot_sweep, score, sweep
@@ -93,8 +93,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot-only", action="store_true", help="redraw results/coco.png from results/coco.json")
     args = parser.parse_args()
-    name = "coco" if args.seed == 0 else f"coco_seed{args.seed}"
-    args.work = args.work or Path("runs") / f"bench_{name}"
+    name, args.work = seeded("coco", args.seed, args.work)
     if args.plot_only:
         saved = json.loads((RESULTS / f"{name}.json").read_text())["results"]
         plot(saved["rows"], saved["real"], saved["rows"][0]["samples"], name)

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from _pipeline import fine_tune_settings, train_all
+from _pipeline import fine_tune_settings, seeded, train_all
 from _record import RESULTS, record
 
 from textgan.evaluation import format_table, plot_sweep, sweep
@@ -53,8 +53,7 @@ def main() -> None:
     parser.add_argument("--retrain", action="store_true", help="train again even where a run exists")
     parser.add_argument("--seed", type=int, default=0, help="seed of the recipes' training and of the sweep's samples")
     args = parser.parse_args()
-    name = "oracle" if args.seed == 0 else f"oracle_seed{args.seed}"
-    args.work = args.work or Path("runs") / f"bench_{name}"
+    name, args.work = seeded("oracle", args.seed, args.work)
     if not args.oracle.is_file():
         sys.exit(f"error: {args.oracle} not found; pass --oracle with the path to seqgan_oracle.npz")
     if args.quick:
