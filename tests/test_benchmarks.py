@@ -25,6 +25,7 @@ def _results_digest() -> dict[str, str]:
     ("oracle_overfit.py", "oracle", "| the oracle |"),
     ("oracle_copying.py", "oracle", "| 0.85 |"),
     ("grammar_recipes.py", None, "| seqgan |"),
+    ("default_seeds.py", None, "| 1 |"),
 ])
 def test_quick_mode_runs_and_leaves_the_recorded_results_alone(script, data, expected, tmp_path):
     if data:
