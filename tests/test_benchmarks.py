@@ -59,3 +59,21 @@ def test_fine_tune_settings_reproduce_the_preset_they_are_read_from():
     from_overrides = parse_args(config_cls, [*overrides, *(f"{k}={v}" for k, v in steps.items())])
     assert from_overrides == parse_args(config_cls, [str(preset)])
     assert from_overrides != parse_args(config_cls, [f"{k}={v}" for k, v in steps.items()])  # the defaults differ
+
+
+def test_default_seeds_judges_each_run_by_all_three_parts_of_the_bar():
+    """A seed meets issue #2's bar only with 80% grammatical, distinct-4 within 20% of its corpus's and
+    under 10 minutes; result files are named after the CPU model, whatever its trademark signs."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from default_seeds import cpu_slug, meets_bar
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    run = {"eval/grammatical": 0.80, "eval/distinct_4": 0.60, "ref/distinct_4": 0.75, "wall_s": 599.0}
+    assert meets_bar(run)
+    assert not meets_bar({**run, "eval/grammatical": 0.799})
+    assert not meets_bar({**run, "eval/distinct_4": 0.599})
+    assert not meets_bar({**run, "wall_s": 600.0})
+    assert cpu_slug("Intel(R) Xeon(R) Processor") == "intel_xeon_processor"
+    assert cpu_slug("AMD EPYC 7B13") == "amd_epyc_7b13"
+    assert cpu_slug(None) == "cpu"
