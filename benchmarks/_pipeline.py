@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-PRESETS = Path(__file__).resolve().parents[1] / "recipes"
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "recipes"
 
 # --quick: a few steps of each, to check that a benchmark runs end to end
 QUICK = {
@@ -38,6 +40,17 @@ def seeded(benchmark: str, seed: int, work: Path | None) -> tuple[str, Path]:
     ``work`` (--work), when given, is the run folder."""
     name = benchmark if seed == 0 else f"{benchmark}_seed{seed}"
     return name, work or Path("runs") / f"bench_{name}"
+
+
+def run_recipe(recipe: str, overrides: list[str], out: Path) -> dict:
+    """Run ``python -m textgan.recipes.<recipe>`` with ``overrides`` (``out_dir=out`` among them) from the
+    repository root, so that preset paths resolve from anywhere. -> the run's final ``metrics.json`` with its
+    wall seconds, start-up included, as ``wall_s``."""
+    command = [sys.executable, "-m", f"textgan.recipes.{recipe}", *overrides]
+    print("running:", " ".join(["python", *command[1:]]), flush=True)
+    start = time.time()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+    return {"wall_s": round(time.time() - start, 1), **json.loads((out / "metrics.json").read_text())}
 
 
 def train_all(work: Path, common: list[str], recipes: dict[str, list[str]], quick: bool, retrain: bool) -> dict[str, float]:

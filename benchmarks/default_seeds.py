@@ -17,17 +17,13 @@ different machines stand side by side.
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
+from _pipeline import run_recipe
 from _record import cpu_model, record
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["steps=3", "eval_samples=64", "grammar_sentences=500", "d_model=32", "n_layers=1"]
 BAR_GRAMMATICAL, BAR_DIVERSITY, BAR_MINUTES = 0.80, 0.20, 10.0
 
@@ -47,12 +43,7 @@ def meets_bar(row: dict) -> bool:
 
 def run_seed(seed: int, out: Path, quick: bool) -> dict:
     overrides = [f"seed={seed}", "print_samples=0", f"out_dir={out}", *(QUICK if quick else [])]
-    command = [sys.executable, "-m", "textgan.recipes.scratchgan", *overrides]
-    print("running:", " ".join(["python", *command[1:]]), flush=True)
-    start = time.time()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-    metrics = json.loads((out / "metrics.json").read_text())
-    return {"seed": seed, "wall_s": round(time.time() - start, 1), **metrics}
+    return {"seed": seed, **run_recipe("scratchgan", overrides, out)}
 
 
 def num(value: float | None) -> str:

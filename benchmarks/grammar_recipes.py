@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _pipeline import run_recipe
 from _record import cpu_model, record
 
-ROOT = Path(__file__).resolve().parents[1]  # the recipes run from here, so that preset paths resolve from anywhere
 VARIANTS = [
     ("mle", "mle", []),
     ("mle, 8,000 steps", "mle", ["steps=8000"]),
@@ -76,13 +74,9 @@ def main() -> None:
             overrides = [*extra, f"out_dir={out}"]  # a preset file, if any, comes first
             if args.quick:
                 overrides += QUICK["mle"] + (QUICK[recipe] if recipe != "mle" else [])  # later values win
-            command = [sys.executable, "-m", f"textgan.recipes.{recipe}", *overrides]
-            print("running:", " ".join(command[1:]), flush=True)
-            start = time.time()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-            metrics = json.loads((out / "metrics.json").read_text())
-            rows.append({"variant": label, "command": " ".join(["python", *command[1:-len(overrides)], *extra]),
-                         "wall_s": round(time.time() - start, 1), "measured": measured, **metrics})
+            result = run_recipe(recipe, overrides, out)
+            rows.append({"variant": label, "command": " ".join(["python", "-m", f"textgan.recipes.{recipe}", *extra]),
+                         "wall_s": result["wall_s"], "measured": measured, **result})
     if args.only and not args.quick:  # re-run some variants: keep the recorded others
         from _record import RESULTS
 
