@@ -5,6 +5,7 @@ table, and leave benchmarks/results/ (the recorded full runs) untouched.
 """
 
 import hashlib
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,15 @@ import pytest
 from conftest import shared_data
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _benchmark_module(name: str):
+    """A module of benchmarks/ (not a package: its scripts import each other as top-level modules)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 
 def _results_digest() -> dict[str, str]:
@@ -46,11 +56,8 @@ def test_fine_tune_settings_reproduce_the_preset_they_are_read_from():
     from textgan.config import parse_args
     from textgan.recipes import load_recipe
 
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        from _pipeline import PRESETS, fine_tune_settings
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    pipeline = _benchmark_module("_pipeline")
+    PRESETS, fine_tune_settings = pipeline.PRESETS, pipeline.fine_tune_settings
     _, config_cls = load_recipe("scratchgan")
     preset = PRESETS / "mle_warmup_scratchgan.yaml"
     steps = {k: v for k, v in yaml.safe_load(preset.read_text()).items() if k in ("out_dir", "pretrain_steps", "steps")}
@@ -64,11 +71,8 @@ def test_fine_tune_settings_reproduce_the_preset_they_are_read_from():
 def test_default_seeds_judges_each_run_by_all_three_parts_of_the_bar():
     """A seed meets issue #2's bar only with 80% grammatical, distinct-4 within 20% of its corpus's and
     under 10 minutes; result files are named after the CPU model, whatever its trademark signs."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        from default_seeds import cpu_slug, meets_bar
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    default_seeds = _benchmark_module("default_seeds")
+    cpu_slug, meets_bar = default_seeds.cpu_slug, default_seeds.meets_bar
     run = {"eval/grammatical": 0.80, "eval/distinct_4": 0.60, "ref/distinct_4": 0.75, "wall_s": 599.0}
     assert meets_bar(run)
     assert not meets_bar({**run, "eval/grammatical": 0.799})
