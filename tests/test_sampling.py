@@ -179,6 +179,55 @@ def test_prefix_completer_samples_what_sample_would(tiny_generator, word_tokeniz
         assert ours.shape[1] <= fake.tokens.shape[1] and torch.equal(ours[:, :t], prefixes)
 
 
+def test_rows_to_keep_drops_ended_rows_in_multiples():
+    from textgan.sampling import ROW_MULTIPLE, _rows_to_keep
+
+    finished = torch.zeros(64, dtype=torch.bool)
+    finished[::5] = True  # 13 of 64 ended: the 51 left round up to 56, under a quarter of 64 would go
+    assert _rows_to_keep(finished, None) is None
+    finished[:] = True
+    finished[::3] = False  # 22 left: keep 24, the 22 in order and the first 2 ended rows
+    keep = _rows_to_keep(finished, None)
+    assert len(keep) == 24 and len(keep) % ROW_MULTIPLE == 0 and torch.equal(keep, keep.sort().values)
+    assert set(range(0, 64, 3)) < set(keep.tolist()) and keep[:2].tolist() == [0, 1]
+    # indices are into the rows held: of the 24 held, the 22 live ones are still too many to drop
+    assert _rows_to_keep(finished, keep) is None
+    finished[keep[-10:]] = True  # 12 live of 24 held: keep 16 of them (indices into the held rows)
+    again = _rows_to_keep(finished, keep)
+    assert len(again) == 16 and (~finished[keep[again]]).sum() == 12
+
+
+def test_dropping_ended_rows_changes_no_sample(tiny_generator, word_tokenizer, monkeypatch):
+    """Rows that have ended leave the decoder, and every other row's tokens and log-probs stay what
+    the whole batch would give them: the same draws, the same logits."""
+    import copy
+
+    from textgan import sampling
+
+    _, eos, pad = special_ids(word_tokenizer)
+    model = copy.deepcopy(tiny_generator)
+    with torch.no_grad():  # a strong, state-dependent pull to the end token: rows end at many lengths
+        model.lm_head.weight[eos] *= 300
+    prompt = _prompt(word_tokenizer, 64)
+    kept = []
+    original = sampling._rows_to_keep
+
+    def spy(finished, held):
+        keep = original(finished, held)
+        kept.append(None if keep is None else len(keep))
+        return keep
+
+    runs = []
+    for rows_to_keep in (spy, lambda finished, held: None):
+        monkeypatch.setattr(sampling, "_rows_to_keep", rows_to_keep)
+        torch.manual_seed(3)
+        runs.append(sample(model, prompt, 20, eos_id=eos, pad_id=pad))
+    dropped, whole = runs
+    assert any(n is not None for n in kept) and whole.lengths.min() < whole.lengths.max() - 3
+    assert torch.equal(dropped.tokens, whole.tokens)
+    assert_close(dropped.logprobs, whole.logprobs, atol=1e-6, rtol=1e-6)
+
+
 def test_sample_texts_continue_a_prompt(tiny_generator, word_tokenizer):
     """Every sentence starts with the prompt, and the next word is drawn from the model's distribution given
     the prompt, not the distribution at the start of a sentence."""

@@ -180,12 +180,13 @@ class LlamaDecoder:
         return self.step(prompt[:, 0]) if prompt.shape[1] == 1 else self._prefill(prompt)
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep cache rows ``index`` (B',) in that order: beam search's reshuffle of hypotheses."""
-        B = index.shape[0]
+        """Keep cache rows ``index`` (B',) in that order, as rows [0, B'): beam search's reshuffle of
+        hypotheses, or the sampler dropping rows that have ended. Later steps take B' tokens."""
+        B, end = index.shape[0], self.position  # positions from ``end`` on are not written yet
         if B > self.keys.shape[1]:
             raise ValueError(f"decoder cache holds {self.keys.shape[1]} rows, asked for {B}")
-        self.keys[:, :B] = self.keys[:, index]
-        self.values[:, :B] = self.values[:, index]
+        self.keys[:, :B, :, :end] = self.keys[:, index, :, :end]
+        self.values[:, :B, :, :end] = self.values[:, index, :, :end]
         if self.key_valid is not None:
             self.key_valid[:B] = self.key_valid[index]
 
