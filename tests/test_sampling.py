@@ -197,9 +197,11 @@ def test_rows_to_keep_drops_ended_rows_in_multiples():
     assert len(again) == 16 and (~finished[keep[again]]).sum() == 12
 
 
-def test_dropping_ended_rows_changes_no_sample(tiny_generator, word_tokenizer, monkeypatch):
+@pytest.mark.parametrize("padded", [False, True], ids=["one prompt", "left-padded prompts"])
+def test_dropping_ended_rows_changes_no_sample(tiny_generator, word_tokenizer, monkeypatch, padded):
     """Rows that have ended leave the decoder, and every other row's tokens and log-probs stay what
-    the whole batch would give them: the same draws, the same logits."""
+    the whole batch would give them: the same draws, the same logits (and the same padding mask,
+    for prompts of different lengths)."""
     import copy
 
     from textgan import sampling
@@ -208,7 +210,13 @@ def test_dropping_ended_rows_changes_no_sample(tiny_generator, word_tokenizer, m
     model = copy.deepcopy(tiny_generator)
     with torch.no_grad():  # a strong, state-dependent pull to the end token: rows end at many lengths
         model.lm_head.weight[eos] *= 300
-    prompt = _prompt(word_tokenizer, 64)
+    prompt, prompt_mask = _prompt(word_tokenizer, 64), None
+    if padded:  # as a style-transfer source: BOS and 0-3 words, left-padded to 4 tokens
+        start = torch.arange(64) % 4  # where each row's BOS sits
+        prompt_mask = torch.arange(4)[None] >= start[:, None]
+        words = torch.randint(5, len(word_tokenizer), (64, 4), generator=torch.Generator().manual_seed(0))
+        prompt = torch.where(prompt_mask, words, pad)
+        prompt[torch.arange(64), start] = _prompt(word_tokenizer, 1)[0, 0]
     kept = []
     original = sampling._rows_to_keep
 
@@ -221,7 +229,7 @@ def test_dropping_ended_rows_changes_no_sample(tiny_generator, word_tokenizer, m
     for rows_to_keep in (spy, lambda finished, held: None):
         monkeypatch.setattr(sampling, "_rows_to_keep", rows_to_keep)
         torch.manual_seed(3)
-        runs.append(sample(model, prompt, 20, eos_id=eos, pad_id=pad))
+        runs.append(sample(model, prompt, 20, eos_id=eos, pad_id=pad, prompt_mask=prompt_mask))
     dropped, whole = runs
     assert any(n is not None for n in kept) and whole.lengths.min() < whole.lengths.max() - 3
     assert torch.equal(dropped.tokens, whole.tokens)
