@@ -105,9 +105,8 @@ def sample(
 def _sample(model, prompt, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p, fast, prompt_mask) -> Rollout:
     finished = (prompt[:, 1:] == eos_id).any(dim=1)
     logits, next_logits, reorder = _decoder(model, prompt, max_new_tokens, fast, prompt_mask)
-    keep_rows = reorder if prompt.device.type == "cpu" else None  # a GPU replays whole-batch CUDA graphs
     tokens, logprobs = _draw_tokens(logits, next_logits, finished, max_new_tokens, eos_id, pad_id, temperature, top_k,
-                                    top_p, keep_rows)
+                                    top_p, reorder)
     mask = _mask_new(tokens, prompt, eos_id)
     return Rollout(tokens, logprobs, mask, mask.sum(1))
 
@@ -139,15 +138,17 @@ def _rows_to_keep(finished: torch.Tensor, held: torch.Tensor | None) -> torch.Te
 
 
 def _draw_tokens(logits, next_logits, finished, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p,
-                 keep_rows=None):
+                 reorder=None):
     """The token-by-token loop: (B, T) tokens and their log-probabilities, T <= max_new_tokens.
 
-    keep_rows: the decoder's ``reorder(index)`` (keep its rows ``index``, in that order), or None.
-    With it, rows that have ended stop being decoded (:func:`_rows_to_keep`): most sentences end
-    well before the longest, so late steps run on a fraction of the batch. Every row still takes
-    its uniform from the same draw of B, so the random stream does not depend on the drops.
+    reorder: the decoder's ``reorder(index)`` (keep its rows ``index``, in that order), or None.
+    With it, on a CPU, rows that have ended stop being decoded (:func:`_rows_to_keep`): most
+    sentences end well before the longest, so late steps run on a fraction of the batch. Every row
+    still takes its uniform from the same draw of B, so the random stream does not depend on the
+    drops. A GPU keeps the whole batch, whose decoding steps replay one CUDA graph.
     """
     B = logits.shape[0]
+    keep_rows = reorder if logits.device.type == "cpu" else None
     held = None  # the batch rows the decoder holds, in its order; None: all B
     tokens, logprobs = [], []
     for t in range(max_new_tokens):
@@ -213,9 +214,8 @@ class PrefixCompleter:
             decoder = self.base.fork(rows, self.prompt.shape[1] + prefixes.shape[1] - 1)
             logits = decoder.step(prefixes[:, -1])  # the prefix's last token, at its own position
             finished = (prefixes == o["eos_id"]).any(dim=1)
-            keep_rows = decoder.reorder if prefixes.device.type == "cpu" else None
             tokens, _ = _draw_tokens(logits, decoder.step, finished, new, o["eos_id"], o["pad_id"], o["temperature"],
-                                     o["top_k"], o["top_p"], keep_rows)
+                                     o["top_k"], o["top_p"], decoder.reorder)
         return torch.cat([prefixes, tokens], 1)
 
 
