@@ -76,7 +76,7 @@ def main() -> None:
                 overrides += QUICK["mle"] + (QUICK[recipe] if recipe != "mle" else [])  # later values win
             result = run_recipe(recipe, overrides, out)
             rows.append({"variant": label, "command": " ".join(["python", "-m", f"textgan.recipes.{recipe}", *extra]),
-                         "wall_s": result["wall_s"], "measured": measured, **result})
+                         "measured": measured, **result})  # result holds the run's wall_s
     if args.only and not args.quick:  # re-run some variants: keep the recorded others
         from _record import RESULTS
 
