@@ -197,11 +197,11 @@ def test_rows_to_keep_drops_ended_rows_in_multiples():
     assert len(again) == 16 and (~finished[keep[again]]).sum() == 12
 
 
-@pytest.mark.parametrize("padded", [False, True], ids=["one prompt", "left-padded prompts"])
-def test_dropping_ended_rows_changes_no_sample(tiny_generator, word_tokenizer, monkeypatch, padded):
-    """Rows that have ended leave the decoder, and every other row's tokens and log-probs stay what
-    the whole batch would give them: the same draws, the same logits (and the same padding mask,
-    for prompts of different lengths)."""
+def _sample_with_and_without_drops(tiny_generator, word_tokenizer, monkeypatch, padded, decode, end_pull=300,
+                                   sharpen=1):
+    """``decode(model, prompt, prompt_mask, eos, pad)`` run twice, seeded alike: with ended rows dropped
+    (and a spy that counts the drops), and with every row kept. Returns (drops, dropped run, whole run).
+    The model's weights are scaled by ``sharpen`` (but its norms' gains), then its end-token row by ``end_pull``."""
     import copy
 
     from textgan import sampling
@@ -209,7 +209,10 @@ def test_dropping_ended_rows_changes_no_sample(tiny_generator, word_tokenizer, m
     _, eos, pad = special_ids(word_tokenizer)
     model = copy.deepcopy(tiny_generator)
     with torch.no_grad():  # a strong, state-dependent pull to the end token: rows end at many lengths
-        model.lm_head.weight[eos] *= 300
+        for name, weight in model.named_parameters():
+            if "norm" not in name:
+                weight.mul_(sharpen)
+        model.lm_head.weight[eos] *= end_pull
     prompt, prompt_mask = _prompt(word_tokenizer, 64), None
     if padded:  # as a style-transfer source: BOS and 0-3 words, left-padded to 4 tokens
         start = torch.arange(64) % 4  # where each row's BOS sits
@@ -229,11 +232,42 @@ def test_dropping_ended_rows_changes_no_sample(tiny_generator, word_tokenizer, m
     for rows_to_keep in (spy, lambda finished, held: None):
         monkeypatch.setattr(sampling, "_rows_to_keep", rows_to_keep)
         torch.manual_seed(3)
-        runs.append(sample(model, prompt, 20, eos_id=eos, pad_id=pad, prompt_mask=prompt_mask))
-    dropped, whole = runs
-    assert any(n is not None for n in kept) and whole.lengths.min() < whole.lengths.max() - 3
+        runs.append(decode(model, prompt, prompt_mask, eos, pad))
+    return [n for n in kept if n is not None], *runs
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["one prompt", "left-padded prompts"])
+def test_dropping_ended_rows_changes_no_sample(tiny_generator, word_tokenizer, monkeypatch, padded):
+    """Rows that have ended leave the decoder, and every other row's tokens and log-probs stay what
+    the whole batch would give them: the same draws, the same logits (and the same padding mask,
+    for prompts of different lengths)."""
+
+    def decode(model, prompt, prompt_mask, eos, pad):
+        return sample(model, prompt, 20, eos_id=eos, pad_id=pad, prompt_mask=prompt_mask)
+
+    drops, dropped, whole = _sample_with_and_without_drops(tiny_generator, word_tokenizer, monkeypatch, padded, decode)
+    assert drops and whole.lengths.min() < whole.lengths.max() - 3
     assert torch.equal(dropped.tokens, whole.tokens)
     assert_close(dropped.logprobs, whole.logprobs, atol=1e-6, rtol=1e-6)
+
+
+def test_greedy_decoding_drops_ended_rows_too(tiny_generator, word_tokenizer, monkeypatch):
+    """Style transfer's greedy decoding runs the same loop: rows leave as they end, and the rewrites
+    are the ones the whole batch gives."""
+    from textgan.transfer import greedy
+
+    def decode(model, prompt, prompt_mask, eos, pad):
+        return greedy(model, prompt, prompt_mask, 20, eos, pad)
+
+    # a greedy row ends where the end token is the most likely; larger weights make that depend on the
+    # context strongly enough that a row decoded from another row's keys would go another way
+    drops, dropped, whole = _sample_with_and_without_drops(tiny_generator, word_tokenizer, monkeypatch, True, decode,
+                                                           end_pull=10, sharpen=8)
+    _, eos, _ = special_ids(word_tokenizer)
+    ended = (whole == eos).any(1)
+    ends = (whole == eos).float().argmax(1)[ended]
+    assert drops and ends.min() < ends.max() - 3
+    assert torch.equal(dropped, whole)
 
 
 def test_sample_texts_continue_a_prompt(tiny_generator, word_tokenizer):

@@ -138,8 +138,11 @@ def _rows_to_keep(finished: torch.Tensor, held: torch.Tensor | None) -> torch.Te
 
 
 def _draw_tokens(logits, next_logits, finished, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p,
-                 reorder=None):
+                 reorder=None, greedy=False):
     """The token-by-token loop: (B, T) tokens and their log-probabilities, T <= max_new_tokens.
+
+    greedy: take each row's most likely token instead of drawing one; no random numbers are used,
+    and the log-probabilities are 0 (greedy decoding draws from a point mass).
 
     reorder: the decoder's ``reorder(index)`` (keep its rows ``index``, in that order), or None.
     With it, on a CPU, rows that have ended stop being decoded (:func:`_rows_to_keep`): most
@@ -152,10 +155,14 @@ def _draw_tokens(logits, next_logits, finished, max_new_tokens, eos_id, pad_id, 
     held = None  # the batch rows the decoder holds, in its order; None: all B
     tokens, logprobs = [], []
     for t in range(max_new_tokens):
-        probs = F.softmax(filter_logits(logits.float(), temperature, top_k, top_p), dim=-1)  # (held rows, V)
-        uniform = torch.rand(B, 1, device=probs.device, dtype=probs.dtype)
-        token = draw(probs, uniform if held is None else uniform[held])
-        token_logp = probs.gather(1, token[:, None]).squeeze(1).log()  # a drawn token's probability is > 0
+        if greedy:
+            token = logits.argmax(-1)  # (held rows,)
+            token_logp = torch.zeros(token.shape, device=token.device)
+        else:
+            probs = F.softmax(filter_logits(logits.float(), temperature, top_k, top_p), dim=-1)  # (held rows, V)
+            uniform = torch.rand(B, 1, device=probs.device, dtype=probs.dtype)
+            token = draw(probs, uniform if held is None else uniform[held])
+            token_logp = probs.gather(1, token[:, None]).squeeze(1).log()  # a drawn token's probability is > 0
         if held is not None:  # back to (B,): rows not held have ended, and get padding below
             token = torch.full_like(finished, pad_id, dtype=token.dtype).index_copy_(0, held, token)
             token_logp = torch.zeros_like(finished, dtype=token_logp.dtype).index_copy_(0, held, token_logp)

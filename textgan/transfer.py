@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .bleu import ngram_counts
 from .data import DataError, read_lines, read_text, sequence_mask
 from .models.generator import ModelError, load_errors
-from .sampling import _decoder, encode_prompt, sample
+from .sampling import _decoder, _draw_tokens, encode_prompt, sample
 
 SEP = "<sep>"
 SPLITS = ("train", "dev", "test")
@@ -268,18 +268,13 @@ def target_logprobs(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, targ
 
 @torch.no_grad()
 def greedy(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new: int, eos_id: int, pad_id: int) -> torch.Tensor:
-    """The most likely token at each step: (B, T) ids, padding after each row's end token."""
-    logits, step, _ = _decoder(model, prompt, max_new, True, prompt_mask)
+    """The most likely token at each step: (B, T) ids, padding after each row's end token.
+
+    Rows that have ended leave the decoder on a CPU, as in sampling (:func:`textgan.sampling.sample`)."""
+    logits, step, reorder = _decoder(model, prompt, max_new, True, prompt_mask)
     finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
-    out = []
-    for t in range(max_new):
-        token = logits.argmax(-1).masked_fill(finished, pad_id)
-        out.append(token)
-        finished |= token == eos_id
-        if bool(finished.all()) or t + 1 == max_new:
-            break
-        logits = step(token)
-    return torch.stack(out, 1)
+    tokens, _ = _draw_tokens(logits, step, finished, max_new, eos_id, pad_id, 1.0, 0, 1.0, reorder, greedy=True)
+    return tokens
 
 
 @torch.no_grad()
