@@ -130,8 +130,10 @@ def mle_epoch(model: OracleShapedLSTM, optimizer: torch.optim.Optimizer, train: 
         optimizer.step()
 
 
-def train_lstm(train: torch.Tensor, test: torch.Tensor, vocab: int, epochs: int, lr: float = 1e-2, batch: int = 64):
-    """MLE with Adam; returns the model at its best held-out epoch and [(epoch, NLL-test)]."""
+def train_lstm(train: torch.Tensor, test: torch.Tensor, vocab: int, epochs: int, lr: float = 1e-2, batch: int = 64,
+               patience: int | None = None):
+    """MLE with Adam for up to ``epochs`` epochs, or until ``patience`` epochs pass without a better
+    held-out NLL; returns the model at its best held-out epoch, that epoch and [(epoch, NLL-test)]."""
     torch.manual_seed(0)
     model, best, curve = OracleShapedLSTM(vocab), None, []
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -140,20 +142,27 @@ def train_lstm(train: torch.Tensor, test: torch.Tensor, vocab: int, epochs: int,
         curve.append((epoch, model.nll(test)))
         if best is None or curve[-1][1] < best[1]:
             best = (epoch, curve[-1][1], {k: v.clone() for k, v in model.state_dict().items()})
+        elif patience is not None and epoch - best[0] >= patience:
+            break
     model.load_state_dict(best[2])
     return model, best[0], curve
 
 
-def oracle_data(description: str) -> tuple[argparse.Namespace, Oracle, torch.Tensor, torch.Tensor]:
-    """The oracle scripts' command line (--quick, --oracle) and data: the oracle, then its 10,000
-    training and 2,000 held-out sequences (seeds 0 and 1, as in oracle.py; 500 and 200 with --quick)."""
+def oracle_command_line(description: str) -> tuple[argparse.Namespace, Oracle]:
+    """The oracle scripts' command line (--quick, --oracle) and the oracle it names."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--oracle", type=Path, default=SHARED, help="the SeqGAN oracle parameters (npz)")
     args = parser.parse_args()
     if not args.oracle.is_file():
         sys.exit(f"error: {args.oracle} not found; pass --oracle with the path to seqgan_oracle.npz")
-    oracle = Oracle.load(args.oracle)
+    return args, Oracle.load(args.oracle)
+
+
+def oracle_data(description: str) -> tuple[argparse.Namespace, Oracle, torch.Tensor, torch.Tensor]:
+    """:func:`oracle_command_line`, then the oracle's 10,000 training and 2,000 held-out sequences
+    (seeds 0 and 1, as in oracle.py; 500 and 200 with --quick)."""
+    args, oracle = oracle_command_line(description)
     n_train, n_test = (500, 200) if args.quick else (10_000, 2_000)
     return args, oracle, oracle.sample(n_train, 0), oracle.sample(n_test, 1)
 

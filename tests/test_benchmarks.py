@@ -34,6 +34,7 @@ def _results_digest() -> dict[str, str]:
     ("oracle.py", "oracle", "| scratchgan |"),
     ("oracle_overfit.py", "oracle", "| the oracle |"),
     ("oracle_copying.py", "oracle", "| 0.85 |"),
+    ("oracle_data_scaling.py", "oracle", "| 600 | LSTM of the oracle's shape |"),
     ("grammar_recipes.py", None, "| seqgan |"),
     ("default_seeds.py", None, "| 1 |"),
 ])
@@ -66,6 +67,20 @@ def test_fine_tune_settings_reproduce_the_preset_they_are_read_from():
     from_overrides = parse_args(config_cls, [*overrides, *(f"{k}={v}" for k, v in steps.items())])
     assert from_overrides == parse_args(config_cls, [str(preset)])
     assert from_overrides != parse_args(config_cls, [f"{k}={v}" for k, v in steps.items()])  # the defaults differ
+
+
+def test_tempered_nll_renormalises_each_position():
+    """The oracle scaling table places a model at temperature T by the NLL of held-out tokens under
+    p**(1/T), renormalised: here p = (0.8, 0.2), T = 0.5 gives (16/17, 1/17)."""
+    import math
+
+    import torch
+
+    tempered_nll = _benchmark_module("oracle_data_scaling").tempered_nll
+    logprobs = torch.tensor([0.8, 0.2]).log().expand(1, 2, 2)  # (N=1, L=2, V=2)
+    tokens = torch.tensor([[0, 1]])
+    assert math.isclose(tempered_nll(logprobs, tokens, 1.0), -(math.log(0.8) + math.log(0.2)) / 2, rel_tol=1e-6)
+    assert math.isclose(tempered_nll(logprobs, tokens, 0.5), -(math.log(16 / 17) + math.log(1 / 17)) / 2, rel_tol=1e-6)
 
 
 def test_default_seeds_judges_each_run_by_all_three_parts_of_the_bar():
