@@ -70,7 +70,8 @@ def lstm_row(train: torch.Tensor, test: torch.Tensor, vocab: int, length: int, e
 
 
 def _points(logprobs: torch.Tensor, test: torch.Tensor, length: int, sample) -> dict:
-    """{T: (NLL-test with the end token counted, NLL-oracle of samples)}; NLL-oracle is filled by the caller."""
+    """{T: {"nll_test": tempered NLL-test with the end token counted, "samples": ``sample(T)``}}; the caller
+    replaces the samples by their NLL-oracle."""
     scale = length / (length + 1)  # the end token, certain after 20 tokens, is one more token at no cost
     return {t: {"nll_test": tempered_nll(logprobs, test, t) * scale, "samples": sample(t)} for t in TEMPERATURES}
 
