@@ -97,7 +97,7 @@ def transformer_row(train: torch.Tensor, test: torch.Tensor, length: int, steps:
 def main() -> None:
     started = time.time()
     args, oracle = oracle_command_line(__doc__)
-    sizes = (300, 600) if args.quick else SIZES
+    sizes = (400,) if args.quick else SIZES
     n_test = 200 if args.quick else 2_000
     everything, test = oracle.sample(max(sizes), 0), oracle.sample(n_test, 1)
     vocab, length = oracle.vocab_size, oracle.length
