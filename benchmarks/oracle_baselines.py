@@ -77,6 +77,15 @@ def bigram_nll(table: torch.Tensor, tokens: torch.Tensor) -> float:
     return -float(table[with_start(tokens, table.shape[1]), tokens].log().mean())
 
 
+def fit_bigram(train: torch.Tensor, vocab: int) -> tuple[torch.Tensor, float, float]:
+    """The interpolated bigram table of ``train``, its smoothing (lam, k) chosen from BIGRAM_GRID on the
+    last 1,000 training sequences (a tenth, for fewer than 10,000), then refit on all of them."""
+    held = min(1000, len(train) // 10)
+    fits = {(lam, k): bigram_nll(bigram(train[:-held], vocab, lam, k), train[-held:]) for lam, k in BIGRAM_GRID}
+    lam, k = min(fits, key=fits.get)
+    return bigram(train, vocab, lam, k), lam, k
+
+
 def bigram_sample(table: torch.Tensor, n: int, length: int, temperature: float, generator: torch.Generator):
     probs = table ** (1 / temperature)
     probs = (probs / probs.sum(1, keepdim=True)).float()
@@ -148,6 +157,13 @@ def train_lstm(train: torch.Tensor, test: torch.Tensor, vocab: int, epochs: int,
     return model, best[0], curve
 
 
+def best_evaluation(out: Path) -> tuple[dict, list[tuple[int, float]]]:
+    """A finished MLE run's evaluation with the lowest held-out NLL, and [(step, held-out NLL)] of all of them."""
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if "eval/nll_valid" in e]
+    return min(evals, key=lambda e: e["eval/nll_valid"]), [(e["step"], e["eval/nll_valid"]) for e in evals]
+
+
 def oracle_command_line(description: str) -> tuple[argparse.Namespace, Oracle]:
     """The oracle scripts' command line (--quick, --oracle) and the oracle it names."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,11 +199,7 @@ def main() -> None:
     length = oracle.length  # the end token, free to a unigram model, counts as one more token
     rows = [{"model": "unigram (add-0.5)", "nll_test": per_token * length / (length + 1), "best_step": None,
              "nll_oracle": sampled}]
-    held = min(1000, n_train // 10)  # smoothing chosen on the end of the training set, then refit on all of it
-    fits = {(lam, k): bigram_nll(bigram(train[:-held], oracle.vocab_size, lam, k), train[-held:])
-            for lam, k in BIGRAM_GRID}
-    lam, k = min(fits, key=fits.get)
-    table = bigram(train, oracle.vocab_size, lam, k)
+    table, lam, k = fit_bigram(train, oracle.vocab_size)
     sampled = {t: oracle.nll(bigram_sample(table, n_test, length, t, generator)) for t in TEMPERATURES}
     rows.append({"model": f"bigram (interpolated; lam {lam:g}, k {k:g})", "best_step": None, "nll_oracle": sampled,
                  "nll_test": bigram_nll(table, test) * length / (length + 1)})
@@ -210,11 +222,9 @@ def main() -> None:
             command = [sys.executable, "-m", "textgan.recipes.mle", *common, *overrides, *extra, f"out_dir={out}"]
             print("running:", label, flush=True)
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-            evals = [e for e in evals if "eval/nll_valid" in e]
-            best = min(evals, key=lambda e: e["eval/nll_valid"])
+            best, evals = best_evaluation(out)
             rows.append({"model": f"MLE {label}", "nll_test": best["eval/nll_valid"], "best_step": best["step"],
-                         "nll_oracle": None, "evals": [(e["step"], e["eval/nll_valid"]) for e in evals]})
+                         "nll_oracle": None, "evals": evals})
     oracle_test = oracle.nll(test)
 
     lines = ["| model | NLL-test (per token, end token included) | best at (step or epoch) | "

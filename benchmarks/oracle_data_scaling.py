@@ -24,7 +24,6 @@ tokens). Writes benchmarks/results/oracle_data_scaling.{json,md}.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -33,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from _pipeline import run_recipe
 from _record import record
-from oracle_baselines import BIGRAM_GRID, bigram, bigram_nll, bigram_sample, oracle_command_line, train_lstm, with_start
+from oracle_baselines import best_evaluation, bigram_sample, fit_bigram, oracle_command_line, train_lstm, with_start
 
-from textgan.oracle import to_text
+from textgan.oracle import Oracle, to_text
 
 SIZES = (10_000, 30_000, 100_000)
 LSTM_EPOCHS = {10_000: 12, 30_000: 8, 100_000: 6}  # caps; training stops earlier once held-out NLL stalls
@@ -49,31 +48,29 @@ def tempered_nll(logprobs: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return float(F.cross_entropy((logprobs / temperature).flatten(0, 1), tokens.flatten()))
 
 
-def bigram_row(train: torch.Tensor, test: torch.Tensor, vocab: int, length: int, generator: torch.Generator) -> dict:
-    held = min(1000, len(train) // 10)
-    fits = {(lam, k): bigram_nll(bigram(train[:-held], vocab, lam, k), train[-held:]) for lam, k in BIGRAM_GRID}
-    lam, k = min(fits, key=fits.get)
-    table = bigram(train, vocab, lam, k)
-    logprobs = table.log()[with_start(test, vocab)].float()  # (N, L, V): each position's distribution
+def bigram_row(oracle: Oracle, train: torch.Tensor, test: torch.Tensor, generator: torch.Generator) -> dict:
+    table, lam, k = fit_bigram(train, oracle.vocab_size)
+    logprobs = table.log()[with_start(test, oracle.vocab_size)].float()  # (N, L, V): each position's distribution
     return {"model": "bigram counts", "detail": f"lam {lam:g}, k {k:g}",
-            "points": _points(logprobs, test, length, lambda t: bigram_sample(table, len(test), length, t, generator))}
+            "points": _points(oracle, logprobs, test,
+                              lambda t: bigram_sample(table, len(test), oracle.length, t, generator))}
 
 
-def lstm_row(train: torch.Tensor, test: torch.Tensor, vocab: int, length: int, epochs: int,
-             generator: torch.Generator) -> dict:
-    model, epoch, curve = train_lstm(train, test, vocab, epochs, patience=2)
+def lstm_row(oracle: Oracle, train: torch.Tensor, test: torch.Tensor, epochs: int, generator: torch.Generator) -> dict:
+    model, epoch, curve = train_lstm(train, test, oracle.vocab_size, epochs, patience=2)
     with torch.no_grad():
-        logits, _ = model(with_start(test, vocab))
+        logits, _ = model(with_start(test, oracle.vocab_size))
     return {"model": "LSTM of the oracle's shape", "detail": f"epoch {epoch} of {len(curve)}",
-            "points": _points(logits.log_softmax(-1), test, length,
-                              lambda t: model.sample(len(test), length, t, generator))}
+            "points": _points(oracle, logits.log_softmax(-1), test,
+                              lambda t: model.sample(len(test), oracle.length, t, generator))}
 
 
-def _points(logprobs: torch.Tensor, test: torch.Tensor, length: int, sample) -> dict:
-    """{T: {"nll_test": tempered NLL-test with the end token counted, "samples": ``sample(T)``}}; the caller
-    replaces the samples by their NLL-oracle."""
-    scale = length / (length + 1)  # the end token, certain after 20 tokens, is one more token at no cost
-    return {t: {"nll_test": tempered_nll(logprobs, test, t) * scale, "samples": sample(t)} for t in TEMPERATURES}
+def _points(oracle: Oracle, logprobs: torch.Tensor, test: torch.Tensor, sample) -> dict:
+    """{T: {"nll_test": the tempered model's NLL-test with the end token counted, "nll_oracle": NLL-oracle of
+    ``sample(T)``}}."""
+    scale = oracle.length / (oracle.length + 1)  # the end token, certain after 20 tokens, is one more at no cost
+    return {t: {"nll_test": tempered_nll(logprobs, test, t) * scale, "nll_oracle": oracle.nll(sample(t))}
+            for t in TEMPERATURES}
 
 
 def transformer_row(train: torch.Tensor, test: torch.Tensor, length: int, steps: int, work: Path, quick: bool) -> dict:
@@ -86,12 +83,9 @@ def transformer_row(train: torch.Tensor, test: torch.Tensor, length: int, steps:
     if quick:
         overrides += ["steps=20", "eval_every=10", "d_model=32"]
     metrics = run_recipe("mle", overrides, out)
-    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    evals = [e for e in evals if "eval/nll_valid" in e]
-    best = min(evals, key=lambda e: e["eval/nll_valid"])
+    best, evals = best_evaluation(out)
     return {"model": "Transformer, MLE recipe (d128, 2 layers)", "detail": f"step {best['step']} of {steps}",
-            "nll_test": best["eval/nll_valid"], "wall_s": metrics["wall_s"],
-            "evals": [(e["step"], e["eval/nll_valid"]) for e in evals]}
+            "nll_test": best["eval/nll_valid"], "wall_s": metrics["wall_s"], "evals": evals}
 
 
 def main() -> None:
@@ -100,19 +94,15 @@ def main() -> None:
     sizes = (400,) if args.quick else SIZES
     n_test = 200 if args.quick else 2_000
     everything, test = oracle.sample(max(sizes), 0), oracle.sample(n_test, 1)
-    vocab, length = oracle.vocab_size, oracle.length
     generator = torch.Generator().manual_seed(2)
     rows = []
     for n in sizes:
         train = everything[:n]  # oracle.sample draws in batches from one generator: the first n of a larger set
         tick = time.time()
-        found = [bigram_row(train, test, vocab, length, generator),
-                 lstm_row(train, test, vocab, length, 2 if args.quick else LSTM_EPOCHS[n], generator)]
-        for row in found:
-            for point in row["points"].values():
-                point["nll_oracle"] = oracle.nll(point.pop("samples"))
+        found = [bigram_row(oracle, train, test, generator),
+                 lstm_row(oracle, train, test, 2 if args.quick else LSTM_EPOCHS[n], generator)]
         with tempfile.TemporaryDirectory() as tmp:
-            found.append(transformer_row(train, test, length, MLE_STEPS.get(n, 20), Path(tmp), args.quick))
+            found.append(transformer_row(train, test, oracle.length, MLE_STEPS.get(n, 20), Path(tmp), args.quick))
         for row in found:
             rows.append({"train_sequences": n, **row})
         print(f"{n:,} sequences: {time.time() - tick:.0f} s", flush=True)

@@ -3,8 +3,8 @@
 One forward pass over the prompt fills the cache; then each step feeds only the newest token.
 Rows share one prompt length (prompts of different lengths are left-padded and masked, as a
 style-transfer source is); rows that have ended get padding until every row has ended, and on a
-CPU they leave the decoder once enough of them have (:func:`_rows_to_keep`). :func:`sample_texts` is the text-in, text-out layer on top
-(unconditional or prompted samples, seeded).
+CPU they leave the decoder once enough of them have (:func:`_rows_to_keep`). :func:`sample_texts`
+is the text-in, text-out layer on top (unconditional or prompted samples, seeded).
 """
 
 from __future__ import annotations
