@@ -204,7 +204,7 @@ def _sample_with_and_without_drops(tiny_generator, word_tokenizer, monkeypatch, 
     The model's weights are scaled by ``sharpen`` (but its norms' gains), then its end-token row by ``end_pull``."""
     import copy
 
-    from textgan import sampling
+    from textgan import sampling, transfer
 
     _, eos, pad = special_ids(word_tokenizer)
     model = copy.deepcopy(tiny_generator)
@@ -223,14 +223,15 @@ def _sample_with_and_without_drops(tiny_generator, word_tokenizer, monkeypatch, 
     kept = []
     original = sampling._rows_to_keep
 
-    def spy(finished, held):
-        keep = original(finished, held)
+    def spy(finished, held, **options):
+        keep = original(finished, held, **options)
         kept.append(None if keep is None else len(keep))
         return keep
 
     runs = []
-    for rows_to_keep in (spy, lambda finished, held: None):
+    for rows_to_keep in (spy, lambda finished, held, **options: None):
         monkeypatch.setattr(sampling, "_rows_to_keep", rows_to_keep)
+        monkeypatch.setattr(transfer, "_rows_to_keep", rows_to_keep)  # beam search's drops
         torch.manual_seed(3)
         runs.append(decode(model, prompt, prompt_mask, eos, pad))
     return [n for n in kept if n is not None], *runs
@@ -268,6 +269,25 @@ def test_greedy_decoding_drops_ended_rows_too(tiny_generator, word_tokenizer, mo
     ends = (whole == eos).float().argmax(1)[ended]
     assert drops and ends.min() < ends.max() - 3
     assert torch.equal(dropped, whole)
+
+
+@pytest.mark.parametrize("beam", [4, 3])
+def test_beam_search_drops_ended_sources(tiny_generator, word_tokenizer, monkeypatch, beam):
+    """A source whose hypotheses have all ended leaves the decoder; the n-best lists and their scores are
+    those of the whole batch. Beam 3 keeps sources in eights (24 rows), beam 4 in pairs."""
+    from textgan.transfer import beam_search
+
+    def decode(model, prompt, prompt_mask, eos, pad):
+        return beam_search(model, prompt, prompt_mask, 20, eos, pad, beam=beam, n_best=True)
+
+    drops, (history, ranked), (whole_history, whole_ranked) = _sample_with_and_without_drops(
+        tiny_generator, word_tokenizer, monkeypatch, True, decode, end_pull=10, sharpen=8)
+    _, eos, _ = special_ids(word_tokenizer)
+    ends = torch.where((whole_history == eos).any(2), (whole_history == eos).float().argmax(2), 20).amax(1)
+    assert drops and ends.min() < ends.max() - 3  # sources end at many lengths
+    assert all(n % 8 == 0 for n in (beam * k for k in drops))
+    assert torch.equal(history, whole_history)
+    assert torch.equal(ranked, whole_ranked)
 
 
 def test_sample_texts_continue_a_prompt(tiny_generator, word_tokenizer):

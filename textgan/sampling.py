@@ -119,18 +119,20 @@ def _sample(model, prompt, max_new_tokens, eos_id, pad_id, temperature, top_k, t
 ROW_MULTIPLE = 8
 
 
-def _rows_to_keep(finished: torch.Tensor, held: torch.Tensor | None) -> torch.Tensor | None:
+def _rows_to_keep(finished: torch.Tensor, held: torch.Tensor | None, *, multiple: int = ROW_MULTIPLE,
+                  least: int | None = None) -> torch.Tensor | None:
     """Which of the decoder's rows to keep, as indices into them, or None to keep all.
 
     finished: (B,) bool over the whole batch; held: the batch rows the decoder holds, in its
-    order (None: all B). Rows go once a quarter of the held ones have ended (fewer drops, fewer
-    cache copies); the unfinished rows are kept in order, topped up with ended ones to a
-    multiple of :data:`ROW_MULTIPLE`.
+    order (None: all B). Rows go once ``least`` of the held ones can (default a quarter of
+    them: fewer drops, fewer cache copies); the unfinished rows are kept in order, topped up
+    with ended ones to a multiple of ``multiple``. Beam search drops whole sources, ``beam``
+    decoder rows each, and passes the multiple of sources that makes :data:`ROW_MULTIPLE` rows.
     """
     ended = finished if held is None else finished[held]
     n_held, n_live = ended.shape[0], int((~ended).sum())
-    n_keep = min(n_held, -(-n_live // ROW_MULTIPLE) * ROW_MULTIPLE)
-    if n_held - n_keep < max(n_held // 4, 1):
+    n_keep = min(n_held, -(-n_live // multiple) * multiple)
+    if n_held - n_keep < (max(n_held // 4, 1) if least is None else least):
         return None
     live = (~ended).nonzero().squeeze(1)
     filler = ended.nonzero().squeeze(1)[: n_keep - n_live]

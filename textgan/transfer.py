@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .bleu import ngram_counts
 from .data import DataError, read_lines, read_text, sequence_mask
 from .models.generator import ModelError, load_errors
-from .sampling import _decoder, _draw_tokens, encode_prompt, sample
+from .sampling import ROW_MULTIPLE, _decoder, _draw_tokens, _rows_to_keep, encode_prompt, sample
 
 SEP = "<sep>"
 SPLITS = ("train", "dev", "test")
@@ -288,40 +288,53 @@ def beam_search(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new:
     what a hypothesis is worth. Returns the best hypothesis of each row, (B, T) ids; with
     ``n_best``, all ``beam`` final hypotheses and their ranking scores: ((B, K, T) ids, (B, K) scores).
     """
-    B, K = prompt.shape[0], beam
+    B, K, device = prompt.shape[0], beam, prompt.device
     prompt, prompt_mask = prompt.repeat_interleave(K, 0), prompt_mask.repeat_interleave(K, 0)
     logits, step, reorder = _decoder(model, prompt, max_new, True, prompt_mask)
     if reorder is None:
         raise ModelError("beam search needs a Llama-architecture model; use --decoding greedy or sample")
-    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0
     searched = scores.clone()  # what the beam ranks by: scores plus the token bias collected so far
-    lengths = torch.zeros(B, K, device=prompt.device)
-    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
-    history = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    lengths = torch.zeros(B, K, device=device)
+    finished = torch.zeros(B, K, dtype=torch.bool, device=device)
+    history = torch.full((B, K, max_new), pad_id, dtype=torch.long, device=device)
+    # the sources the decoder holds, K rows each, in its order. On a CPU a source whose hypotheses have
+    # all ended leaves it (they would only grow padding); kept rows stay a multiple of ROW_MULTIPLE, so
+    # their logits, and the search, are bitwise those of the whole batch (see sampling._rows_to_keep)
+    held = torch.arange(B, device=device)
+    multiple = ROW_MULTIPLE // math.gcd(K, ROW_MULTIPLE) if device.type == "cpu" else 0
     for t in range(max_new):
-        logp = F.log_softmax(logits.float(), -1).view(B, K, -1)  # (B, K, V)
+        logp = F.log_softmax(logits.float(), -1).view(len(held), K, -1)  # (held, K, V)
         V = logp.shape[-1]
         # a finished hypothesis continues with padding at no cost, and only with padding
         done = torch.full_like(logp[0, 0], float("-inf"))
         done[pad_id] = 0.0
-        logp = torch.where(finished[..., None], done, logp)
-        total = (scores[..., None] + logp).view(B, K * V)
+        ended = finished[held]
+        logp = torch.where(ended[..., None], done, logp)
+        total = (scores[held][..., None] + logp).view(len(held), K * V)
         if token_bias is None:
-            scores, flat = total.topk(K, dim=1)  # (B, K)
+            top, flat = total.topk(K, dim=1)  # (held, K)
         else:
-            steer = torch.where(finished[..., None], 0.0, token_bias[:, None, :].to(logp.dtype))
-            searched, flat = (searched[..., None] + logp + steer).view(B, K * V).topk(K, dim=1)
-            scores = total.gather(1, flat)
+            steer = torch.where(ended[..., None], 0.0, token_bias[held][:, None, :].to(logp.dtype))
+            steered, flat = (searched[held][..., None] + logp + steer).view(len(held), K * V).topk(K, dim=1)
+            searched[held] = steered
+            top = total.gather(1, flat)
         parent, token = flat // V, flat % V
-        history = torch.cat([history.gather(1, parent[..., None].expand(-1, -1, history.shape[2])), token[..., None]], 2)
-        was_finished = finished.gather(1, parent)
-        lengths = lengths.gather(1, parent) + (~was_finished).float()
-        finished = was_finished | (token == eos_id)
+        scores[held] = top
+        history[held, :, :t] = history[held, :, :t].gather(1, parent[..., None].expand(-1, -1, t))
+        history[held, :, t] = token
+        was_finished = ended.gather(1, parent)
+        lengths[held] = lengths[held].gather(1, parent) + (~was_finished).float()
+        finished[held] = was_finished | (token == eos_id)
         if bool(finished.all()) or t + 1 == max_new:
+            history = history[:, :, : t + 1]
             break
-        index = (parent + torch.arange(B, device=prompt.device)[:, None] * K).view(-1)
-        reorder(index)
+        index = parent + torch.arange(len(held), device=device)[:, None] * K  # (held, K) decoder rows
+        keep = _rows_to_keep(finished[held].all(1), None, multiple=multiple, least=1) if multiple else None
+        if keep is not None:
+            held, index, token = held[keep], index[keep], token[keep]
+        reorder(index.view(-1))
         logits = step(token.view(-1))
     ranked = scores / lengths.clamp_min(1.0) ** length_penalty  # (B, K)
     if n_best:
