@@ -37,6 +37,7 @@ def _results_digest() -> dict[str, str]:
     ("oracle_data_scaling.py", "oracle", "| 400 | LSTM of the oracle's shape |"),
     ("grammar_recipes.py", None, "| seqgan |"),
     ("default_seeds.py", None, "| 1 |"),
+    ("ended_rows.py", None, "| beam 32 (16 sources) |"),
 ])
 def test_quick_mode_runs_and_leaves_the_recorded_results_alone(script, data, expected, tmp_path):
     if data:
