@@ -160,5 +160,32 @@ def test_sweep_errors(trained_generator, files, tmp_path):
     _assert_clean_error(run(*sweep, "--model", str(tmp_path / "none"), "--output", str(tmp_path / "o")), "no such folder")
     _assert_clean_error(run(*sweep, "--model", "mle=", "--output", str(tmp_path / "o")), "no model was named")
     _assert_clean_error(run(*sweep, "--model", str(trained_generator), "--output", str(references)), "is a file")
-    _assert_clean_error(run("textgan", "sweep", "--model", str(trained_generator), "--output", str(tmp_path / "o"), "-n", "4",
+    import shutil
+
+    outside = tmp_path / "copied"  # the same model outside its run: nothing says what it was trained on
+    shutil.copytree(trained_generator, outside)
+    _assert_clean_error(run("textgan", "sweep", "--model", str(outside), "--output", str(tmp_path / "o"), "-n", "4",
                             "--temperatures", "1.0"), "bleu-5")
+
+
+def test_a_grammar_run_is_scored_by_the_grammar_and_swept_with_no_files(trained_generator, tmp_path):
+    """The default run trains on the embedded grammar, which scores its samples exactly: evaluate adds the
+    grammatical rate for a run's samples, and sweep needs no files, tracing the grammatical rate against NLL on
+    the run's own held-out sentences (at T=1 the run's own final figure)."""
+    run_dir = trained_generator.parent
+    scored = run("textgan", "evaluate", "--samples", str(run_dir))
+    assert scored.returncode == 0, scored.stderr
+    assert "| grammatical |" in scored.stdout and "| grammar-nll |" in scored.stdout
+    out = tmp_path / "sweep"
+    result = run("textgan", "sweep", "--model", str(trained_generator), "--temperatures", "1.0,1.5", "-n", "12",
+                 "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "held-out grammar sentences" in result.stderr
+    rows = json.loads((out / "sweep.json").read_text())
+    assert all({"grammatical", "grammar-nll", "nll-test"} <= r.keys() for r in rows)
+    final = json.loads((run_dir / "metrics.json").read_text())
+    assert rows[0]["nll-test"] == pytest.approx(final["eval/nll_valid"], abs=1e-5)
+    assert (out / "sweep.png").stat().st_size > 1000
+    plain = tmp_path / "plain.txt"  # samples outside any run: scored by what the files given allow
+    plain.write_text((run_dir / "samples.txt").read_text())
+    assert "grammatical" not in run("textgan", "evaluate", "--samples", str(plain)).stdout

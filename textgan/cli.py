@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .evaluation import ALL_METRICS
 
-    metric_help = f"comma-separated, from {','.join(ALL_METRICS)} (default: all that the given files allow, but fed and reverse-lm)"
+    metric_help = (f"comma-separated, from {','.join(ALL_METRICS)} (default: all that the given files allow, but fed and "
+                   "reverse-lm; grammar for textgan runs on the embedded grammar)")
     evaluate = commands.add_parser("evaluate", help="score a file of samples: BLEU, Self-BLEU, diversity, FED, NLL")
     evaluate.add_argument("--samples", required=True, help="generated sentences, one per line (tokens separated by "
                           "spaces), or a run folder: the last evaluation's samples in its samples.txt")
@@ -166,11 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--model", action="append", required=True, help="[LABEL=]generator folder; repeat to compare models")
     sweep.add_argument("--temperatures", default="0.7,0.8,0.9,1.0,1.1,1.2", help="comma-separated (default 0.7,...,1.2)")
     sweep.add_argument("-n", "--num", type=_positive_int, default=2000, help="samples per temperature (default 2000)")
-    sweep.add_argument("--valid", default="", help="held-out sentences for nll-test at each temperature (default: --references)")
+    sweep.add_argument("--valid", default="", help="held-out sentences for nll-test at each temperature (default: --references, "
+                       "or for runs on the embedded grammar the first run's held-out sentences)")
     _add_scoring_arguments(sweep, metric_help)
     sweep.add_argument("--output", required=True, help="folder for sweep.json, sweep.png and the samples")
-    sweep.add_argument("--x", default="", help="metric on the plot's x axis (default bleu-5, or nll-oracle with --oracle)")
-    sweep.add_argument("--y", default="", help="metric on the plot's y axis (default self-bleu-4, or nll-test with --oracle)")
+    sweep.add_argument("--x", default="", help="metric on the plot's x axis (default bleu-5; nll-oracle with --oracle; "
+                       "grammatical for runs on the embedded grammar)")
+    sweep.add_argument("--y", default="", help="metric on the plot's y axis (default self-bleu-4; nll-test with --oracle "
+                       "or for runs on the embedded grammar)")
     sweep.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     sweep.add_argument("--resume", action="store_true", help="keep the rows an interrupted sweep in --output already "
                        "made from the same models and inputs, and make the rest")
@@ -325,8 +329,9 @@ def _check_output(path: str, inputs: dict[str, str] | None = None) -> None:
                                   "give another file name")
 
 
-def _scoring_inputs(args) -> dict:
-    """Read the files and models that --references, --train, --lm, --oracle name; choose the metrics."""
+def _scoring_inputs(args, grammar: bool = False) -> dict:
+    """Read the files and models that --references, --train, --lm, --oracle name; choose the metrics
+    (``grammar``: the samples come from runs on the embedded grammar, which scores them exactly)."""
     from . import evaluation
     from .bleu import check_orders
 
@@ -347,7 +352,7 @@ def _scoring_inputs(args) -> dict:
         oracle = Oracle.load(args.oracle)
     metrics = (evaluation.parse_metrics(args.metrics) if args.metrics else
                evaluation.default_metrics(references=bool(references), train=bool(train), lm=bool(lm), oracle=bool(oracle),
-                                          grammar=False))
+                                          grammar=grammar))
     encoder = None
     if "fed" in metrics:
         from .fed import load_encoder
@@ -374,7 +379,9 @@ def cmd_evaluate(args) -> int:
         of = f", the last of {len(steps)} evaluations" if len(steps) > 1 else ""
         print(f"note: {args.samples} is a run's samples file; scoring the {len(samples)} samples of step "
               f"{steps[-1]}{of}", file=sys.stderr)
-    inputs = _scoring_inputs(args)
+    from .training import run_config
+
+    inputs = _scoring_inputs(args, grammar=(run_config(args.samples) or {}).get("data") == "grammar")
     if "nll-oracle" in inputs["metrics"] and inputs["oracle"] is not None:  # without --oracle, score() says so
         from .oracle import from_text
 
@@ -398,6 +405,7 @@ def cmd_sweep(args) -> int:
 
     from .evaluation import EvaluationError, format_table, metric_of, plot_sweep, sweep
     from .models.generator import load_generator, model_digest
+    from .training import grammar_run_valid
 
     try:
         temperatures = [float(t) for t in args.temperatures.split(",")]
@@ -421,11 +429,20 @@ def cmd_sweep(args) -> int:
     parent = os.path.dirname(os.path.abspath(args.output))
     if not os.access(args.output if os.path.isdir(args.output) else parent, os.W_OK):
         raise EvaluationError(f"cannot write to {args.output}: its folder does not exist or is not writable")
-    inputs = _scoring_inputs(args)
+    # runs on the embedded grammar: their samples are scored exactly, and nll-test is measured on the first run's
+    # held-out sentences (independent draws from the grammar, held out from every such run alike)
+    held_out = [grammar_run_valid(path) for path in models.values()]
+    grammar = all(sentences is not None for sentences in held_out)
+    inputs = _scoring_inputs(args, grammar=grammar)
     valid = read_lines(args.valid) if args.valid else inputs["references"]
+    if valid is None and grammar:
+        valid = held_out[0]
+        print(f"note: nll-test on the {len(valid)} held-out grammar sentences of {next(iter(models.values()))}'s run",
+              file=sys.stderr)
     oracle = inputs["oracle"] is not None
-    x = args.x or ("nll-oracle" if oracle else "bleu-5")
-    y = args.y or ("nll-test" if oracle else "self-bleu-4")
+    plain_grammar = grammar and not oracle and not inputs["references"]  # exact quality against held-out NLL
+    x = args.x or ("nll-oracle" if oracle else "grammatical" if plain_grammar else "bleu-5")
+    y = args.y or ("nll-test" if oracle or plain_grammar else "self-bleu-4")
     available = set(inputs["metrics"]) | ({"nll-test"} if valid else set())
     for axis in (x, y):
         if metric_of(axis) not in available:

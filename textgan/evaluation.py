@@ -66,9 +66,10 @@ def parse_metrics(text: str) -> list[str]:
 
 
 def metric_of(score_name: str) -> str:
-    """The metric that produces a score: 'bleu-5' -> 'bleu', 'lm-nll' -> 'lm', 'nll-test' -> 'nll-test'."""
+    """The metric that produces a score: 'bleu-5' -> 'bleu', 'lm-nll' -> 'lm', 'grammatical' -> 'grammar',
+    'nll-test' -> 'nll-test'."""
     for prefix, metric in (("self-bleu-", "self-bleu"), ("bleu-", "bleu"), ("distinct-", "distinct"), ("fed", "fed"),
-                           ("reverse-lm", "reverse-lm"), ("lm-", "lm"), ("grammar", "grammar")):
+                           ("reverse-lm", "reverse-lm"), ("lm-", "lm"), ("grammar", "grammar"), ("grammatical", "grammar")):
         if score_name.startswith(prefix):
             return metric
     return score_name

@@ -224,6 +224,31 @@ def _log_step(line: str) -> int | None:
         return None  # a line cut short by a crash
 
 
+def run_config(path: str | Path) -> dict | None:
+    """The resolved config of the textgan run that ``path`` is or lies in (a run folder, its samples
+    file, its exported generator folder), read from the run's ``config.yaml``; None for anything
+    else: a plain model folder, a hub name, a folder whose config.yaml is not a textgan run's."""
+    path = Path(path).expanduser()
+    for folder in (path, path.parent) if path.name else (path,):
+        try:
+            saved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(saved, dict) and {"out_dir", "resume", "seed", "precision"} <= saved.keys():
+            return saved
+    return None
+
+
+def grammar_run_valid(path: str | Path) -> list[str] | None:
+    """The held-out sentences of the run that ``path`` belongs to, where it trained on the embedded
+    grammar (the sentences its final evaluation measured NLL on); None otherwise."""
+    saved = run_config(path)
+    if not saved or saved.get("data") != "grammar":
+        return None
+    return load_corpus("grammar", grammar_sentences=saved.get("grammar_sentences", 20000),
+                       valid_fraction=saved.get("valid_fraction", 0.05), seed=saved.get("seed", 0)).valid
+
+
 class Run:
     """The run folder and its logs. Under torchrun only rank 0 writes; other ranks' writes are no-ops.
 
@@ -257,11 +282,7 @@ class Run:
 
     def _earlier_run(self) -> bool:
         """Whether out_dir's config.yaml is a textgan run's resolved config (not a user's own file of that name)."""
-        try:
-            saved = yaml.safe_load((self.dir / "config.yaml").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            return False
-        return isinstance(saved, dict) and {"out_dir", "resume", "seed", "precision"} <= saved.keys()
+        return run_config(self.dir) is not None
 
     def keep_tokenizer(self, tokenizer) -> None:
         """Save ``tokenizer`` into ``out_dir/tokenizer`` when the run starts (a resumed run reads it back)."""
