@@ -38,6 +38,7 @@ def _results_digest() -> dict[str, str]:
     ("grammar_recipes.py", None, "| seqgan |"),
     ("default_seeds.py", None, "| 1 |"),
     ("ended_rows.py", None, "| beam 32 (16 sources) |"),
+    ("grammar_sweep.py", None, "| seqgan, T=1.2 |"),
 ])
 def test_quick_mode_runs_and_leaves_the_recorded_results_alone(script, data, expected, tmp_path):
     if data:
@@ -97,3 +98,19 @@ def test_default_seeds_judges_each_run_by_all_three_parts_of_the_bar():
     assert cpu_slug("Intel(R) Xeon(R) Processor") == "intel_xeon_processor"
     assert cpu_slug("AMD EPYC 7B13") == "amd_epyc_7b13"
     assert cpu_slug(None) == "cpu"
+
+
+def test_gan_points_are_compared_with_mles_curve_at_equal_quality():
+    """MLE's curve is its undominated (grammatical, nll-test) points, read by linear interpolation; points
+    past T=1 that are less grammatical and worse on held-out text than another point leave the curve. A GAN
+    point less grammatical than the whole curve meets the curve's least grammatical point, which beats it."""
+    grammar_sweep = _benchmark_module("grammar_sweep")
+    mle = [(0.95, 2.0, 0.6), (0.90, 1.8, 0.8), (0.80, 1.6, 1.0), (0.70, 1.7, 1.2), (0.60, 1.9, 1.4)]
+    curve = grammar_sweep.frontier(mle)
+    assert curve == [(0.80, 1.6, 1.0), (0.90, 1.8, 0.8), (0.95, 2.0, 0.6)]
+    assert grammar_sweep.at_equal_quality(curve, 0.85)[0] == pytest.approx(1.7)
+    assert grammar_sweep.at_equal_quality(curve, 0.80) == (pytest.approx(1.6), "")
+    assert grammar_sweep.at_equal_quality(curve, 0.95)[0] == pytest.approx(2.0)
+    assert grammar_sweep.at_equal_quality(curve, 0.75) == (1.6, "its T=1 point, at 0.800 grammatical")
+    assert grammar_sweep.at_equal_quality(curve, 0.99) is None
+    assert grammar_sweep.frontier([(0.9, 1.8, 1.0), (0.9, 1.8, 1.1)]) == [(0.9, 1.8, 1.0), (0.9, 1.8, 1.1)]  # ties

@@ -1,0 +1,145 @@
+"""The default recipes on the embedded grammar, swept over temperature: exact quality-diversity curves.
+
+    python benchmarks/grammar_sweep.py                 # trains mle, scratchgan and seqgan with their defaults
+    python benchmarks/grammar_sweep.py --run scratchgan=runs/scratchgan    # sweep an existing run instead
+    python benchmarks/grammar_sweep.py --quick         # a smoke run
+
+One temperature is one point of a trade-off, and comparing points misleads (Caccia et al., "Language
+GANs Falling Short"). The grammar scores every sample exactly, so here the curves are exact: quality
+is the grammatical rate of the samples, coverage the model's NLL on held-out grammar sentences at the
+same temperature (the sentences the runs' final evaluations used; every run has seed 0). Each GAN
+point is set against MLE's curve at the same grammatical rate (interpolated along MLE's undominated
+points), so that a GAN is said to win or lose at equal quality. Runs are kept in
+runs/bench_grammar_sweep/ and reused unless --retrain. Writes benchmarks/results/grammar_sweep.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import tempfile
+from pathlib import Path
+
+from _pipeline import ROOT, run_recipe
+from _record import RESULTS, record
+from grammar_recipes import QUICK
+
+from textgan.evaluation import plot_sweep, sweep
+from textgan.training import grammar_run_valid, run_config
+
+RECIPES = ("mle", "scratchgan", "seqgan")
+TEMPERATURES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4)
+
+
+def frontier(points: list[tuple[float, float, float]]) -> list[tuple[float, float, float]]:
+    """The undominated (grammatical, nll, temperature) points, by grammatical rate: none has another at
+    least as grammatical with a lower NLL, or more grammatical with the same."""
+    return sorted(p for p in points if not any(q[:2] != p[:2] and q[0] >= p[0] and q[1] <= p[1] for q in points))
+
+
+def at_equal_quality(curve: list[tuple[float, float, float]], grammatical: float) -> tuple[float, str] | None:
+    """The lowest NLL that ``curve`` (frontier points, by grammatical rate) reaches at a grammatical rate of at
+    least ``grammatical``, interpolated linearly between its points, and a note: empty inside the curve's
+    range, naming the point used below it (more grammatical, and lower). None above the curve's range."""
+    if not curve or grammatical > curve[-1][0]:
+        return None
+    if grammatical < curve[0][0]:
+        return curve[0][1], f"its T={curve[0][2]:g} point, at {curve[0][0]:.3f} grammatical"
+    for (g0, n0, _), (g1, n1, _) in itertools.pairwise(curve):
+        if g0 <= grammatical <= g1:
+            return (n0 if g1 == g0 else n0 + (n1 - n0) * (grammatical - g0) / (g1 - g0)), ""
+    return curve[0][1], ""  # a one-point curve at exactly this rate
+
+
+def train(recipe: str, out: Path, quick: bool, retrain: bool) -> None:
+    """Train ``recipe`` with its defaults into ``out`` unless its exported generator is there."""
+    if (out / "generator" / "config.json").is_file() and not retrain:
+        print(f"{recipe}: reusing {out}", flush=True)
+        return
+    overrides = [f"out_dir={out}"]
+    if quick:
+        overrides += QUICK["mle"] + (QUICK[recipe] if recipe != "mle" else [])
+    elif (out / "checkpoints").is_dir() and not retrain:  # a run a crash stopped: go on from its checkpoint
+        overrides.append("resume=true")
+    run_recipe(recipe, overrides, out)
+
+
+def markdown(rows: list[dict], comparison: list[dict], n: int, held_out: int, entropy: float, trained_s: dict) -> str:
+    lines = ["| model | T | grammatical | NLL under grammar | nll-test | distinct-4 | self-bleu-4 | unique |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['temperature']:.1f} | {r['grammatical']:.3f} | {r['grammar-nll']:.3f} | "
+                     f"{r['nll-test']:.3f} | {r['distinct-4']:.3f} | {r['self-bleu-4']:.3f} | {r['unique']:.3f} |")
+    versus = ["| GAN point | grammatical | its nll-test | MLE's nll-test at that grammatical rate or more | GAN minus MLE |",
+              "|---|---:|---:|---:|---:|"]
+    for c in comparison:
+        if c["mle_nll"] is None:
+            mle, diff = f"none: {c['mle_note']}", ""
+        else:
+            mle = f"{c['mle_nll']:.3f}" + (f" ({c['mle_note']})" if c["mle_note"] else "")
+            diff = f"{c['nll'] - c['mle_nll']:+.3f}"
+        versus.append(f"| {c['model']}, T={c['temperature']:.1f} | {c['grammatical']:.3f} | {c['nll']:.3f} | {mle} | {diff} |")
+    return ("# The default recipes on the embedded grammar, swept over temperature\n\n"
+            f"{n:,} samples per point, scored exactly by the grammar; nll-test is each model's NLL (nats per token, end "
+            f"token included) on the {held_out:,} held-out grammar sentences of the runs' own final evaluations, with "
+            f"its logits divided by T. The grammar's own NLL on them (its entropy rate, the floor of nll-test) is "
+            f"{entropy:.3f}. Every run is seed 0 of its recipe's defaults; training took "
+            + ", ".join(f"{recipe} {seconds / 60:.1f} min" for recipe, seconds in trained_s.items() if seconds)
+            + " (each run's own clock).\n\n" + "\n".join(lines) + "\n\n"
+            "## Each GAN point against MLE's curve at equal quality\n\n"
+            "The lowest nll-test MLE's curve reaches at the GAN point's grammatical rate or a higher one, interpolated "
+            "linearly between MLE's undominated points; a negative difference means the GAN covers held-out text "
+            "better at that quality.\n\n"
+            + "\n".join(versus) + "\n\n![sweep](grammar_sweep.png)\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="append", default=[], metavar="RECIPE=FOLDER",
+                        help="sweep this run folder for RECIPE instead of training it")
+    parser.add_argument("-n", type=int, default=2000, help="samples per temperature (default 2000)")
+    parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    given = dict(spec.split("=", 1) for spec in args.run)
+    n, temperatures = (50, (0.8, 1.2)) if args.quick else (args.n, TEMPERATURES)
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch) if args.quick else ROOT / "runs" / "bench_grammar_sweep"
+        runs = {}
+        for recipe in RECIPES:
+            runs[recipe] = Path(given[recipe]) if recipe in given else work / recipe
+            if recipe not in given:
+                train(recipe, runs[recipe], args.quick, args.retrain)
+        valid = grammar_run_valid(runs["mle"])
+        if valid is None or any(grammar_run_valid(path) != valid for path in runs.values()):
+            raise SystemExit("every run must be a run on the embedded grammar with the same seed and held-out split")
+        rows = sweep({recipe: str(path) for recipe, path in runs.items()}, list(temperatures), n, Path(scratch) / "sweep",
+                     metrics=["grammar", "distinct", "unique", "self-bleu"], valid=valid, orders=(4,))
+        from textgan.grammar import Grammar
+        from textgan.metrics import grammar_scores
+
+        entropy = grammar_scores(valid, Grammar.default())["grammar_nll"]
+        curve = frontier([(r["grammatical"], r["nll-test"], r["temperature"]) for r in rows if r["model"] == "mle"])
+        comparison = []
+        for r in rows:
+            if r["model"] != "mle":
+                mle = at_equal_quality(curve, r["grammatical"])
+                comparison.append({"model": r["model"], "temperature": r["temperature"], "grammatical": r["grammatical"],
+                                   "nll": r["nll-test"], "mle_nll": mle and mle[0],
+                                   "mle_note": mle[1] if mle else f"more grammatical than MLE at T={curve[-1][2]:g}"})
+        trained_s = {recipe: json.loads((path / "metrics.json").read_text()).get("time/total_s")
+                     for recipe, path in runs.items()}  # each run's own clock, whether trained now or reused
+        md = markdown(rows, comparison, n, len(valid), entropy, trained_s)
+        print(md)
+        png = Path(scratch) / "grammar_sweep.png" if args.quick else RESULTS / "grammar_sweep.png"
+        plot_sweep(rows, "grammatical", "nll-test", png, title="Embedded grammar: quality against held-out NLL",
+                   baselines={"the grammar": (1.0, entropy)})
+        if not args.quick:
+            configs = {recipe: {k: run_config(path).get(k) for k in ("steps", "seed")} for recipe, path in runs.items()}
+            record("grammar_sweep", {"runs": {k: str(v) for k, v in runs.items()}, "configs": configs, "trained_s": trained_s,
+                                     "rows": rows, "versus_mle": comparison, "grammar_entropy_rate": entropy}, md)
+
+
+if __name__ == "__main__":
+    main()
