@@ -3,6 +3,7 @@
     python benchmarks/default_seeds.py                 # seeds 0-4, about 6-10 minutes each on 2 CPU cores
     python benchmarks/default_seeds.py --seeds 0,1     # some seeds
     python benchmarks/default_seeds.py --quick         # a smoke run: two seeds of a few steps, nothing recorded
+    python benchmarks/default_seeds.py --set entropy_coef=0.05   # a candidate default, over the same seeds
 
 One run of a GAN is one draw: seeds of the default differ by a few points of grammatical rate, and
 a seed repeats bit for bit only on one CPU (another CPU rounds floats differently and follows
@@ -11,7 +12,8 @@ its own run folder (runs/default_seeds/seedN under the current folder), and tabu
 final evaluation and wall time, with the mean, the range and how many seeds reach issue #2's bar
 (80% grammatical, distinct-4 within 20% of the corpus's, under 10 minutes). Results go to
 benchmarks/results/default_seeds_<cpu>.{json,md}, one file per CPU model, so that the figures of
-different machines stand side by side.
+different machines stand side by side. ``--set KEY=VALUE`` (repeatable) runs a candidate change of
+the defaults over the same seeds, into runs/default_seeds_KEY_VALUE/ and results named after it.
 """
 
 from __future__ import annotations
@@ -41,9 +43,14 @@ def meets_bar(row: dict) -> bool:
             and row["wall_s"] < 60 * BAR_MINUTES)
 
 
-def run_seed(seed: int, out: Path, quick: bool) -> dict:
-    overrides = [f"seed={seed}", "print_samples=0", f"out_dir={out}", *(QUICK if quick else [])]
+def run_seed(seed: int, out: Path, quick: bool, changes: list[str] = ()) -> dict:
+    overrides = [f"seed={seed}", "print_samples=0", *changes, f"out_dir={out}", *(QUICK if quick else [])]
     return {"seed": seed, **run_recipe("scratchgan", overrides, out)}
+
+
+def changes_slug(changes: list[str]) -> str:
+    """['entropy_coef=0.05'] -> '_entropy_coef_0.05': the suffix of a candidate's run folders and results."""
+    return "".join("_" + re.sub(r"[^A-Za-z0-9.]+", "_", change).strip("_") for change in changes)
 
 
 def num(value: float | None) -> str:
@@ -51,7 +58,7 @@ def num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def markdown(rows: list[dict], cpu: str) -> str:
+def markdown(rows: list[dict], cpu: str, changes: list[str] = ()) -> str:
     header = ("| seed | grammatical | distinct-4 (corpus) | NLL under grammar (corpus) | held-out NLL | unique | copied "
               "| wall time | bar |")
     lines = [header, "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
@@ -72,8 +79,10 @@ def markdown(rows: list[dict], cpu: str) -> str:
                f"{min(r['wall_s'] for r in rows) / 60:.1f}-{max(r['wall_s'] for r in rows) / 60:.1f} min per run "
                f"(start-up included). Issue #2's bar (80% grammatical, distinct-4 within 20% of the corpus's, under "
                f"10 minutes) met by {sum(meets_bar(r) for r in rows)} of {len(rows)} runs.")
-    return (f"# The default GAN run over seeds, on one {cpu}\n\n"
-            "`python -m textgan.recipes.scratchgan seed=N print_samples=0`, one run at a time; 1,000 samples at "
+    title = f"with {', '.join(changes)}" if changes else "over seeds"
+    return (f"# The default GAN run {title}, on one {cpu}\n\n"
+            f"`python -m textgan.recipes.scratchgan seed=N print_samples=0{''.join(' ' + c for c in changes)}`, one run "
+            "at a time; 1,000 samples at "
             "temperature 1.0 from the exported generator (the weight average), scored exactly by the grammar. "
             "In brackets: the same figure for the seed's training corpus.\n\n" + "\n".join(lines) + "\n\n"
             + summary + "\n")
@@ -83,8 +92,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default: 0,1,2,3,4)")
     parser.add_argument("--quick", action="store_true", help="two seeds of a few steps; records nothing")
-    parser.add_argument("--work", default="runs/default_seeds", help="folder for the runs (a --quick run uses a "
-                        "temporary one)")
+    parser.add_argument("--work", default="", help="folder for the runs (default runs/default_seeds plus the --set "
+                        "suffix; a --quick run uses a temporary one)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a change of the recipe's defaults to run over the seeds (repeatable)")
     args = parser.parse_args()
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -92,16 +103,19 @@ def main() -> None:
         parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
     if not seeds:
         parser.error("--seeds is empty")
+    if any("=" not in change or change.startswith(("seed=", "out_dir=")) for change in args.set):
+        parser.error("--set takes KEY=VALUE, and not seed or out_dir (the benchmark sets those)")
     if args.quick:
         seeds = seeds[:2]
+    suffix = changes_slug(args.set)
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp) if args.quick else Path(args.work).resolve()
-        rows = [run_seed(seed, work / f"seed{seed}", args.quick) for seed in seeds]
+        work = Path(tmp) if args.quick else Path(args.work or f"runs/default_seeds{suffix}").resolve()
+        rows = [run_seed(seed, work / f"seed{seed}", args.quick, args.set) for seed in seeds]
     cpu = cpu_model() or "CPU"
-    md = markdown(rows, cpu)
+    md = markdown(rows, cpu, args.set)
     print(md)
     if not args.quick:
-        record(f"default_seeds_{cpu_slug(cpu)}", {"cpu_model": cpu, "rows": rows}, md)
+        record(f"default_seeds_{cpu_slug(cpu)}{suffix}", {"cpu_model": cpu, "changes": args.set, "rows": rows}, md)
 
 
 if __name__ == "__main__":

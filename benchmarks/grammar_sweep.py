@@ -2,6 +2,7 @@
 
     python benchmarks/grammar_sweep.py                 # trains mle, scratchgan and seqgan with their defaults
     python benchmarks/grammar_sweep.py --run scratchgan=runs/scratchgan    # sweep an existing run instead
+    python benchmarks/grammar_sweep.py --run entropy=runs/ent --name grammar_sweep_entropy  # another run beside them
     python benchmarks/grammar_sweep.py --quick         # a smoke run
 
 One temperature is one point of a trade-off, and comparing points misleads (Caccia et al., "Language
@@ -65,7 +66,18 @@ def train(recipe: str, out: Path, quick: bool, retrain: bool) -> None:
     run_recipe(recipe, overrides, out)
 
 
-def markdown(rows: list[dict], comparison: list[dict], n: int, held_out: int, entropy: float, trained_s: dict) -> str:
+def differences(config: dict, defaults: dict[str, dict]) -> tuple[str, dict]:
+    """The default run ``config`` is closest to, and the settings in which it differs (but where it ran, whether it
+    resumed and how many samples it printed)."""
+    def changes(base: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in ("out_dir", "resume", "print_samples") and base.get(k) != v}
+
+    base = min(defaults, key=lambda label: len(changes(defaults[label])))
+    return base, changes(defaults[base])
+
+
+def markdown(rows: list[dict], comparison: list[dict], n: int, held_out: int, entropy: float, trained_s: dict,
+             name: str = "grammar_sweep", extra: dict | None = None) -> str:
     lines = ["| model | T | grammatical | NLL under grammar | nll-test | distinct-4 | self-bleu-4 | unique |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -84,20 +96,25 @@ def markdown(rows: list[dict], comparison: list[dict], n: int, held_out: int, en
             f"{n:,} samples per point, scored exactly by the grammar; nll-test is each model's NLL (nats per token, end "
             f"token included) on the {held_out:,} held-out grammar sentences of the runs' own final evaluations, with "
             f"its logits divided by T. The grammar's own NLL on them (its entropy rate, the floor of nll-test) is "
-            f"{entropy:.3f}. Every run is seed 0 of its recipe's defaults; training took "
+            f"{entropy:.3f}. mle, scratchgan and seqgan are seed 0 of their recipes' defaults"
+            + "".join(f"; {label} is {base} with {', '.join(f'{k}={v}' for k, v in changes.items()) or 'nothing changed'}"
+                      for label, (base, changes) in (extra or {}).items())
+            + "; training took "
             + ", ".join(f"{recipe} {seconds / 60:.1f} min" for recipe, seconds in trained_s.items() if seconds)
             + " (each run's own clock).\n\n" + "\n".join(lines) + "\n\n"
             "## Each GAN point against MLE's curve at equal quality\n\n"
             "The lowest nll-test MLE's curve reaches at the GAN point's grammatical rate or a higher one, interpolated "
             "linearly between MLE's undominated points; a negative difference means the GAN covers held-out text "
             "better at that quality.\n\n"
-            + "\n".join(versus) + "\n\n![sweep](grammar_sweep.png)\n")
+            + "\n".join(versus) + f"\n\n![sweep]({name}.png)\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", action="append", default=[], metavar="RECIPE=FOLDER",
-                        help="sweep this run folder for RECIPE instead of training it")
+    parser.add_argument("--run", action="append", default=[], metavar="LABEL=FOLDER",
+                        help="sweep this run folder: for mle, scratchgan or seqgan instead of training it; under "
+                             "another label as one more model, set against MLE's curve like the GANs")
+    parser.add_argument("--name", default="grammar_sweep", help="results name (default grammar_sweep)")
     parser.add_argument("-n", type=int, default=2000, help="samples per temperature (default 2000)")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--quick", action="store_true")
@@ -111,6 +128,7 @@ def main() -> None:
             runs[recipe] = Path(given[recipe]) if recipe in given else work / recipe
             if recipe not in given:
                 train(recipe, runs[recipe], args.quick, args.retrain)
+        runs |= {label: Path(folder) for label, folder in given.items() if label not in RECIPES}
         valid = grammar_run_valid(runs["mle"])
         if valid is None or any(grammar_run_valid(path) != valid for path in runs.values()):
             raise SystemExit("every run must be a run on the embedded grammar with the same seed and held-out split")
@@ -130,14 +148,16 @@ def main() -> None:
                                    "mle_note": mle[1] if mle else f"more grammatical than MLE at T={curve[-1][2]:g}"})
         trained_s = {recipe: json.loads((path / "metrics.json").read_text()).get("time/total_s")
                      for recipe, path in runs.items()}  # each run's own clock, whether trained now or reused
-        md = markdown(rows, comparison, n, len(valid), entropy, trained_s)
+        configs = {label: run_config(path) for label, path in runs.items()}
+        extra = {label: differences(configs[label], {recipe: configs[recipe] for recipe in RECIPES})
+                 for label in runs if label not in RECIPES}
+        md = markdown(rows, comparison, n, len(valid), entropy, trained_s, args.name, extra)
         print(md)
-        png = Path(scratch) / "grammar_sweep.png" if args.quick else RESULTS / "grammar_sweep.png"
+        png = Path(scratch) / f"{args.name}.png" if args.quick else RESULTS / f"{args.name}.png"
         plot_sweep(rows, "grammatical", "nll-test", png, title="Embedded grammar: quality against held-out NLL",
                    baselines={"the grammar": (1.0, entropy)})
         if not args.quick:
-            configs = {recipe: {k: run_config(path).get(k) for k in ("steps", "seed")} for recipe, path in runs.items()}
-            record("grammar_sweep", {"runs": {k: str(v) for k, v in runs.items()}, "configs": configs, "trained_s": trained_s,
+            record(args.name, {"runs": {k: str(v) for k, v in runs.items()}, "configs": configs, "trained_s": trained_s,
                                      "rows": rows, "versus_mle": comparison, "grammar_entropy_rate": entropy}, md)
 
 

@@ -261,6 +261,41 @@ def test_expected_reward_gradient_by_hand():
     torch.testing.assert_close(logits.grad, expected)
 
 
+def test_entropy_bonus_adds_its_gradient_to_the_expected_reward_update():
+    """entropy_coef c adds −c · (mean entropy over real positions) to G's loss: its gradient, on top of the
+    plain update's, is c · π_v (log π_v + H) / n at each real position (H the position's entropy)."""
+    from types import SimpleNamespace
+
+    from textgan.rl import EMABaseline
+
+    torch.manual_seed(1)
+    B, T, V, c = 3, 4, 5, 0.3
+    values, tokens = torch.randn(B, T, V), torch.randint(0, V, (B, T))
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[2, 1:] = False
+    ids = torch.cat([torch.zeros(B, 1, dtype=torch.long), tokens], 1)
+    start = torch.randn(B, T, V)
+
+    class Discriminator(torch.nn.Module):
+        def token_values(self, tokens):
+            return values
+
+    grads = []
+    for coef in (0.0, c):
+        logits = start.clone().requires_grad_(True)
+        config = SimpleNamespace(center_rewards=False, discount=0.5, baseline="none", normalize_advantages=False,
+                                 entropy_coef=coef)
+        loss, _, _ = scratchgan.expected_reward_update(config, lambda input_ids, z=logits: SimpleNamespace(logits=z),
+                                                       Discriminator(), EMABaseline(T),
+                                                       SimpleNamespace(tokens=tokens, mask=mask), ids)
+        loss.backward()
+        grads.append(logits.grad)
+    logp = torch.log_softmax(start, -1)
+    entropy = -(logp.exp() * logp).sum(-1, keepdim=True)
+    expected = c * logp.exp() * (logp + entropy) * mask[..., None] / mask.sum()
+    torch.testing.assert_close(grads[1] - grads[0], expected)
+
+
 def test_scratchgan_expected_reward_trains_and_resumes(tmp_path):
     """From scratch with D's token values: losses finite, D's token values restored on resume
     (a resumed run ends where an unbroken one does), and no auxiliary LM loss beside them."""
