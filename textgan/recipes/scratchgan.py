@@ -85,7 +85,8 @@ class ScratchGANConfig(GANConfig):
     reward_increments: bool = arg(False, "with expected_reward=false, reward each token by the change it makes to "
                                   "D's reward of the prefix (r_t − r_(t−1)) instead of the prefix's reward")
     normalize_advantages: bool = arg(True, "scale advantages to zero mean and unit variance")
-    entropy_coef: float = arg(0.0, "weight of the entropy bonus")
+    entropy_coef: float = arg(0.05, "weight of a bonus for the entropy of G's next-token distributions at the "
+                              "positions it sampled (0.05 since 2026-12-04; 0 before)")
     disc: str = arg("lstm", "per-token discriminator: lstm or transformer")
     disc_layers: int = arg(1, "discriminator layers")
     disc_lm_weight: float = arg(0.0, "weight of the discriminator's auxiliary next-token loss on real sentences "
