@@ -39,10 +39,7 @@ def prompts(tokenizer, sentences: list[str], seed: int) -> tuple[torch.Tensor, t
     for sentence in sentences:
         words = sentence.split()
         rows.append([bos, *tokenizer.convert_tokens_to_ids(words[: rng.randint(1, max(1, min(4, len(words) - 1)))])])
-    width = max(map(len, rows))
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
-    return ids, mask
+    return sampling.left_pad(rows, pad)
 
 
 def decoders(model, tokenizer, max_new: int) -> dict:

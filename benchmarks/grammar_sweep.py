@@ -129,8 +129,9 @@ def main() -> None:
             if recipe not in given:
                 train(recipe, runs[recipe], args.quick, args.retrain)
         runs |= {label: Path(folder) for label, folder in given.items() if label not in RECIPES}
-        valid = grammar_run_valid(runs["mle"])
-        if valid is None or any(grammar_run_valid(path) != valid for path in runs.values()):
+        held_out = {label: grammar_run_valid(path) for label, path in runs.items()}
+        valid = held_out["mle"]
+        if valid is None or any(sentences != valid for sentences in held_out.values()):
             raise SystemExit("every run must be a run on the embedded grammar with the same seed and held-out split")
         rows = sweep({recipe: str(path) for recipe, path in runs.items()}, list(temperatures), n, Path(scratch) / "sweep",
                      metrics=["grammar", "distinct", "unique", "self-bleu"], valid=valid, orders=(4,))

@@ -379,9 +379,9 @@ def cmd_evaluate(args) -> int:
         of = f", the last of {len(steps)} evaluations" if len(steps) > 1 else ""
         print(f"note: {args.samples} is a run's samples file; scoring the {len(samples)} samples of step "
               f"{steps[-1]}{of}", file=sys.stderr)
-    from .training import run_config
+    from .training import trained_on_grammar
 
-    inputs = _scoring_inputs(args, grammar=(run_config(args.samples) or {}).get("data") == "grammar")
+    inputs = _scoring_inputs(args, grammar=trained_on_grammar(args.samples))
     if "nll-oracle" in inputs["metrics"] and inputs["oracle"] is not None:  # without --oracle, score() says so
         from .oracle import from_text
 
@@ -405,7 +405,7 @@ def cmd_sweep(args) -> int:
 
     from .evaluation import EvaluationError, format_table, metric_of, plot_sweep, sweep
     from .models.generator import load_generator, model_digest
-    from .training import grammar_run_valid
+    from .training import grammar_run_valid, trained_on_grammar
 
     try:
         temperatures = [float(t) for t in args.temperatures.split(",")]
@@ -431,14 +431,13 @@ def cmd_sweep(args) -> int:
         raise EvaluationError(f"cannot write to {args.output}: its folder does not exist or is not writable")
     # runs on the embedded grammar: their samples are scored exactly, and nll-test is measured on the first run's
     # held-out sentences (independent draws from the grammar, held out from every such run alike)
-    held_out = [grammar_run_valid(path) for path in models.values()]
-    grammar = all(sentences is not None for sentences in held_out)
+    grammar = all(trained_on_grammar(path) for path in models.values())
     inputs = _scoring_inputs(args, grammar=grammar)
     valid = read_lines(args.valid) if args.valid else inputs["references"]
     if valid is None and grammar:
-        valid = held_out[0]
-        print(f"note: nll-test on the {len(valid)} held-out grammar sentences of {next(iter(models.values()))}'s run",
-              file=sys.stderr)
+        first = next(iter(models.values()))
+        valid = grammar_run_valid(first)
+        print(f"note: nll-test on the {len(valid)} held-out grammar sentences of {first}'s run", file=sys.stderr)
     oracle = inputs["oracle"] is not None
     plain_grammar = grammar and not oracle and not inputs["references"]  # exact quality against held-out NLL
     x = args.x or ("nll-oracle" if oracle else "grammatical" if plain_grammar else "bleu-5")

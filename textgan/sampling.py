@@ -327,6 +327,18 @@ def sample_texts(model, tokenizer, n: int, *, prompt: str = "", temperature: flo
     return texts
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths as one batch, right-aligned: ids (B, P) padded on the left with
+    ``pad_id``, and the mask (B, P), False on the padding (the ``prompt_mask`` of :func:`sample`)."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = True
+    return ids, mask
+
+
 def encode_prompt(tokenizer, prompt: str, max_length: int) -> list[int]:
     """The token ids of ``prompt`` (no special tokens), refusing words the tokenizer cannot represent.
 

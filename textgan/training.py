@@ -239,6 +239,11 @@ def run_config(path: str | Path) -> dict | None:
     return None
 
 
+def trained_on_grammar(path: str | Path) -> bool:
+    """Whether ``path`` belongs to a textgan run on the embedded grammar (see :func:`run_config`)."""
+    return (run_config(path) or {}).get("data") == "grammar"
+
+
 def grammar_run_valid(path: str | Path) -> list[str] | None:
     """The held-out sentences of the run that ``path`` belongs to, where it trained on the embedded
     grammar (the sentences its final evaluation measured NLL on); None otherwise."""

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .bleu import ngram_counts
 from .data import DataError, read_lines, read_text, sequence_mask
 from .models.generator import ModelError, load_errors
-from .sampling import ROW_MULTIPLE, _decoder, _draw_tokens, _rows_to_keep, encode_prompt, sample
+from .sampling import ROW_MULTIPLE, _decoder, _draw_tokens, _rows_to_keep, encode_prompt, left_pad, sample
 
 SEP = "<sep>"
 SPLITS = ("train", "dev", "test")
@@ -189,14 +189,7 @@ class Layout:
 
     def prompts(self, sources: list[list[int]], src_styles: list[int], tgt_styles: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``<style:src> source <sep> <style:tgt>``: ids (B, P) and mask (B, P), False on padding."""
-        rows = [[s, *src, self.sep_id, t] for src, s, t in zip(sources, src_styles, tgt_styles)]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row):] = torch.tensor(row)
-            mask[i, width - len(row):] = True
-        return ids, mask
+        return left_pad([[s, *src, self.sep_id, t] for src, s, t in zip(sources, src_styles, tgt_styles)], self.pad_id)
 
     def targets(self, sentences: list[list[int]]) -> torch.Tensor:
         """Right-padded ``target <eos>`` rows: (B, T)."""
