@@ -42,6 +42,53 @@ def seeded(benchmark: str, seed: int, work: Path | None) -> tuple[str, Path]:
     return name, work or Path("runs") / f"bench_{name}"
 
 
+# settings that do not change what a run trains: where it writes, whether it resumed, what it prints
+IGNORED = ("out_dir", "resume", "print_samples", "log_every")
+PATHS = ("data", "valid_file", "model")  # settings that name files or folders
+
+
+def changed_settings(out: Path, recipe: str, overrides: list[str]) -> dict[str, tuple]:
+    """The settings in which the run in ``out`` differs from the one ``recipe`` with ``overrides`` would train
+    now, as ``{key: (ran with, now)}``; empty when they agree or when ``out`` holds no textgan run.
+
+    The benchmarks reuse their run folders, and a recipe's defaults change over time (ScratchGAN's entropy
+    bonus did): this is what keeps a results table from mixing an old run with a new default. A setting
+    that the run did not record (an option added after it) counts as agreeing where it is now at its
+    default, since a new option's default is the behaviour from before the option existed.
+    """
+    from textgan.config import parse_args, to_dict
+    from textgan.recipes import load_recipe
+    from textgan.training import run_config
+
+    ran = run_config(out)
+    if ran is None:
+        return {}
+    _, config_cls = load_recipe(recipe)
+    default = yaml.safe_load(yaml.safe_dump(to_dict(config_cls())))
+    now = yaml.safe_load(yaml.safe_dump(to_dict(parse_args(config_cls, overrides))))
+
+    def same(key: str, old, new) -> bool:  # a path given relative one time and absolute the other is the same path
+        if old == new:
+            return True
+        if key in PATHS and old and new and isinstance(old, str) and isinstance(new, str):
+            return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+        return False
+
+    return {key: (ran.get(key, "(not recorded)"), value) for key, value in now.items()
+            if key not in IGNORED and not same(key, ran.get(key, default[key]), value)}
+
+
+def check_reusable(out: Path, recipe: str, overrides: list[str],
+                   remedy: str = "Pass --retrain to train it again in its place, or move the folder away to keep it",
+                   ) -> None:
+    """Stop with a one-line message ending in ``remedy`` where the run in ``out`` was trained with other
+    settings than ``recipe`` with ``overrides`` (see :func:`changed_settings`)."""
+    changed = changed_settings(out, recipe, overrides)
+    if changed:
+        listed = ", ".join(f"{key} {ran} (now {now})" for key, (ran, now) in changed.items())
+        raise SystemExit(f"{out} was trained with other settings than this benchmark uses now: {listed}. {remedy}")
+
+
 def run_recipe(recipe: str, overrides: list[str], out: Path) -> dict:
     """Run ``python -m textgan.recipes.<recipe>`` with ``overrides`` (``out_dir=out`` among them) from the
     repository root, so that preset paths resolve from anywhere. -> the run's final ``metrics.json`` with its
@@ -57,20 +104,23 @@ def train_all(work: Path, common: list[str], recipes: dict[str, list[str]], quic
     """Train each recipe (``mle`` first) into ``work/<recipe>``; GAN recipes start from ``work/mle/generator``.
 
     A run whose exported generator exists is reused unless ``retrain``; one that has checkpoints but no
-    export (stopped by a crash) resumes from its newest checkpoint. Returns wall seconds per recipe.
+    export (stopped by a crash) resumes from its newest checkpoint. Either stops the benchmark where the
+    run's settings differ from the ones it would train with now. Returns wall seconds per recipe.
     """
     seconds = {}
     for recipe, overrides in recipes.items():
         out = work / recipe
-        if (out / "generator" / "config.json").is_file() and not retrain:
-            print(f"{recipe}: reusing {out}/generator", flush=True)
-            seconds[recipe] = 0.0
-            continue
         args = [f"out_dir={out}", *common, *overrides]
         if recipe != "mle":
             args.append(f"model={work / 'mle' / 'generator'}")
         if quick:
             args += QUICK[recipe]
+        if not retrain:
+            check_reusable(out, recipe, args)
+        if (out / "generator" / "config.json").is_file() and not retrain:
+            print(f"{recipe}: reusing {out}/generator", flush=True)
+            seconds[recipe] = 0.0
+            continue
         if (out / "checkpoints").is_dir() and not retrain:  # a run that a crash stopped: go on from its checkpoint
             args.append("resume=true")
             print(f"{recipe}: resuming the interrupted run in {out} (its time below is the rest of the run only)")

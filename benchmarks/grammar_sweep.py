@@ -1,7 +1,7 @@
 """The default recipes on the embedded grammar, swept over temperature: exact quality-diversity curves.
 
     python benchmarks/grammar_sweep.py                 # trains mle, scratchgan and seqgan with their defaults
-    python benchmarks/grammar_sweep.py --run scratchgan=runs/scratchgan    # sweep an existing run instead
+    python benchmarks/grammar_sweep.py --run scratchgan=runs/scratchgan    # sweep an existing default run instead
     python benchmarks/grammar_sweep.py --run entropy=runs/ent --name grammar_sweep_entropy  # another run beside them
     python benchmarks/grammar_sweep.py --quick         # a smoke run
 
@@ -22,7 +22,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from _pipeline import ROOT, run_recipe
+from _pipeline import ROOT, check_reusable, run_recipe
 from _record import RESULTS, record
 from grammar_recipes import QUICK
 
@@ -54,14 +54,17 @@ def at_equal_quality(curve: list[tuple[float, float, float]], grammatical: float
 
 
 def train(recipe: str, out: Path, quick: bool, retrain: bool) -> None:
-    """Train ``recipe`` with its defaults into ``out`` unless its exported generator is there."""
-    if (out / "generator" / "config.json").is_file() and not retrain:
-        print(f"{recipe}: reusing {out}", flush=True)
-        return
+    """Train ``recipe`` with its defaults into ``out`` unless its exported generator is there, trained with
+    the settings the benchmark uses now."""
     overrides = [f"out_dir={out}"]
     if quick:
         overrides += QUICK["mle"] + (QUICK[recipe] if recipe != "mle" else [])
-    elif (out / "checkpoints").is_dir() and not retrain:  # a run a crash stopped: go on from its checkpoint
+    if not retrain:
+        check_reusable(out, recipe, overrides)
+    if (out / "generator" / "config.json").is_file() and not retrain:
+        print(f"{recipe}: reusing {out}", flush=True)
+        return
+    if not quick and (out / "checkpoints").is_dir() and not retrain:  # a run a crash stopped: go on from it
         overrides.append("resume=true")
     run_recipe(recipe, overrides, out)
 
@@ -112,8 +115,8 @@ def markdown(rows: list[dict], comparison: list[dict], n: int, held_out: int, en
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", default=[], metavar="LABEL=FOLDER",
-                        help="sweep this run folder: for mle, scratchgan or seqgan instead of training it; under "
-                             "another label as one more model, set against MLE's curve like the GANs")
+                        help="sweep this run folder: for mle, scratchgan or seqgan (a run of its defaults) instead of "
+                             "training it; under another label as one more model, set against MLE's curve like the GANs")
     parser.add_argument("--name", default="grammar_sweep", help="results name (default grammar_sweep)")
     parser.add_argument("-n", type=int, default=2000, help="samples per temperature (default 2000)")
     parser.add_argument("--retrain", action="store_true")
@@ -126,7 +129,9 @@ def main() -> None:
         runs = {}
         for recipe in RECIPES:
             runs[recipe] = Path(given[recipe]) if recipe in given else work / recipe
-            if recipe not in given:
+            if recipe in given:  # in place of the default run: it must be one
+                check_reusable(runs[recipe], recipe, [], f"Sweep it under another label (--run NAME={given[recipe]})")
+            else:
                 train(recipe, runs[recipe], args.quick, args.retrain)
         runs |= {label: Path(folder) for label, folder in given.items() if label not in RECIPES}
         held_out = {label: grammar_run_valid(path) for label, path in runs.items()}

@@ -71,6 +71,46 @@ def test_fine_tune_settings_reproduce_the_preset_they_are_read_from():
     assert from_overrides != parse_args(config_cls, [f"{k}={v}" for k, v in steps.items()])  # the defaults differ
 
 
+def test_a_run_trained_with_other_settings_is_not_reused(tmp_path, monkeypatch):
+    """The benchmarks reuse their run folders: they must stop, naming the setting, where a run was trained
+    with settings they no longer use (a default that changed since), and reuse it where the settings agree."""
+    import dataclasses
+
+    import yaml
+
+    from textgan.config import to_dict
+    from textgan.recipes import load_recipe
+
+    pipeline = _benchmark_module("_pipeline")
+    _, config_cls = load_recipe("scratchgan")
+    out = tmp_path / "run"
+    out.mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    def trained(drop: str = "", **settings) -> None:
+        saved = to_dict(dataclasses.replace(config_cls(), out_dir="elsewhere", resume=True, **settings))
+        saved.pop(drop, None)
+        (out / "config.yaml").write_text(yaml.safe_dump(saved), encoding="utf-8")
+
+    assert pipeline.changed_settings(out, "scratchgan", []) == {}  # no run there yet
+    trained()
+    assert pipeline.changed_settings(out, "scratchgan", [f"out_dir={out}"]) == {}
+    pipeline.check_reusable(out, "scratchgan", [f"out_dir={out}"])
+    default = config_cls().entropy_coef
+    trained(entropy_coef=default + 0.5)
+    assert pipeline.changed_settings(out, "scratchgan", []) == {"entropy_coef": (default + 0.5, default)}
+    with pytest.raises(SystemExit, match=r"entropy_coef .*--retrain"):
+        pipeline.check_reusable(out, "scratchgan", [])
+    # an option the run predates agrees at its default (the old behaviour), and only there
+    trained(drop="entropy_coef")
+    assert pipeline.changed_settings(out, "scratchgan", []) == {}
+    assert pipeline.changed_settings(out, "scratchgan", ["entropy_coef=0.3"]) == {"entropy_coef": ("(not recorded)", 0.3)}
+    # a file named relative to the working folder once and absolute the other time is the same file
+    trained(data="corpus.txt")
+    assert pipeline.changed_settings(out, "scratchgan", [f"data={tmp_path / 'corpus.txt'}"]) == {}
+    assert set(pipeline.changed_settings(out, "scratchgan", [f"data={tmp_path / 'other.txt'}"])) == {"data"}
+
+
 def test_tempered_nll_renormalises_each_position():
     """The oracle scaling table places a model at temperature T by the NLL of held-out tokens under
     p**(1/T), renormalised: here p = (0.8, 0.2), T = 0.5 gives (16/17, 1/17)."""
