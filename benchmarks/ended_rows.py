@@ -78,14 +78,14 @@ def time_both(decode, batches, passes: int) -> dict:
             outputs = {}
             for mode in ("drop", "keep") if (p + i) % 2 == 0 else ("keep", "drop"):
                 rows_to_keep = original if mode == "drop" else never
-                sampling._rows_to_keep = transfer._rows_to_keep = rows_to_keep
+                sampling._rows_to_keep = rows_to_keep
                 try:
                     start = time.perf_counter()
                     with torch.no_grad():
                         outputs[mode] = decode(i, prompt, mask)
                     seconds[mode] += time.perf_counter() - start
                 finally:
-                    sampling._rows_to_keep = transfer._rows_to_keep = original
+                    sampling._rows_to_keep = original
             equal += all(torch.equal(a, b) for a, b in zip(outputs["drop"], outputs["keep"]))
     return {"drop_s": seconds["drop"], "keep_s": seconds["keep"], "speedup": seconds["keep"] / seconds["drop"],
             "bitwise_equal": equal, "batches": passes * len(batches)}

@@ -204,7 +204,7 @@ def _sample_with_and_without_drops(tiny_generator, word_tokenizer, monkeypatch, 
     The model's weights are scaled by ``sharpen`` (but its norms' gains), then its end-token row by ``end_pull``."""
     import copy
 
-    from textgan import sampling, transfer
+    from textgan import sampling
 
     _, eos, pad = special_ids(word_tokenizer)
     model = copy.deepcopy(tiny_generator)
@@ -230,8 +230,7 @@ def _sample_with_and_without_drops(tiny_generator, word_tokenizer, monkeypatch, 
 
     runs = []
     for rows_to_keep in (spy, lambda finished, held, **options: None):
-        monkeypatch.setattr(sampling, "_rows_to_keep", rows_to_keep)
-        monkeypatch.setattr(transfer, "_rows_to_keep", rows_to_keep)  # beam search's drops
+        monkeypatch.setattr(sampling, "_rows_to_keep", rows_to_keep)  # sampling's, greedy decoding's and beam search's
         torch.manual_seed(3)
         runs.append(decode(model, prompt, prompt_mask, eos, pad))
     return [n for n in kept if n is not None], *runs

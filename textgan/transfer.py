@@ -34,10 +34,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import sampling
 from .bleu import ngram_counts
 from .data import DataError, read_lines, read_text, sequence_mask
 from .models.generator import ModelError, load_errors
-from .sampling import ROW_MULTIPLE, _decoder, _draw_tokens, _rows_to_keep, encode_prompt, left_pad, sample
+from .sampling import ROW_MULTIPLE, _decoder, _draw_tokens, encode_prompt, left_pad, sample
 
 SEP = "<sep>"
 SPLITS = ("train", "dev", "test")
@@ -324,7 +325,7 @@ def beam_search(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new:
             history = history[:, :, : t + 1]
             break
         index = parent + torch.arange(len(held), device=device)[:, None] * K  # (held, K) decoder rows
-        keep = _rows_to_keep(finished[held].all(1), None, multiple=multiple, least=1) if multiple else None
+        keep = sampling._rows_to_keep(finished[held].all(1), None, multiple=multiple, least=1) if multiple else None
         if keep is not None:
             held, index, token = held[keep], index[keep], token[keep]
         reorder(index.view(-1))
