@@ -1,17 +1,21 @@
 """The default recipes on the embedded grammar, swept over temperature: exact quality-diversity curves.
 
-    python benchmarks/grammar_sweep.py                 # trains mle, scratchgan and seqgan with their defaults
+    python benchmarks/grammar_sweep.py                 # trains mle, scratchgan, seqgan (and two seqgan controls)
     python benchmarks/grammar_sweep.py --run scratchgan=runs/scratchgan    # sweep an existing default run instead
     python benchmarks/grammar_sweep.py --run entropy=runs/ent --name grammar_sweep_entropy  # another run beside them
+    python benchmarks/grammar_sweep.py --seed 1        # the same with seed 1 (runs and results named _seed1)
     python benchmarks/grammar_sweep.py --quick         # a smoke run
 
 One temperature is one point of a trade-off, and comparing points misleads (Caccia et al., "Language
 GANs Falling Short"). The grammar scores every sample exactly, so here the curves are exact: quality
 is the grammatical rate of the samples, coverage the model's NLL on held-out grammar sentences at the
-same temperature (the sentences the runs' final evaluations used; every run has seed 0). Each GAN
+same temperature (the sentences the runs' final evaluations used; every run has the same seed). Each GAN
 point is set against MLE's curve at the same grammatical rate (interpolated along MLE's undominated
-points), so that a GAN is said to win or lose at equal quality. Runs are kept in
-runs/bench_grammar_sweep/ and reused unless --retrain. Writes benchmarks/results/grammar_sweep.{json,md,png}.
+points), so that a GAN is said to win or lose at equal quality; seqgan-mle, SeqGAN's generator before
+its adversarial steps, shows what those steps do to the curve of their MLE start, and seqgan-mle-1100
+what 100 more MLE steps would have done instead. Runs are kept in
+runs/bench_grammar_sweep[_seedN]/ and reused unless --retrain (or stopped where their settings changed).
+Writes benchmarks/results/grammar_sweep[_seedN].{json,md,png}.
 """
 
 from __future__ import annotations
@@ -22,14 +26,24 @@ import json
 import tempfile
 from pathlib import Path
 
-from _pipeline import ROOT, check_reusable, run_recipe
+from _pipeline import ROOT, check_reusable, run_recipe, seeded
 from _record import RESULTS, record
 from grammar_recipes import QUICK
 
 from textgan.evaluation import plot_sweep, sweep
 from textgan.training import grammar_run_valid, run_config
 
-RECIPES = ("mle", "scratchgan", "seqgan")
+# each model: its recipe, and what it changes in the recipe's defaults
+MODELS = {
+    "mle": ("mle", []),
+    "scratchgan": ("scratchgan", []),
+    "seqgan": ("seqgan", []),
+    # SeqGAN's generator before its adversarial steps: its MLE pretraining alone (the same weights, bit for bit),
+    # so that the adversarial steps' own effect shows beside the MLE recipe's
+    "seqgan-mle": ("seqgan", ["steps=0", "disc_pretrain_steps=0"]),
+    # and with 100 more MLE steps in place of the 100 adversarial ones: what SeqGAN's steps gain over more MLE
+    "seqgan-mle-1100": ("seqgan", ["pretrain_steps=1100", "steps=0", "disc_pretrain_steps=0"]),
+}
 TEMPERATURES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4)
 
 
@@ -53,16 +67,18 @@ def at_equal_quality(curve: list[tuple[float, float, float]], grammatical: float
     return curve[0][1], ""  # a one-point curve at exactly this rate
 
 
-def train(recipe: str, out: Path, quick: bool, retrain: bool) -> None:
-    """Train ``recipe`` with its defaults into ``out`` unless its exported generator is there, trained with
-    the settings the benchmark uses now."""
-    overrides = [f"out_dir={out}"]
+def train(model: str, out: Path, seed: int, quick: bool, retrain: bool) -> None:
+    """Train ``model`` (of :data:`MODELS`) with ``seed`` into ``out`` unless its exported generator is there,
+    trained with the settings the benchmark uses now."""
+    recipe, changes = MODELS[model]
+    overrides = [f"out_dir={out}", f"seed={seed}"]
     if quick:
         overrides += QUICK["mle"] + (QUICK[recipe] if recipe != "mle" else [])
+    overrides += changes
     if not retrain:
         check_reusable(out, recipe, overrides)
     if (out / "generator" / "config.json").is_file() and not retrain:
-        print(f"{recipe}: reusing {out}", flush=True)
+        print(f"{model}: reusing {out}", flush=True)
         return
     if not quick and (out / "checkpoints").is_dir() and not retrain:  # a run a crash stopped: go on from it
         overrides.append("resume=true")
@@ -80,7 +96,7 @@ def differences(config: dict, defaults: dict[str, dict]) -> tuple[str, dict]:
 
 
 def markdown(rows: list[dict], comparison: list[dict], n: int, held_out: int, entropy: float, trained_s: dict,
-             name: str = "grammar_sweep", extra: dict | None = None) -> str:
+             name: str = "grammar_sweep", extra: dict | None = None, seed: int = 0) -> str:
     lines = ["| model | T | grammatical | NLL under grammar | nll-test | distinct-4 | self-bleu-4 | unique |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -99,7 +115,10 @@ def markdown(rows: list[dict], comparison: list[dict], n: int, held_out: int, en
             f"{n:,} samples per point, scored exactly by the grammar; nll-test is each model's NLL (nats per token, end "
             f"token included) on the {held_out:,} held-out grammar sentences of the runs' own final evaluations, with "
             f"its logits divided by T. The grammar's own NLL on them (its entropy rate, the floor of nll-test) is "
-            f"{entropy:.3f}. mle, scratchgan and seqgan are seed 0 of their recipes' defaults"
+            f"{entropy:.3f}. mle, scratchgan and seqgan are seed {seed} of their recipes' defaults; seqgan-mle "
+            "is seqgan's generator before its adversarial steps (its MLE pretraining alone: steps=0, "
+            "disc_pretrain_steps=0), and seqgan-mle-1100 the same with 100 more MLE steps (pretrain_steps=1100) in "
+            "place of the 100 adversarial ones"
             + "".join(f"; {label} is {base} with {', '.join(f'{k}={v}' for k, v in changes.items()) or 'nothing changed'}"
                       for label, (base, changes) in (extra or {}).items())
             + "; training took "
@@ -115,25 +134,30 @@ def markdown(rows: list[dict], comparison: list[dict], n: int, held_out: int, en
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", default=[], metavar="LABEL=FOLDER",
-                        help="sweep this run folder: for mle, scratchgan or seqgan (a run of its defaults) instead of "
-                             "training it; under another label as one more model, set against MLE's curve like the GANs")
-    parser.add_argument("--name", default="grammar_sweep", help="results name (default grammar_sweep)")
+                        help="sweep this run folder: for one of the benchmark's own models (a run of its "
+                             "settings) instead of training it; under another label as one more model, set against "
+                             "MLE's curve like the GANs")
+    parser.add_argument("--name", default=None, help="results name (default grammar_sweep, grammar_sweep_seedN)")
+    parser.add_argument("--seed", type=int, default=0, help="the runs' seed (default 0)")
     parser.add_argument("-n", type=int, default=2000, help="samples per temperature (default 2000)")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     given = dict(spec.split("=", 1) for spec in args.run)
+    name, folder = seeded("grammar_sweep", args.seed, None)
+    args.name = args.name or name
     n, temperatures = (50, (0.8, 1.2)) if args.quick else (args.n, TEMPERATURES)
     with tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch) if args.quick else ROOT / "runs" / "bench_grammar_sweep"
+        work = Path(scratch) if args.quick else ROOT / folder
         runs = {}
-        for recipe in RECIPES:
-            runs[recipe] = Path(given[recipe]) if recipe in given else work / recipe
-            if recipe in given:  # in place of the default run: it must be one
-                check_reusable(runs[recipe], recipe, [], f"Sweep it under another label (--run NAME={given[recipe]})")
+        for model, (recipe, changes) in MODELS.items():
+            runs[model] = Path(given[model]) if model in given else work / model
+            if model in given:  # in place of the benchmark's own run: it must be one
+                check_reusable(runs[model], recipe, [f"seed={args.seed}", *changes],
+                               f"Sweep it under another label (--run NAME={given[model]})")
             else:
-                train(recipe, runs[recipe], args.quick, args.retrain)
-        runs |= {label: Path(folder) for label, folder in given.items() if label not in RECIPES}
+                train(model, runs[model], args.seed, args.quick, args.retrain)
+        runs |= {label: Path(folder) for label, folder in given.items() if label not in MODELS}
         held_out = {label: grammar_run_valid(path) for label, path in runs.items()}
         valid = held_out["mle"]
         if valid is None or any(sentences != valid for sentences in held_out.values()):
@@ -155,9 +179,9 @@ def main() -> None:
         trained_s = {recipe: json.loads((path / "metrics.json").read_text()).get("time/total_s")
                      for recipe, path in runs.items()}  # each run's own clock, whether trained now or reused
         configs = {label: run_config(path) for label, path in runs.items()}
-        extra = {label: differences(configs[label], {recipe: configs[recipe] for recipe in RECIPES})
-                 for label in runs if label not in RECIPES}
-        md = markdown(rows, comparison, n, len(valid), entropy, trained_s, args.name, extra)
+        extra = {label: differences(configs[label], {model: configs[model] for model in MODELS})
+                 for label in runs if label not in MODELS}
+        md = markdown(rows, comparison, n, len(valid), entropy, trained_s, args.name, extra, args.seed)
         print(md)
         png = Path(scratch) / f"{args.name}.png" if args.quick else RESULTS / f"{args.name}.png"
         plot_sweep(rows, "grammatical", "nll-test", png, title="Embedded grammar: quality against held-out NLL",
