@@ -89,6 +89,20 @@ def check_reusable(out: Path, recipe: str, overrides: list[str],
         raise SystemExit(f"{out} was trained with other settings than this benchmark uses now: {listed}. {remedy}")
 
 
+def plan_run(recipe: str, out: Path, overrides: list[str], retrain: bool) -> list[str] | None:
+    """What to do with the run folder ``out`` of ``recipe`` with ``overrides``: None to reuse the finished
+    run there; else the overrides to run with, plus ``resume=true`` where a crash stopped such a run.
+    Unless ``retrain``, stops (:func:`check_reusable`) where the kept run had other settings."""
+    if retrain:
+        return overrides
+    check_reusable(out, recipe, overrides)
+    if (out / "generator" / "config.json").is_file():
+        return None
+    if (out / "checkpoints").is_dir():  # a run that a crash stopped: go on from its checkpoint
+        return [*overrides, "resume=true"]
+    return overrides
+
+
 def run_recipe(recipe: str, overrides: list[str], out: Path) -> dict:
     """Run ``python -m textgan.recipes.<recipe>`` with ``overrides`` (``out_dir=out`` among them) from the
     repository root, so that preset paths resolve from anywhere. -> the run's final ``metrics.json`` with its
@@ -115,14 +129,12 @@ def train_all(work: Path, common: list[str], recipes: dict[str, list[str]], quic
             args.append(f"model={work / 'mle' / 'generator'}")
         if quick:
             args += QUICK[recipe]
-        if not retrain:
-            check_reusable(out, recipe, args)
-        if (out / "generator" / "config.json").is_file() and not retrain:
+        args = plan_run(recipe, out, args, retrain)
+        if args is None:
             print(f"{recipe}: reusing {out}/generator", flush=True)
             seconds[recipe] = 0.0
             continue
-        if (out / "checkpoints").is_dir() and not retrain:  # a run that a crash stopped: go on from its checkpoint
-            args.append("resume=true")
+        if "resume=true" in args:
             print(f"{recipe}: resuming the interrupted run in {out} (its time below is the rest of the run only)")
         command = [sys.executable, "-m", f"textgan.recipes.{recipe}", *args]
         print("running:", " ".join(["python", *command[1:]]), flush=True)

@@ -26,7 +26,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from _pipeline import ROOT, check_reusable, run_recipe, seeded
+from _pipeline import IGNORED, ROOT, check_reusable, plan_run, run_recipe, seeded
 from _record import RESULTS, record
 from grammar_recipes import QUICK
 
@@ -75,22 +75,18 @@ def train(model: str, out: Path, seed: int, quick: bool, retrain: bool) -> None:
     if quick:  # a few steps of each; seqgan-mle-1100's longer MLE would be most of a smoke run
         overrides += QUICK["mle"] + (QUICK[recipe] if recipe != "mle" else [])
         changes = [change for change in changes if not change.startswith("pretrain_steps=")]
-    overrides += changes
-    if not retrain:
-        check_reusable(out, recipe, overrides)
-    if (out / "generator" / "config.json").is_file() and not retrain:
+    overrides = plan_run(recipe, out, [*overrides, *changes], retrain)
+    if overrides is None:
         print(f"{model}: reusing {out}", flush=True)
         return
-    if not quick and (out / "checkpoints").is_dir() and not retrain:  # a run a crash stopped: go on from it
-        overrides.append("resume=true")
     run_recipe(recipe, overrides, out)
 
 
 def differences(config: dict, defaults: dict[str, dict]) -> tuple[str, dict]:
-    """The default run ``config`` is closest to, and the settings in which it differs (but where it ran, whether it
-    resumed and how many samples it printed)."""
+    """The default run ``config`` is closest to, and the settings in which it differs (those that change what a
+    run trains: not :data:`_pipeline.IGNORED`)."""
     def changes(base: dict) -> dict:
-        return {k: v for k, v in config.items() if k not in ("out_dir", "resume", "print_samples") and base.get(k) != v}
+        return {k: v for k, v in config.items() if k not in IGNORED and base.get(k) != v}
 
     base = min(defaults, key=lambda label: len(changes(defaults[label])))
     return base, changes(defaults[base])

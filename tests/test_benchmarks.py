@@ -101,6 +101,15 @@ def test_a_run_trained_with_other_settings_is_not_reused(tmp_path, monkeypatch):
     assert pipeline.changed_settings(out, "scratchgan", []) == {"entropy_coef": (default + 0.5, default)}
     with pytest.raises(SystemExit, match=r"entropy_coef .*--retrain"):
         pipeline.check_reusable(out, "scratchgan", [])
+    with pytest.raises(SystemExit, match="entropy_coef"):
+        pipeline.plan_run("scratchgan", out, [], retrain=False)
+    assert pipeline.plan_run("scratchgan", out, ["steps=9"], retrain=True) == ["steps=9"]  # trained again, in place
+    same = [f"entropy_coef={default + 0.5}"]
+    (out / "checkpoints").mkdir()  # stopped by a crash: resumed
+    assert pipeline.plan_run("scratchgan", out, same, retrain=False) == [*same, "resume=true"]
+    (out / "generator").mkdir()
+    (out / "generator" / "config.json").write_text("{}")  # finished: reused
+    assert pipeline.plan_run("scratchgan", out, same, retrain=False) is None
     # an option the run predates agrees at its default (the old behaviour), and only there
     trained(drop="entropy_coef")
     assert pipeline.changed_settings(out, "scratchgan", []) == {}
