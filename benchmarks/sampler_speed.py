@@ -2,13 +2,16 @@
 
     python benchmarks/sampler_speed.py            # batch 64, lengths 20 and 50, default generator size
     python benchmarks/sampler_speed.py --quick    # a smoke run
+    python benchmarks/sampler_speed.py --name sampler_speed_amd_epyc   # another CPU's figures beside these
 
 Both produce exactly ``length`` new tokens per row (no row may end early), so tokens/s compare
 like for like. A third column times the decoding steps' matrix products alone (the projections,
 the two attention products and the output layer, with the decoder's own folded weights and
 cache shapes): no sampler that computes these products with torch can beat it, so it bounds the
-speed-up over ``generate()`` that any amount of Python trimming could buy. Writes
-benchmarks/results/sampler_speed.{json,md}.
+speed-up over ``generate()`` that any amount of Python trimming could buy. A fourth runs textgan's
+sampler on a generator of the same depth, heads and vocabulary but width 16: the same tensor calls
+with next to no arithmetic, the cost of the calls themselves. Writes
+benchmarks/results/sampler_speed.{json,md}, or those of --name.
 """
 
 from __future__ import annotations
@@ -31,28 +34,37 @@ def sync_device() -> None:
 
 
 def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+    return best_of_each([fn], repeats)[0]
+
+
+def best_of_each(fns, repeats: int) -> list[float]:
+    """The best time of each function over ``repeats`` rounds that run every one of them once, so that a
+    shared machine's slow spells fall on all of them alike and their ratios hold."""
+    for fn in fns:
+        fn()  # warm-up
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        sync_device()
-        start = time.perf_counter()
-        fn()
-        sync_device()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for fn, kept in zip(fns, times):
+            sync_device()
+            start = time.perf_counter()
+            fn()
+            sync_device()
+            kept.append(time.perf_counter() - start)
+    return [min(kept) for kept in times]
 
 
-def compare(model, batch: int, length: int, repeats: int) -> dict:
+def compare(model, narrow, batch: int, length: int, repeats: int) -> dict:
     """textgan's sampler against generate() on the same weights: tokens/s of each, best of ``repeats``.
 
     Both produce exactly ``length`` new tokens per row: the end token is one the model cannot emit.
+    ``narrow``: the same generator at width 16, whose sampling time is that of the sampler's calls.
     """
     never = model.config.vocab_size
     device = model.device
     prompt = torch.ones(batch, 1, dtype=torch.long, device=device)
 
-    def ours():
-        out = sample(model, prompt, length, eos_id=never, pad_id=0)
+    def ours(generator=model):
+        out = sample(generator, prompt, length, eos_id=never, pad_id=0)
         assert out.tokens.shape == (batch, length)
 
     def theirs():
@@ -78,9 +90,11 @@ def compare(model, batch: int, length: int, repeats: int) -> dict:
                 torch.addmm(x, hidden, w_down)
             torch.nn.functional.linear(x, decoder.head)
 
-    with torch.no_grad():
-        t_floor = best_of(matmuls_only, repeats)
-    t_ours, t_theirs = best_of(ours, repeats), best_of(theirs, repeats)
+    def matmuls_no_grad():
+        with torch.no_grad():
+            matmuls_only()
+
+    t_ours, t_theirs, t_floor, t_calls = best_of_each([ours, theirs, matmuls_no_grad, lambda: ours(narrow)], repeats)
     extra = {}
     if device.type == "cuda":  # the same sampler launching its kernels one by one
         fast_decode.CUDA_GRAPHS = False
@@ -90,7 +104,8 @@ def compare(model, batch: int, length: int, repeats: int) -> dict:
             fast_decode.CUDA_GRAPHS = True
     return {**extra, "length": length, "batch": batch, "textgan_tokens_per_s": batch * length / t_ours,
             "generate_tokens_per_s": batch * length / t_theirs, "speedup": t_theirs / t_ours,
-            "matmuls_only_tokens_per_s": batch * length / t_floor, "speedup_bound": t_theirs / t_floor}
+            "matmuls_only_tokens_per_s": batch * length / t_floor, "speedup_bound": t_theirs / t_floor,
+            "width16_tokens_per_s": batch * length / t_calls, "matmuls_plus_calls_speedup": t_theirs / (t_floor + t_calls)}
 
 
 def main() -> None:
@@ -99,17 +114,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=428, help="the embedded grammar's vocabulary size")
     parser.add_argument("--device", default="cpu", help="cpu or cuda; a GPU's results go to sampler_speed_cuda.{json,md}")
+    parser.add_argument("--name", default="sampler_speed",
+                        help="results file name, for another machine's run beside the recorded one")
     args = parser.parse_args()
     lengths = (5,) if args.quick else (20, 50)
-    repeats = 1 if args.quick else 5
+    repeats = 1 if args.quick else 10
     torch.manual_seed(0)
     model = build_generator(args.vocab, bos_id=1, eos_id=2, pad_id=0, max_positions=64).eval().to(args.device)
-    rows = [compare(model, args.batch, length, repeats) for length in lengths]
-    table = ["| length | batch | textgan sampler (tok/s) | `generate()` (tok/s) | speed-up | matmuls alone (tok/s) | speed-up bound |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    narrow = build_generator(args.vocab, bos_id=1, eos_id=2, pad_id=0, max_positions=64, d_model=16).eval()
+    rows = [compare(model, narrow.to(args.device), args.batch, length, repeats) for length in lengths]
+    table = [("| length | batch | textgan sampler (tok/s) | `generate()` (tok/s) | speed-up | matmuls alone (tok/s) "
+              "| speed-up bound | sampler at width 16 (tok/s) | matmuls + calls: speed-up |"),
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         table.append(f"| {r['length']} | {r['batch']} | {r['textgan_tokens_per_s']:,.0f} | {r['generate_tokens_per_s']:,.0f} "
-                     f"| {r['speedup']:.2f}x | {r['matmuls_only_tokens_per_s']:,.0f} | {r['speedup_bound']:.2f}x |")
+                     f"| {r['speedup']:.2f}x | {r['matmuls_only_tokens_per_s']:,.0f} | {r['speedup_bound']:.2f}x "
+                     f"| {r['width16_tokens_per_s']:,.0f} | {r['matmuls_plus_calls_speedup']:.2f}x |")
     eager = [r for r in rows if "textgan_no_graphs_tokens_per_s" in r]
     if eager:
         table.append("")
@@ -118,14 +138,18 @@ def main() -> None:
                                  f"({r['textgan_no_graphs_tokens_per_s'] / r['generate_tokens_per_s']:.2f}x `generate()`)"
                                  for r in eager) + ".")
     md = ("# Sampler speed: textgan KV-cache sampler vs `generate()`\n\nDefault generator (Llama, d_model 128, 2 layers), "
-          f"best of {repeats} runs each, {device_name(args.device)}.\n\n" + "\n".join(table) + "\n\n"
+          f"best of {repeats} interleaved runs each, {device_name(args.device)}.\n\n" + "\n".join(table) + "\n\n"
           "*Matmuls alone* times only the matrix products of the same decoding steps (q/k/v, attention scores and "
           "values, output projection, MLP, output layer) at the decoder's shapes; *speed-up bound* is `generate()`'s "
           "time over that: the most any sampler built on torch's matmuls could gain over `generate()` here, with "
-          "all of its other work (norms, rotary, softmax, drawing tokens, Python) free.\n")
+          "all of its other work (norms, rotary, softmax, drawing tokens, Python) free. *Sampler at width 16* is "
+          "textgan's sampler on a generator of the same depth, heads and vocabulary but width 16 (d_ff 64): the "
+          "same tensor calls with next to no arithmetic; *matmuls + calls* is `generate()`'s time over the sum of "
+          "the two, what a sampler would reach whose calls cost no more than ours and whose arithmetic were all "
+          "matrix products.\n")
     print(md)
     if not args.quick:
-        record(results_name("sampler_speed", args.device), {"rows": rows}, md)
+        record(results_name(args.name, args.device), {"rows": rows}, md)
 
 
 if __name__ == "__main__":

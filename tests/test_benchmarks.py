@@ -39,6 +39,7 @@ def _results_digest() -> dict[str, str]:
     ("default_seeds.py", None, "| 1 |"),
     ("ended_rows.py", None, "| beam 32 (16 sources) |"),
     ("grammar_sweep.py", None, "| seqgan, T=1.2 |"),
+    ("sampler_speed.py", None, "| 5 | 64 |"),
 ])
 def test_quick_mode_runs_and_leaves_the_recorded_results_alone(script, data, expected, tmp_path):
     if data:
