@@ -362,6 +362,44 @@ def test_gen_average_must_be_below_one():
         scratchgan.ScratchGANConfig(gen_average=1.0).check()
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_seqgan_mle_weight_adds_the_real_batchs_nll_gradient(weight, tiny_generator, word_tokenizer, sentences):
+    """With a discriminator that scores every sentence alike, every reward is equal and the batch-mean
+    baseline leaves no advantage: the policy gradient is zero, and an SGD step of rate 1 moves G by
+    exactly -mle_weight times the gradient of the real batch's NLL (not at all at mle_weight=0)."""
+    from types import SimpleNamespace
+
+    from textgan.data import encode, sequence_mask
+    from textgan.losses import mle_loss
+    from textgan.models.generator import token_logprobs
+    from textgan.rl import EMABaseline
+    from textgan.sampling import sample
+    from textgan.tokenization import special_ids
+
+    bos, eos, pad = special_ids(word_tokenizer)
+    config = seqgan.SeqGANConfig(mle_weight=weight, num_rollouts=2, grad_clip=1e6, baseline="batch_mean")
+    config.check()
+    generator = tiny_generator.train()
+    real = encode(sentences[:6], word_tokenizer, 20)[0]  # (6, 22): BOS, words, EOS, padding
+    prompt = torch.full((4, 1), bos, dtype=torch.long)
+    torch.manual_seed(0)
+    fake = sample(generator, prompt, 8, eos_id=eos, pad_id=pad)
+
+    class Indifferent(torch.nn.Module):
+        def forward(self, tokens):
+            return torch.zeros(tokens.shape[0])
+
+    generator.zero_grad()
+    mle_loss(token_logprobs(generator, real), sequence_mask(real[:, 1:], eos)).backward()
+    expected = {n: p.detach() - weight * p.grad for n, p in generator.named_parameters()}
+    generator.zero_grad()
+    step = seqgan.adversarial_step(config, generator, Indifferent(), torch.optim.SGD(generator.parameters(), lr=1.0),
+                                   EMABaseline(9), prompt, SimpleNamespace(eos_id=eos, pad_id=pad), fake, real)
+    assert step["gen/pg_loss"] == 0.0 and ("gen/mle_loss" in step) == (weight > 0)
+    for name, param in generator.named_parameters():
+        torch.testing.assert_close(param.detach(), expected[name], atol=1e-6, rtol=1e-5)
+
+
 def test_gen_lr_decay_by_hand():
     from textgan.config import ConfigError
     from textgan.training import gen_lr_at

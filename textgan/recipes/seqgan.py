@@ -2,22 +2,25 @@
 with Monte-Carlo rollout rewards from a CNN sentence discriminator.
 
 For every prefix of a sampled sentence, K completions are sampled from the generator and scored
-by D; their mean probability of being real is the reward of the prefix's last token.
+by D; their mean probability of being real is the reward of the prefix's last token. With
+``mle_weight`` > 0 each generator update adds that multiple of the teacher-forced NLL of a real
+batch to the policy-gradient loss, which holds G near its MLE start while D's rewards are noisy.
 
     python -m textgan.recipes.seqgan [PRESET.yaml] [key=value ...]
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 
 import torch
 
 from ..config import arg, check_bounds
-from ..data import batch_at
+from ..data import batch_at, sequence_mask
 from ..distributed import local_batch_size, seed_step, shard
-from ..losses import discriminator_loss
+from ..losses import discriminator_loss, mle_loss
 from ..models.discriminator import build_discriminator
 from ..models.generator import token_logprobs
 from ..rl import EMABaseline, baseline_values, masked_mean, mc_rollout_rewards, reinforce_loss
@@ -56,10 +59,12 @@ class SeqGANConfig(GANConfig):
     disc_dim: int = arg(64, "CNN discriminator embedding width")
     disc_dropout: float = arg(0.25, "CNN discriminator dropout")
     disc_weight_decay: float = arg(1e-4, "discriminator weight decay (AdamW)")
+    mle_weight: float = arg(0.0, "weight of a real batch's teacher-forced NLL added to each adversarial G update "
+                            "(a hybrid objective that keeps G near its MLE start); 0: pure policy gradient, as SeqGAN")
 
     def check(self) -> None:
         super().check()
-        check_bounds(self, positive=("num_rollouts",), non_negative=("disc_pretrain_steps",))
+        check_bounds(self, positive=("num_rollouts",), non_negative=("disc_pretrain_steps", "mle_weight"))
 
 
 def main(config: SeqGANConfig) -> dict:
@@ -99,7 +104,7 @@ def main(config: SeqGANConfig) -> dict:
         # phase 3: adversarial training
         lr = schedule_gen_lr(optimizers["generator"], config, step - d_end)
         values = adversarial_step(config, generator, discriminator, optimizers["generator"], ema, prompt, setup,
-                                  draw_fake())
+                                  draw_fake(), real)
         values["gen/lr"] = lr
         for i in range(config.disc_steps):
             real_i = real if i == 0 else shard(batch_at(setup.train_ids, config.batch_size, step * 7919 + i,
@@ -124,7 +129,9 @@ def main(config: SeqGANConfig) -> dict:
     return finish(run, evaluated, scores)
 
 
-def adversarial_step(config, generator, discriminator, gen_opt, ema, prompt, setup, fake) -> dict:
+def adversarial_step(config, generator, discriminator, gen_opt, ema, prompt, setup, fake, real) -> dict:
+    """One generator update: ``fake`` a rollout sampled from G, ``real`` (B, L) a batch of real sentences
+    starting with BOS, used when ``config.mle_weight`` > 0."""
     # 1. a batch sampled from G (fake)
     mask = fake.mask
 
@@ -142,11 +149,17 @@ def adversarial_step(config, generator, discriminator, gen_opt, ema, prompt, set
     advantages = rewards - baseline_values(config.baseline, rewards, mask, ema)
     ema.update(rewards, mask)
 
-    # 4. policy-gradient step for G
+    # 4. policy-gradient step for G, with the NLL of a real batch added at mle_weight
     logprobs = token_logprobs(generator, torch.cat([prompt, fake.tokens], 1))
-    gen_loss = optimizer_step(reinforce_loss(logprobs, advantages, mask), gen_opt, generator, config.grad_clip)
-    return {"gen/pg_loss": gen_loss, "gen/reward": float(masked_mean(rewards, mask)),
-            "gen/length": float(fake.lengths.float().mean())}
+    pg_loss = reinforce_loss(logprobs, advantages, mask)
+    values = {"gen/reward": float(masked_mean(rewards, mask)), "gen/length": float(fake.lengths.float().mean())}
+    loss = pg_loss
+    if config.mle_weight > 0:
+        nll = mle_loss(token_logprobs(generator, real), sequence_mask(real[:, 1:], setup.eos_id))
+        loss = pg_loss + config.mle_weight * nll
+        values["gen/mle_loss"] = float(nll.detach())
+    done = optimizer_step(loss, gen_opt, generator, config.grad_clip)  # NaN where a non-finite step was skipped
+    return {"gen/pg_loss": float(pg_loss.detach()) if math.isfinite(done) else done, **values}
 
 
 if __name__ == "__main__":
