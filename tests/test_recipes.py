@@ -430,6 +430,18 @@ def test_gan_recipes_follow_the_gen_lr_schedule(name, extra, tmp_path):
     assert logged == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3 / 2])  # n = 2: 2/2, then 1/2 of gen_lr
 
 
+def test_mle_recipe_follows_its_lr_decay(tmp_path):
+    """lr_decay: the MLE recipe's rate falls over the last fraction of its steps, and is logged."""
+    from textgan.config import ConfigError
+
+    module, config = _config("mle", tmp_path, lr=1e-3, lr_decay=0.5, **CPU)  # 4 steps: n = 2
+    module.main(config)
+    assert [r["gen/lr"] for r in _metrics(tmp_path / "mle") if "gen/lr" in r] == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="lr_decay"):
+            mle.MLEConfig(lr_decay=bad).check()
+
+
 def test_scratchgan_with_gen_lr_decay_resumes_where_it_stopped(tmp_path):
     """A run that crashes in its decay phase and is resumed with the same config ends with the
     generator of an unbroken run: the schedule depends on the step alone."""

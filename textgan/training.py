@@ -515,20 +515,30 @@ def gan_optimizers(config: GANConfig, generator, discriminator) -> dict[str, tor
     }
 
 
+def linear_decay(lr: float, steps: int, fraction: float, step: int) -> float:
+    """The learning rate at step ``step`` (0 for the first) of ``steps``: ``lr``, then over the last
+    ``fraction`` of the steps a linear fall that reaches ``lr / n`` on the last of those n steps. A
+    function of the step alone, so a resumed run follows the same schedule."""
+    n = round(fraction * steps)
+    return lr * min(1.0, (steps - step) / n) if n else lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Set every parameter group's learning rate to ``lr``. -> ``lr`` (to log)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 def gen_lr_at(config: GANConfig, step: int) -> float:
-    """G's learning rate at adversarial step ``step`` (0 for the first): ``gen_lr``, then over the last
-    ``gen_lr_decay`` of the ``steps`` a linear fall that reaches ``gen_lr / n`` on the last of those n
-    steps. A function of the step alone, so a resumed run follows the same schedule."""
-    n = round(config.gen_lr_decay * config.steps)
-    return config.gen_lr * min(1.0, (config.steps - step) / n) if n else config.gen_lr
+    """G's learning rate at adversarial step ``step``: ``gen_lr``, falling over the last ``gen_lr_decay``
+    of the ``steps`` (:func:`linear_decay`)."""
+    return linear_decay(config.gen_lr, config.steps, config.gen_lr_decay, step)
 
 
 def schedule_gen_lr(optimizer: torch.optim.Optimizer, config: GANConfig, step: int) -> float:
     """Set G's optimizer to :func:`gen_lr_at` for adversarial step ``step``. -> that rate (to log)."""
-    lr = gen_lr_at(config, step)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
+    return set_lr(optimizer, gen_lr_at(config, step))
 
 
 def report(values: dict[str, float]) -> str:

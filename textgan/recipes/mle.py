@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from ..config import arg, check_bounds
+from ..config import arg, check_bounds, check_unit_interval
 from ..data import batch_at
 from ..distributed import shard
 from ..training import (
@@ -19,12 +19,14 @@ from ..training import (
     compile_forward,
     evaluate,
     finish,
+    linear_decay,
     mle_step,
     periodic,
     prepare,
     progress,
     restore,
     seed_everything,
+    set_lr,
 )
 
 
@@ -36,11 +38,14 @@ class MLEConfig(RunConfig):
     steps: int = arg(1500, "training steps")
     lr: float = arg(2e-3, "AdamW learning rate")
     weight_decay: float = arg(0.01, "AdamW weight decay")
+    lr_decay: float = arg(0.0, "fraction of the steps, at the end, over which the learning rate falls linearly "
+                          "towards 0 (a stronger baseline: see README); 0: constant")
     grad_clip: float = arg(1.0, "gradient-norm clipping")
 
     def check(self) -> None:
         super().check()
         check_bounds(self, positive=("lr", "grad_clip"), non_negative=("steps", "weight_decay"))
+        check_unit_interval(self, ("lr_decay",), closed=True)
 
 
 def main(config: MLEConfig) -> dict:
@@ -57,11 +62,13 @@ def main(config: MLEConfig) -> dict:
         for step in range(start, config.steps):
             # 1. a batch of real sentences
             batch = shard(batch_at(setup.train_ids, config.batch_size, step, config.seed, setup.eos_id)).to(setup.device)
-            # 2. one teacher-forced step
+            # 2. one teacher-forced step, at the scheduled learning rate
+            lr = set_lr(optimizer, linear_decay(config.lr, config.steps, config.lr_decay, step))
             with autocast(config, setup.device):
                 loss = mle_step(generator, optimizer, batch, setup.eos_id, config.grad_clip)
             bar.update(1)
-            periodic(run, setup, config, step + 1, {"gen/mle_loss": loss}, bar, modules, optimizers, last_step=config.steps)
+            periodic(run, setup, config, step + 1, {"gen/mle_loss": loss, "gen/lr": lr}, bar, modules, optimizers,
+                     last_step=config.steps)
 
     scores, samples = evaluate(setup, config)
     run.write_samples(config.steps, samples)
