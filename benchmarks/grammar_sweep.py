@@ -4,6 +4,7 @@
     python benchmarks/grammar_sweep.py --run scratchgan=runs/scratchgan    # sweep an existing default run instead
     python benchmarks/grammar_sweep.py --run entropy=runs/ent --name grammar_sweep_entropy  # another run beside them
     python benchmarks/grammar_sweep.py --seed 1        # the same with seed 1 (runs and results named _seed1)
+    python benchmarks/grammar_sweep.py --run mle-decay=runs/mle_decay --baseline mle-decay   # against another MLE
     python benchmarks/grammar_sweep.py --quick         # a smoke run
 
 One temperature is one point of a trade-off, and comparing points misleads (Caccia et al., "Language
@@ -93,13 +94,15 @@ def differences(config: dict, defaults: dict[str, dict]) -> tuple[str, dict]:
 
 
 def markdown(rows: list[dict], comparison: list[dict], n: int, held_out: int, entropy: float, trained_s: dict,
-             name: str = "grammar_sweep", extra: dict | None = None, seed: int = 0) -> str:
+             name: str = "grammar_sweep", extra: dict | None = None, seed: int = 0, baseline: str = "mle") -> str:
+    base = "MLE" if baseline == "mle" else baseline  # whose curve the other points are set against
     lines = ["| model | T | grammatical | NLL under grammar | nll-test | distinct-4 | self-bleu-4 | unique |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['temperature']:.1f} | {r['grammatical']:.3f} | {r['grammar-nll']:.3f} | "
                      f"{r['nll-test']:.3f} | {r['distinct-4']:.3f} | {r['self-bleu-4']:.3f} | {r['unique']:.3f} |")
-    versus = ["| GAN point | grammatical | its nll-test | MLE's nll-test at that grammatical rate or more | GAN minus MLE |",
+    versus = [(f"| GAN point | grammatical | its nll-test | {base}'s nll-test at that grammatical rate or more "
+               f"| GAN minus {base} |"),
               "|---|---:|---:|---:|---:|"]
     for c in comparison:
         if c["mle_nll"] is None:
@@ -121,10 +124,10 @@ def markdown(rows: list[dict], comparison: list[dict], n: int, held_out: int, en
             + "; training took "
             + ", ".join(f"{recipe} {seconds / 60:.1f} min" for recipe, seconds in trained_s.items() if seconds)
             + " (each run's own clock).\n\n" + "\n".join(lines) + "\n\n"
-            "## Each GAN point against MLE's curve at equal quality\n\n"
-            "The lowest nll-test MLE's curve reaches at the GAN point's grammatical rate or a higher one, interpolated "
-            "linearly between MLE's undominated points; a negative difference means the GAN covers held-out text "
-            "better at that quality.\n\n"
+            f"## Each GAN point against {base}'s curve at equal quality\n\n"
+            f"The lowest nll-test {base}'s curve reaches at the GAN point's grammatical rate or a higher one, "
+            f"interpolated linearly between {base}'s undominated points; a negative difference means the GAN covers "
+            "held-out text better at that quality.\n\n"
             + "\n".join(versus) + f"\n\n![sweep]({name}.png)\n")
 
 
@@ -136,11 +139,16 @@ def main() -> None:
                              "MLE's curve like the GANs")
     parser.add_argument("--name", default=None, help="results name (default grammar_sweep, grammar_sweep_seedN)")
     parser.add_argument("--seed", type=int, default=0, help="the runs' seed (default 0)")
+    parser.add_argument("--baseline", default="mle", metavar="LABEL",
+                        help="the model whose curve every other point is set against (default mle; e.g. a --run "
+                             "label for an MLE run with other settings)")
     parser.add_argument("-n", type=int, default=2000, help="samples per temperature (default 2000)")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     given = dict(spec.split("=", 1) for spec in args.run)
+    if args.baseline not in {*MODELS, *given}:
+        raise SystemExit(f"--baseline {args.baseline}: no such model; give one of {', '.join(MODELS)} or a --run label")
     name, folder = seeded("grammar_sweep", args.seed, None)
     args.name = args.name or name
     n, temperatures = (50, (0.8, 1.2)) if args.quick else (args.n, TEMPERATURES)
@@ -165,27 +173,30 @@ def main() -> None:
         from textgan.metrics import grammar_scores
 
         entropy = grammar_scores(valid, Grammar.default())["grammar_nll"]
-        curve = frontier([(r["grammatical"], r["nll-test"], r["temperature"]) for r in rows if r["model"] == "mle"])
+        curve = frontier([(r["grammatical"], r["nll-test"], r["temperature"]) for r in rows
+                          if r["model"] == args.baseline])
+        base = "MLE" if args.baseline == "mle" else args.baseline
         comparison = []
         for r in rows:
-            if r["model"] != "mle":
+            if r["model"] != args.baseline:
                 mle = at_equal_quality(curve, r["grammatical"])
                 comparison.append({"model": r["model"], "temperature": r["temperature"], "grammatical": r["grammatical"],
                                    "nll": r["nll-test"], "mle_nll": mle and mle[0],
-                                   "mle_note": mle[1] if mle else f"more grammatical than MLE at T={curve[-1][2]:g}"})
+                                   "mle_note": mle[1] if mle else f"more grammatical than {base} at T={curve[-1][2]:g}"})
         trained_s = {recipe: json.loads((path / "metrics.json").read_text()).get("time/total_s")
                      for recipe, path in runs.items()}  # each run's own clock, whether trained now or reused
         configs = {label: run_config(path) for label, path in runs.items()}
         extra = {label: differences(configs[label], {model: configs[model] for model in MODELS})
                  for label in runs if label not in MODELS}
-        md = markdown(rows, comparison, n, len(valid), entropy, trained_s, args.name, extra, args.seed)
+        md = markdown(rows, comparison, n, len(valid), entropy, trained_s, args.name, extra, args.seed, args.baseline)
         print(md)
         png = Path(scratch) / f"{args.name}.png" if args.quick else RESULTS / f"{args.name}.png"
         plot_sweep(rows, "grammatical", "nll-test", png, title="Embedded grammar: quality against held-out NLL",
                    baselines={"the grammar": (1.0, entropy)})
         if not args.quick:
             record(args.name, {"runs": {k: str(v) for k, v in runs.items()}, "configs": configs, "trained_s": trained_s,
-                                     "rows": rows, "versus_mle": comparison, "grammar_entropy_rate": entropy}, md)
+                                     "rows": rows, "versus_mle": comparison, "baseline": args.baseline,
+                                     "grammar_entropy_rate": entropy}, md)
 
 
 if __name__ == "__main__":
