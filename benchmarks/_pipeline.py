@@ -114,16 +114,20 @@ def run_recipe(recipe: str, overrides: list[str], out: Path) -> dict:
     return {"wall_s": round(time.time() - start, 1), **json.loads((out / "metrics.json").read_text())}
 
 
-def train_all(work: Path, common: list[str], recipes: dict[str, list[str]], quick: bool, retrain: bool) -> dict[str, float]:
+def train_all(work: Path, common: list[str], recipes: dict[str, list[str] | tuple[str, list[str]]], quick: bool,
+              retrain: bool) -> dict[str, float]:
     """Train each recipe (``mle`` first) into ``work/<recipe>``; GAN recipes start from ``work/mle/generator``.
+    A value ``(recipe, overrides)`` trains that recipe under its key's name instead (``"mle-decay": ("mle",
+    [..., "lr_decay=0.3"])`` into ``work/mle-decay``).
 
     A run whose exported generator exists is reused unless ``retrain``; one that has checkpoints but no
     export (stopped by a crash) resumes from its newest checkpoint. Either stops the benchmark where the
     run's settings differ from the ones it would train with now. Returns wall seconds per recipe.
     """
     seconds = {}
-    for recipe, overrides in recipes.items():
-        out = work / recipe
+    for label, spec in recipes.items():
+        recipe, overrides = spec if isinstance(spec, tuple) else (label, spec)
+        out = work / label
         args = [f"out_dir={out}", *common, *overrides]
         if recipe != "mle":
             args.append(f"model={work / 'mle' / 'generator'}")
@@ -131,15 +135,15 @@ def train_all(work: Path, common: list[str], recipes: dict[str, list[str]], quic
             args += QUICK[recipe]
         args = plan_run(recipe, out, args, retrain)
         if args is None:
-            print(f"{recipe}: reusing {out}/generator", flush=True)
-            seconds[recipe] = 0.0
+            print(f"{label}: reusing {out}/generator", flush=True)
+            seconds[label] = 0.0
             continue
         if "resume=true" in args:
-            print(f"{recipe}: resuming the interrupted run in {out} (its time below is the rest of the run only)")
+            print(f"{label}: resuming the interrupted run in {out} (its time below is the rest of the run only)")
         command = [sys.executable, "-m", f"textgan.recipes.{recipe}", *args]
         print("running:", " ".join(["python", *command[1:]]), flush=True)
         start = time.time()
-        with open(work / f"{recipe}.log", "w") as log:
+        with open(work / f"{label}.log", "w") as log:
             subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
-        seconds[recipe] = round(time.time() - start, 1)
+        seconds[label] = round(time.time() - start, 1)
     return seconds

@@ -3,6 +3,9 @@
     python benchmarks/coco.py            # full run (15-35 minutes on 2 CPU cores)
     python benchmarks/coco.py --seed 1   # another seed: its own runs (runs/bench_coco_seed1) and results
     python benchmarks/coco.py --quick    # a smoke run: a few steps, few samples, no FED
+    python benchmarks/coco.py --mle mle-decay=lr_decay=0.3 --baseline mle-decay --name coco_tuned_mle
+                                         # one more MLE run (the benchmark's MLE settings, changed), and
+                                         # every curve set against its curve
 
 1. MLE trains on train.txt (validation: test.txt).
 2. SeqGAN and ScratchGAN start from the MLE generator (model=...: MLE pretraining, then
@@ -64,15 +67,16 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     return None
 
 
-def against_mle(rows: list[dict], model: str, quality: str = "bleu-5", diversity: str = "self-bleu-4") -> list[dict]:
-    """For each of the model's points: MLE's BLEU at the same Self-BLEU, and the difference."""
-    mle = [(r[diversity], r[quality]) for r in rows if r["model"] == "mle"]
+def against_mle(rows: list[dict], model: str, quality: str = "bleu-5", diversity: str = "self-bleu-4",
+                baseline: str = "mle") -> list[dict]:
+    """For each of the model's points: the baseline's (MLE's) BLEU at the same Self-BLEU, and the difference."""
+    mle = [(r[diversity], r[quality]) for r in rows if r["model"] == baseline]
     out = []
     for r in rows:
         if r["model"] == model:
             mle_quality = interpolate(mle, r[diversity])
             out.append({"temperature": r["temperature"], diversity: r[diversity], quality: r[quality],
-                        f"mle {quality} at same {diversity}": mle_quality,
+                        f"{baseline} {quality} at same {diversity}": mle_quality,
                         "difference": None if mle_quality is None else r[quality] - mle_quality})
     return out
 
@@ -92,8 +96,23 @@ def main() -> None:
     parser.add_argument("--retrain", action="store_true", help="train again even where a run exists")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot-only", action="store_true", help="redraw results/coco.png from results/coco.json")
+    parser.add_argument("--mle", action="append", default=[], metavar="LABEL=KEY=VALUE[,KEY=VALUE]",
+                        help="one more MLE run: the benchmark's MLE settings with these changed, trained into "
+                             "WORK/LABEL and swept beside the others (e.g. mle-decay=lr_decay=0.3)")
+    parser.add_argument("--baseline", default="mle", metavar="LABEL",
+                        help="the MLE run whose curve every other model is set against (default mle)")
+    parser.add_argument("--name", default=None, help="results name (default coco, coco_seedN)")
     args = parser.parse_args()
     name, args.work = seeded("coco", args.seed, args.work)
+    name = args.name or name
+    extra = {}
+    for spec in args.mle:
+        label, _, changes = spec.partition("=")
+        if not changes or label in RECIPES or "=" not in changes:
+            sys.exit(f"error: --mle {spec}: give LABEL=KEY=VALUE[,KEY=VALUE] with a new label")
+        extra[label] = ("mle", [*RECIPES["mle"], *changes.split(",")])
+    if args.baseline not in {"mle", *extra}:
+        sys.exit(f"error: --baseline {args.baseline}: give mle or an --mle label")
     if args.plot_only:
         saved = json.loads((RESULTS / f"{name}.json").read_text())["results"]
         plot(saved["rows"], saved["real"], saved["rows"][0]["samples"], name)
@@ -105,7 +124,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     data = [f"data={args.data / 'train.txt'}", f"valid_file={args.data / 'test.txt'}"]
-    train_s = train_all(args.work, [*data, *MODEL, f"seed={args.seed}"], RECIPES, args.quick, args.retrain)
+    train_s = train_all(args.work, [*data, *MODEL, f"seed={args.seed}"], {**RECIPES, **extra}, args.quick, args.retrain)
 
     references = (args.data / "test.txt").read_text(encoding="utf-8").splitlines()
     training = (args.data / "train.txt").read_text(encoding="utf-8").splitlines()
@@ -117,7 +136,7 @@ def main() -> None:
         from textgan.fed import load_encoder
 
         encoder = load_encoder()
-    models = {recipe: str(args.work / recipe / "generator") for recipe in RECIPES}
+    models = {label: str(args.work / label / "generator") for label in {**RECIPES, **extra}}
     rows = sweep(models, temperatures, n, args.work / "sweep", metrics=metrics, references=references, valid=references,
                  train=training, encoder=encoder, seed=args.seed)
     real = random.Random(args.seed).sample(training, n)
@@ -127,8 +146,8 @@ def main() -> None:
     columns = ["model", "temperature", "bleu-2", "bleu-3", "bleu-4", "bleu-5", "self-bleu-2", "self-bleu-3", "self-bleu-4",
                "self-bleu-5", "nll-test", "fed", "distinct-4", "unique", "copied"]
     columns = [c for c in columns if any(c in r for r in rows)]
-    comparisons = {m: against_mle(rows, m) for m in ("seqgan", "scratchgan")}
-    best = [r for r in rows if r["model"] != "mle" and r["bleu-5"] >= 0.230 and r["self-bleu-5"] <= 0.50]
+    comparisons = {m: against_mle(rows, m, baseline=args.baseline) for m in models if m != args.baseline}
+    best = [r for r in rows if r["model"] in ("seqgan", "scratchgan") and r["bleu-5"] >= 0.230 and r["self-bleu-5"] <= 0.50]
     published = ["| published (Texygen) | BLEU-2 | BLEU-3 | BLEU-4 | BLEU-5 | Self-BLEU-2 | Self-BLEU-3 | Self-BLEU-4 | Self-BLEU-5 |",
                  "|---|---|---|---|---|---|---|---|---|"]
     for label, p in PUBLISHED.items():
@@ -138,7 +157,9 @@ def main() -> None:
           format_table(rows + [real_row], columns), "",
           ("Published numbers for comparison (Texygen; their Self-BLEU used only 500 sentences, so it is not comparable "
            "to ours, which scores each of our samples against all the others):"), "", "\n".join(published), "",
-          "## GAN against the MLE curve (BLEU-5 at the same Self-BLEU-4; positive: the GAN is above MLE)", ""]
+          (f"## Against the {args.baseline} curve (BLEU-5 at the same Self-BLEU-4; positive: above {args.baseline})"
+           if args.baseline != "mle" else
+           "## GAN against the MLE curve (BLEU-5 at the same Self-BLEU-4; positive: the GAN is above MLE)"), ""]
     for model, comparison in comparisons.items():
         md += [f"**{model}**", "", format_table(comparison), ""]
     md += ["## Bar: a GAN point with BLEU-5 >= 0.230 at Self-BLEU-5 <= 0.50", "",
@@ -150,8 +171,8 @@ def main() -> None:
     if args.quick:
         return
     plot(rows, real_row, n, name)
-    record(name, {"rows": rows, "real": real_row, "against_mle": comparisons, "train_s": train_s,
-                    "seed": args.seed, "published": PUBLISHED}, markdown + f"\n![sweep]({name}.png)\n")
+    record(name, {"rows": rows, "real": real_row, "against_mle": comparisons, "baseline": args.baseline,
+                  "train_s": train_s, "seed": args.seed, "published": PUBLISHED}, markdown + f"\n![sweep]({name}.png)\n")
 
 
 if __name__ == "__main__":
