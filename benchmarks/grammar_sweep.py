@@ -93,9 +93,14 @@ def differences(config: dict, defaults: dict[str, dict]) -> tuple[str, dict]:
     return base, changes(defaults[base])
 
 
+def display_name(label: str) -> str:
+    """How the tables name a baseline: MLE for the benchmark's own mle run, else its label."""
+    return "MLE" if label == "mle" else label
+
+
 def markdown(rows: list[dict], comparison: list[dict], n: int, held_out: int, entropy: float, trained_s: dict,
              name: str = "grammar_sweep", extra: dict | None = None, seed: int = 0, baseline: str = "mle") -> str:
-    base = "MLE" if baseline == "mle" else baseline  # whose curve the other points are set against
+    base = display_name(baseline)  # whose curve the other points are set against
     lines = ["| model | T | grammatical | NLL under grammar | nll-test | distinct-4 | self-bleu-4 | unique |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -175,14 +180,13 @@ def main() -> None:
         entropy = grammar_scores(valid, Grammar.default())["grammar_nll"]
         curve = frontier([(r["grammatical"], r["nll-test"], r["temperature"]) for r in rows
                           if r["model"] == args.baseline])
-        base = "MLE" if args.baseline == "mle" else args.baseline
         comparison = []
         for r in rows:
             if r["model"] != args.baseline:
                 mle = at_equal_quality(curve, r["grammatical"])
                 comparison.append({"model": r["model"], "temperature": r["temperature"], "grammatical": r["grammatical"],
                                    "nll": r["nll-test"], "mle_nll": mle and mle[0],
-                                   "mle_note": mle[1] if mle else f"more grammatical than {base} at T={curve[-1][2]:g}"})
+                                   "mle_note": mle[1] if mle else f"more grammatical than {display_name(args.baseline)} at T={curve[-1][2]:g}"})
         trained_s = {recipe: json.loads((path / "metrics.json").read_text()).get("time/total_s")
                      for recipe, path in runs.items()}  # each run's own clock, whether trained now or reused
         configs = {label: run_config(path) for label, path in runs.items()}

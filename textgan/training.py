@@ -498,10 +498,14 @@ def adam(params, *, decoupled: bool = True, **options) -> torch.optim.Optimizer:
     return (torch.optim.AdamW if decoupled else torch.optim.Adam)(params, fused=fused or None, **options)
 
 
+def teacher_forced_nll(generator, batch: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """The differentiable mean per-token NLL of ``batch`` (B, L), rows starting with BOS, end token included."""
+    return mle_loss(token_logprobs(generator, batch), sequence_mask(batch[:, 1:], eos_id))
+
+
 def mle_step(generator, optimizer, batch: torch.Tensor, eos_id: int, clip: float = 1.0) -> float:
     """One teacher-forced maximum-likelihood step on ``batch`` (B, L) starting with BOS."""
-    mask = sequence_mask(batch[:, 1:], eos_id)
-    return optimizer_step(mle_loss(token_logprobs(generator, batch), mask), optimizer, generator, clip)
+    return optimizer_step(teacher_forced_nll(generator, batch, eos_id), optimizer, generator, clip)
 
 
 def gan_optimizers(config: GANConfig, generator, discriminator) -> dict[str, torch.optim.Optimizer]:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from ..config import arg, check_bounds
-from ..data import batch_at, sequence_mask
+from ..data import batch_at
 from ..distributed import local_batch_size, seed_step, shard
-from ..losses import discriminator_loss, mle_loss
+from ..losses import discriminator_loss
 from ..models.discriminator import build_discriminator
 from ..models.generator import token_logprobs
 from ..rl import EMABaseline, baseline_values, masked_mean, mc_rollout_rewards, reinforce_loss
@@ -42,6 +42,7 @@ from ..training import (
     restore,
     schedule_gen_lr,
     seed_everything,
+    teacher_forced_nll,
 )
 
 
@@ -155,7 +156,7 @@ def adversarial_step(config, generator, discriminator, gen_opt, ema, prompt, set
     values = {"gen/reward": float(masked_mean(rewards, mask)), "gen/length": float(fake.lengths.float().mean())}
     loss = pg_loss
     if config.mle_weight > 0:
-        nll = mle_loss(token_logprobs(generator, real), sequence_mask(real[:, 1:], setup.eos_id))
+        nll = teacher_forced_nll(generator, real, setup.eos_id)
         loss = pg_loss + config.mle_weight * nll
         values["gen/mle_loss"] = float(nll.detach())
     done = optimizer_step(loss, gen_opt, generator, config.grad_clip)  # NaN where a non-finite step was skipped
