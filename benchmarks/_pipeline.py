@@ -116,7 +116,8 @@ def run_recipe(recipe: str, overrides: list[str], out: Path) -> dict:
 
 def train_all(work: Path, common: list[str], recipes: dict[str, list[str] | tuple[str, list[str]]], quick: bool,
               retrain: bool) -> dict[str, float]:
-    """Train each recipe (``mle`` first) into ``work/<recipe>``; GAN recipes start from ``work/mle/generator``.
+    """Train each recipe (``mle`` first) into ``work/<recipe>``; GAN recipes start from ``work/mle/generator``
+    unless their overrides name another ``model=``.
     A value ``(recipe, overrides)`` trains that recipe under its key's name instead (``"mle-decay": ("mle",
     [..., "lr_decay=0.3"])`` into ``work/mle-decay``).
 
@@ -129,7 +130,7 @@ def train_all(work: Path, common: list[str], recipes: dict[str, list[str] | tupl
         recipe, overrides = spec if isinstance(spec, tuple) else (label, spec)
         out = work / label
         args = [f"out_dir={out}", *common, *overrides]
-        if recipe != "mle":
+        if recipe != "mle" and not any(a.startswith("model=") for a in overrides):
             args.append(f"model={work / 'mle' / 'generator'}")
         if quick:
             args += QUICK[recipe]

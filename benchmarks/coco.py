@@ -6,6 +6,9 @@
     python benchmarks/coco.py --mle mle-decay=lr_decay=0.3 --baseline mle-decay --name coco_tuned_mle
                                          # one more MLE run (the benchmark's MLE settings, changed), and
                                          # every curve set against its curve
+    python benchmarks/coco.py --mle mle-decay=lr_decay=0.3 --start mle-decay --baseline mle-decay \
+        --name coco_from_tuned_mle       # also SeqGAN and ScratchGAN fine-tuned from that run
+                                         # (seqgan-from-mle-decay, scratchgan-from-mle-decay)
 
 1. MLE trains on train.txt (validation: test.txt).
 2. SeqGAN and ScratchGAN start from the MLE generator (model=...: MLE pretraining, then
@@ -84,7 +87,7 @@ def against_mle(rows: list[dict], model: str, quality: str = "bleu-5", diversity
 def plot(rows: list[dict], real_row: dict, n: int, name: str = "coco") -> None:
     baselines = {"real text (train)": (real_row["bleu-5"], real_row["self-bleu-4"])}
     plot_sweep(rows, "bleu-5", "self-bleu-4", RESULTS / f"{name}.png", baselines=baselines,
-               title=f"Image COCO, {n} samples per point (right: better quality; down: more diverse)")
+               title=f"Image COCO, {n} samples per point\n(right: better quality; down: more diverse)")
 
 
 def main() -> None:
@@ -101,6 +104,9 @@ def main() -> None:
                              "WORK/LABEL and swept beside the others (e.g. mle-decay=lr_decay=0.3)")
     parser.add_argument("--baseline", default="mle", metavar="LABEL",
                         help="the MLE run whose curve every other model is set against (default mle)")
+    parser.add_argument("--start", default="mle", metavar="LABEL",
+                        help="an --mle label: SeqGAN and ScratchGAN also fine-tune from that run, as "
+                             "seqgan-from-LABEL and scratchgan-from-LABEL, beside the ones from mle")
     parser.add_argument("--name", default=None, help="results name (default coco, coco_seedN)")
     args = parser.parse_args()
     name, args.work = seeded("coco", args.seed, args.work)
@@ -113,6 +119,8 @@ def main() -> None:
         extra[label] = ("mle", [*RECIPES["mle"], *changes.split(",")])
     if args.baseline not in {"mle", *extra}:
         sys.exit(f"error: --baseline {args.baseline}: give mle or an --mle label")
+    if args.start not in {"mle", *extra}:
+        sys.exit(f"error: --start {args.start}: give mle or an --mle label")
     if args.plot_only:
         saved = json.loads((RESULTS / f"{name}.json").read_text())["results"]
         plot(saved["rows"], saved["real"], saved["rows"][0]["samples"], name)
@@ -122,6 +130,11 @@ def main() -> None:
     if args.quick:
         args.work = args.work.with_name(args.work.name + "_quick")
     args.work.mkdir(parents=True, exist_ok=True)
+    gans = ["seqgan", "scratchgan"]
+    if args.start != "mle":  # trained after the --mle runs, so after the one they start from
+        for gan in list(gans):
+            gans.append(f"{gan}-from-{args.start}")
+            extra[gans[-1]] = (gan, [*RECIPES[gan], f"model={args.work / args.start / 'generator'}"])
     started = time.time()
     data = [f"data={args.data / 'train.txt'}", f"valid_file={args.data / 'test.txt'}"]
     train_s = train_all(args.work, [*data, *MODEL, f"seed={args.seed}"], {**RECIPES, **extra}, args.quick, args.retrain)
@@ -147,7 +160,7 @@ def main() -> None:
                "self-bleu-5", "nll-test", "fed", "distinct-4", "unique", "copied"]
     columns = [c for c in columns if any(c in r for r in rows)]
     comparisons = {m: against_mle(rows, m, baseline=args.baseline) for m in models if m != args.baseline}
-    best = [r for r in rows if r["model"] in ("seqgan", "scratchgan") and r["bleu-5"] >= 0.230 and r["self-bleu-5"] <= 0.50]
+    best = [r for r in rows if r["model"] in gans and r["bleu-5"] >= 0.230 and r["self-bleu-5"] <= 0.50]
     published = ["| published (Texygen) | BLEU-2 | BLEU-3 | BLEU-4 | BLEU-5 | Self-BLEU-2 | Self-BLEU-3 | Self-BLEU-4 | Self-BLEU-5 |",
                  "|---|---|---|---|---|---|---|---|---|"]
     for label, p in PUBLISHED.items():

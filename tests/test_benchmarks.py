@@ -121,6 +121,23 @@ def test_a_run_trained_with_other_settings_is_not_reused(tmp_path, monkeypatch):
     assert set(pipeline.changed_settings(out, "scratchgan", [f"data={tmp_path / 'other.txt'}"])) == {"data"}
 
 
+def test_gan_runs_start_from_the_mle_run_unless_they_name_another(tmp_path, monkeypatch):
+    """train_all trains MLE first and points each GAN run at work/mle/generator; a run whose overrides name
+    its own model= (coco.py --start) starts from that one alone."""
+    pipeline = _benchmark_module("_pipeline")
+    commands = []
+    monkeypatch.setattr(pipeline.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    other = tmp_path / "mle-decay" / "generator"
+    recipes = {"mle": ["steps=1"], "seqgan": ["steps=2"], "mle-decay": ("mle", ["lr_decay=0.3"]),
+               "seqgan-from-mle-decay": ("seqgan", ["steps=2", f"model={other}"])}
+    seconds = pipeline.train_all(tmp_path, ["seed=0"], recipes, quick=False, retrain=False)
+    assert list(seconds) == list(recipes)
+    models = [[a for a in command if a.startswith("model=")] for command in commands]
+    assert models == [[], [f"model={tmp_path / 'mle' / 'generator'}"], [], [f"model={other}"]]
+    assert [c[2] for c in commands] == ["textgan.recipes.mle", "textgan.recipes.seqgan", "textgan.recipes.mle",
+                                       "textgan.recipes.seqgan"]
+
+
 def test_tempered_nll_renormalises_each_position():
     """The oracle scaling table places a model at temperature T by the NLL of held-out tokens under
     p**(1/T), renormalised: here p = (0.8, 0.2), T = 0.5 gives (16/17, 1/17)."""
