@@ -131,13 +131,15 @@ def main() -> None:
         args.work = args.work.with_name(args.work.name + "_quick")
     args.work.mkdir(parents=True, exist_ok=True)
     gans = ["seqgan", "scratchgan"]
-    if args.start != "mle":  # trained after the --mle runs, so after the one they start from
-        for gan in list(gans):
-            gans.append(f"{gan}-from-{args.start}")
-            extra[gans[-1]] = (gan, [*RECIPES[gan], f"model={args.work / args.start / 'generator'}"])
+    if args.start != "mle":  # after the --mle runs in `extra`, so trained after the one they start from
+        from_start = {f"{gan}-from-{args.start}": (gan, [*RECIPES[gan], f"model={args.work / args.start / 'generator'}"])
+                      for gan in gans}
+        extra |= from_start
+        gans += from_start
+    runs = {**RECIPES, **extra}
     started = time.time()
     data = [f"data={args.data / 'train.txt'}", f"valid_file={args.data / 'test.txt'}"]
-    train_s = train_all(args.work, [*data, *MODEL, f"seed={args.seed}"], {**RECIPES, **extra}, args.quick, args.retrain)
+    train_s = train_all(args.work, [*data, *MODEL, f"seed={args.seed}"], runs, args.quick, args.retrain)
 
     references = (args.data / "test.txt").read_text(encoding="utf-8").splitlines()
     training = (args.data / "train.txt").read_text(encoding="utf-8").splitlines()
@@ -149,7 +151,7 @@ def main() -> None:
         from textgan.fed import load_encoder
 
         encoder = load_encoder()
-    models = {label: str(args.work / label / "generator") for label in {**RECIPES, **extra}}
+    models = {label: str(args.work / label / "generator") for label in runs}
     rows = sweep(models, temperatures, n, args.work / "sweep", metrics=metrics, references=references, valid=references,
                  train=training, encoder=encoder, seed=args.seed)
     real = random.Random(args.seed).sample(training, n)
