@@ -129,7 +129,8 @@ def gan_step_on_same_batch(size: dict, repeats: int, device: str) -> dict:
 def sampling(size: dict, length: int, repeats: int, device: str) -> dict:
     torch.manual_seed(0)
     model = build_generator(VOCAB, bos_id=1, eos_id=2, pad_id=0, max_positions=64, **size).eval().to(device)
-    return compare(model, BATCH, length, repeats)
+    narrow = build_generator(VOCAB, bos_id=1, eos_id=2, pad_id=0, max_positions=64, **{**size, "d_model": 16})
+    return compare(model, narrow.eval().to(device), BATCH, length, repeats)
 
 
 def main() -> None:

@@ -40,6 +40,8 @@ def _results_digest() -> dict[str, str]:
     ("ended_rows.py", None, "| beam 32 (16 sources) |"),
     ("grammar_sweep.py", None, "| seqgan, T=1.2 |"),
     ("sampler_speed.py", None, "| 5 | 64 |"),
+    ("rollout_speed.py", None, "| re-encoding the prefix for every token |"),
+    ("speed.py", None, "| 4x (d256, 2 layers) |"),
 ])
 def test_quick_mode_runs_and_leaves_the_recorded_results_alone(script, data, expected, tmp_path):
     if data:
