@@ -83,6 +83,40 @@ def test_graphed_decoding_matches_eager_decoding():
     assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=1e-5)
 
 
+def test_rollouts_of_every_prefix_length_in_one_graphed_batch_match_the_loop():
+    """SeqGAN's rollouts on a GPU: every prefix length in one batch, each row at its own position, through
+    a CUDA graph. Greedy (top_k=1), so no draw differs: the rewards of the loop over lengths, run eagerly."""
+    from textgan.rl import mc_rollout_rewards
+    from textgan.sampling import PrefixCompleter
+
+    torch.manual_seed(0)
+    model = build_generator(60, bos_id=1, eos_id=2, pad_id=0, d_model=48, n_layers=2, n_heads=4, max_positions=32)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))  # greedy does not echo
+    model = model.eval().cuda()
+    prompt = torch.ones(8, 1, dtype=torch.long, device="cuda")
+    fake = sample(model, prompt, 14, eos_id=7, pad_id=0)
+    ids = torch.cat([prompt, fake.tokens], 1)
+    base = LlamaDecoder(model, 8, ids.shape[1])
+    with torch.no_grad():
+        base.prefill(ids)
+        rows, starts = torch.tensor([0, 3, 3, 5], device="cuda"), torch.tensor([1, 2, 9, 6], device="cuda")
+        eager, graphed = base.fork(rows, base.position), base.fork(rows, base.position)
+        step = graphed.graphed_step_static()
+        assert step != graphed.step_static
+        for s in range(4):
+            token = ids[rows, (starts + s).clamp(max=ids.shape[1] - 1)]
+            assert_close(step(token, starts + s), eager.step_static(token, starts + s), atol=1e-5, rtol=1e-5)
+
+    def score(sentences):
+        return (sentences * torch.arange(1, sentences.shape[1] + 1, device="cuda")).sum(1).float().sin()
+
+    batched = PrefixCompleter(model, prompt, fake.tokens, eos_id=7, pad_id=0, top_k=1)
+    assert batched.prefix_batch_rows > 0  # the default on a GPU
+    loop = PrefixCompleter(model, prompt, fake.tokens, eos_id=7, pad_id=0, top_k=1, prefix_batch_rows=0)
+    assert_close(mc_rollout_rewards(fake.tokens, fake.mask, batched, score, 4),
+                 mc_rollout_rewards(fake.tokens, fake.mask, loop, score, 4))
+
+
 def test_gpu_run_resumed_equals_uninterrupted(tmp_path):
     """Sampling draws from the GPU's generator, whose state the checkpoint keeps: a run stopped
     after a checkpoint and resumed on the GPU ends where an unbroken one does."""

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from conftest import assert_drawn_from
@@ -118,6 +120,32 @@ def test_static_step_equals_step(tiny_generator, word_tokenizer, padded):
     assert static.graphed_step() == static.step  # no graph off CUDA
 
 
+def test_static_step_with_a_position_per_row_equals_each_rows_own_step(tiny_generator, word_tokenizer):
+    """Rows forked whole from one cache, each stepping from its own position: the logits of a
+    decoder forked at that position alone, step after step (rows that write past their prefix
+    overwrite the keys the base held there, and mask the rest)."""
+    from textgan.models.fast_decode import LlamaDecoder
+
+    ids = torch.cat([_prompt(word_tokenizer, 3), torch.randint(5, len(word_tokenizer), (3, 11))], 1)
+    base = LlamaDecoder(tiny_generator, 3, ids.shape[1])
+    new = torch.randint(5, len(word_tokenizer), (4, 3))  # tokens fed after each row's prefix
+    rows, starts = torch.tensor([0, 2, 2, 1]), torch.tensor([1, 3, 7, 5])
+    with torch.no_grad():
+        base.prefill(ids)
+        together = base.fork(rows, base.position)
+        position = starts.clone()
+        got = [together.step_static(ids[rows, starts], position)]
+        for s in range(3):
+            position = position + 1
+            got.append(together.step_static(new[:, s], position))
+        for i in range(4):
+            alone = base.fork(rows[i : i + 1], int(starts[i]))
+            expected = [alone.step(ids[rows[i : i + 1], starts[i]])] + [alone.step(new[i : i + 1, s]) for s in range(3)]
+            for s in range(4):
+                assert_close(got[s][i : i + 1], expected[s], atol=1e-5, rtol=1e-5)
+    assert together.graphed_step_static() == together.step_static  # no graph off CUDA
+
+
 def test_fast_decoder_declines_other_architectures():
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -177,6 +205,46 @@ def test_prefix_completer_samples_what_sample_would(tiny_generator, word_tokeniz
                         eos_id=eos, pad_id=pad)
         assert torch.equal(ours, torch.cat([prefixes, theirs.tokens], 1))
         assert ours.shape[1] <= fake.tokens.shape[1] and torch.equal(ours[:, :t], prefixes)
+
+
+def test_every_prefix_in_one_batch_completes_as_the_loop_over_lengths(tiny_generator, word_tokenizer):
+    """Greedy (top_k=1), so that no draw differs: prefixes of every length completed together give
+    the sentences that completing each length alone gives, padded after the end token, and the
+    same SeqGAN rewards, in one call or in chunks of a few rows."""
+    from textgan.rl import mc_rollout_rewards
+    from textgan.sampling import PrefixCompleter
+
+    _, _, pad = special_ids(word_tokenizer)
+    torch.manual_seed(0)
+    model = copy.deepcopy(tiny_generator)  # an output layer of its own: greedy decoding does not just echo a token
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
+    prompt = torch.cat([_prompt(word_tokenizer, 6), torch.randint(5, len(word_tokenizer), (6, 2))], 1)
+    # an untrained model seldom draws its end token: take as the end one that greedy decoding draws
+    greedy = sample(model, prompt, 12, eos_id=-1, pad_id=pad, top_k=1).tokens[:, 3:].flatten()
+    eos = int(greedy[(greedy >= 5) & ~torch.isin(greedy, prompt)][0])  # not special, not in a prompt
+    fake = sample(model, prompt, 12, eos_id=eos, pad_id=pad, top_k=1)
+    assert fake.lengths.min() < fake.tokens.shape[1]
+    loop = PrefixCompleter(model, prompt, fake.tokens, eos_id=eos, pad_id=pad, top_k=1)
+    assert loop.prefix_batch_rows == 0  # on a CPU the loop is the default
+    rows = (fake.lengths > 1).nonzero().squeeze(1).repeat(3)  # prefixes of 1, half and all but one token
+    lengths = torch.cat([torch.ones_like(fake.lengths), fake.lengths // 2, fake.lengths - 1])[fake.lengths.repeat(3) > 1]
+    together = loop.every_prefix(rows, lengths)
+    assert together.shape == (len(rows), fake.tokens.shape[1]) and len(rows) >= 9
+    for i in range(len(rows)):
+        alone = loop(fake.tokens[rows[i : i + 1], : lengths[i]], rows[i : i + 1])[0]
+        assert torch.equal(together[i, : len(alone)], alone) and bool((together[i, len(alone) :] == pad).all())
+        ended = (together[i] == eos).nonzero()
+        if len(ended):
+            assert bool((together[i, int(ended[0]) + 1 :] == pad).all())
+
+    def score(sentences):  # depends on every token of the sentence
+        return (sentences * torch.arange(1, sentences.shape[1] + 1)).sum(1).float().sin()
+
+    expected = mc_rollout_rewards(fake.tokens, fake.mask, loop, score, 3)
+    for batch_rows in (16384, 7):
+        batched = PrefixCompleter(model, prompt, fake.tokens, eos_id=eos, pad_id=pad, top_k=1,
+                                  prefix_batch_rows=batch_rows)
+        assert_close(mc_rollout_rewards(fake.tokens, fake.mask, batched, score, 3), expected)
 
 
 def test_rows_to_keep_drops_ended_rows_in_multiples():

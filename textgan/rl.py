@@ -195,7 +195,9 @@ def mc_rollout_rewards(
         tokens: (B, T) sampled sentences (no BOS); mask: (B, T).
         complete: (prefixes (N, t), rows (N,)) -> full sentences (N, T') sampled from the generator,
             where ``prefixes[i] == tokens[rows[i], :t]`` (e.g. :class:`textgan.sampling.PrefixCompleter`,
-            which uses ``rows`` to continue from the sampled batch's KV cache).
+            which uses ``rows`` to continue from the sampled batch's KV cache). A completer with a
+            nonzero ``prefix_batch_rows`` attribute is called as ``complete.every_prefix(rows, lengths)``
+            instead, on prefixes of every length together, up to that many rows a call.
         score: sentences (N, T') -> (N,) reward of each whole sentence (e.g. D's probability).
         num_rollouts: K.
     Returns:
@@ -205,13 +207,22 @@ def mc_rollout_rewards(
     B, T = tokens.shape
     rewards = torch.zeros(B, T, device=tokens.device)
     lengths = mask.sum(1)
-    for t in range(T):
-        running = (lengths > t + 1).nonzero().squeeze(1)  # rows with tokens after position t
-        if len(running) == 0:
-            continue
-        rows = running.repeat_interleave(num_rollouts)  # (N·K,)
-        scores = score(complete(tokens[rows, : t + 1], rows)).view(len(running), num_rollouts).mean(1)
-        rewards[running, t] = scores
+    batch_rows = getattr(complete, "prefix_batch_rows", 0)
+    if batch_rows:  # every prefix length at once (PrefixCompleter.every_prefix), up to batch_rows rows a call
+        row, t = (lengths[:, None] > torch.arange(T, device=tokens.device)[None] + 1).nonzero(as_tuple=True)
+        step = max(1, batch_rows // num_rollouts)  # (row, t) pairs per call
+        for start in range(0, len(row), step):
+            r, p = row[start : start + step], t[start : start + step]
+            sentences = complete.every_prefix(r.repeat_interleave(num_rollouts), (p + 1).repeat_interleave(num_rollouts))
+            rewards[r, p] = score(sentences).view(len(r), num_rollouts).mean(1)
+    else:
+        for t in range(T):
+            running = (lengths > t + 1).nonzero().squeeze(1)  # rows with tokens after position t
+            if len(running) == 0:
+                continue
+            rows = running.repeat_interleave(num_rollouts)  # (N·K,)
+            scores = score(complete(tokens[rows, : t + 1], rows)).view(len(running), num_rollouts).mean(1)
+            rewards[running, t] = scores
     final = score(tokens)  # (B,)
     last = (lengths - 1).clamp_min(0)
     rewards[torch.arange(B, device=tokens.device), last] = final

@@ -184,6 +184,12 @@ def _draw_tokens(logits, next_logits, finished, max_new_tokens, eos_id, pad_id, 
     return tokens, logprobs
 
 
+# On a GPU, SeqGAN's rollouts of every prefix length run in batches of as many rows as this many bytes of
+# forked KV cache hold (the whole default batch of 64 x 16 rollouts x 20 prefixes in one; fewer rows for
+# deeper, wider or longer generators).
+PREFIX_BATCH_BYTES = 2 * 2**30
+
+
 class PrefixCompleter:
     """Completions of prefixes of sampled sentences that start from the sentences' own KV cache.
 
@@ -197,13 +203,22 @@ class PrefixCompleter:
     Call with ``(prefixes, rows)``: prefixes (N, t) are ``tokens[rows, :t]``; returns (N, t + T')
     sentences, the prefix followed by its completion (T' <= T - t new tokens, padded after the
     end token). This is the ``complete`` argument of :func:`textgan.rl.mc_rollout_rewards`.
+
+    On a GPU, prefixes of every length are completed in one batch instead (:meth:`every_prefix`,
+    up to ``prefix_batch_rows`` rows at a time): each row decodes from its own position, so one
+    CUDA graph replays T - 1 steps for all of them, where the loop over prefix lengths launches
+    about T² / 2 steps that are too small to keep a GPU busy. On a CPU, whose time is arithmetic,
+    the loop is faster (the batch decodes every row for T - 1 steps, the loop each only as far as
+    it needs), so ``prefix_batch_rows`` defaults to 0 (off) there, and on CUDA to as many rows as
+    :data:`PREFIX_BATCH_BYTES` of forked KV cache hold.
     """
 
     def __init__(self, model, prompt: torch.Tensor, tokens: torch.Tensor, *, eos_id: int, pad_id: int,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, fast: bool = True):
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, fast: bool = True,
+                 prefix_batch_rows: int | None = None):
         from .models.fast_decode import LlamaDecoder, supports
 
-        self.model, self.prompt, self.length = model, prompt, tokens.shape[1]
+        self.model, self.prompt, self.tokens, self.length = model, prompt, tokens, tokens.shape[1]
         self.options = {"eos_id": eos_id, "pad_id": pad_id, "temperature": temperature, "top_k": top_k, "top_p": top_p}
         self.base = None
         if fast and supports(model):
@@ -211,6 +226,10 @@ class PrefixCompleter:
                 ids = torch.cat([prompt, tokens], 1)
                 self.base = LlamaDecoder(model, ids.shape[0], ids.shape[1])
                 self.base.prefill(ids)
+        if prefix_batch_rows is None and self.base is not None and prompt.device.type == "cuda":
+            prefix_batch_rows = self.rows_in_prefix_batch_bytes()
+        # read by mc_rollout_rewards: the most rows to complete in one every_prefix call; 0: one call per length
+        self.prefix_batch_rows = (prefix_batch_rows or 0) if self.base is not None else 0
 
     @torch.no_grad()
     def __call__(self, prefixes: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -226,6 +245,48 @@ class PrefixCompleter:
             tokens, _ = _draw_tokens(logits, decoder.step, finished, new, o["eos_id"], o["pad_id"], o["temperature"],
                                      o["top_k"], o["top_p"], decoder.reorder)
         return torch.cat([prefixes, tokens], 1)
+
+    def rows_in_prefix_batch_bytes(self) -> int:
+        """How many rows of forked KV cache (keys and values of every layer) fit in
+        :data:`PREFIX_BATCH_BYTES`: ``prefix_batch_rows``' default on CUDA."""
+        keys = self.base.keys
+        return max(1, PREFIX_BATCH_BYTES // (2 * keys[:, :1].numel() * keys.element_size()))
+
+    @torch.no_grad()
+    def every_prefix(self, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Completions of ``tokens[rows[i], :lengths[i]]`` (1 <= lengths < T) for prefixes of any
+        lengths in one batch: (N, T) sentences, each its prefix followed by its completion, padded
+        after the end token. The same distribution as calling the completer on each length alone.
+
+        Every row forks its sentence's cache whole and decodes T - 1 steps from its own position
+        (:meth:`LlamaDecoder.step_static` with a position per row); a row whose completion is full
+        runs on at the cache's last position, and what it draws there is dropped.
+        """
+        if self.base is None:
+            raise ValueError("every_prefix continues from the fast decoder's cache, which this model has none of")
+        o, T, N = self.options, self.length, rows.shape[0]
+        sentences = self.tokens[rows]
+        if T < 2:
+            return sentences
+        last = self.base.max_length - 1
+        with torch.autocast(rows.device.type, enabled=False):
+            decoder = self.base.fork(rows, self.base.position)
+            step = decoder.graphed_step_static()
+            position = self.prompt.shape[1] + lengths - 1  # where each prefix's last token sits
+            token = sentences.gather(1, (lengths - 1)[:, None]).squeeze(1)
+            finished = torch.zeros(N, dtype=torch.bool, device=rows.device)
+            drawn = []
+            for _ in range(T - 1):
+                logits = step(token, position.clamp(max=last))
+                probs = F.softmax(filter_logits(logits, o["temperature"], o["top_k"], o["top_p"]), dim=-1)
+                token = draw(probs).masked_fill_(finished, o["pad_id"])
+                drawn.append(token)
+                finished |= token == o["eos_id"]
+                position = position + 1
+        drawn = torch.stack(drawn, 1)  # (N, T - 1): row i's new tokens, for columns lengths[i], lengths[i] + 1, ...
+        column = torch.arange(T, device=rows.device)[None]
+        new = drawn.gather(1, (column - lengths[:, None]).clamp(0, T - 2))
+        return torch.where(column >= lengths[:, None], new, sentences)
 
 
 def _decoder(model, prompt: torch.Tensor, max_new_tokens: int, fast: bool, prompt_mask: torch.Tensor | None = None):

@@ -226,22 +226,35 @@ class LlamaDecoder:
     def step_static(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """:meth:`step` with shapes that do not depend on the position, for a CUDA graph.
 
-        token: (B,) long, B the cache's rows; position: 0-dim long tensor on the device, where
-        ``token`` sits. Attention reads the whole cache with the keys after ``position`` masked,
-        and the cache write and the rotary angle are indexed by the tensor, so one captured graph
-        replays at every position. Does not advance :attr:`position` (the caller does).
+        token: (B,) long, B the cache's rows; position: long tensor on the device, where ``token``
+        sits: 0-dim (every row at the same position) or (B,) (each row at its own, as SeqGAN's
+        rollouts of every prefix length in one batch are). Attention reads the whole cache with
+        each row's keys after its position masked, and the cache write and the rotary angle are
+        indexed by the tensor, so one captured graph replays at every position. Does not advance
+        :attr:`position` (the caller does).
         """
         B = token.shape[0]
-        hidden = self._key_positions > position  # (T,): keys not yet written
+        if position.dim() == 0:
+            hidden = self._key_positions > position  # (T,): keys not yet written
+            slot = position.view(1)
+            rotation = torch.view_as_complex(self._step_rotation_real.index_select(0, slot))  # (1, N)
+
+            def write(cache: torch.Tensor, new: torch.Tensor) -> None:
+                cache.index_copy_(2, slot, new.unsqueeze(2))
+        else:
+            hidden = (self._key_positions[None] > position[:, None]).view(B, 1, 1, -1)  # (B, 1, 1, T)
+            rotation = torch.view_as_complex(self._step_rotation_real.index_select(0, position))  # (B, N)
+            slots = position.view(B, 1, 1, 1).expand(B, self.n_kv_heads, 1, self.head_dim)
+
+            def write(cache: torch.Tensor, new: torch.Tensor) -> None:
+                cache.scatter_(2, slots, new.unsqueeze(2))
         if self.key_valid is not None:
             hidden = hidden | ~self.key_valid[:B, None, None, :]  # (B, 1, 1, T)
-        slot = position.view(1)
-        rotation = torch.view_as_complex(self._step_rotation_real.index_select(0, slot))  # (1, N)
 
         def cache(i: int, k: torch.Tensor, v: torch.Tensor):
             keys, values = self.keys[i, :B], self.values[i, :B]  # (B, Hkv, T, D)
-            keys.index_copy_(2, slot, k.unsqueeze(2))
-            values.index_copy_(2, slot, v.unsqueeze(2))
+            write(keys, k)
+            write(values, v)
             return keys, values
 
         return self._one_position(token, rotation, cache, hidden)
@@ -281,19 +294,27 @@ class LlamaDecoder:
             return self.step
         return _GraphedStep(self)
 
+    def graphed_step_static(self):
+        """A drop-in for :meth:`step_static` with a (B,) position per row (B the cache's rows) that
+        replays a CUDA graph; :meth:`step_static` itself off CUDA or when :data:`CUDA_GRAPHS` is False."""
+        if not CUDA_GRAPHS or self.keys.device.type != "cuda":
+            return self.step_static
+        return _GraphedStep(self, per_row=True).replay
+
 
 # Sampling on a GPU replays each decoding step from a CUDA graph; set False to launch kernels one by one.
 CUDA_GRAPHS = True
 
 
 class _GraphedStep:
-    """``decoder.step`` through a CUDA graph, captured at the first call (one per sampling call)."""
+    """``decoder.step`` through a CUDA graph of ``decoder.step_static``, captured at the first call
+    (one per sampling call); with ``per_row``, :meth:`replay` is ``step_static`` with a position per row."""
 
-    def __init__(self, decoder: LlamaDecoder):
+    def __init__(self, decoder: LlamaDecoder, per_row: bool = False):
         self.decoder = decoder
         rows, device = decoder.keys.shape[1], decoder.keys.device
         self.token = torch.zeros(rows, dtype=torch.long, device=device)
-        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.position = torch.zeros(rows if per_row else (), dtype=torch.long, device=device)
         self.graph = None
         self.logits = None
 
@@ -302,12 +323,19 @@ class _GraphedStep:
         if token.shape[0] != self.token.shape[0]:  # not the rows the graph was made for: run eagerly
             return decoder.step(token)
         decoder._room(decoder.position + 1)
-        self.token.copy_(token)
         self.position.fill_(decoder.position)
+        logits = self.replay(token)
+        decoder.position += 1
+        return logits
+
+    def replay(self, token: torch.Tensor, position: torch.Tensor | None = None) -> torch.Tensor:
+        """The graph's step on ``token`` at ``position`` (None: the position already set)."""
+        self.token.copy_(token)
+        if position is not None:
+            self.position.copy_(position)
         if self.graph is None:
             self._capture()
         self.graph.replay()
-        decoder.position += 1
         return self.logits.clone()  # the graph's output buffer is overwritten by the next replay
 
     def _capture(self) -> None:
