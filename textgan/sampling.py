@@ -185,8 +185,8 @@ def _draw_tokens(logits, next_logits, finished, max_new_tokens, eos_id, pad_id, 
 
 
 # On a GPU, SeqGAN's rollouts of every prefix length run in batches of as many rows as this many bytes of
-# forked KV cache hold (the whole default batch of 64 x 16 rollouts x 20 prefixes in one; fewer rows for
-# deeper, wider or longer generators).
+# forked KV cache and per-step vocabulary vectors hold (the whole default batch of 64 x 16 rollouts x 20
+# prefixes in one; fewer rows for deeper, wider or longer generators and larger vocabularies).
 PREFIX_BATCH_BYTES = 2 * 2**30
 
 
@@ -247,10 +247,12 @@ class PrefixCompleter:
         return torch.cat([prefixes, tokens], 1)
 
     def rows_in_prefix_batch_bytes(self) -> int:
-        """How many rows of forked KV cache (keys and values of every layer) fit in
-        :data:`PREFIX_BATCH_BYTES`: ``prefix_batch_rows``' default on CUDA."""
+        """How many rows fit in :data:`PREFIX_BATCH_BYTES`, each its forked KV cache (keys and values
+        of every layer) and four fp32 vectors over the vocabulary (a step's logits, filtered logits,
+        probabilities and their running sum): ``prefix_batch_rows``' default on CUDA."""
         keys = self.base.keys
-        return max(1, PREFIX_BATCH_BYTES // (2 * keys[:, :1].numel() * keys.element_size()))
+        row = 2 * keys[:, :1].numel() * keys.element_size() + 4 * self.base.head.shape[0] * 4
+        return max(1, PREFIX_BATCH_BYTES // row)
 
     @torch.no_grad()
     def every_prefix(self, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
