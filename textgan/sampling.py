@@ -210,7 +210,7 @@ class PrefixCompleter:
     about T² / 2 steps that are too small to keep a GPU busy. On a CPU, whose time is arithmetic,
     the loop is faster (the batch decodes every row for T - 1 steps, the loop each only as far as
     it needs), so ``prefix_batch_rows`` defaults to 0 (off) there, and on CUDA to as many rows as
-    :data:`PREFIX_BATCH_BYTES` of forked KV cache hold.
+    fit in :data:`PREFIX_BATCH_BYTES` (:meth:`rows_in_prefix_batch_bytes`).
     """
 
     def __init__(self, model, prompt: torch.Tensor, tokens: torch.Tensor, *, eos_id: int, pad_id: int,
@@ -260,9 +260,10 @@ class PrefixCompleter:
         lengths in one batch: (N, T) sentences, each its prefix followed by its completion, padded
         after the end token. The same distribution as calling the completer on each length alone.
 
-        Every row forks its sentence's cache whole and decodes T - 1 steps from its own position
-        (:meth:`LlamaDecoder.step_static` with a position per row); a row whose completion is full
-        runs on at the cache's last position, and what it draws there is dropped.
+        Every row forks its sentence's cache whole and decodes up to T - 1 steps from its own
+        position (:meth:`LlamaDecoder.step_static` with a position per row) in the sampler's token
+        loop; a row whose completion is full runs on at the cache's last position, and what it
+        draws there is dropped.
         """
         if self.base is None:
             raise ValueError("every_prefix continues from the fast decoder's cache, which this model has none of")
@@ -275,17 +276,18 @@ class PrefixCompleter:
             decoder = self.base.fork(rows, self.base.position)
             step = decoder.graphed_step_static()
             position = self.prompt.shape[1] + lengths - 1  # where each prefix's last token sits
-            token = sentences.gather(1, (lengths - 1)[:, None]).squeeze(1)
-            finished = torch.zeros(N, dtype=torch.bool, device=rows.device)
-            drawn = []
-            for _ in range(T - 1):
-                logits = step(token, position.clamp(max=last))
-                probs = F.softmax(filter_logits(logits, o["temperature"], o["top_k"], o["top_p"]), dim=-1)
-                token = draw(probs).masked_fill_(finished, o["pad_id"])
-                drawn.append(token)
-                finished |= token == o["eos_id"]
+
+            def next_logits(token: torch.Tensor) -> torch.Tensor:  # each row one position on
+                nonlocal position
                 position = position + 1
-        drawn = torch.stack(drawn, 1)  # (N, T - 1): row i's new tokens, for columns lengths[i], lengths[i] + 1, ...
+                return step(token, position.clamp(max=last))
+
+            logits = step(sentences.gather(1, (lengths - 1)[:, None]).squeeze(1), position)
+            finished = torch.zeros(N, dtype=torch.bool, device=rows.device)
+            drawn, _ = _draw_tokens(logits, next_logits, finished, T - 1, o["eos_id"], o["pad_id"], o["temperature"],
+                                    o["top_k"], o["top_p"])
+        # (N, T - 1): row i's new tokens, for columns lengths[i], lengths[i] + 1, ...; padding after all rows ended
+        drawn = F.pad(drawn, (0, T - 1 - drawn.shape[1]), value=o["pad_id"])
         column = torch.arange(T, device=rows.device)[None]
         new = drawn.gather(1, (column - lengths[:, None]).clamp(0, T - 2))
         return torch.where(column >= lengths[:, None], new, sentences)
