@@ -234,27 +234,17 @@ class LlamaDecoder:
         :attr:`position` (the caller does).
         """
         B = token.shape[0]
-        if position.dim() == 0:
-            hidden = self._key_positions > position  # (T,): keys not yet written
-            slot = position.view(1)
-            rotation = torch.view_as_complex(self._step_rotation_real.index_select(0, slot))  # (1, N)
-
-            def write(cache: torch.Tensor, new: torch.Tensor) -> None:
-                cache.index_copy_(2, slot, new.unsqueeze(2))
-        else:
-            hidden = (self._key_positions[None] > position[:, None]).view(B, 1, 1, -1)  # (B, 1, 1, T)
-            rotation = torch.view_as_complex(self._step_rotation_real.index_select(0, position))  # (B, N)
-            slots = position.view(B, 1, 1, 1).expand(B, self.n_kv_heads, 1, self.head_dim)
-
-            def write(cache: torch.Tensor, new: torch.Tensor) -> None:
-                cache.scatter_(2, slots, new.unsqueeze(2))
+        index = position.view(-1)  # (P,), P = 1 or B: a 0-dim position serves every row
+        hidden = (self._key_positions[None] > index[:, None]).view(-1, 1, 1, self.max_length)  # keys not yet written
         if self.key_valid is not None:
             hidden = hidden | ~self.key_valid[:B, None, None, :]  # (B, 1, 1, T)
+        rotation = torch.view_as_complex(self._step_rotation_real.index_select(0, index))  # (P, N)
+        slots = index.view(-1, 1, 1, 1).expand(B, self.n_kv_heads, 1, self.head_dim)
 
         def cache(i: int, k: torch.Tensor, v: torch.Tensor):
             keys, values = self.keys[i, :B], self.values[i, :B]  # (B, Hkv, T, D)
-            write(keys, k)
-            write(values, v)
+            keys.scatter_(2, slots, k.unsqueeze(2))
+            values.scatter_(2, slots, v.unsqueeze(2))
             return keys, values
 
         return self._one_position(token, rotation, cache, hidden)
