@@ -16,7 +16,8 @@ The recipe's ScratchGAN step takes 3 D updates (its default) and its MLE step se
 which are narrower than sampled ones; so the ScratchGAN step is also timed as the issue defines it:
 sample, score, one G update and one D update (``scratchgan.adversarial_step`` with disc_steps=1),
 against ``mle_step`` on a batch of the same shape as the sampled one.
-Writes benchmarks/results/speed.{json,md}.
+Writes benchmarks/results/speed.{json,md}. ``benchmarks/throughput.py`` times the same step functions at
+larger batches, the ones a GPU needs before arithmetic rather than kernel launches sets a step's cost.
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ def mean_batch_width(steps: int) -> float:
     return sum(batch_at(ids, BATCH, step, 0, eos).shape[1] - 1 for step in range(steps)) / steps
 
 
-def gan_step_on_same_batch(size: dict, repeats: int, device: str) -> dict:
+def gan_step_on_same_batch(size: dict, repeats: int, device: str, batch: int = BATCH) -> dict:
     """One ScratchGAN step (sample, score, G update, one D update) and one MLE step on a batch of the
-    sampled batch's shape, timed directly with the recipe's own step functions: ms each and the ratio."""
+    sampled batch's shape, timed directly with the recipe's own step functions: seconds each and the ratio."""
     import time
     from types import SimpleNamespace
 
@@ -94,16 +95,16 @@ def gan_step_on_same_batch(size: dict, repeats: int, device: str) -> dict:
     from textgan.training import gan_optimizers, mle_step
 
     torch.manual_seed(0)
-    config = scratchgan.ScratchGANConfig(disc_steps=1, batch_size=BATCH, **size)
+    config = scratchgan.ScratchGANConfig(disc_steps=1, batch_size=batch, **size)
     generator = build_generator(VOCAB, bos_id=1, eos_id=2, pad_id=0, max_positions=64, **size)
     discriminator = scratchgan.recipe_discriminator(config, VOCAB, 0)
     generator, discriminator = generator.to(device), discriminator.to(device)
     optimizers = gan_optimizers(config, generator, discriminator)
     ema = EMABaseline(config.max_length + 1, config.baseline_decay)
     setup = SimpleNamespace(eos_id=2, pad_id=0)
-    prompt = torch.ones(BATCH, 1, dtype=torch.long, device=device)
-    real = torch.cat([prompt, torch.randint(3, VOCAB, (BATCH, config.max_length), device=device),
-                      torch.full((BATCH, 1), 2, device=device)], 1)
+    prompt = torch.ones(batch, 1, dtype=torch.long, device=device)
+    real = torch.cat([prompt, torch.randint(3, VOCAB, (batch, config.max_length), device=device),
+                      torch.full((batch, 1), 2, device=device)], 1)
     widths = []
 
     def gan():
@@ -121,7 +122,7 @@ def gan_step_on_same_batch(size: dict, repeats: int, device: str) -> dict:
     gan_s = timed(gan)
     for _ in range(repeats):  # the shapes the GAN step trained on
         widths.append(sample(generator, prompt, config.max_length + 1, eos_id=2, pad_id=0).tokens.shape[1])
-    same = torch.cat([prompt, torch.randint(3, VOCAB, (BATCH, round(sum(widths) / len(widths))), device=device)], 1)
+    same = torch.cat([prompt, torch.randint(3, VOCAB, (batch, round(sum(widths) / len(widths))), device=device)], 1)
     mle_s = timed(lambda: mle_step(generator, optimizers["mle"], same, eos_id=2))
     return {"gan_step_s": gan_s, "mle_same_batch_s": mle_s, "ratio": gan_s / mle_s, "sampled_width": same.shape[1] - 1}
 

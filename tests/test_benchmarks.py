@@ -42,6 +42,7 @@ def _results_digest() -> dict[str, str]:
     ("sampler_speed.py", None, "| 5 | 64 |"),
     ("rollout_speed.py", None, "| re-encoding the prefix for every token |"),
     ("speed.py", None, "| 4x (d256, 2 layers) |"),
+    ("throughput.py", None, "| 4x (d256, 2 layers) | 32 |"),
 ])
 def test_quick_mode_runs_and_leaves_the_recorded_results_alone(script, data, expected, tmp_path):
     if data:
