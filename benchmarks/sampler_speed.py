@@ -75,20 +75,20 @@ def compare(model, narrow, batch: int, length: int, repeats: int) -> dict:
 
     decoder = LlamaDecoder(model, batch, length + 1)
     H, Hkv, D = decoder.n_heads, decoder.n_kv_heads, decoder.head_dim
-    keys = torch.randn(batch, Hkv, length + 1, D, device=device)
-    x, q = torch.randn(batch, model.config.hidden_size, device=device), torch.randn(batch, Hkv, H // Hkv, D, device=device)
+    keys = torch.randn(batch * Hkv, length + 1, D, device=device)
+    x, q = torch.randn(batch, model.config.hidden_size, device=device), torch.randn(batch * Hkv, H // Hkv, D, device=device)
     hidden = torch.randn(batch, model.config.intermediate_size, device=device)
 
     def matmuls_only():
-        """Every matrix product of ``length`` decoding steps, at the shapes the decoder uses."""
+        """Every matrix product of ``length`` decoding steps, at the shapes and layouts the decoder uses."""
         for t in range(length):
             for w_qkv, w_out, w_mlp, w_down in decoder.weights:
-                torch.nn.functional.linear(x, w_qkv)
-                scores = torch.matmul(q, keys[:, :, : t + 1].transpose(-1, -2))
-                torch.addmm(x, torch.matmul(scores, keys[:, :, : t + 1]).view(batch, -1), w_out)
-                torch.nn.functional.linear(x, w_mlp)
+                torch.mm(x, w_qkv)
+                scores = torch.bmm(q, keys[:, : t + 1].transpose(1, 2))
+                torch.addmm(x, torch.bmm(scores, keys[:, : t + 1]).view(batch, -1), w_out)
+                torch.mm(x, w_mlp)
                 torch.addmm(x, hidden, w_down)
-            torch.nn.functional.linear(x, decoder.head)
+            torch.mm(x, decoder.head.t())
 
     def matmuls_no_grad():
         with torch.no_grad():

@@ -4,8 +4,9 @@ Sampling a text GAN's rollouts is one token per step for every row of a batch. A
 textgan trains on a CPU, a step's arithmetic is tiny and the cost is Python: the Hugging Face
 forward builds masks, cache objects and output records on every call. This decoder runs the
 same maths on the model's parameters with a preallocated cache and a handful of tensor
-operations per layer (q, k and v in one matmul, rotated together; the MLP's gate and up
-projections in one matmul; RMSNorm gains and the attention scale folded into those weights).
+operations per layer (q, k and v in one matmul, turned by one complex multiplication and written
+to the cache in one copy; the MLP's gate and up projections in one matmul; RMSNorm gains and the
+attention scale folded into those weights).
 The folded weights are copied when a decoder is made, so a decoder serves one sampling call:
 make a new one after the weights change.
 
@@ -87,9 +88,8 @@ class LlamaDecoder:
         self.n_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         weight = model.model.embed_tokens.weight
-        shape = (len(self.layers), batch_size, self.n_kv_heads, max_length, self.head_dim)
-        self.keys = weight.new_zeros(shape)
-        self.values = weight.new_zeros(shape)
+        # each layer's keys and values side by side, so that a step writes both in one copy
+        self._use_cache(weight.new_zeros(len(self.layers), 2, batch_size, self.n_kv_heads, max_length, self.head_dim))
         self.max_length = max_length
         self.position = 0
         self.key_valid: torch.Tensor | None = None  # (B, max_length) bool, set by a padded prefill
@@ -109,7 +109,7 @@ class LlamaDecoder:
         the query rows; q and k rows interleaved for the complex rotation (:func:`_interleave`);
         the residual adds ride on ``addmm``. The folds change rounding only (tested to 1e-5
         against the Hugging Face forward)."""
-        self.weights = []  # per layer: (qkv (q+2kv, C), o_proj^T (H*D, C), gate_up (2F, C), down^T (F, C))
+        self.weights = []  # per layer, each (input, output) for torch.mm: (qkv^T, o_proj^T, gate_up^T, down^T)
         with torch.no_grad():
             for layer in self.layers:
                 attn, mlp = layer.self_attn, layer.mlp
@@ -117,16 +117,29 @@ class LlamaDecoder:
                 k = _interleave(attn.k_proj.weight, self.n_kv_heads)
                 qkv = torch.cat([q, k, attn.v_proj.weight])
                 gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-                self.weights.append((qkv * layer.input_layernorm.weight, attn.o_proj.weight.t(),
-                                     gate_up * layer.post_attention_layernorm.weight, mlp.down_proj.weight.t()))
-            self.head = model.lm_head.weight * model.model.norm.weight
-        # a step rotates q and k of every head in one multiplication: (T, (H + Hkv) * D / 2)
-        self.step_rotation = self.rotation.repeat(1, self.n_heads + self.n_kv_heads)
+                # transposed views of (output, input) matrices: the kernel reads them as they are stored
+                self.weights.append(((qkv * layer.input_layernorm.weight).t(), attn.o_proj.weight.t(),
+                                     (gate_up * layer.post_attention_layernorm.weight).t(), mlp.down_proj.weight.t()))
+            self.head = model.lm_head.weight * model.model.norm.weight  # (V, C)
+            self._head_t = self.head.t()
+        # a step turns q, k and v of every head in one multiplication, v by angle 0 (a multiplication by
+        # 1 + 0i, which leaves it bitwise as it was): (T, (H + 2 Hkv) * D / 2)
+        self.step_rotation = torch.cat([self.rotation.repeat(1, self.n_heads + self.n_kv_heads),
+                                        self.rotation.new_ones(self.max_length, self.kv_size // 2)], 1)
         # for step_static, which picks a position's row by index_select (on real data): (T, N, 2)
         self._step_rotation_real = torch.view_as_real(self.step_rotation).contiguous()
         self.eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
                     for layer in self.layers]
         self.final_eps = model.model.norm.variance_epsilon
+
+    def _use_cache(self, cache: torch.Tensor) -> None:
+        """cache: (L, 2, B, Hkv, T, D), each layer's keys and values. Sets the views the steps read:
+        :attr:`keys` and :attr:`values` (L, B, Hkv, T, D), and per layer the (2, B, Hkv, T, D) block a
+        step writes and its (2, B * Hkv, T, D) view, whose rows batched matmuls take as they are."""
+        self._cache = cache
+        self.keys, self.values = cache[:, 0], cache[:, 1]
+        L, _, B, Hkv, T, D = cache.shape
+        self._layer_cache = [(cache[i], cache[i].view(2, B * Hkv, T, D)) for i in range(L)]
 
     def _room(self, end: int) -> None:
         if end > self.max_length:
@@ -141,7 +154,7 @@ class LlamaDecoder:
         h = F.embedding(ids, self.model.model.embed_tokens.weight)  # (B, S, C)
         H, Hkv = self.n_heads, self.n_kv_heads
         for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
-            qkv = F.linear(_normalize(h, self.eps[i][0]), w_qkv).view(B, S, H + 2 * Hkv, self.head_dim)
+            qkv = torch.matmul(_normalize(h, self.eps[i][0]), w_qkv).view(B, S, H + 2 * Hkv, self.head_dim)
             qk = _rotate_pairs(qkv[:, :, : H + Hkv], rotation)  # q and k rotated in one pass: (B, S, H + Hkv, D)
             q, k = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2)  # (B, H, S, D)
             v = qkv[:, :, H + Hkv :].transpose(1, 2)
@@ -151,7 +164,7 @@ class LlamaDecoder:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=1.0,
                                                  enable_gqa=Hkv != H)
             h = h + torch.matmul(out.transpose(1, 2).reshape(B, S, -1), w_out)
-            gate, up = F.linear(_normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
+            gate, up = torch.matmul(_normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
             h = h + torch.matmul(F.silu(gate) * up, w_down)
         self.position = S
         return F.linear(_normalize(h[:, -1], self.final_eps), self.head).float()
@@ -185,8 +198,7 @@ class LlamaDecoder:
         B, end = index.shape[0], self.position  # positions from ``end`` on are not written yet
         if B > self.keys.shape[1]:
             raise ValueError(f"decoder cache holds {self.keys.shape[1]} rows, asked for {B}")
-        self.keys[:, :B, :, :end] = self.keys[:, index, :, :end]
-        self.values[:, :B, :, :end] = self.values[:, index, :, :end]
+        self._cache[:, :, :B, :, :end] = self._cache[:, :, index, :, :end]
         if self.key_valid is not None:
             self.key_valid[:B] = self.key_valid[index]
 
@@ -197,7 +209,7 @@ class LlamaDecoder:
         if not 0 < length <= self.position:
             raise ValueError(f"can fork at positions 1..{self.position}, asked for {length}")
         child = copy.copy(self)  # shares the model and the rotary tables
-        child.keys, child.values = self.keys[:, rows], self.values[:, rows]  # (L, N, H, T, D) copies
+        child._use_cache(self._cache[:, :, rows])  # (L, 2, N, Hkv, T, D), a copy
         child.key_valid = None if self.key_valid is None else self.key_valid[rows]
         child.position = length
         return child
@@ -208,16 +220,17 @@ class LlamaDecoder:
         The same maths as :meth:`_prefill` with one query, in as few tensor calls as we could: at
         sampling sizes on a CPU the calls, not the arithmetic, are most of a step's time.
         """
-        B, pos = token.shape[0], self.position
+        B, pos, Hkv = token.shape[0], self.position, self.n_kv_heads
         end = pos + 1
         self._room(end)
         hidden = None if self.key_valid is None else ~self.key_valid[:B, None, None, :end]  # (B, 1, 1, end)
 
-        def cache(i: int, k: torch.Tensor, v: torch.Tensor):
-            keys, values = self.keys[i, :B, :, :end], self.values[i, :B, :, :end]  # (B, Hkv, end, D)
-            keys[:, :, pos] = k
-            values[:, :, pos] = v
-            return keys, values
+        def cache(i: int, kv: torch.Tensor):
+            block, rows = self._layer_cache[i]
+            if B < block.shape[1]:  # the sampler has dropped rows that ended: they are the cache's first B
+                block = block[:, :B]
+            block[:, :, :, pos] = kv.transpose(0, 1)
+            return rows[0, : B * Hkv, :end], rows[1, : B * Hkv, :end]  # (B * Hkv, end, D)
 
         logits = self._one_position(token, self.step_rotation[pos], cache, hidden)
         self.position = end
@@ -239,39 +252,41 @@ class LlamaDecoder:
         if self.key_valid is not None:
             hidden = hidden | ~self.key_valid[:B, None, None, :]  # (B, 1, 1, T)
         rotation = torch.view_as_complex(self._step_rotation_real.index_select(0, index))  # (P, N)
-        slots = index.view(-1, 1, 1, 1).expand(B, self.n_kv_heads, 1, self.head_dim)
+        slots = index.view(1, -1, 1, 1, 1).expand(2, B, self.n_kv_heads, 1, self.head_dim)
 
-        def cache(i: int, k: torch.Tensor, v: torch.Tensor):
-            keys, values = self.keys[i, :B], self.values[i, :B]  # (B, Hkv, T, D)
-            keys.scatter_(2, slots, k.unsqueeze(2))
-            values.scatter_(2, slots, v.unsqueeze(2))
-            return keys, values
+        def cache(i: int, kv: torch.Tensor):
+            block, rows = self._layer_cache[i]
+            block.scatter_(3, slots, kv.transpose(0, 1).unsqueeze(3))
+            return rows[0], rows[1]  # (B * Hkv, T, D)
 
         return self._one_position(token, rotation, cache, hidden)
 
     def _one_position(self, token: torch.Tensor, rotation: torch.Tensor, cache, hidden: torch.Tensor | None):
         """The decoder layers on one new token per row: the body of :meth:`step` and :meth:`step_static`.
 
-        ``cache(i, k, v)`` writes layer i's new key and value rows (B, Hkv, D) and returns the
-        (B, Hkv, keys, D) keys and values to attend to; ``hidden`` (broadcast to the scores) is
-        True where a key must not be attended to, or None.
+        ``cache(i, kv)`` writes layer i's new keys and values, kv (B, 2, Hkv, D), and returns the
+        (B * Hkv, keys, D) keys and values to attend to; ``hidden`` (broadcast to the scores, viewed
+        as (B, Hkv, G, keys)) is True where a key must not be attended to, or None. Every call here is
+        a few microseconds of a step's time on a CPU, so there are as few as the maths allows: q, k
+        and v come out of one matmul and one rotation, and attention is two batched matmuls over
+        views of the cache.
         """
         B, Hkv, D = token.shape[0], self.n_kv_heads, self.head_dim
-        qk_size = self.q_size + self.kv_size
+        G = self.n_heads // Hkv
         h = F.embedding(token, self.model.model.embed_tokens.weight)  # (B, C)
         for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
-            qk, v = F.linear(_normalize(h, self.eps[i][0]), w_qkv).split([qk_size, self.kv_size], dim=-1)
-            q, k = _rotate_pairs(qk, rotation).split([self.q_size, self.kv_size], dim=-1)
-            keys, values = cache(i, k.view(B, Hkv, D), v.view(B, Hkv, D))
-            # query heads grouped by the key/value head they share: (B, Hkv, H / Hkv, D)
-            scores = torch.matmul(q.view(B, Hkv, -1, D), keys.transpose(-1, -2))  # (B, Hkv, G, keys)
+            qkv = _rotate_pairs(torch.mm(_normalize(h, self.eps[i][0]), w_qkv), rotation)  # (B, (H + 2 Hkv) D)
+            keys, values = cache(i, qkv[:, self.q_size :].view(B, 2, Hkv, D))
+            # query heads grouped by the key/value head they share: (B * Hkv, G, D)
+            scores = torch.bmm(qkv[:, : self.q_size].reshape(B * Hkv, G, D), keys.transpose(1, 2))  # (B * Hkv, G, keys)
             if hidden is not None:
-                scores = scores.masked_fill_(hidden, float("-inf"))
-            out = torch.matmul(scores.softmax(-1), values)  # (B, Hkv, G, D)
+                scores.view(B, Hkv, G, -1).masked_fill_(hidden, float("-inf"))
+            out = torch.bmm(scores.softmax(-1), values)  # (B * Hkv, G, D)
             h = torch.addmm(h, out.view(B, -1), w_out)
-            gate, up = F.linear(_normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
+            gate, up = torch.mm(_normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
             h = torch.addmm(h, F.silu(gate).mul_(up), w_down)
-        return F.linear(_normalize(h, self.final_eps), self.head).float()
+        logits = torch.mm(_normalize(h, self.final_eps), self._head_t)
+        return logits if logits.dtype == torch.float32 else logits.float()
 
     def graphed_step(self):
         """A drop-in for :meth:`step` that replays a CUDA graph of :meth:`step_static`.
