@@ -33,6 +33,19 @@ def sync_device() -> None:
         torch.cuda.synchronize()
 
 
+def mean_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    """Mean seconds of ``fn`` over ``repeats`` calls in a row, after ``warmup`` untimed calls: for steps
+    that change state (an optimizer's), where a best-of over fresh rounds would not be the same work."""
+    for _ in range(warmup):
+        fn()
+    sync_device()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync_device()
+    return (time.perf_counter() - start) / repeats
+
+
 def best_of(fn, repeats: int) -> float:
     return best_of_each([fn], repeats)[0]
 

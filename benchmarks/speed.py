@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 from _record import device_name, record, results_name
-from sampler_speed import best_of, compare, sync_device
+from sampler_speed import best_of, compare, mean_seconds
 
 from textgan.models import build_generator
 
@@ -86,7 +86,6 @@ def mean_batch_width(steps: int) -> float:
 def gan_step_on_same_batch(size: dict, repeats: int, device: str, batch: int = BATCH) -> dict:
     """One ScratchGAN step (sample, score, G update, one D update) and one MLE step on a batch of the
     sampled batch's shape, timed directly with the recipe's own step functions: seconds each and the ratio."""
-    import time
     from types import SimpleNamespace
 
     from textgan.recipes import scratchgan
@@ -110,20 +109,11 @@ def gan_step_on_same_batch(size: dict, repeats: int, device: str, batch: int = B
     def gan():
         scratchgan.adversarial_step(config, generator, discriminator, optimizers, ema, prompt, real, setup)
 
-    def timed(fn) -> float:
-        fn()
-        sync_device()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        sync_device()
-        return (time.perf_counter() - start) / repeats
-
-    gan_s = timed(gan)
+    gan_s = mean_seconds(gan, repeats)
     for _ in range(repeats):  # the shapes the GAN step trained on
         widths.append(sample(generator, prompt, config.max_length + 1, eos_id=2, pad_id=0).tokens.shape[1])
     same = torch.cat([prompt, torch.randint(3, VOCAB, (batch, round(sum(widths) / len(widths))), device=device)], 1)
-    mle_s = timed(lambda: mle_step(generator, optimizers["mle"], same, eos_id=2))
+    mle_s = mean_seconds(lambda: mle_step(generator, optimizers["mle"], same, eos_id=2), repeats)
     return {"gan_step_s": gan_s, "mle_same_batch_s": mle_s, "ratio": gan_s / mle_s, "sampled_width": same.shape[1] - 1}
 
 

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 from _record import device_name, record, results_name
-from sampler_speed import sync_device
+from sampler_speed import mean_seconds
 from speed import SIZES, VOCAB, gan_step_on_same_batch, matmul_ceiling, train_flops_per_token
 
 from textgan.models import build_generator
@@ -47,14 +46,7 @@ def compiled_mle_step_s(size: dict, batch: int, width: int, repeats: int, device
     optimizer = adam(generator.parameters(), lr=1e-3)
     tokens = torch.cat([torch.ones(batch, 1, dtype=torch.long, device=device),
                         torch.randint(3, VOCAB, (batch, width), device=device)], 1)
-    for _ in range(3):
-        mle_step(generator, optimizer, tokens, eos_id=2)
-    sync_device()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        mle_step(generator, optimizer, tokens, eos_id=2)
-    sync_device()
-    return (time.perf_counter() - start) / repeats
+    return mean_seconds(lambda: mle_step(generator, optimizer, tokens, eos_id=2), repeats, warmup=3)
 
 
 def main() -> None:
