@@ -83,6 +83,30 @@ def test_graphed_decoding_matches_eager_decoding():
     assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=1e-5)
 
 
+def test_graphed_sampling_keeps_the_allocator_cache_and_shares_one_graph_pool():
+    """Each sampling call captures a graph: it must not empty the caching allocator (the training step
+    after it would allocate from the driver again), nor leave a memory pool behind per call, and graphs
+    that share the pool must still sample tokens whose log-probabilities are the model's own."""
+    torch.manual_seed(0)
+    model = build_generator(60, bos_id=1, eos_id=2, pad_id=0, d_model=48, n_layers=2, n_heads=4, max_positions=32)
+    model = model.eval().cuda()
+    prompt = torch.ones(16, 1, dtype=torch.long, device="cuda")
+    for _ in range(3):  # the shared pool's and the capture stream's first segments
+        sample(model, prompt, 12, eos_id=2, pad_id=0)
+    cached = torch.empty(64 * 2**20, device="cuda")  # 256 MiB that the allocator keeps once freed
+    del cached
+    reserved = torch.cuda.memory_reserved()
+    outs = [sample(model, prompt, 12, eos_id=2, pad_id=0) for _ in range(6)]
+    # nothing given back, and no more than a 2 MiB segment or two taken (a pool per call: 2 MiB or more each)
+    assert reserved <= torch.cuda.memory_reserved() <= reserved + 4 * 2**20
+    for out in outs:
+        ids = torch.cat([prompt, out.tokens], 1)
+        with torch.no_grad():
+            logp = model(input_ids=ids).logits[:, :-1].float().log_softmax(-1)
+        expected = logp.gather(2, out.tokens[:, :, None]).squeeze(2)
+        assert_close(out.logprobs[out.mask], expected[out.mask], atol=1e-4, rtol=1e-4)
+
+
 def test_rollouts_of_every_prefix_length_in_one_graphed_batch_match_the_loop():
     """SeqGAN's rollouts on a GPU: every prefix length in one batch, each row at its own position, through
     a CUDA graph. Greedy (top_k=1), so no draw differs: the rewards of the loop over lengths, run eagerly."""

@@ -310,6 +310,34 @@ class LlamaDecoder:
 # Sampling on a GPU replays each decoding step from a CUDA graph; set False to launch kernels one by one.
 CUDA_GRAPHS = True
 
+_capture_state: dict = {}  # per device index: (capture stream, a one-kernel graph that holds the shared pool)
+
+
+def _capture_stream_and_pool(device: torch.device) -> tuple[torch.cuda.Stream, tuple[int, int]]:
+    """The side stream that step graphs are captured on, and the memory pool they allocate from: one
+    of each per device, for the life of the process.
+
+    One stream, because the eager warm-up step before each capture allocates on it, and the caching
+    allocator reuses a freed block only on the stream it was allocated on: a new stream per capture
+    would leave a warm-up's memory behind every time. One pool, because a graph's own pool is not
+    given back when the graph is freed (only at ``torch.cuda.empty_cache()``), and sharing is safe
+    here: a graph is replayed only inside the sampling call that captured it, in capture order, and
+    its output is copied out after each replay, so a later graph may reuse an earlier one's memory.
+    The allocator forgets a pool once no graph uses it and then refuses to share it, so a tiny graph
+    captured into it is kept alive with it."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _capture_state:
+        stream, keeper = torch.cuda.Stream(device), torch.cuda.CUDAGraph()
+        with torch.cuda.stream(stream):
+            keeper.capture_begin()
+            try:
+                torch.zeros(1, device=device)  # one kernel: a graph must not be empty
+            finally:
+                keeper.capture_end()
+        _capture_state[index] = (stream, keeper)
+    stream, keeper = _capture_state[index]
+    return stream, keeper.pool()
+
 
 class _GraphedStep:
     """``decoder.step`` through a CUDA graph of ``decoder.step_static``, captured at the first call
@@ -346,11 +374,19 @@ class _GraphedStep:
     def _capture(self) -> None:
         # one eager run first, on a side stream, so that cuBLAS sets up outside the capture; it writes
         # this position's keys and values, which the replay then writes again with the same numbers
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        device = self.token.device
+        side, pool = _capture_stream_and_pool(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        # captured with capture_begin / capture_end rather than `with torch.cuda.graph(...)`, whose entry
+        # synchronizes the device and empties the caching allocator: once per sampling call, that left the
+        # training step that follows to allocate all its memory from the driver again
+        graph = torch.cuda.CUDAGraph()
         with torch.cuda.stream(side):
             self.decoder.step_static(self.token, self.position)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self.decoder.step_static(self.token, self.position)
+            graph.capture_begin(pool=pool)
+            try:
+                self.logits = self.decoder.step_static(self.token, self.position)
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = graph
