@@ -41,6 +41,23 @@ def test_rollout_record_is_consistent(tiny_generator, word_tokenizer):
     assert (rollout.logprobs[rollout.mask] < 0).all()
 
 
+def test_samples_are_ordinary_tensors_that_training_can_use(tiny_generator, word_tokenizer):
+    # sampling runs in inference mode; what it returns must still go through autograd
+    from textgan.sampling import PrefixCompleter
+
+    _, eos, pad = special_ids(word_tokenizer)
+    prompt = _prompt(word_tokenizer, 8)
+    rollout = sample(tiny_generator, prompt, 6, eos_id=eos, pad_id=pad)
+    completer = PrefixCompleter(tiny_generator, prompt, rollout.tokens, eos_id=eos, pad_id=pad)
+    completed = completer(rollout.tokens[:, :2], torch.arange(8))
+    for t in (*rollout, completed):
+        assert not t.is_inference()
+    logp = token_logprobs(tiny_generator, torch.cat([prompt, completed], 1))
+    (logp * rollout.logprobs.exp().mean()).sum().backward()
+    assert tiny_generator.lm_head.weight.grad is not None
+    tiny_generator.zero_grad(set_to_none=True)
+
+
 def test_prompt_with_prefix_and_finished_rows(tiny_generator, word_tokenizer):
     bos, eos, pad = special_ids(word_tokenizer)
     a = word_tokenizer.convert_tokens_to_ids("a")

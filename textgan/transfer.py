@@ -38,7 +38,7 @@ from . import sampling
 from .bleu import ngram_counts
 from .data import DataError, read_lines, read_text, sequence_mask
 from .models.generator import ModelError, load_errors
-from .sampling import ROW_MULTIPLE, _decoder, _draw_tokens, encode_prompt, left_pad, sample
+from .sampling import ROW_MULTIPLE, _decoder, _draw_tokens, encode_prompt, inference, left_pad, sample
 
 SEP = "<sep>"
 SPLITS = ("train", "dev", "test")
@@ -260,7 +260,7 @@ def target_logprobs(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, targ
 # --------------------------------------------------------------------------- decoding
 
 
-@torch.no_grad()
+@inference
 def greedy(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new: int, eos_id: int, pad_id: int) -> torch.Tensor:
     """The most likely token at each step: (B, T) ids, padding after each row's end token.
 
@@ -271,7 +271,7 @@ def greedy(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new: int,
     return tokens
 
 
-@torch.no_grad()
+@inference
 def beam_search(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, max_new: int, eos_id: int, pad_id: int,
                 beam: int = 4, length_penalty: float = 1.0, n_best: bool = False, token_bias: torch.Tensor | None = None):
     """Beam search; hypotheses ranked by log-probability / length**length_penalty.
