@@ -89,23 +89,32 @@ def test_top_k_sampling_only_returns_allowed_tokens(tiny_generator, word_tokeniz
     assert set(rollout.tokens[:, 0].tolist()) <= allowed
 
 
-def test_fast_decoder_logits_equal_the_hf_forward(word_tokenizer):
-    """Grouped-query attention, a prompt of several tokens, then single steps: logits as Hugging Face computes them."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("static", [False, True], ids=["step", "step_static"])
+def test_fast_decoder_logits_equal_the_hf_forward(word_tokenizer, dtype, static):
+    """Grouped-query attention, a prompt of several tokens, then single steps: logits as Hugging Face
+    computes them, in fp32 and (to bf16's rounding) in bf16, whose rotations the decoder does in fp32."""
     from textgan.models import build_generator
     from textgan.models.fast_decode import LlamaDecoder, supports
 
     model = build_generator(len(word_tokenizer), bos_id=1, eos_id=2, pad_id=0, d_model=48, n_layers=2, n_heads=4,
                             max_positions=32).eval()
     model.config.num_key_value_heads = 2  # rebuild with GQA: 4 query heads share 2 key/value heads
-    model = type(model)(model.config).eval()
+    model = type(model)(model.config).eval().to(dtype)
     assert supports(model)
     ids = torch.randint(3, len(word_tokenizer), (5, 9))
     decoder = LlamaDecoder(model, 5, 9)
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     with torch.no_grad():
-        full = model(input_ids=ids).logits  # (B, T, V)
-        assert_close(decoder.prefill(ids[:, :4]), full[:, 3], atol=1e-5, rtol=1e-5)
+        full = model(input_ids=ids).logits.float()  # (B, T, V)
+        assert_close(decoder.prefill(ids[:, :4]), full[:, 3], **tolerance)
         for t in range(4, 9):
-            assert_close(decoder.step(ids[:, t]), full[:, t], atol=1e-5, rtol=1e-5)
+            if static:
+                logits = decoder.step_static(ids[:, t], torch.tensor(decoder.position))
+                decoder.position += 1
+            else:
+                logits = decoder.step(ids[:, t])
+            assert_close(logits, full[:, t], **tolerance)
 
 
 def test_same_seed_same_samples_on_both_paths(tiny_generator, word_tokenizer):

@@ -4,9 +4,11 @@ Sampling a text GAN's rollouts is one token per step for every row of a batch. A
 textgan trains on a CPU, a step's arithmetic is tiny and the cost is Python: the Hugging Face
 forward builds masks, cache objects and output records on every call. This decoder runs the
 same maths on the model's parameters with a preallocated cache and a handful of tensor
-operations per layer (q, k and v in one matmul, turned by one complex multiplication and written
-to the cache in one copy; the MLP's gate and up projections in one matmul; RMSNorm gains and the
-attention scale folded into those weights).
+operations per layer (q, k and v in one matmul; the queries and the new key and value each turned
+by one complex multiplication, the key and value straight into the cache; the MLP's gate and up
+projections in one matmul; RMSNorm gains and the attention scale folded into those weights), each
+writing into a buffer made once per sampling call rather than allocating, and no views made per
+step but the few that depend on the position.
 The folded weights are copied when a decoder is made, so a decoder serves one sampling call:
 make a new one after the weights change.
 
@@ -69,6 +71,53 @@ def _rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * rotation).flatten(-2)
 
 
+def _rotate_into(out: torch.Tensor, x: torch.Tensor, rotation: torch.Tensor) -> None:
+    """out = x with each pair turned by its angle (:func:`_rotate_pairs`), written in place.
+
+    fp32 decoders pass complex views of their buffers, and the turn is one multiplication that
+    writes where its result belongs (a step's keys and values go straight into the cache); other
+    dtypes pass the real views, turned in fp32 and copied in.
+    """
+    if x.is_complex():
+        torch.mul(x, rotation, out=out)
+    else:
+        out.copy_(_rotate_pairs(x, rotation))
+
+
+class _Workspace:
+    """A decoding step's buffers on the decoder's first B rows, and the views of them and of the
+    cache that the step reads and writes, made once per row count instead of at every step.
+
+    A step writes its intermediates into these (``out=`` and in-place calls), so it neither
+    allocates them nor makes views of them: at sampling sizes on a CPU, each call saved is a few
+    microseconds of a step of about a millisecond. The buffers are the decoder's, sized for all of
+    its rows; B rows use their first B (the sampler keeps its live rows first).
+    """
+
+    def __init__(self, decoder: LlamaDecoder, B: int):
+        buffers, cache = decoder._buffers, decoder._cache[:, :B]  # cache: (L, B, Hkv, T, 2D)
+        Hkv, D, G = decoder.n_kv_heads, decoder.head_dim, decoder.n_heads // decoder.n_kv_heads
+        L, T = cache.shape[0], cache.shape[3]
+        as_pairs = torch.view_as_complex if decoder.keys.dtype == torch.float32 else (lambda x: x.flatten(-2))
+        self.qkv = buffers["qkv"][:B]  # (B, Hkv * (G + 2) * D), per key/value head: G queries, key, value
+        per_head = self.qkv.view(B, Hkv, G + 2, D // 2, 2)
+        self.q_in, self.kv_in = as_pairs(per_head[:, :, :G]).flatten(2), as_pairs(per_head[:, :, G:]).flatten(2)
+        q = buffers["q"][:B]  # (B, H * D): the turned queries
+        self.q_heads = q.view(B * Hkv, G, D)  # grouped by the key/value head they share
+        self.q_out = as_pairs(q.view(B, Hkv, G * D // 2, 2))
+        kv = buffers["kv"][:B]  # (B, Hkv, 2D): step_static's turned key and value, before they are scattered
+        self.kv_rows = kv
+        self.kv_out = as_pairs(kv.view(B, Hkv, D, 2))
+        self.attention_rows = buffers["attention"][:B]  # (B, H * D)
+        self.attention = self.attention_rows.view(B * Hkv, G, D)
+        self.gate_up = buffers["gate_up"][:B]
+        self.gate, self.up = self.gate_up.chunk(2, dim=-1)
+        layers = [cache[i].view(B * Hkv, T, 2 * D) for i in range(L)]
+        self.keys_t = [layer[..., :D].transpose(1, 2) for layer in layers]  # (B * Hkv, D, T)
+        self.values = [layer[..., D:] for layer in layers]  # (B * Hkv, T, D)
+        self.slots = [as_pairs(cache[i].view(B, Hkv, T, D, 2)) for i in range(L)]  # (B, Hkv, T, D) complex in fp32
+
+
 class LlamaDecoder:
     """Prefill a prompt, then decode one token at a time. Batch rows share positions.
 
@@ -88,8 +137,10 @@ class LlamaDecoder:
         self.n_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         weight = model.model.embed_tokens.weight
-        # each layer's keys and values side by side, so that a step writes both in one copy
-        self._use_cache(weight.new_zeros(len(self.layers), 2, batch_size, self.n_kv_heads, max_length, self.head_dim))
+        self._embedding = weight.detach()  # the decoder computes no gradients (its steps write into buffers)
+        # per layer, row and key/value head, its keys and values side by side for every position:
+        # a step writes both in one call, and attention reads each as a strided view
+        self._use_cache(weight.new_zeros(len(self.layers), batch_size, self.n_kv_heads, max_length, 2 * self.head_dim))
         self.max_length = max_length
         self.position = 0
         self.key_valid: torch.Tensor | None = None  # (B, max_length) bool, set by a padded prefill
@@ -99,47 +150,64 @@ class LlamaDecoder:
         freqs = positions[:, None] * rotary.inv_freq.to(weight.device, torch.float32)[None]
         scaling = getattr(rotary, "attention_scaling", 1.0)
         self.rotation = torch.polar(torch.full_like(freqs, scaling), freqs)  # (T, D / 2) complex64
-        self.q_size = self.n_heads * self.head_dim
-        self.kv_size = self.n_kv_heads * self.head_dim
         self._fold_weights(model)
 
     def _fold_weights(self, model) -> None:
         """One matmul for q, k and v and one for the MLP's gate and up projections, with each
         RMSNorm's gain folded into the matmul that reads its output and the attention scale into
-        the query rows; q and k rows interleaved for the complex rotation (:func:`_interleave`);
-        the residual adds ride on ``addmm``. The folds change rounding only (tested to 1e-5
-        against the Hugging Face forward)."""
+        the query rows; q and k rows interleaved for the complex rotation (:func:`_interleave`) and
+        the q, k and v rows ordered by key/value head (its G query heads, its key, its value), so
+        that a step's queries and keys turn in one multiplication each; the residual adds ride on
+        ``addmm``. The folds change rounding only (tested to 1e-5 against the Hugging Face forward)."""
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        G = H // Hkv
         self.weights = []  # per layer, each (input, output) for torch.mm: (qkv^T, o_proj^T, gate_up^T, down^T)
         with torch.no_grad():
             for layer in self.layers:
                 attn, mlp = layer.self_attn, layer.mlp
-                q = _interleave(attn.q_proj.weight * attn.scaling, self.n_heads)
-                k = _interleave(attn.k_proj.weight, self.n_kv_heads)
-                qkv = torch.cat([q, k, attn.v_proj.weight])
+                q = _interleave(attn.q_proj.weight * attn.scaling, H).view(Hkv, G * D, -1)
+                k = _interleave(attn.k_proj.weight, Hkv).view(Hkv, D, -1)
+                qkv = torch.cat([q, k, attn.v_proj.weight.view(Hkv, D, -1)], 1).flatten(0, 1)
                 gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
                 # transposed views of (output, input) matrices: the kernel reads them as they are stored
-                self.weights.append(((qkv * layer.input_layernorm.weight).t(), attn.o_proj.weight.t(),
-                                     (gate_up * layer.post_attention_layernorm.weight).t(), mlp.down_proj.weight.t()))
+                self.weights.append(((qkv * layer.input_layernorm.weight).t(), attn.o_proj.weight.detach().t(),
+                                     (gate_up * layer.post_attention_layernorm.weight).t(),
+                                     mlp.down_proj.weight.detach().t()))
             self.head = model.lm_head.weight * model.model.norm.weight  # (V, C)
             self._head_t = self.head.t()
-        # a step turns q, k and v of every head in one multiplication, v by angle 0 (a multiplication by
-        # 1 + 0i, which leaves it bitwise as it was): (T, (H + 2 Hkv) * D / 2)
-        self.step_rotation = torch.cat([self.rotation.repeat(1, self.n_heads + self.n_kv_heads),
-                                        self.rotation.new_ones(self.max_length, self.kv_size // 2)], 1)
-        # for step_static, which picks a position's row by index_select (on real data): (T, N, 2)
-        self._step_rotation_real = torch.view_as_real(self.step_rotation).contiguous()
+        # each position's turn of one key/value head's G queries and key, and of its value by angle 0 (a
+        # multiplication by 1 + 0i, which leaves it bitwise as it was): (T, 1, (G + 2) * D / 2)
+        table = torch.cat([self.rotation.repeat(1, G + 1), self.rotation.new_ones(self.max_length, D // 2)], 1)
+        self._rotation_table = table[:, None]
+        split = G * D // 2
+        # a step's turns, per position: (queries (1, G * D / 2), key and value (1, D)), all heads alike
+        self._rotations = list(zip(table[:, None, :split].unbind(0), table[:, None, split:].unbind(0)))
+        self._rotation_real = torch.view_as_real(self._rotation_table).contiguous()  # step_static's, by index_select
         self.eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
                     for layer in self.layers]
         self.final_eps = model.model.norm.variance_epsilon
 
     def _use_cache(self, cache: torch.Tensor) -> None:
-        """cache: (L, 2, B, Hkv, T, D), each layer's keys and values. Sets the views the steps read:
-        :attr:`keys` and :attr:`values` (L, B, Hkv, T, D), and per layer the (2, B, Hkv, T, D) block a
-        step writes and its (2, B * Hkv, T, D) view, whose rows batched matmuls take as they are."""
+        """cache: (L, B, Hkv, T, 2D), each layer's keys and values. Sets :attr:`keys` and
+        :attr:`values`, its (L, B, Hkv, T, D) halves, and drops the step buffers of the cache before."""
         self._cache = cache
-        self.keys, self.values = cache[:, 0], cache[:, 1]
-        L, _, B, Hkv, T, D = cache.shape
-        self._layer_cache = [(cache[i], cache[i].view(2, B * Hkv, T, D)) for i in range(L)]
+        D = cache.shape[-1] // 2
+        self.keys, self.values = cache[..., :D], cache[..., D:]
+        self._buffers: dict | None = None
+        self._workspaces: dict[int, _Workspace] = {}
+
+    def _workspace(self, B: int) -> _Workspace:
+        """The step buffers and views for the cache's first B rows (made at the first step on B rows)."""
+        workspace = self._workspaces.get(B)
+        if workspace is None:
+            if self._buffers is None:
+                rows, Hkv, D = self._cache.shape[1], self.n_kv_heads, self.head_dim
+                G, new = self.n_heads // Hkv, self._cache.new_empty
+                self._buffers = {"qkv": new(rows, Hkv * (G + 2) * D), "q": new(rows, Hkv * G * D),
+                                 "kv": new(rows, Hkv, 2 * D), "attention": new(rows, Hkv * G * D),
+                                 "gate_up": new(rows, self.weights[0][2].shape[1])}
+            workspace = self._workspaces[B] = _Workspace(self, B)
+        return workspace
 
     def _room(self, end: int) -> None:
         if end > self.max_length:
@@ -149,15 +217,16 @@ class LlamaDecoder:
         """ids: (B, S), S > 1, at positions [0, S) -> last position's logits (B, V)."""
         B, S = ids.shape
         self._room(S)
-        rotation = self.rotation[:S, None]  # (S, 1, D / 2)
         mask = self._attention_mask(B, S)
-        h = F.embedding(ids, self.model.model.embed_tokens.weight)  # (B, S, C)
+        h = F.embedding(ids, self._embedding)  # (B, S, C)
         H, Hkv = self.n_heads, self.n_kv_heads
+        G = H // Hkv
         for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
-            qkv = torch.matmul(_normalize(h, self.eps[i][0]), w_qkv).view(B, S, H + 2 * Hkv, self.head_dim)
-            qk = _rotate_pairs(qkv[:, :, : H + Hkv], rotation)  # q and k rotated in one pass: (B, S, H + Hkv, D)
-            q, k = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2)  # (B, H, S, D)
-            v = qkv[:, :, H + Hkv :].transpose(1, 2)
+            qkv = torch.matmul(_normalize(h, self.eps[i][0]), w_qkv).view(B, S, Hkv, -1)
+            # queries and keys turned (values by angle 0) in one pass: (B, S, Hkv, G + 2, D)
+            qkv = _rotate_pairs(qkv, self._rotation_table[:S]).view(B, S, Hkv, G + 2, self.head_dim)
+            q = qkv[:, :, :, :G].flatten(2, 3).transpose(1, 2)  # (B, H, S, D), grouped by key/value head
+            k, v = qkv[:, :, :, G].transpose(1, 2), qkv[:, :, :, G + 1].transpose(1, 2)  # (B, Hkv, S, D)
             self.keys[i, :B, :, :S] = k
             self.values[i, :B, :, :S] = v
             # the attention scale is folded into q; without padding the prefill is plainly causal
@@ -196,9 +265,9 @@ class LlamaDecoder:
         """Keep cache rows ``index`` (B',) in that order, as rows [0, B'): beam search's reshuffle of
         hypotheses, or the sampler dropping rows that have ended. Later steps take B' tokens."""
         B, end = index.shape[0], self.position  # positions from ``end`` on are not written yet
-        if B > self.keys.shape[1]:
-            raise ValueError(f"decoder cache holds {self.keys.shape[1]} rows, asked for {B}")
-        self._cache[:, :, :B, :, :end] = self._cache[:, :, index, :, :end]
+        if B > self._cache.shape[1]:
+            raise ValueError(f"decoder cache holds {self._cache.shape[1]} rows, asked for {B}")
+        self._cache[:, :B, :, :end] = self._cache[:, index, :, :end]
         if self.key_valid is not None:
             self.key_valid[:B] = self.key_valid[index]
 
@@ -208,8 +277,8 @@ class LlamaDecoder:
         the sampled batch's cache at every prefix length, K rows per sentence."""
         if not 0 < length <= self.position:
             raise ValueError(f"can fork at positions 1..{self.position}, asked for {length}")
-        child = copy.copy(self)  # shares the model and the rotary tables
-        child._use_cache(self._cache[:, :, rows])  # (L, 2, N, Hkv, T, D), a copy
+        child = copy.copy(self)  # shares the model, the folded weights and the rotary tables
+        child._use_cache(self._cache[:, rows])  # (L, N, Hkv, T, 2D), a copy
         child.key_valid = None if self.key_valid is None else self.key_valid[rows]
         child.position = length
         return child
@@ -220,19 +289,18 @@ class LlamaDecoder:
         The same maths as :meth:`_prefill` with one query, in as few tensor calls as we could: at
         sampling sizes on a CPU the calls, not the arithmetic, are most of a step's time.
         """
-        B, pos, Hkv = token.shape[0], self.position, self.n_kv_heads
+        B, pos = token.shape[0], self.position
         end = pos + 1
         self._room(end)
+        work = self._workspace(B)
         hidden = None if self.key_valid is None else ~self.key_valid[:B, None, None, :end]  # (B, 1, 1, end)
+        rotate_q, rotate_kv = self._rotations[pos]
 
-        def cache(i: int, kv: torch.Tensor):
-            block, rows = self._layer_cache[i]
-            if B < block.shape[1]:  # the sampler has dropped rows that ended: they are the cache's first B
-                block = block[:, :B]
-            block[:, :, :, pos] = kv.transpose(0, 1)
-            return rows[0, : B * Hkv, :end], rows[1, : B * Hkv, :end]  # (B * Hkv, end, D)
+        def write(i: int):  # this position's key and value, turned straight into the cache
+            _rotate_into(work.slots[i][:, :, pos], work.kv_in, rotate_kv)
+            return work.keys_t[i][:, :, :end], work.values[i][:, :end]
 
-        logits = self._one_position(token, self.step_rotation[pos], cache, hidden)
+        logits = self._one_position(token, work, rotate_q, write, hidden)
         self.position = end
         return logits
 
@@ -246,45 +314,48 @@ class LlamaDecoder:
         indexed by the tensor, so one captured graph replays at every position. Does not advance
         :attr:`position` (the caller does).
         """
-        B = token.shape[0]
+        B, Hkv, D = token.shape[0], self.n_kv_heads, self.head_dim
+        work = self._workspace(B)
         index = position.view(-1)  # (P,), P = 1 or B: a 0-dim position serves every row
         hidden = (self._key_positions[None] > index[:, None]).view(-1, 1, 1, self.max_length)  # keys not yet written
         if self.key_valid is not None:
             hidden = hidden | ~self.key_valid[:B, None, None, :]  # (B, 1, 1, T)
-        rotation = torch.view_as_complex(self._step_rotation_real.index_select(0, index))  # (P, N)
-        slots = index.view(1, -1, 1, 1, 1).expand(2, B, self.n_kv_heads, 1, self.head_dim)
+        rotation = torch.view_as_complex(self._rotation_real.index_select(0, index))  # (P, 1, (G + 2) D / 2)
+        split = rotation.shape[-1] - D
+        slots = index.view(-1, 1, 1, 1).expand(B, Hkv, 1, 2 * D)
 
-        def cache(i: int, kv: torch.Tensor):
-            block, rows = self._layer_cache[i]
-            block.scatter_(3, slots, kv.transpose(0, 1).unsqueeze(3))
-            return rows[0], rows[1]  # (B * Hkv, T, D)
+        def write(i: int):
+            _rotate_into(work.kv_out, work.kv_in, rotation[..., split:])
+            self._cache[i, :B].scatter_(2, slots, work.kv_rows.unsqueeze(2))
+            return work.keys_t[i], work.values[i]  # every position: (B * Hkv, D, T), (B * Hkv, T, D)
 
-        return self._one_position(token, rotation, cache, hidden)
+        return self._one_position(token, work, rotation[..., :split], write, hidden)
 
-    def _one_position(self, token: torch.Tensor, rotation: torch.Tensor, cache, hidden: torch.Tensor | None):
+    def _one_position(self, token: torch.Tensor, work: _Workspace, rotate_q: torch.Tensor, write,
+                      hidden: torch.Tensor | None) -> torch.Tensor:
         """The decoder layers on one new token per row: the body of :meth:`step` and :meth:`step_static`.
 
-        ``cache(i, kv)`` writes layer i's new keys and values, kv (B, 2, Hkv, D), and returns the
-        (B * Hkv, keys, D) keys and values to attend to; ``hidden`` (broadcast to the scores, viewed
-        as (B, Hkv, G, keys)) is True where a key must not be attended to, or None. Every call here is
-        a few microseconds of a step's time on a CPU, so there are as few as the maths allows: q, k
-        and v come out of one matmul and one rotation, and attention is two batched matmuls over
-        views of the cache.
+        ``rotate_q`` turns the queries; ``write(i)`` turns layer i's new keys and values into the
+        cache and returns the keys (transposed, (B * Hkv, D, n)) and values ((B * Hkv, n, D)) to
+        attend to; ``hidden`` (broadcast to the scores, viewed as (B, Hkv, G, n)) is True where a key
+        must not be attended to, or None. Every call here is a few microseconds of a step's time on a
+        CPU, so there are as few as the maths allows, and the intermediates go to the workspace's
+        buffers: q, k and v come out of one matmul, each turned by one multiplication into its place,
+        attention is two batched matmuls over views of the cache, and the residual adds are in place.
         """
-        B, Hkv, D = token.shape[0], self.n_kv_heads, self.head_dim
-        G = self.n_heads // Hkv
-        h = F.embedding(token, self.model.model.embed_tokens.weight)  # (B, C)
+        B, Hkv = token.shape[0], self.n_kv_heads
+        h = F.embedding(token, self._embedding)  # (B, C)
         for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
-            qkv = _rotate_pairs(torch.mm(_normalize(h, self.eps[i][0]), w_qkv), rotation)  # (B, (H + 2 Hkv) D)
-            keys, values = cache(i, qkv[:, self.q_size :].view(B, 2, Hkv, D))
-            # query heads grouped by the key/value head they share: (B * Hkv, G, D)
-            scores = torch.bmm(qkv[:, : self.q_size].reshape(B * Hkv, G, D), keys.transpose(1, 2))  # (B * Hkv, G, keys)
+            torch.mm(_normalize(h, self.eps[i][0]), w_qkv, out=work.qkv)
+            _rotate_into(work.q_out, work.q_in, rotate_q)
+            keys_t, values = write(i)
+            scores = torch.bmm(work.q_heads, keys_t)  # (B * Hkv, G, n)
             if hidden is not None:
-                scores.view(B, Hkv, G, -1).masked_fill_(hidden, float("-inf"))
-            out = torch.bmm(scores.softmax(-1), values)  # (B * Hkv, G, D)
-            h = torch.addmm(h, out.view(B, -1), w_out)
-            gate, up = torch.mm(_normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
-            h = torch.addmm(h, F.silu(gate).mul_(up), w_down)
+                scores.view(B, Hkv, -1, scores.shape[-1]).masked_fill_(hidden, float("-inf"))
+            torch.bmm(scores.softmax(-1), values, out=work.attention)
+            h.addmm_(work.attention_rows, w_out)
+            torch.mm(_normalize(h, self.eps[i][1]), w_mlp, out=work.gate_up)
+            h.addmm_(F.silu(work.gate, inplace=True).mul_(work.up), w_down)
         logits = torch.mm(_normalize(h, self.final_eps), self._head_t)
         return logits if logits.dtype == torch.float32 else logits.float()
 
@@ -348,6 +419,7 @@ class _GraphedStep:
         rows, device = decoder.keys.shape[1], decoder.keys.device
         self.token = torch.zeros(rows, dtype=torch.long, device=device)
         self.position = torch.zeros(rows if per_row else (), dtype=torch.long, device=device)
+        decoder._workspace(rows)  # the step's buffers, made here on the current stream, not in the capture's
         self.graph = None
         self.logits = None
 
