@@ -191,6 +191,14 @@ def test_draw_follows_the_distribution_and_never_draws_zero_mass():
     assert torch.allclose(counts, probs[0].double(), atol=4 * (0.25 / 20000) ** 0.5)
     edge = torch.tensor([[0.25, 0.75, 0.0]])
     assert draw(edge.repeat(1000, 1)).max() <= 1
+    # the largest uniform below 1, on rows of any total with zero mass at the end and inside: the
+    # point searched for stays below the total, on the last token with mass, in every dtype
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        rows = torch.rand(4000, 9) ** 4 * 10.0 ** torch.randint(-3, 4, (4000, 1))
+        rows[:, 2] = rows[:, -3:] = 0
+        rows = rows.to(dtype)
+        highest = torch.ones(4000, 1, dtype=dtype).nextafter(torch.zeros(1, dtype=dtype))
+        assert (rows.gather(1, draw(rows, highest)[:, None]) > 0).all(), dtype
 
 
 def test_forked_cache_continues_like_a_fresh_prefill(tiny_generator, word_tokenizer):
