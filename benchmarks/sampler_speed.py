@@ -88,7 +88,7 @@ def compare(model, narrow, batch: int, length: int, repeats: int) -> dict:
 
     decoder = LlamaDecoder(model, batch, length + 1)
     H, Hkv, D = decoder.n_heads, decoder.n_kv_heads, decoder.head_dim
-    keys = torch.randn(batch * Hkv, length + 1, D, device=device)
+    keys = torch.randn(batch * Hkv, length + 1, 2 * D, device=device)[..., :D]  # the cache's layout: keys, values
     x, q = torch.randn(batch, model.config.hidden_size, device=device), torch.randn(batch * Hkv, H // Hkv, D, device=device)
     hidden = torch.randn(batch, model.config.intermediate_size, device=device)
 
