@@ -160,7 +160,7 @@ ROW_MULTIPLE = 8
 
 
 def _rows_to_keep(finished: torch.Tensor, held: torch.Tensor | None, *, multiple: int = ROW_MULTIPLE,
-                  least: int | None = None, live: int | None = None) -> torch.Tensor | None:
+                  least: int | None = None, n_live: int | None = None) -> torch.Tensor | None:
     """Which of the decoder's rows to keep, as indices into them, or None to keep all.
 
     finished: (B,) bool over the whole batch; held: the batch rows the decoder holds, in its
@@ -168,11 +168,12 @@ def _rows_to_keep(finished: torch.Tensor, held: torch.Tensor | None, *, multiple
     them: fewer drops, fewer cache copies); the unfinished rows are kept in order, topped up
     with ended ones to a multiple of ``multiple``. Beam search drops whole sources, ``beam``
     decoder rows each, and passes the multiple of sources that makes :data:`ROW_MULTIPLE` rows.
-    ``live``: how many rows have not finished, when the caller has counted them already (every
+    ``n_live``: how many rows have not finished, when the caller has counted them already (every
     unfinished row is held).
     """
     n_held = finished.shape[0] if held is None else held.shape[0]
-    n_live = int((~finished).sum()) if live is None else live
+    if n_live is None:
+        n_live = int((~finished).sum())
     n_keep = min(n_held, -(-n_live // multiple) * multiple)
     if n_held - n_keep < (max(n_held // 4, 1) if least is None else least):
         return None
@@ -226,7 +227,7 @@ def _draw_tokens(logits, next_logits, finished, max_new_tokens, eos_id, pad_id, 
         ended = int(finished.sum())
         if t + 1 == max_new_tokens or ended == B:
             break
-        keep = None if keep_rows is None else _rows_to_keep(finished.view(-1), held, live=B - ended)
+        keep = None if keep_rows is None else _rows_to_keep(finished.view(-1), held, n_live=B - ended)
         if keep is not None:
             keep_rows(keep)
             held = keep if held is None else held[keep]
