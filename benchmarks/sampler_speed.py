@@ -3,6 +3,7 @@
     python benchmarks/sampler_speed.py            # batch 64, lengths 20 and 50, default generator size
     python benchmarks/sampler_speed.py --quick    # a smoke run
     python benchmarks/sampler_speed.py --name sampler_speed_amd_epyc   # another CPU's figures beside these
+    python benchmarks/sampler_speed.py --d-model 256   # the 4x generator of speed.py: sampler_speed_d256.{json,md}
 
 Both produce exactly ``length`` new tokens per row (no row may end early), so tokens/s compare
 like for like. A third column times the decoding steps' matrix products alone (the projections,
@@ -127,13 +128,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=428, help="the embedded grammar's vocabulary size")
     parser.add_argument("--device", default="cpu", help="cpu or cuda; a GPU's results go to sampler_speed_cuda.{json,md}")
-    parser.add_argument("--name", default="sampler_speed",
-                        help="results file name, for another machine's run beside the recorded one")
+    parser.add_argument("--d-model", type=int, default=128, help="generator width (2 layers, 4 heads as the default)")
+    parser.add_argument("--name", default=None,
+                        help="results file name, for another machine's run beside the recorded one (default "
+                             "sampler_speed, or sampler_speed_d<width> for another --d-model)")
     args = parser.parse_args()
     lengths = (5,) if args.quick else (20, 50)
     repeats = 1 if args.quick else 10
     torch.manual_seed(0)
-    model = build_generator(args.vocab, bos_id=1, eos_id=2, pad_id=0, max_positions=64).eval().to(args.device)
+    model = build_generator(args.vocab, bos_id=1, eos_id=2, pad_id=0, max_positions=64,
+                            d_model=args.d_model).eval().to(args.device)
     narrow = build_generator(args.vocab, bos_id=1, eos_id=2, pad_id=0, max_positions=64, d_model=16).eval()
     rows = [compare(model, narrow.to(args.device), args.batch, length, repeats) for length in lengths]
     table = [("| length | batch | textgan sampler (tok/s) | `generate()` (tok/s) | speed-up | matmuls alone (tok/s) "
@@ -150,8 +154,10 @@ def main() -> None:
                      + "; ".join(f"length {r['length']}: {r['textgan_no_graphs_tokens_per_s']:,.0f} tok/s "
                                  f"({r['textgan_no_graphs_tokens_per_s'] / r['generate_tokens_per_s']:.2f}x `generate()`)"
                                  for r in eager) + ".")
-    md = ("# Sampler speed: textgan KV-cache sampler vs `generate()`\n\nDefault generator (Llama, d_model 128, 2 layers), "
-          f"best of {repeats} interleaved runs each, {device_name(args.device)}.\n\n" + "\n".join(table) + "\n\n"
+    which = "Default generator" if args.d_model == 128 else "Generator"
+    md = ("# Sampler speed: textgan KV-cache sampler vs `generate()`\n\n"
+          f"{which} (Llama, d_model {args.d_model}, 2 layers), best of {repeats} interleaved runs each, "
+          f"{device_name(args.device)}.\n\n" + "\n".join(table) + "\n\n"
           "*Matmuls alone* times only the matrix products of the same decoding steps (q/k/v, attention scores and "
           "values, output projection, MLP, output layer) at the decoder's shapes; *speed-up bound* is `generate()`'s "
           "time over that: the most any sampler built on torch's matmuls could gain over `generate()` here, with "
@@ -162,7 +168,8 @@ def main() -> None:
           "matrix products.\n")
     print(md)
     if not args.quick:
-        record(results_name(args.name, args.device), {"rows": rows}, md)
+        name = args.name or ("sampler_speed" if args.d_model == 128 else f"sampler_speed_d{args.d_model}")
+        record(results_name(name, args.device), {"rows": rows}, md)
 
 
 if __name__ == "__main__":
