@@ -136,7 +136,8 @@ def sample(
             (a style-transfer source); None when every row's prompt is all real tokens.
     Returns:
         a :class:`Rollout` over the new positions only; T <= max_new_tokens (sampling stops
-        early once every row has ended).
+        early once every row has ended). Sampling runs in ``torch.inference_mode`` (see
+        :func:`inference`); the tensors returned are ordinary ones, which training can use.
     """
     with torch.autocast(prompt.device.type, enabled=False):  # sampling runs in fp32 (see training.autocast)
         return _sample(model, prompt, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p, fast, prompt_mask)
