@@ -169,16 +169,16 @@ def _rows_to_keep(finished: torch.Tensor, held: torch.Tensor | None, *, multiple
     them: fewer drops, fewer cache copies); the unfinished rows are kept in order, topped up
     with ended ones to a multiple of ``multiple``. Beam search drops whole sources, ``beam``
     decoder rows each, and passes the multiple of sources that makes :data:`ROW_MULTIPLE` rows.
-    ``n_live``: how many rows have not finished, when the caller has counted them already (every
-    unfinished row is held).
+    ``n_live``: how many of the held rows have not finished, when the caller has counted them
+    already (the sampler's loop, in which every unfinished row is held).
     """
-    n_held = finished.shape[0] if held is None else held.shape[0]
+    ended = finished if held is None else finished[held]
+    n_held = ended.shape[0]
     if n_live is None:
-        n_live = int((~finished).sum())
+        n_live = int((~ended).sum())
     n_keep = min(n_held, -(-n_live // multiple) * multiple)
     if n_held - n_keep < (max(n_held // 4, 1) if least is None else least):
         return None
-    ended = finished if held is None else finished[held]
     live = (~ended).nonzero().squeeze(1)
     filler = ended.nonzero().squeeze(1)[: n_keep - n_live]
     return torch.cat([live, filler]).sort().values
@@ -211,8 +211,7 @@ def _draw_tokens(logits, next_logits, finished, max_new_tokens, eos_id, pad_id, 
             token = logits.argmax(-1, keepdim=True)  # (held rows, 1)
             token_logp = torch.zeros(token.shape, device=token.device)
         else:
-            logits = logits if logits.dtype == torch.float32 else logits.float()
-            probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)  # (held rows, V)
+            probs = filter_logits(logits.float(), temperature, top_k, top_p).softmax(-1)  # (held rows, V)
             uniform = torch.rand(B, 1, device=probs.device, dtype=probs.dtype)
             token = _draw_column(probs, uniform if held is None else uniform[held])
             token_logp = probs.gather(1, token).log_()  # a drawn token's probability is > 0
