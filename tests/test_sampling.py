@@ -117,6 +117,25 @@ def test_fast_decoder_logits_equal_the_hf_forward(word_tokenizer, dtype, static)
             assert_close(logits, full[:, t], **tolerance)
 
 
+@pytest.mark.parametrize("scale", [1e-4, 0.02, 1.0, 1e3])
+def test_decoding_step_rmsnorm_equals_torchs(tiny_generator, scale):
+    """The step's four-call RMSNorm (into the workspace's buffer) against torch's rms_norm, at the scales
+    of fresh embeddings, trained activations and outliers, with an all-zero row (where eps alone counts)."""
+    import torch.nn.functional as F
+
+    from textgan.models.fast_decode import LlamaDecoder
+
+    decoder = LlamaDecoder(tiny_generator, 6, 8)
+    work = decoder._workspace(6)
+    h = torch.randn(6, tiny_generator.config.hidden_size) * scale
+    h[2] = 0.0
+    for eps in sorted(decoder._eps_tensors):
+        expected = F.rms_norm(h, h.shape[-1:], None, eps)
+        got = work.normalize(h, eps)
+        assert got.data_ptr() == work.normed.data_ptr()  # written into the buffer, not allocated
+        assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
 def test_same_seed_same_samples_on_both_paths(tiny_generator, word_tokenizer):
     _, eos, pad = special_ids(word_tokenizer)
     runs = []

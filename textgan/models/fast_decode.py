@@ -6,9 +6,10 @@ forward builds masks, cache objects and output records on every call. This decod
 same maths on the model's parameters with a preallocated cache and a handful of tensor
 operations per layer (q, k and v in one matmul; the queries and the new key and value each turned
 by one complex multiplication, the key and value straight into the cache; the MLP's gate and up
-projections in one matmul; RMSNorm gains and the attention scale folded into those weights), each
-writing into a buffer made once per sampling call rather than allocating, and no views made per
-step but the few that depend on the position.
+projections in one matmul; RMSNorm gains and the attention scale folded into those weights; RMSNorm
+itself as four calls, where torch's CPU ``rms_norm`` makes about a dozen), each writing into a
+buffer made once per sampling call rather than allocating, and no views made per step but the few
+that depend on the position.
 The folded weights are copied when a decoder is made, so a decoder serves one sampling call:
 make a new one after the weights change.
 
@@ -112,10 +113,24 @@ class _Workspace:
         self.attention = self.attention_rows.view(B * Hkv, G, D)
         self.gate_up = buffers["gate_up"][:B]
         self.gate, self.up = self.gate_up.chunk(2, dim=-1)
+        self.normed, self.norm, self.scale = buffers["normed"][:B], buffers["norm"][:B], buffers["scale"][:B]
+        self._eps = decoder._eps_tensors if decoder.keys.dtype == torch.float32 else None
         layers = [cache[i].view(B * Hkv, T, 2 * D) for i in range(L)]
         self.keys_t = [layer[..., :D].transpose(1, 2) for layer in layers]  # (B * Hkv, D, T)
         self.values = [layer[..., D:] for layer in layers]  # (B * Hkv, T, D)
         self.slots = [as_pairs(cache[i].view(B, Hkv, T, D, 2)) for i in range(L)]  # (B, Hkv, T, D) complex in fp32
+
+    def normalize(self, h: torch.Tensor, eps: float) -> torch.Tensor:
+        """:func:`_normalize` of a step's h (B, C), into the workspace's buffer, in four calls that
+        allocate nothing: the row norms, 1 / sqrt(norm^2 / C + eps), and the scaling. On a CPU torch's
+        ``rms_norm`` is a composite of about a dozen calls, and this saves 6-8% of a decoding step at
+        the default size. It rounds differently (the mean square is taken as the squared norm over C),
+        by about one unit in the last place. Decoders in other dtypes take :func:`_normalize`."""
+        if self._eps is None:
+            return _normalize(h, eps)
+        torch.linalg.vector_norm(h, dim=-1, keepdim=True, out=self.norm)
+        torch.addcmul(self._eps[eps], self.norm, self.norm, value=1.0 / h.shape[-1], out=self.scale).rsqrt_()
+        return torch.mul(h, self.scale, out=self.normed)
 
 
 class LlamaDecoder:
@@ -186,6 +201,8 @@ class LlamaDecoder:
         self.eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
                     for layer in self.layers]
         self.final_eps = model.model.norm.variance_epsilon
+        device = self._embedding.device  # each epsilon as a tensor, the first operand of a step's addcmul
+        self._eps_tensors = {eps: torch.tensor(eps, device=device) for eps in {self.final_eps, *sum(self.eps, ())}}
 
     def _use_cache(self, cache: torch.Tensor) -> None:
         """cache: (L, B, Hkv, T, 2D), each layer's keys and values. Sets :attr:`keys` and
@@ -205,7 +222,9 @@ class LlamaDecoder:
                 G, new = self.n_heads // Hkv, self._cache.new_empty
                 self._buffers = {"qkv": new(rows, Hkv * (G + 2) * D), "q": new(rows, Hkv * G * D),
                                  "kv": new(rows, Hkv, 2 * D), "attention": new(rows, Hkv * G * D),
-                                 "gate_up": new(rows, self.weights[0][2].shape[1])}
+                                 "gate_up": new(rows, self.weights[0][2].shape[1]),
+                                 "normed": new(rows, self._embedding.shape[1]), "norm": new(rows, 1),
+                                 "scale": new(rows, 1)}
             workspace = self._workspaces[B] = _Workspace(self, B)
         return workspace
 
@@ -346,7 +365,7 @@ class LlamaDecoder:
         B, Hkv = token.shape[0], self.n_kv_heads
         h = F.embedding(token, self._embedding)  # (B, C)
         for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
-            torch.mm(_normalize(h, self.eps[i][0]), w_qkv, out=work.qkv)
+            torch.mm(work.normalize(h, self.eps[i][0]), w_qkv, out=work.qkv)
             _rotate_into(work.q_out, work.q_in, rotate_q)
             keys_t, values = write(i)
             scores = torch.bmm(work.q_heads, keys_t)  # (B * Hkv, G, n)
@@ -354,9 +373,9 @@ class LlamaDecoder:
                 scores.view(B, Hkv, -1, scores.shape[-1]).masked_fill_(hidden, float("-inf"))
             torch.bmm(scores.softmax(-1), values, out=work.attention)
             h.addmm_(work.attention_rows, w_out)
-            torch.mm(_normalize(h, self.eps[i][1]), w_mlp, out=work.gate_up)
+            torch.mm(work.normalize(h, self.eps[i][1]), w_mlp, out=work.gate_up)
             h.addmm_(F.silu(work.gate, inplace=True).mul_(work.up), w_down)
-        logits = torch.mm(_normalize(h, self.final_eps), self._head_t)
+        logits = torch.mm(work.normalize(h, self.final_eps), self._head_t)
         return logits if logits.dtype == torch.float32 else logits.float()
 
     def graphed_step(self):
