@@ -128,6 +128,13 @@ def compare(model, narrow, batch: int, length: int, repeats: int) -> dict:
             "width16_tokens_per_s": batch * length / t_calls, "matmuls_plus_calls_speedup": t_theirs / (t_floor + t_calls)}
 
 
+def median_round(results: list[dict]) -> dict:
+    """Of several rounds of :func:`compare` at one length, the one with the median speed-up (the lower
+    middle when even), with every round's speed-up under ``round_speedups``."""
+    median = sorted(results, key=lambda r: r["speedup"])[(len(results) - 1) // 2]
+    return {**median, "round_speedups": [r["speedup"] for r in results]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -153,10 +160,7 @@ def main() -> None:
     for _ in range(rounds):  # rounds alternate between the lengths, so that a slow spell does not take one alone
         for length in lengths:
             by_length[length].append(compare(model, narrow, args.batch, length, repeats))
-    rows = []
-    for length, results in by_length.items():
-        median = sorted(results, key=lambda r: r["speedup"])[(len(results) - 1) // 2]  # the lower middle when even
-        rows.append({**median, "round_speedups": [r["speedup"] for r in results]})
+    rows = [median_round(results) for results in by_length.values()]
     table = [("| length | batch | textgan sampler (tok/s) | `generate()` (tok/s) | speed-up (median round) "
               f"| speed-up, {rounds} rounds (min-max) | matmuls alone (tok/s) | speed-up bound "
               "| sampler at width 16 (tok/s) | matmuls + calls: speed-up |"),

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 from _record import device_name, record, results_name
-from sampler_speed import best_of, compare, mean_seconds
+from sampler_speed import best_of, compare, mean_seconds, median_round
 
 from textgan.models import build_generator
 
@@ -117,11 +117,14 @@ def gan_step_on_same_batch(size: dict, repeats: int, device: str, batch: int = B
     return {"gan_step_s": gan_s, "mle_same_batch_s": mle_s, "ratio": gan_s / mle_s, "sampled_width": same.shape[1] - 1}
 
 
-def sampling(size: dict, length: int, repeats: int, device: str) -> dict:
+def sampling(size: dict, length: int, repeats: int, rounds: int, device: str) -> dict:
+    """The sampler against generate(): the median of ``rounds`` rounds, each a best of ``repeats``
+    (one round on a shared machine lands anywhere in a wide range: see sampler_speed.py)."""
     torch.manual_seed(0)
     model = build_generator(VOCAB, bos_id=1, eos_id=2, pad_id=0, max_positions=64, **size).eval().to(device)
     narrow = build_generator(VOCAB, bos_id=1, eos_id=2, pad_id=0, max_positions=64, **{**size, "d_model": 16})
-    return compare(model, narrow.eval().to(device), BATCH, length, repeats)
+    narrow = narrow.eval().to(device)
+    return median_round([compare(model, narrow, BATCH, length, repeats) for _ in range(rounds)])
 
 
 def main() -> None:
@@ -130,7 +133,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda; a GPU's results go to speed_cuda.{json,md}")
     args = parser.parse_args()
     gpu = args.device.startswith("cuda")
-    steps, repeats = (6, 1) if args.quick else (60 if gpu else 20, 3)
+    steps = 6 if args.quick else 60 if gpu else 20
     # a GPU needs a larger product to reach its ceiling
     n = 512 if args.quick else 8192 if gpu else 2048
     ceiling = matmul_ceiling(n, repeats=3 if args.quick else 10, device=args.device)
@@ -153,7 +156,8 @@ def main() -> None:
                "scratchgan_step_s": scratch_s,
                "scratchgan_over_mle": scratch_s / mle_s, "seqgan_k16_step_s": seqgan_s, "seqgan_over_mle": seqgan_s / mle_s,
                "scratchgan_issue_definition": gan_step_on_same_batch(size, 5 if args.quick else 30, args.device),
-               "sampling": [sampling(size, length, repeats, args.device) for length in ((5,) if args.quick else (20, 50))]}
+               "sampling": [sampling(size, length, *((1, 1) if args.quick else (10, 5)), args.device)
+                            for length in ((5,) if args.quick else (20, 50))]}
         print(json.dumps(row), flush=True)
         rows.append(row)
     lines = [(f"{device_name(args.device)}. Matmul ceiling ({n}x{n} fp32 through torch, best of 10): "
@@ -164,7 +168,8 @@ def main() -> None:
               "| SeqGAN K=16 step (x MLE) | sampler vs generate() tok/s |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         g = r["scratchgan_issue_definition"]
-        sampled = "; ".join(f"len {s['length']}: {s['textgan_tokens_per_s']:,.0f} vs {s['generate_tokens_per_s']:,.0f} ({s['speedup']:.2f}x)"
+        sampled = "; ".join(f"len {s['length']}: {s['textgan_tokens_per_s']:,.0f} vs {s['generate_tokens_per_s']:,.0f} "
+                            f"({s['speedup']:.2f}x; {min(s['round_speedups']):.2f}-{max(s['round_speedups']):.2f}x)"
                             for s in r["sampling"])
         compiled = ("n/a" if r["mle_compiled_step_s"] is None else
                     f"{r['mle_compiled_step_s'] * 1e3:.0f} ms ({r['mle_compiled_fraction_of_ceiling']:.0%})")
@@ -178,7 +183,9 @@ def main() -> None:
                                    "(ten with compile=true, whose compilation they hold). "
                                    "The recipe's ScratchGAN step has 3 D updates and is compared with the MLE recipe's step on real "
                                    "batches; the next column times one step as issue #6 defines it (one D update) against an MLE "
-                                   "step on a batch of the sampled batch's shape.\n")
+                                   "step on a batch of the sampled batch's shape. "
+                                   "The sampler column is the median of 5 rounds, each the best of 10 interleaved runs, "
+                                   "with the range over the rounds.\n")
     print(markdown)
     if not args.quick:
         record(results_name("speed", args.device), {"matmul_ceiling_gflop_s": ceiling, "rows": rows}, markdown)
