@@ -176,8 +176,9 @@ class LlamaDecoder:
         ``addmm``. The folds change rounding only (tested to 1e-5 against the Hugging Face forward).
 
         A decoder is made per sampling call, after every training step, so each folded matrix is
-        written by one multiplication from the parameter, reordered on the way in, into its place
-        in the fused matrix (about 40% of a sampling call's set-up at the default size, in copies)."""
+        written once: one multiplication by its gain, reading the parameter through a reordering view
+        and writing straight into its place in the fused matrix (at the default size, 425 us against
+        627 for concatenating, reshaping and then multiplying)."""
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         G = H // Hkv
         self.weights = []  # per layer, each (input, output) for torch.mm: (qkv^T, o_proj^T, gate_up^T, down^T)
@@ -186,7 +187,8 @@ class LlamaDecoder:
                 attn, mlp = layer.self_attn, layer.mlp
                 gain, post_gain = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
                 C = gain.shape[0]
-                qkv = gain.new_empty(Hkv, G + 2, D, C)  # per key/value head: its G queries, its key, its value
+                # in the projections' dtype, as the output projections the step also multiplies by
+                qkv = attn.q_proj.weight.new_empty(Hkv, G + 2, D, C)  # per key/value head: G queries, key, value
                 pairs = qkv.view(Hkv, G + 2, D // 2, 2, C)
                 torch.mul(_as_pairs(attn.q_proj.weight, H).view(Hkv, G, D // 2, 2, C), gain * attn.scaling,
                           out=pairs[:, :G])
