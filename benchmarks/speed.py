@@ -134,6 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     gpu = args.device.startswith("cuda")
     steps = 6 if args.quick else 60 if gpu else 20
+    sampler_repeats, sampler_rounds = (1, 1) if args.quick else (10, 5)  # per length: best of, median of
     # a GPU needs a larger product to reach its ceiling
     n = 512 if args.quick else 8192 if gpu else 2048
     ceiling = matmul_ceiling(n, repeats=3 if args.quick else 10, device=args.device)
@@ -156,7 +157,7 @@ def main() -> None:
                "scratchgan_step_s": scratch_s,
                "scratchgan_over_mle": scratch_s / mle_s, "seqgan_k16_step_s": seqgan_s, "seqgan_over_mle": seqgan_s / mle_s,
                "scratchgan_issue_definition": gan_step_on_same_batch(size, 5 if args.quick else 30, args.device),
-               "sampling": [sampling(size, length, *((1, 1) if args.quick else (10, 5)), args.device)
+               "sampling": [sampling(size, length, sampler_repeats, sampler_rounds, args.device)
                             for length in ((5,) if args.quick else (20, 50))]}
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -184,7 +185,8 @@ def main() -> None:
                                    "The recipe's ScratchGAN step has 3 D updates and is compared with the MLE recipe's step on real "
                                    "batches; the next column times one step as issue #6 defines it (one D update) against an MLE "
                                    "step on a batch of the sampled batch's shape. "
-                                   "The sampler column is the median of 5 rounds, each the best of 10 interleaved runs, "
+                                   f"The sampler column is the median of {sampler_rounds} rounds, each the best of "
+                                   f"{sampler_repeats} interleaved runs, "
                                    "with the range over the rounds.\n")
     print(markdown)
     if not args.quick:

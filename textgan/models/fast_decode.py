@@ -99,7 +99,8 @@ class _Workspace:
         buffers, cache = decoder._buffers, decoder._cache[:, :B]  # cache: (L, B, Hkv, T, 2D)
         Hkv, D, G = decoder.n_kv_heads, decoder.head_dim, decoder.n_heads // decoder.n_kv_heads
         L, T = cache.shape[0], cache.shape[3]
-        as_pairs = torch.view_as_complex if decoder.keys.dtype == torch.float32 else (lambda x: x.flatten(-2))
+        fp32 = decoder.keys.dtype == torch.float32  # fp32 decoders turn complex views and normalize in four calls
+        as_pairs = torch.view_as_complex if fp32 else (lambda x: x.flatten(-2))
         self.qkv = buffers["qkv"][:B]  # (B, Hkv * (G + 2) * D), per key/value head: G queries, key, value
         per_head = self.qkv.view(B, Hkv, G + 2, D // 2, 2)
         self.q_in, self.kv_in = as_pairs(per_head[:, :, :G]).flatten(2), as_pairs(per_head[:, :, G:]).flatten(2)
@@ -114,7 +115,7 @@ class _Workspace:
         self.gate_up = buffers["gate_up"][:B]
         self.gate, self.up = self.gate_up.chunk(2, dim=-1)
         self.normed, self.norm, self.scale = buffers["normed"][:B], buffers["norm"][:B], buffers["scale"][:B]
-        self._eps = decoder._eps_tensors if decoder.keys.dtype == torch.float32 else None
+        self._eps = decoder._eps_tensors if fp32 else None
         layers = [cache[i].view(B * Hkv, T, 2 * D) for i in range(L)]
         self.keys_t = [layer[..., :D].transpose(1, 2) for layer in layers]  # (B * Hkv, D, T)
         self.values = [layer[..., D:] for layer in layers]  # (B * Hkv, T, D)
