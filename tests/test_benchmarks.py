@@ -43,6 +43,7 @@ def _results_digest() -> dict[str, str]:
     ("rollout_speed.py", None, "| re-encoding the prefix for every token |"),
     ("speed.py", None, "| 4x (d256, 2 layers) |"),
     ("throughput.py", None, "| 4x (d256, 2 layers) | 32 |"),
+    ("train_forward.py", None, "| 4x (d256, 2 layers) | 21 |"),
 ])
 def test_quick_mode_runs_and_leaves_the_recorded_results_alone(script, data, expected, tmp_path):
     if data:

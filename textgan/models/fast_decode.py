@@ -47,6 +47,13 @@ def supports(model) -> bool:
     )
 
 
+def rotation_table(rotary, length: int, device: torch.device) -> torch.Tensor:
+    """Each position's rotary turn per pair of dimensions, from a Hugging Face rotary embedding
+    module: (length, D / 2) complex64, of magnitude its ``attention_scaling``."""
+    freqs = torch.arange(length, device=device, dtype=torch.float32)[:, None] * rotary.inv_freq.to(device, torch.float32)
+    return torch.polar(torch.full_like(freqs, getattr(rotary, "attention_scaling", 1.0)), freqs)
+
+
 def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm without its gain (the decoder folds gains into the next matmul), computed in fp32."""
     if x.dtype == torch.float32:
@@ -160,12 +167,8 @@ class LlamaDecoder:
         self.max_length = max_length
         self.position = 0
         self.key_valid: torch.Tensor | None = None  # (B, max_length) bool, set by a padded prefill
-        rotary = model.model.rotary_emb
         self._key_positions = torch.arange(max_length, device=weight.device)  # step_static's mask
-        positions = self._key_positions.float()
-        freqs = positions[:, None] * rotary.inv_freq.to(weight.device, torch.float32)[None]
-        scaling = getattr(rotary, "attention_scaling", 1.0)
-        self.rotation = torch.polar(torch.full_like(freqs, scaling), freqs)  # (T, D / 2) complex64
+        self.rotation = rotation_table(model.model.rotary_emb, max_length, weight.device)  # (T, D / 2)
         self._fold_weights(model)
 
     def _fold_weights(self, model) -> None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import hub
+from .fast_forward import causal_lm_logits
 
 
 class ModelError(ValueError):
@@ -164,7 +165,7 @@ def token_logprobs(model, ids: torch.Tensor, with_entropy: bool = False, tempera
     Returns:
         logprobs (B, T) float; with ``with_entropy``, also the policy entropy (B, T).
     """
-    logits = model(input_ids=ids[:, :-1]).logits.float()  # (B, T, V)
+    logits = causal_lm_logits(model, ids[:, :-1]).float()  # (B, T, V)
     if temperature != 1.0:
         logits = logits / temperature
     logp = F.log_softmax(logits, dim=-1)

@@ -29,7 +29,7 @@ from ..distributed import local_batch_size, seed_step, shard
 from ..embeddings import init_embedding, ppmi_vectors
 from ..losses import discriminator_loss
 from ..models.discriminator import build_discriminator
-from ..models.generator import token_logprobs
+from ..models.generator import causal_lm_logits, token_logprobs
 from ..rl import (
     REWARD_KINDS,
     EMABaseline,
@@ -190,7 +190,7 @@ def expected_reward_update(config, generator, discriminator, ema, fake, ids):
     future_advantage = future - baseline_values(config.baseline, future, mask, ema)
     ema.update(future, mask)
 
-    logp = torch.log_softmax(generator(input_ids=ids[:, :-1]).logits.float(), dim=-1)  # (B, T, V)
+    logp = torch.log_softmax(causal_lm_logits(generator, ids[:, :-1]).float(), dim=-1)  # (B, T, V)
     probs = logp.exp()
     entropy = -(probs * logp).sum(-1)
     expected = (probs * values).sum(-1)  # (B, T), differentiable through G's distribution

@@ -1,0 +1,86 @@
+"""The lean teacher-forced forward (``textgan.models.fast_forward``) against the Hugging Face forward, in MLE steps.
+
+    python benchmarks/train_forward.py            # d128 and d256, batch 64, 15 and 21 positions
+    python benchmarks/train_forward.py --quick
+
+Both compute ``mle_step``'s loss on the same batch and take the same step (gradient clipping, fused
+AdamW); only the forward differs. Steps alternate between the two (one, the other, ...), so that
+the machine's drift falls on both alike, and each reports its median step. 15 positions is about
+the mean width of the MLE recipe's batches (each cut to its longest sentence), 21 the widest. Each
+step's FLOPs (``speed.train_flops_per_token``) are given as a fraction of the fp32 matmul ceiling,
+measured in the same process before and after the steps (the lower of the two).
+Writes benchmarks/results/train_forward.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from _record import record
+from speed import BATCH, VOCAB, matmul_ceiling, train_flops_per_token
+
+from textgan.models import build_generator, fast_forward
+from textgan.training import adam, mle_loss, optimizer_step, sequence_mask
+
+SIZES = {"default (d128, 2 layers)": {"d_model": 128, "n_layers": 2}, "4x (d256, 2 layers)": {"d_model": 256, "n_layers": 2}}
+FORWARDS = {"Hugging Face": lambda model, ids: model(input_ids=ids).logits, "textgan": fast_forward.forward}
+
+
+def mle_step_with(forward, model, optimizer, batch: torch.Tensor) -> None:
+    """``textgan.training.mle_step`` with the logits from ``forward``."""
+    logprobs = F.log_softmax(forward(model, batch[:, :-1]).float(), -1).gather(-1, batch[:, 1:, None]).squeeze(-1)
+    optimizer_step(mle_loss(logprobs, sequence_mask(batch[:, 1:], 2)), optimizer, model, 1.0)
+
+
+def compare(size: dict, width: int, steps: int, warmup: int) -> dict:
+    """Median seconds of an MLE step by each forward, ``steps`` of each, alternating."""
+    torch.manual_seed(0)
+    model = build_generator(VOCAB, bos_id=1, eos_id=2, pad_id=0, **size)
+    optimizer = adam(model.parameters(), lr=1e-4)
+    batch = torch.randint(3, VOCAB, (BATCH, width + 1))
+    batch[:, 0] = 1
+    times = {name: [] for name in FORWARDS}
+    for i in range(warmup + steps):
+        for name, forward in FORWARDS.items():
+            start = time.perf_counter()
+            mle_step_with(forward, model, optimizer, batch)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    steps, warmup, n = (3, 1, 512) if args.quick else (60, 5, 2048)
+    before = matmul_ceiling(n, repeats=10)
+    rows = []
+    for name, size in SIZES.items():
+        for width in (15, 21):
+            seconds = compare(size, width, steps, warmup)
+            flops = train_flops_per_token(size["d_model"], size["n_layers"], VOCAB, width) * BATCH * width
+            rows.append({"size": name, "width": width, "seconds": seconds, "flops": flops})
+            print(f"{name}, {width} positions: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()),
+                  flush=True)
+    ceiling = min(before, matmul_ceiling(n, repeats=10))
+    lines = [(f"MLE steps, batch 64, vocabulary {VOCAB}; median of {steps} steps of each forward, alternating. fp32 "
+              f"matmul ceiling ({n}x{n}, the lower of before and after): **{ceiling:.1f} GFLOP/s**."), "",
+             "| generator | positions | Hugging Face forward (of ceiling) | textgan forward (of ceiling) | speed-up |",
+             "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        hf, ours = row["seconds"]["Hugging Face"], row["seconds"]["textgan"]
+        share = {k: row["flops"] / v / 1e9 / ceiling for k, v in row["seconds"].items()}
+        lines.append(f"| {row['size']} | {row['width']} | {hf * 1e3:.1f} ms ({share['Hugging Face']:.0%}) "
+                     f"| {ours * 1e3:.1f} ms ({share['textgan']:.0%}) | {hf / ours:.2f}x |")
+    markdown = "\n".join(lines) + "\n"
+    print(markdown)
+    if not args.quick:
+        record("train_forward", {"matmul_ceiling_gflop_s": ceiling, "steps": steps, "rows": rows}, markdown)
+
+
+if __name__ == "__main__":
+    main()
