@@ -45,6 +45,26 @@ def test_decoder_on_gpu_matches_the_hf_forward_and_the_cpu():
     assert_close(full.cpu(), cpu, atol=1e-4, rtol=1e-4)
 
 
+def test_training_forward_on_gpu_matches_the_hf_forward():
+    """textgan's teacher-forced forward (its complex rotation and hand-written backward passes) on CUDA:
+    the Hugging Face forward's logits and gradients on the same GPU."""
+    from textgan.models import fast_forward
+
+    model = build_generator(60, bos_id=1, eos_id=2, pad_id=0, d_model=48, n_layers=2, n_heads=4).cuda()
+    ids, weights = torch.randint(3, 60, (5, 9), device="cuda"), torch.randn(5, 9, 60, device="cuda")
+    assert fast_forward.applies(model, "cuda")
+    results = []
+    for forward in (fast_forward.forward, lambda model, ids: model(input_ids=ids).logits):
+        model.zero_grad()
+        logits = forward(model, ids)
+        (logits * weights).sum().backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    (logits, grads), (expected_logits, expected_grads) = results
+    assert_close(logits, expected_logits, atol=1e-5, rtol=1e-5)
+    for grad, expected in zip(grads, expected_grads):
+        assert_close(grad, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_sampling_on_gpu_stays_on_the_gpu_and_ends_rows():
     model = build_generator(60, bos_id=1, eos_id=2, pad_id=0, d_model=32, n_layers=1, n_heads=2, max_positions=32)
     model = model.eval().cuda()

@@ -140,9 +140,9 @@ def forward(model, ids: torch.Tensor) -> torch.Tensor:
     x = F.embedding(ids.flatten(), body.embed_tokens.weight)  # (B * T, C), the residual stream
     for layer in body.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        qkv_weight = torch.cat([fast_decode._as_pairs(attn.q_proj.weight, H).flatten(0, 2),
-                                fast_decode._as_pairs(attn.k_proj.weight, Hkv).flatten(0, 2), attn.v_proj.weight])
-        qkv = _norm(x, layer.input_layernorm) @ qkv_weight.t()
+        qkv_weight = torch.cat([fast_decode._as_pairs(attn.q_proj.weight, H), fast_decode._as_pairs(attn.k_proj.weight, Hkv),
+                                attn.v_proj.weight.view(Hkv, D // 2, 2, -1)])  # (H + 2 Hkv, D / 2, 2, C)
+        qkv = _norm(x, layer.input_layernorm) @ qkv_weight.flatten(0, 2).t()
         q, k, v = _Rotary.apply(qkv.view(B, T, -1), rotation, H, Hkv)
         attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=H != Hkv)
         x = torch.addmm(x, attended.transpose(1, 2).reshape(B * T, H * D), attn.o_proj.weight.t())
