@@ -9,6 +9,10 @@ the machine's drift falls on both alike, and each reports its median step. 15 po
 the mean width of the MLE recipe's batches (each cut to its longest sentence), 21 the widest. Each
 step's FLOPs (``speed.train_flops_per_token``) are given as a fraction of the fp32 matmul ceiling,
 measured in the same process before and after the steps (the lower of the two).
+
+Then the bar's own measurement (issue #6: the MLE step at the larger size as a fraction of the
+ceiling), ``speed.py``'s: the MLE recipe at d256 on its real batches, timed from its own log, run
+in turn with the Hugging Face forward and with textgan's, three times each.
 Writes benchmarks/results/train_forward.{json,md}.
 """
 
@@ -20,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 from _record import record
-from speed import BATCH, VOCAB, matmul_ceiling, train_flops_per_token
+from speed import BATCH, VOCAB, matmul_ceiling, mean_batch_width, step_seconds, train_flops_per_token
 
 from textgan.models import build_generator, fast_forward
 from textgan.training import adam, mle_loss, optimizer_step, sequence_mask
@@ -52,6 +56,20 @@ def compare(size: dict, width: int, steps: int, warmup: int) -> dict:
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
+def recipe_steps(size: dict, steps: int, runs: int) -> dict:
+    """Seconds per MLE recipe step (``speed.step_seconds``), ``runs`` runs with each forward in turn."""
+    applies = fast_forward.applies
+    seconds = {name: [] for name in FORWARDS}
+    try:
+        for _ in range(runs):
+            for name in FORWARDS:
+                fast_forward.applies = applies if name == "textgan" else (lambda model, device_type: False)
+                seconds[name].append(step_seconds("mle", size, steps, {}, "cpu"))
+    finally:
+        fast_forward.applies = applies
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -66,6 +84,11 @@ def main() -> None:
             rows.append({"size": name, "width": width, "seconds": seconds, "flops": flops})
             print(f"{name}, {width} positions: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()),
                   flush=True)
+    size = SIZES["4x (d256, 2 layers)"]
+    recipe_steps_n = 6 if args.quick else 20
+    recipe = recipe_steps(size, recipe_steps_n, 1 if args.quick else 3)
+    width = mean_batch_width(recipe_steps_n)
+    recipe_flops = train_flops_per_token(size["d_model"], size["n_layers"], VOCAB, width) * BATCH * width
     ceiling = min(before, matmul_ceiling(n, repeats=10))
     lines = [(f"MLE steps, batch 64, vocabulary {VOCAB}; median of {steps} steps of each forward, alternating. fp32 "
               f"matmul ceiling ({n}x{n}, the lower of before and after): **{ceiling:.1f} GFLOP/s**."), "",
@@ -76,10 +99,17 @@ def main() -> None:
         share = {k: row["flops"] / v / 1e9 / ceiling for k, v in row["seconds"].items()}
         lines.append(f"| {row['size']} | {row['width']} | {hf * 1e3:.1f} ms ({share['Hugging Face']:.0%}) "
                      f"| {ours * 1e3:.1f} ms ({share['textgan']:.0%}) | {hf / ours:.2f}x |")
+    lines += ["", (f"The MLE recipe at d256 (batch 64, its real batches: {width:.1f} positions on average), seconds per "
+                   f"step from its log, runs in turn, each as a fraction of the ceiling:"), "",
+              "| forward | runs | of the ceiling |", "|---|---|---|"]
+    for name, seconds in recipe.items():
+        lines.append(f"| {name} | {', '.join(f'{s * 1e3:.1f} ms' for s in seconds)} "
+                     f"| {', '.join(f'{recipe_flops / s / 1e9 / ceiling:.0%}' for s in seconds)} |")
     markdown = "\n".join(lines) + "\n"
     print(markdown)
     if not args.quick:
-        record("train_forward", {"matmul_ceiling_gflop_s": ceiling, "steps": steps, "rows": rows}, markdown)
+        record("train_forward", {"matmul_ceiling_gflop_s": ceiling, "steps": steps, "rows": rows,
+                                 "recipe": {"width": width, "flops": recipe_flops, "seconds": recipe}}, markdown)
 
 
 if __name__ == "__main__":
