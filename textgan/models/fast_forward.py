@@ -13,8 +13,8 @@ computes the same function of the same parameters with fewer passes:
   decoder orders them), as an autograd Function whose backward writes the q, k and v gradients
   into one buffer, turned back on the way;
 - RMSNorm and the SiLU-gated product as autograd Functions with hand-written backward passes
-  (RMSNorm in about six passes against autograd's ten; the gate and up gradients written into the
-  halves of one buffer);
+  (RMSNorm's in six passes over the activations; the gate and up gradients written into the halves
+  of one buffer);
 - the residual adds inside the output projections' matrix products (``addmm``).
 
 An MLE step on a batch of 64 x 15 or 64 x 21 positions is 6-8% faster at d128 and at d256
