@@ -73,7 +73,7 @@ def _as_pairs(weight: torch.Tensor, heads: int) -> torch.Tensor:
 def _rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """x: (..., 2N) real, pairs (x, y) side by side; rotation: complex, broadcastable to (..., N).
     Returns (..., 2N): each pair turned by its angle, (x + iy) * (cos + i sin)."""
-    if x.dtype != torch.float32:  # complex multiplication in fp32 (complex64), as the rotary tables
+    if x.dtype in (torch.float16, torch.bfloat16):  # half precision turns in fp32 (complex64), as the tables
         return _rotate_pairs(x.float(), rotation).to(x.dtype)
     pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * rotation).flatten(-2)

@@ -103,8 +103,7 @@ class _Rotary(torch.autograd.Function):
     def forward(ctx, qkv: torch.Tensor, rotation: torch.Tensor, heads: int, kv_heads: int):
         D = qkv.shape[-1] // (heads + 2 * kv_heads)
         split = (heads + kv_heads) * D
-        pairs = _complex(qkv[..., :split].unflatten(-1, (heads + kv_heads, D)))  # (B, T, H + Hkv, D / 2)
-        turned = torch.view_as_real(pairs * rotation).flatten(-2)  # (B, T, H + Hkv, D)
+        turned = fast_decode._rotate_pairs(qkv[..., :split].unflatten(-1, (heads + kv_heads, D)), rotation)
         value = qkv[..., split:].unflatten(-1, (kv_heads, D))
         ctx.save_for_backward(rotation)
         ctx.heads = heads
