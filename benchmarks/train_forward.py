@@ -3,8 +3,8 @@
     python benchmarks/train_forward.py            # d128 and d256, batch 64, 15 and 21 positions
     python benchmarks/train_forward.py --quick
 
-Both compute ``mle_step``'s loss on the same batch and take the same step (gradient clipping, fused
-AdamW); only the forward differs. Steps alternate between the two (one, the other, ...), so that
+Both run ``textgan.training.mle_step`` on the same batch (loss, gradient clipping, fused AdamW); only
+the forward its teacher-forced pass takes differs. Steps alternate between the two (one, the other, ...), so that
 the machine's drift falls on both alike, and each reports its median step. 15 positions is about
 the mean width of the MLE recipe's batches (each cut to its longest sentence), 21 the widest. Each
 step's FLOPs (``speed.train_flops_per_token``) are given as a fraction of the fp32 matmul ceiling,
@@ -19,24 +19,31 @@ Writes benchmarks/results/train_forward.{json,md}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
-import torch.nn.functional as F
 from _record import record
 from speed import BATCH, VOCAB, matmul_ceiling, mean_batch_width, step_seconds, train_flops_per_token
 
 from textgan.models import build_generator, fast_forward
-from textgan.training import adam, mle_loss, optimizer_step, sequence_mask
+from textgan.training import adam, mle_step
 
 SIZES = {"default (d128, 2 layers)": {"d_model": 128, "n_layers": 2}, "4x (d256, 2 layers)": {"d_model": 256, "n_layers": 2}}
-FORWARDS = {"Hugging Face": lambda model, ids: model(input_ids=ids).logits, "textgan": fast_forward.forward}
+FORWARDS = ("Hugging Face", "textgan")
 
 
-def mle_step_with(forward, model, optimizer, batch: torch.Tensor) -> None:
-    """``textgan.training.mle_step`` with the logits from ``forward``."""
-    logprobs = F.log_softmax(forward(model, batch[:, :-1]).float(), -1).gather(-1, batch[:, 1:, None]).squeeze(-1)
-    optimizer_step(mle_loss(logprobs, sequence_mask(batch[:, 1:], 2)), optimizer, model, 1.0)
+@contextlib.contextmanager
+def taking(forward: str):
+    """Within it, textgan's teacher-forced passes take ``forward``: its own where it applies, as by
+    default, or the Hugging Face one (``fast_forward.applies`` answering no)."""
+    applies = fast_forward.applies
+    if forward == "Hugging Face":
+        fast_forward.applies = lambda model, device_type: False
+    try:
+        yield
+    finally:
+        fast_forward.applies = applies
 
 
 def compare(size: dict, width: int, steps: int, warmup: int) -> dict:
@@ -48,25 +55,23 @@ def compare(size: dict, width: int, steps: int, warmup: int) -> dict:
     batch[:, 0] = 1
     times = {name: [] for name in FORWARDS}
     for i in range(warmup + steps):
-        for name, forward in FORWARDS.items():
-            start = time.perf_counter()
-            mle_step_with(forward, model, optimizer, batch)
+        for name in FORWARDS:
+            with taking(name):
+                start = time.perf_counter()
+                mle_step(model, optimizer, batch, eos_id=2)
+                seconds = time.perf_counter() - start
             if i >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def recipe_steps(size: dict, steps: int, runs: int) -> dict:
     """Seconds per MLE recipe step (``speed.step_seconds``), ``runs`` runs with each forward in turn."""
-    applies = fast_forward.applies
     seconds = {name: [] for name in FORWARDS}
-    try:
-        for _ in range(runs):
-            for name in FORWARDS:
-                fast_forward.applies = applies if name == "textgan" else (lambda model, device_type: False)
+    for _ in range(runs):
+        for name in FORWARDS:
+            with taking(name):
                 seconds[name].append(step_seconds("mle", size, steps, {}, "cpu"))
-    finally:
-        fast_forward.applies = applies
     return seconds
 
 
