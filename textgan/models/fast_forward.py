@@ -17,7 +17,7 @@ computes the same function of the same parameters with fewer passes:
   of one buffer);
 - the residual adds inside the output projections' matrix products (``addmm``).
 
-An MLE step on a batch of 64 x 15 or 64 x 21 positions is 6-8% faster at d128 and at d256
+An MLE step on a batch of 64 x 15 or 64 x 21 positions is 7-9% faster at d128 and at d256
 (``benchmarks/train_forward.py``, whose results are in ``benchmarks/results/train_forward.md``).
 The results differ from the Hugging Face forward by rounding only (the test suite checks the
 logits to 1e-5 and the gradients to 1e-4).
