@@ -40,6 +40,77 @@ def test_logits_and_gradients_equal_the_hf_forward(kv_heads):
         assert_close(grad, expected_grads[name], atol=1e-4, rtol=1e-4, msg=name)
 
 
+def test_left_padded_rows_equal_the_hf_forward_with_an_attention_mask():
+    """Style transfer's prompts: rows left-padded by 0, 3, 5 and 8 of 9 positions, keys masked."""
+    torch.manual_seed(0)
+    model = generator(2, n_layers=2)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    ids = torch.randint(3, 50, (4, 9))
+    key_mask = torch.arange(9)[None, :] >= torch.tensor([0, 3, 5, 8])[:, None]
+    weights = torch.randn(4, 9, 48) * key_mask[..., None]  # a loss on the real positions only
+
+    def run(hidden_of):
+        model.zero_grad()
+        hidden = hidden_of()
+        (hidden * weights).sum().backward()
+        return hidden.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    hidden, grads = run(lambda: ff.causal_lm_hidden(model, ids, key_mask))
+    expected, expected_grads = run(lambda: model.model(input_ids=ids, attention_mask=key_mask.long()).last_hidden_state)
+    assert torch.isfinite(hidden).all()  # padded positions too: they attend to themselves
+    assert_close(hidden[key_mask], expected[key_mask], atol=1e-5, rtol=1e-5)
+    for name, grad in grads.items():
+        assert torch.isfinite(grad).all(), name
+        assert_close(grad, expected_grads[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_chunked_head_backward_matches_numerical_gradients():
+    """7 rows in blocks of 3 (the last one short), repeated targets."""
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 3, 3, 10, 5, 0, 7])
+    assert torch.autograd.gradcheck(lambda h, w: ff._HeadLogProbs.apply(h, w, targets, 3), (hidden, weight))
+    expected = torch.log_softmax(hidden @ weight.t(), -1).gather(1, targets[:, None]).squeeze(1)
+    assert_close(ff._HeadLogProbs.apply(hidden, weight, targets, 3), expected)
+
+
+def chunked(logprobs: torch.Tensor) -> bool:
+    return "HeadLogProbs" in logprobs.grad_fn.next_functions[0][0].name()
+
+
+def test_token_logprobs_of_large_logits_take_the_chunked_head(monkeypatch):
+    from textgan.models import token_logprobs
+
+    monkeypatch.setattr(ff, "CHUNKED_HEAD_LOGITS", 597 * 4100)
+    torch.manual_seed(0)
+    V = 4100
+    model = build_generator(V, bos_id=1, eos_id=2, pad_id=0, d_model=32, n_heads=2, n_layers=1)
+    ids = torch.randint(3, V, (3, 200))  # 597 rows: several blocks of 511, the last one short
+    weights = torch.randn(3, 199)
+
+    def run(logprobs_of):
+        model.zero_grad()
+        logprobs = logprobs_of()
+        (logprobs * weights).sum().backward()
+        return logprobs, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    logprobs, grads = run(lambda: token_logprobs(model, ids))
+    assert chunked(logprobs)
+
+    def hf_logprobs():
+        logits = model(input_ids=ids[:, :-1]).logits
+        return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+    expected, expected_grads = run(hf_logprobs)
+    assert_close(logprobs.detach(), expected.detach(), atol=1e-5, rtol=1e-5)
+    for name, grad in grads.items():
+        assert_close(grad, expected_grads[name], atol=1e-4, rtol=1e-4, msg=name)
+    assert not chunked(token_logprobs(model, ids[:, :-1]))  # fewer logits: whole
+
+
 def test_rmsnorm_backward_matches_numerical_gradients():
     torch.manual_seed(0)
     x = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
@@ -99,3 +170,6 @@ def test_causal_lm_logits_falls_back_to_the_models_forward():
     assert not ff.applies(model, "cpu")
     with torch.no_grad():
         assert_close(causal_lm_logits(model, ids), model(input_ids=ids).logits)
+        key_mask = torch.tensor([[True] * 5, [False, False, True, True, True]])
+        expected = model.transformer(input_ids=ids, attention_mask=key_mask.long()).last_hidden_state
+        assert_close(ff.causal_lm_hidden(model, ids, key_mask), expected)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from . import sampling
 from .bleu import ngram_counts
 from .data import DataError, read_lines, read_text, sequence_mask
+from .models.fast_forward import causal_lm_hidden, head_logprobs
 from .models.generator import ModelError, load_errors
 from .sampling import ROW_MULTIPLE, _decoder, _draw_tokens, encode_prompt, inference, left_pad, sample
 
@@ -249,12 +250,10 @@ def target_logprobs(model, prompt: torch.Tensor, prompt_mask: torch.Tensor, targ
     The vocabulary projection runs on the target positions only (not over the source).
     """
     ids = torch.cat([prompt, targets], dim=1)
-    attention = torch.cat([prompt_mask, torch.ones_like(targets, dtype=torch.bool)], dim=1).long()
+    key_mask = torch.cat([prompt_mask, torch.ones_like(targets, dtype=torch.bool)], dim=1)
     P, T = prompt.shape[1], targets.shape[1]
-    body = getattr(model, "base_model", None) or model.model
-    hidden = body(input_ids=ids, attention_mask=attention).last_hidden_state[:, P - 1 : P + T - 1]
-    logits = model.get_output_embeddings()(hidden).float()
-    return F.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    hidden = causal_lm_hidden(model, ids, key_mask)[:, P - 1 : P + T - 1]
+    return head_logprobs(model, hidden, targets)
 
 
 # --------------------------------------------------------------------------- decoding

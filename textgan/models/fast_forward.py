@@ -1,11 +1,12 @@
 """A lean teacher-forced forward for Llama-architecture generators, for training and scoring.
 
-Every MLE step, every policy-gradient step and every NLL evaluation scores whole sequences in one
+Every MLE step, every policy-gradient step, every NLL evaluation and every step of the
+style-transfer recipe (its reconstruction, cycle and policy rows) scores whole sequences in one
 teacher-forced pass. At the sizes textgan trains on a CPU, a third of such a training step is not
 matrix products but elementwise passes over activations (RMSNorm, rotary embeddings, the gated MLP
-and their backward passes), each reading and writing memory once, and autograd adds passes of
-its own (zero-filled gradients of slices, concatenations of gradient halves). This forward
-computes the same function of the same parameters with fewer passes:
+and their backward passes), each reading and writing memory once, and autograd adds passes of its
+own (zero-filled gradients of slices, concatenations of gradient halves). This forward computes the
+same function of the same parameters with fewer passes:
 
 - q, k and v in one matrix product, the MLP's gate and up projections in another (the weights
   concatenated per call: a few hundred thousand numbers against the activations' millions);
@@ -16,6 +17,11 @@ computes the same function of the same parameters with fewer passes:
   (RMSNorm's in six passes over the activations; the gate and up gradients written into the halves
   of one buffer);
 - the residual adds inside the output projections' matrix products (``addmm``).
+
+Prompts of different lengths, left-padded to a common one (style transfer's), pass a key mask
+(:func:`causal_lm_hidden`): no position attends to padding, and every row keeps positions 0..T-1, as
+the Hugging Face forward given only an attention mask does (a padded position attends to itself
+alone, so that its softmax is never empty; its outputs reach nothing).
 
 An MLE step on a batch of 64 x 15 or 64 x 21 positions is 7-9% faster at d128 and at d256
 (``benchmarks/train_forward.py``, whose results are in ``benchmarks/results/train_forward.md``).
@@ -51,6 +57,19 @@ def causal_lm_logits(model, ids: torch.Tensor) -> torch.Tensor:
     if applies(model, ids.device.type):
         return forward(model, ids)
     return model(input_ids=ids).logits
+
+
+def causal_lm_hidden(model, ids: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The final hidden states (after the last norm, before the vocabulary projection): ids (B, T)
+    long -> (B, T, C). ``key_mask`` (B, T) bool, False on padding that no position may attend to
+    (left padding of prompts of different lengths); every row shares positions 0..T-1, as the
+    Hugging Face forward given only an attention mask. By :func:`hidden_states` where
+    :func:`applies`, else by the model's own body."""
+    if applies(model, ids.device.type):
+        return hidden_states(model, ids, key_mask)
+    body = getattr(model, "base_model", None) or model.model
+    attention = None if key_mask is None else key_mask.long()
+    return body(input_ids=ids, attention_mask=attention).last_hidden_state
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -129,13 +148,79 @@ def _complex(x: torch.Tensor) -> torch.Tensor:
     return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
 
 
-def forward(model, ids: torch.Tensor) -> torch.Tensor:
+# Logits (rows x vocabulary) from this many on are scored by the row-chunked head on a CPU: 2^24, 64 MB
+# in fp32. Below it the whole logits cost no more in a training step (``benchmarks/train_forward.py``).
+CHUNKED_HEAD_LOGITS = 1 << 24
+
+
+def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(lm_head(hidden))[targets]: hidden (B, T, C), targets (B, T) long -> (B, T) float.
+
+    Where :func:`applies`, on a CPU, when the logits would be :data:`CHUNKED_HEAD_LOGITS` numbers or
+    more, by :class:`_HeadLogProbs`: the logits are computed, used and dropped a block of rows at a
+    time and never exist whole (for the style-transfer recipe's 192 rows of 21 tokens over 9,327
+    words they are 150 MB, written and read again by the log-softmax, its backward and the gather's
+    zero-filled gradient); else by the head and a log-softmax over the whole logits."""
+    head = model.get_output_embeddings()
+    V = head.weight.shape[0]
+    if (hidden.device.type == "cpu" and targets.numel() * V >= CHUNKED_HEAD_LOGITS and hidden.dtype == torch.float32
+            and applies(model, "cpu")):
+        rows = max(64, (1 << 21) // V)  # 2M logits (8 MB) a block
+        return _HeadLogProbs.apply(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets.reshape(-1),
+                                   rows).view(targets.shape)
+    logits = head(hidden).float()
+    return F.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+
+
+class _HeadLogProbs(torch.autograd.Function):
+    """log softmax(hidden @ weight.T)[target] of each row: hidden (N, C), weight (V, C), targets (N,)
+    -> (N,), ``rows`` rows at a time. Saves each row's log-sum-exp; the backward computes each
+    block's logits again (a third more of the head's FLOPs) and turns them into its gradient in
+    place: softmax times -grad, plus grad at the target."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
+        N = hidden.shape[0]
+        out, lse = hidden.new_empty(N), hidden.new_empty(N)
+        for start in range(0, N, rows):
+            block = slice(start, start + rows)
+            logits = hidden[block] @ weight.t()  # (rows, V)
+            torch.logsumexp(logits, -1, out=lse[block])
+            torch.sub(logits.gather(1, targets[block, None]).squeeze_(1), lse[block], out=out[block])
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        for start in range(0, hidden.shape[0], ctx.rows):
+            block = slice(start, start + ctx.rows)
+            g = grad[block, None]
+            grad_logits = (hidden[block] @ weight.t()).sub_(lse[block, None]).exp_().mul_(-g)
+            grad_logits.scatter_add_(1, targets[block, None], g)
+            if grad_hidden is not None:
+                torch.mm(grad_logits, weight, out=grad_hidden[block])
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.t(), hidden[block])
+        return grad_hidden, grad_weight, None, None
+
+
+def forward(model, ids: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """ids (B, T) -> logits (B, T, V): the Hugging Face forward's maths in fewer passes (module docstring)."""
+    return hidden_states(model, ids, key_mask) @ model.lm_head.weight.t()
+
+
+def hidden_states(model, ids: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ids (B, T) -> the last norm's output (B, T, C); ``key_mask`` as :func:`causal_lm_hidden`."""
     body, config = model.model, model.config
     B, T = ids.shape
     H, Hkv = config.num_attention_heads, config.num_key_value_heads
     D = getattr(config, "head_dim", None) or config.hidden_size // H
     rotation = fast_decode.rotation_table(body.rotary_emb, T, ids.device)[:, None]  # (T, 1, D / 2)
+    mask = _attention_mask(key_mask)  # None: causal only
     x = F.embedding(ids.flatten(), body.embed_tokens.weight)  # (B * T, C), the residual stream
     for layer in body.layers:
         attn, mlp = layer.self_attn, layer.mlp
@@ -143,11 +228,24 @@ def forward(model, ids: torch.Tensor) -> torch.Tensor:
                                 attn.v_proj.weight.view(Hkv, D // 2, 2, -1)])  # (H + 2 Hkv, D / 2, 2, C)
         qkv = _norm(x, layer.input_layernorm) @ qkv_weight.flatten(0, 2).t()
         q, k, v = _Rotary.apply(qkv.view(B, T, -1), rotation, H, Hkv)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=H != Hkv)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=attn.scaling,
+                                                  enable_gqa=H != Hkv)
         x = torch.addmm(x, attended.transpose(1, 2).reshape(B * T, H * D), attn.o_proj.weight.t())
         gate_up = _norm(x, layer.post_attention_layernorm) @ torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t()
         x = torch.addmm(x, _GatedSiLU.apply(gate_up), mlp.down_proj.weight.t())
-    return (_norm(x, body.norm) @ model.lm_head.weight.t()).view(B, T, -1)
+    return _norm(x, body.norm).view(B, T, -1)
+
+
+def _attention_mask(key_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T) bool, False on padding -> (B, 1, T, T) bool, True where a query attends a key: earlier or
+    the same position, not padding; a padded position attends to itself, so that its row of the
+    softmax is not empty (its outputs are finite, and reach nothing). None without padding."""
+    if key_mask is None or bool(key_mask.all()):
+        return None
+    T = key_mask.shape[1]
+    positions = torch.arange(T, device=key_mask.device)
+    causal = positions[None, :] <= positions[:, None]  # (T, T), [query, key]
+    return ((causal & key_mask[:, None, :]) | (positions[None, :] == positions[:, None]))[:, None]
 
 
 def _norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:

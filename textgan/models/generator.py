@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import hub
+from . import fast_forward
 from .fast_forward import causal_lm_logits
 
 
@@ -165,6 +166,8 @@ def token_logprobs(model, ids: torch.Tensor, with_entropy: bool = False, tempera
     Returns:
         logprobs (B, T) float; with ``with_entropy``, also the policy entropy (B, T).
     """
+    if not with_entropy and temperature == 1.0 and fast_forward.applies(model, ids.device.type):
+        return fast_forward.head_logprobs(model, fast_forward.hidden_states(model, ids[:, :-1]), ids[:, 1:])
     logits = causal_lm_logits(model, ids[:, :-1]).float()  # (B, T, V)
     if temperature != 1.0:
         logits = logits / temperature
