@@ -65,6 +65,30 @@ def test_training_forward_on_gpu_matches_the_hf_forward():
         assert_close(grad, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_training_forward_on_gpu_with_left_padding_matches_the_hf_forward():
+    """Style transfer's left-padded prompts: the key mask on CUDA, hidden states at the real positions
+    and every gradient finite and equal to the Hugging Face body's with an attention mask."""
+    from textgan.models import fast_forward
+
+    model = build_generator(60, bos_id=1, eos_id=2, pad_id=0, d_model=48, n_layers=2, n_heads=4).cuda()
+    ids = torch.randint(3, 60, (4, 9), device="cuda")
+    key_mask = torch.arange(9, device="cuda")[None, :] >= torch.tensor([0, 3, 5, 8], device="cuda")[:, None]
+    weights = torch.randn(4, 9, 48, device="cuda") * key_mask[..., None]
+    results = []
+    for hidden_of in (lambda: fast_forward.causal_lm_hidden(model, ids, key_mask),
+                      lambda: model.model(input_ids=ids, attention_mask=key_mask.long()).last_hidden_state):
+        model.zero_grad()
+        hidden = hidden_of()
+        (hidden * weights).sum().backward()
+        results.append((hidden.detach(), [p.grad.clone() for p in model.parameters()]))
+    (hidden, grads), (expected, expected_grads) = results
+    assert torch.isfinite(hidden).all()
+    assert_close(hidden[key_mask], expected[key_mask], atol=1e-5, rtol=1e-5)
+    for grad, expected in zip(grads, expected_grads):
+        assert torch.isfinite(grad).all()
+        assert_close(grad, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_sampling_on_gpu_stays_on_the_gpu_and_ends_rows():
     model = build_generator(60, bos_id=1, eos_id=2, pad_id=0, d_model=32, n_layers=1, n_heads=2, max_positions=32)
     model = model.eval().cuda()
