@@ -103,8 +103,8 @@ def score_direction(outputs, inputs, references, target, classify, perplexity) -
 
     from textgan.bleu import corpus_bleu
 
-    self_bleu = sacrebleu.corpus_bleu(outputs, [inputs], tokenize="none").score
-    ref_bleu = sacrebleu.corpus_bleu(outputs, [references], tokenize="none").score
+    self_bleu = sacrebleu.corpus_bleu(outputs, [inputs], tokenize="none", force=True).score
+    ref_bleu = sacrebleu.corpus_bleu(outputs, [references], tokenize="none", force=True).score
     for ours, theirs in ((corpus_bleu(outputs, inputs), self_bleu), (corpus_bleu(outputs, references), ref_bleu)):
         assert abs(ours - theirs) < 1e-9, (ours, theirs)  # textgan's corpus BLEU is sacreBLEU's
     accuracy = sum(p == target for p in classify(outputs)) / len(outputs)
