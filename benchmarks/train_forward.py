@@ -107,7 +107,7 @@ def head_compare(rows: int, vocab: int, steps: int, width: int = 192) -> dict:
     hidden = torch.randn(rows, width, requires_grad=True)
     weight = (torch.randn(vocab, width) * 0.05).requires_grad_()
     targets = torch.randint(0, vocab, (rows,))
-    chunk = max(64, (1 << 21) // vocab)  # as head_logprobs chooses
+    chunk = fast_forward.head_block_rows(vocab)  # as head_logprobs chooses
     ways = {"whole": lambda: torch.log_softmax(hidden @ weight.t(), -1).gather(1, targets[:, None]).squeeze(1),
             "chunked": lambda: fast_forward._HeadLogProbs.apply(hidden, weight, targets, chunk)}
     times = {name: [] for name in ways}

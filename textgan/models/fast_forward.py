@@ -171,11 +171,15 @@ def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.T
     V = head.weight.shape[0]
     if (hidden.device.type == "cpu" and targets.numel() * V >= CHUNKED_HEAD_LOGITS and hidden.dtype == torch.float32
             and applies(model, "cpu")):
-        rows = max(64, (1 << 21) // V)  # 2M logits (8 MB) a block
         return _HeadLogProbs.apply(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets.reshape(-1),
-                                   rows).view(targets.shape)
+                                   head_block_rows(V)).view(targets.shape)
     logits = head(hidden).float()
     return F.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+
+
+def head_block_rows(vocab: int) -> int:
+    """Rows per block of the chunked head: about 2M logits (8 MB in fp32), at least 64 rows."""
+    return max(64, (1 << 21) // vocab)
 
 
 class _HeadLogProbs(torch.autograd.Function):
