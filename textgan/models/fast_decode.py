@@ -54,6 +54,15 @@ def rotation_table(rotary, length: int, device: torch.device) -> torch.Tensor:
     return torch.polar(torch.full_like(freqs, getattr(rotary, "attention_scaling", 1.0)), freqs)
 
 
+def padded_causal_mask(key_valid: torch.Tensor) -> torch.Tensor:
+    """key_valid (B, S) bool, False on padding -> (B, 1, S, S) bool, True where a query may attend a
+    key: an earlier or the same position that is not padding. A padding query attends to itself
+    only, so that no row of the softmax is empty (its outputs are finite, and reach nothing)."""
+    positions = torch.arange(key_valid.shape[1], device=key_valid.device)
+    causal = positions[None, :] <= positions[:, None]  # (S, S), [query, key]
+    return (causal & key_valid[:, None, None, :]) | (positions[None, :] == positions[:, None])
+
+
 def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm without its gain (the decoder folds gains into the next matmul), computed in fp32."""
     if x.dtype == torch.float32:
@@ -277,13 +286,7 @@ class LlamaDecoder:
     def _attention_mask(self, B: int, S: int) -> torch.Tensor | None:
         """(B, 1, S, S) bool for a prefill of S tokens, True where a query may attend; None when no
         key is padding."""
-        if self.key_valid is None:
-            return None
-        valid = self.key_valid[:B, None, None, :S]
-        positions = torch.arange(S, device=valid.device)
-        causal = positions[None, :] <= positions[:, None]  # (S, S)
-        # a padding query attends to itself only, so that no row of the softmax is empty
-        return (causal & valid) | (positions[None, :] == positions[:, None])
+        return None if self.key_valid is None else padded_causal_mask(self.key_valid[:B, :S])
 
     def prefill(self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
         """prompt: (B, P) long, from position 0 -> (B, V) logits after it.

@@ -218,9 +218,9 @@ class _HeadLogProbs(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None
 
 
-def forward(model, ids: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+def forward(model, ids: torch.Tensor) -> torch.Tensor:
     """ids (B, T) -> logits (B, T, V): the Hugging Face forward's maths in fewer passes (module docstring)."""
-    return hidden_states(model, ids, key_mask) @ model.lm_head.weight.t()
+    return hidden_states(model, ids) @ model.lm_head.weight.t()
 
 
 def hidden_states(model, ids: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -247,15 +247,11 @@ def hidden_states(model, ids: torch.Tensor, key_mask: torch.Tensor | None = None
 
 
 def _attention_mask(key_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """(B, T) bool, False on padding -> (B, 1, T, T) bool, True where a query attends a key: earlier or
-    the same position, not padding; a padded position attends to itself, so that its row of the
-    softmax is not empty (its outputs are finite, and reach nothing). None without padding."""
+    """The decoder's prefill mask (:func:`fast_decode.padded_causal_mask`), (B, 1, T, T); None
+    without padding (causal attention alone)."""
     if key_mask is None or bool(key_mask.all()):
         return None
-    T = key_mask.shape[1]
-    positions = torch.arange(T, device=key_mask.device)
-    causal = positions[None, :] <= positions[:, None]  # (T, T), [query, key]
-    return ((causal & key_mask[:, None, :]) | (positions[None, :] == positions[:, None]))[:, None]
+    return fast_decode.padded_causal_mask(key_mask)
 
 
 def _norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
