@@ -89,21 +89,61 @@ def test_top_k_sampling_only_returns_allowed_tokens(tiny_generator, word_tokeniz
     assert set(rollout.tokens[:, 0].tolist()) <= allowed
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sampling_under_bf16_autocast_decodes_with_bf16_projections(tiny_generator, word_tokenizer, monkeypatch):
+    """precision=bf16's sampling: the decoder of sample() and of the rollout completer folds its large
+    projections into bf16 under bfloat16 autocast, and only there; its logits are then fp32 numbers
+    within bf16's rounding of the fp32 decoder's, and not the same numbers."""
+    from textgan.models import fast_decode
+    from textgan.sampling import PrefixCompleter
+
+    made = []
+
+    class Recording(fast_decode.LlamaDecoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self.low)
+
+    monkeypatch.setattr(fast_decode, "LlamaDecoder", Recording)
+    _, eos, pad = special_ids(word_tokenizer)
+    prompt = _prompt(word_tokenizer, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rollout = sample(tiny_generator, prompt, 6, eos_id=eos, pad_id=pad)
+        PrefixCompleter(tiny_generator, prompt, rollout.tokens, eos_id=eos, pad_id=pad)(rollout.tokens[:, :2],
+                                                                                       torch.arange(8))
+    with torch.autocast("cpu", dtype=torch.float16):
+        sample(tiny_generator, prompt, 6, eos_id=eos, pad_id=pad)  # fp16 autocast samples in fp32
+    sample(tiny_generator, prompt, 6, eos_id=eos, pad_id=pad)
+    assert made == [torch.bfloat16, torch.bfloat16, None, None]
+    assert rollout.logprobs.dtype == torch.float32 and (rollout.logprobs[rollout.mask] < 0).all()
+
+    ids = torch.randint(3, len(word_tokenizer), (4, 7))
+    fp32, mixed = fast_decode.LlamaDecoder(tiny_generator, 4, 7), fast_decode.LlamaDecoder(
+        tiny_generator, 4, 7, matmul_dtype=torch.bfloat16)
+    with torch.inference_mode():
+        pairs = [(fp32.prefill(ids[:, :3]), mixed.prefill(ids[:, :3]))]
+        pairs += [(fp32.step(ids[:, t]), mixed.step(ids[:, t])) for t in range(3, 7)]
+    for exact, low in pairs:
+        assert low.dtype == torch.float32
+        assert_close(low, exact, atol=2e-2, rtol=2e-2)
+        assert not torch.equal(low, exact)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "mixed"])
 @pytest.mark.parametrize("static", [False, True], ids=["step", "step_static"])
 def test_fast_decoder_logits_equal_the_hf_forward(word_tokenizer, dtype, static):
     """Grouped-query attention, a prompt of several tokens, then single steps: logits as Hugging Face
-    computes them, in fp32 and (to bf16's rounding) in bf16, whose rotations the decoder does in fp32."""
+    computes them, in fp32 and (to bf16's rounding) in bf16, whose rotations the decoder does in fp32,
+    and for an fp32 model whose decoder runs its large projections in bf16 (``matmul_dtype``)."""
     from textgan.models import build_generator
     from textgan.models.fast_decode import LlamaDecoder, supports
 
     model = build_generator(len(word_tokenizer), bos_id=1, eos_id=2, pad_id=0, d_model=48, n_layers=2, n_heads=4,
                             max_positions=32).eval()
     model.config.num_key_value_heads = 2  # rebuild with GQA: 4 query heads share 2 key/value heads
-    model = type(model)(model.config).eval().to(dtype)
+    model = type(model)(model.config).eval().to(torch.float32 if dtype == "mixed" else dtype)
     assert supports(model)
     ids = torch.randint(3, len(word_tokenizer), (5, 9))
-    decoder = LlamaDecoder(model, 5, 9)
+    decoder = LlamaDecoder(model, 5, 9, matmul_dtype=torch.bfloat16 if dtype == "mixed" else None)
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     with torch.no_grad():
         full = model(input_ids=ids).logits.float()  # (B, T, V)

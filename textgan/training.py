@@ -128,9 +128,9 @@ def autocast(config: BaseConfig, device: torch.device):
     """The context the training steps run in: bfloat16 autocast for ``precision=bf16``, else nothing.
 
     Under it, matmuls and convolutions run in bfloat16 while parameters, optimizer state, log-softmax
-    and the losses stay in fp32 (``token_logprobs`` upcasts the logits). Sampling always runs in fp32
-    (:func:`textgan.sampling.sample` turns autocast off): at textgan's default sizes its per-token
-    matmuls are too small to gain, and fp32 keeps sampled sequences identical across precisions.
+    and the losses stay in fp32 (``token_logprobs`` upcasts the logits). Sampling turns autocast off
+    and decodes with bf16 q/k/v and MLP projections and everything else in fp32
+    (:func:`textgan.sampling.matmul_dtype`), so bf16 samples differ from fp32 ones by bf16's rounding.
     """
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 

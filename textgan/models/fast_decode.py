@@ -13,6 +13,11 @@ that depend on the position.
 The folded weights are copied when a decoder is made, so a decoder serves one sampling call:
 make a new one after the weights change.
 
+A decoder made with ``matmul_dtype=torch.bfloat16`` (what sampling under bf16 autocast makes)
+folds its q/k/v, gate/up and down projections into bf16 and keeps the residual stream, attention,
+norms and output layer in fp32: the three largest matmuls run at bf16 speed (AMX on recent Xeons)
+and the logits stay fp32 numbers, within bf16's rounding of the fp32 decoder's.
+
 On a GPU the cost of those operations is launching them: :meth:`LlamaDecoder.graphed_step`
 captures one step, with shapes that do not change from position to position
 (:meth:`LlamaDecoder.step_static`), as a CUDA graph and replays it for every token.
@@ -68,6 +73,11 @@ def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     if x.dtype == torch.float32:
         return F.rms_norm(x, x.shape[-1:], None, eps)
     return F.rms_norm(x.float(), x.shape[-1:], None, eps).to(x.dtype)
+
+
+def _mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight`` in the weight's dtype, returned in x's (a bf16 projection of a mixed decoder)."""
+    return torch.matmul(x.to(weight.dtype), weight).to(x.dtype)
 
 
 def _as_pairs(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -128,26 +138,32 @@ class _Workspace:
         self.kv_out = as_pairs(kv.view(B, Hkv, D, 2))
         self.attention_rows = buffers["attention"][:B]  # (B, H * D)
         self.attention = self.attention_rows.view(B * Hkv, G, D)
-        self.gate_up = buffers["gate_up"][:B]
+        self.gate_up = buffers["gate_up"][:B]  # in the projections' dtype, as are low_normed, qkv_low and down
         self.gate, self.up = self.gate_up.chunk(2, dim=-1)
         self.normed, self.norm, self.scale = buffers["normed"][:B], buffers["norm"][:B], buffers["scale"][:B]
+        self.low_normed = buffers["low_normed"][:B] if "low_normed" in buffers else self.normed
+        self.qkv_low = buffers["qkv_low"][:B] if "qkv_low" in buffers else None
+        self.down = buffers["down"][:B] if "down" in buffers else None
         self._eps = decoder._eps_tensors if fp32 else None
         layers = [cache[i].view(B * Hkv, T, 2 * D) for i in range(L)]
         self.keys_t = [layer[..., :D].transpose(1, 2) for layer in layers]  # (B * Hkv, D, T)
         self.values = [layer[..., D:] for layer in layers]  # (B * Hkv, T, D)
         self.slots = [as_pairs(cache[i].view(B, Hkv, T, D, 2)) for i in range(L)]  # (B, Hkv, T, D) complex in fp32
 
-    def normalize(self, h: torch.Tensor, eps: float) -> torch.Tensor:
+    def normalize(self, h: torch.Tensor, eps: float, low: bool = False) -> torch.Tensor:
         """:func:`_normalize` of a step's h (B, C), into the workspace's buffer, in four calls that
         allocate nothing: the row norms, 1 / sqrt(norm^2 / C + eps), and the scaling. On a CPU torch's
         ``rms_norm`` is a composite of about a dozen calls, and this saves 6-8% of a decoding step at
         the default size. It rounds differently (the mean square is taken as the squared norm over C),
-        by about one unit in the last place. Decoders in other dtypes take :func:`_normalize`."""
+        by about one unit in the last place. Decoders in other dtypes take :func:`_normalize`.
+
+        low: written in the low-precision projections' dtype (the scaling rounds into it), for a
+        mixed decoder's bf16 matmul to read; in fp32 where the decoder has none."""
         if self._eps is None:
             return _normalize(h, eps)
         torch.linalg.vector_norm(h, dim=-1, keepdim=True, out=self.norm)
         torch.addcmul(self._eps[eps], self.norm, self.norm, value=1.0 / h.shape[-1], out=self.scale).rsqrt_()
-        return torch.mul(h, self.scale, out=self.normed)
+        return torch.mul(h, self.scale, out=self.low_normed if low else self.normed)
 
 
 class LlamaDecoder:
@@ -159,9 +175,12 @@ class LlamaDecoder:
     Prompts of different lengths are left-padded and passed with ``prompt_mask`` (False on the
     padding): padded keys are never attended to. Rotary embeddings make attention depend only
     on the distance between tokens, so a left-padded row computes exactly what it would alone.
+
+    ``matmul_dtype``: a dtype for the q/k/v, gate/up and down projections other than the model's
+    (bf16 for an fp32 model: a mixed decoder); None keeps every matmul in the model's dtype.
     """
 
-    def __init__(self, model, batch_size: int, max_length: int):
+    def __init__(self, model, batch_size: int, max_length: int, matmul_dtype: torch.dtype | None = None):
         config = model.config
         self.model = model
         self.layers = model.model.layers
@@ -178,6 +197,8 @@ class LlamaDecoder:
         self.key_valid: torch.Tensor | None = None  # (B, max_length) bool, set by a padded prefill
         self._key_positions = torch.arange(max_length, device=weight.device)  # step_static's mask
         self.rotation = rotation_table(model.model.rotary_emb, max_length, weight.device)  # (T, D / 2)
+        # a mixed decoder: the q/k/v, gate/up and down projections in this dtype, the rest in the model's
+        self.low = matmul_dtype if matmul_dtype not in (None, weight.dtype) else None
         self._fold_weights(model)
 
     def _fold_weights(self, model) -> None:
@@ -201,19 +222,20 @@ class LlamaDecoder:
                 gain, post_gain = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
                 C = gain.shape[0]
                 # in the projections' dtype, as the output projections the step also multiplies by
-                qkv = attn.q_proj.weight.new_empty(Hkv, G + 2, D, C)  # per key/value head: G queries, key, value
+                low = self.low or attn.q_proj.weight.dtype
+                qkv = attn.q_proj.weight.new_empty(Hkv, G + 2, D, C, dtype=low)  # per head: G queries, key, value
                 pairs = qkv.view(Hkv, G + 2, D // 2, 2, C)
                 torch.mul(_as_pairs(attn.q_proj.weight, H).view(Hkv, G, D // 2, 2, C), gain * attn.scaling,
                           out=pairs[:, :G])
                 torch.mul(_as_pairs(attn.k_proj.weight, Hkv), gain, out=pairs[:, G])
                 torch.mul(attn.v_proj.weight.view(Hkv, D, C), gain, out=qkv[:, G + 1])
                 gate, up = mlp.gate_proj.weight, mlp.up_proj.weight
-                gate_up = gate.new_empty(gate.shape[0] + up.shape[0], C)
+                gate_up = gate.new_empty(gate.shape[0] + up.shape[0], C, dtype=low)
                 torch.mul(gate, post_gain, out=gate_up[: gate.shape[0]])
                 torch.mul(up, post_gain, out=gate_up[gate.shape[0]:])
                 # transposed views of (output, input) matrices: the kernel reads them as they are stored
                 self.weights.append((qkv.view(-1, C).t(), attn.o_proj.weight.detach().t(), gate_up.t(),
-                                     mlp.down_proj.weight.detach().t()))
+                                     mlp.down_proj.weight.detach().to(low).t()))
             self.head = model.lm_head.weight * model.model.norm.weight  # (V, C)
             self._head_t = self.head.t()
         # each position's turn of one key/value head's G queries and key, and of its value by angle 0 (a
@@ -251,6 +273,12 @@ class LlamaDecoder:
                                  "gate_up": new(rows, self.weights[0][2].shape[1]),
                                  "normed": new(rows, self._embedding.shape[1]), "norm": new(rows, 1),
                                  "scale": new(rows, 1)}
+                if self.low is not None:  # the bf16 projections' inputs and outputs
+                    low, C = self._buffers["qkv"].new_empty, self._embedding.shape[1]
+                    self._buffers.update(gate_up=low(rows, self.weights[0][2].shape[1], dtype=self.low),
+                                         low_normed=low(rows, C, dtype=self.low),
+                                         qkv_low=low(rows, self._buffers["qkv"].shape[1], dtype=self.low),
+                                         down=low(rows, C, dtype=self.low))
             workspace = self._workspaces[B] = _Workspace(self, B)
         return workspace
 
@@ -267,7 +295,7 @@ class LlamaDecoder:
         H, Hkv = self.n_heads, self.n_kv_heads
         G = H // Hkv
         for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
-            qkv = torch.matmul(_normalize(h, self.eps[i][0]), w_qkv).view(B, S, Hkv, -1)
+            qkv = _mm(_normalize(h, self.eps[i][0]), w_qkv).view(B, S, Hkv, -1)
             # queries and keys turned (values by angle 0) in one pass: (B, S, Hkv, G + 2, D)
             qkv = _rotate_pairs(qkv, self._rotation_table[:S]).view(B, S, Hkv, G + 2, self.head_dim)
             q = qkv[:, :, :, :G].flatten(2, 3).transpose(1, 2)  # (B, H, S, D), grouped by key/value head
@@ -278,8 +306,8 @@ class LlamaDecoder:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=1.0,
                                                  enable_gqa=Hkv != H)
             h = h + torch.matmul(out.transpose(1, 2).reshape(B, S, -1), w_out)
-            gate, up = torch.matmul(_normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
-            h = h + torch.matmul(F.silu(gate) * up, w_down)
+            gate, up = _mm(_normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
+            h = h + _mm(F.silu(gate) * up, w_down)
         self.position = S
         return F.linear(_normalize(h[:, -1], self.final_eps), self.head).float()
 
@@ -382,10 +410,13 @@ class LlamaDecoder:
         buffers: q, k and v come out of one matmul, each turned by one multiplication into its place,
         attention is two batched matmuls over views of the cache, and the residual adds are in place.
         """
-        B, Hkv = token.shape[0], self.n_kv_heads
+        B, Hkv, mixed = token.shape[0], self.n_kv_heads, self.low is not None
         h = F.embedding(token, self._embedding)  # (B, C)
         for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
-            torch.mm(work.normalize(h, self.eps[i][0]), w_qkv, out=work.qkv)
+            if mixed:  # q, k and v come out in bf16 and turn in fp32
+                work.qkv.copy_(torch.mm(work.normalize(h, self.eps[i][0], low=True), w_qkv, out=work.qkv_low))
+            else:
+                torch.mm(work.normalize(h, self.eps[i][0]), w_qkv, out=work.qkv)
             _rotate_into(work.q_out, work.q_in, rotate_q)
             keys_t, values = write(i)
             scores = torch.bmm(work.q_heads, keys_t)  # (B * Hkv, G, n)
@@ -393,8 +424,12 @@ class LlamaDecoder:
                 scores.view(B, Hkv, -1, scores.shape[-1]).masked_fill_(hidden, float("-inf"))
             torch.bmm(scores.softmax(-1), values, out=work.attention)
             h.addmm_(work.attention_rows, w_out)
-            torch.mm(work.normalize(h, self.eps[i][1]), w_mlp, out=work.gate_up)
-            h.addmm_(F.silu(work.gate, inplace=True).mul_(work.up), w_down)
+            torch.mm(work.normalize(h, self.eps[i][1], low=mixed), w_mlp, out=work.gate_up)
+            gated = F.silu(work.gate, inplace=True).mul_(work.up)
+            if mixed:
+                h.add_(torch.mm(gated, w_down, out=work.down))
+            else:
+                h.addmm_(gated, w_down)
         logits = torch.mm(work.normalize(h, self.final_eps), self._head_t)
         return logits if logits.dtype == torch.float32 else logits.float()
 
