@@ -5,6 +5,7 @@
     python benchmarks/sampler_speed.py --name sampler_speed_amd_epyc   # another CPU's figures beside these
     python benchmarks/sampler_speed.py --d-model 256   # the 4x generator of speed.py: sampler_speed_d256.{json,md}
     python benchmarks/sampler_speed.py --rounds 9      # more rounds (default 5), for a steadier median
+    python benchmarks/sampler_speed.py --d-model 256 --precision bf16   # under bf16 autocast: sampler_speed_d256_bf16
 
 Both produce exactly ``length`` new tokens per row (no row may end early), so tokens/s compare
 like for like. A third column times the decoding steps' matrix products alone (the projections,
@@ -19,11 +20,17 @@ the round with the median speed-up and the range over all of them: on a shared m
 (a few seconds) can land anywhere in a range of 2.8-4.0x (measured), as the machine's speed changes
 from second to second, and a best-of within the round does not steady it. Writes
 benchmarks/results/sampler_speed.{json,md}, or those of --name.
+
+``--precision bf16`` compares the samplers as a ``precision=bf16`` recipe runs them, under bfloat16
+autocast, where textgan's decoder takes bf16 q/k/v and MLP projections (:func:`textgan.sampling.matmul_dtype`):
+textgan's sampler against ``generate()`` under the same autocast and on a bf16 copy of the weights
+(``model.to(torch.bfloat16)``), with both samplers' fp32 figures beside them.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -128,6 +135,33 @@ def compare(model, narrow, batch: int, length: int, repeats: int) -> dict:
             "width16_tokens_per_s": batch * length / t_calls, "matmuls_plus_calls_speedup": t_theirs / (t_floor + t_calls)}
 
 
+def compare_bf16(model, batch: int, length: int, repeats: int) -> dict:
+    """Under bfloat16 autocast: textgan's sampler (bf16 projections) against ``generate()`` under the same
+    autocast and on a bf16 copy of the weights, with both samplers in fp32 beside them. ``speedup`` is
+    over the faster of the two bf16 ``generate()`` runs."""
+    never, device = model.config.vocab_size, model.device
+    prompt = torch.ones(batch, 1, dtype=torch.long, device=device)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+
+    def ours(bf16: bool):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            assert sample(model, prompt, length, eos_id=never, pad_id=0).tokens.shape == (batch, length)
+
+    def theirs(generator, bf16: bool):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = generator.generate(prompt, do_sample=True, max_new_tokens=length, min_new_tokens=length,
+                                     max_length=None, eos_token_id=None, pad_token_id=0, top_k=0, top_p=1.0)
+        assert out.shape == (batch, length + 1)
+
+    times = best_of_each([lambda: ours(True), lambda: theirs(model, True), lambda: theirs(half, False),
+                          lambda: ours(False), lambda: theirs(model, False)], repeats)
+    tokens = [batch * length / t for t in times]
+    names = ("textgan_tokens_per_s", "generate_autocast_tokens_per_s", "generate_bf16_weights_tokens_per_s",
+             "textgan_fp32_tokens_per_s", "generate_fp32_tokens_per_s")
+    return {"length": length, "batch": batch, **dict(zip(names, tokens)), "speedup": min(times[1:3]) / times[0],
+            "speedup_fp32": times[4] / times[3], "bf16_gain": times[3] / times[0]}
+
+
 def median_round(results: list[dict]) -> dict:
     """Of several rounds of :func:`compare` at one length, the one with the median speed-up (the lower
     middle when even), with every round's speed-up under ``round_speedups``."""
@@ -143,9 +177,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda; a GPU's results go to sampler_speed_cuda.{json,md}")
     parser.add_argument("--d-model", type=int, default=128, help="generator width (2 layers, 4 heads as the default)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per length; the table shows the median one")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: both samplers under bfloat16 autocast (and generate() on bf16 weights)")
     parser.add_argument("--name", default=None,
                         help="results file name, for another machine's run beside the recorded one (default "
-                             "sampler_speed, or sampler_speed_d<width> for another --d-model)")
+                             "sampler_speed, or sampler_speed_d<width> for another --d-model, _bf16 after it for "
+                             "--precision bf16)")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -159,8 +196,16 @@ def main() -> None:
     by_length = {length: [] for length in lengths}
     for _ in range(rounds):  # rounds alternate between the lengths, so that a slow spell does not take one alone
         for length in lengths:
-            by_length[length].append(compare(model, narrow, args.batch, length, repeats))
+            by_length[length].append(compare_bf16(model, args.batch, length, repeats) if args.precision == "bf16"
+                                     else compare(model, narrow, args.batch, length, repeats))
     rows = [median_round(results) for results in by_length.values()]
+    which = "Default generator" if args.d_model == 128 else "Generator"
+    setting = (f"{which} (Llama, d_model {args.d_model}, 2 layers), {rounds} rounds per length, each the best of "
+               f"{repeats} interleaved runs of every column; each row is the round with the median speed-up. "
+               f"{device_name(args.device)}.")
+    name = args.name or ("sampler_speed" if args.d_model == 128 else f"sampler_speed_d{args.d_model}")
+    if args.precision == "bf16":
+        return report_bf16(rows, rounds, setting, None if args.quick else name + "_bf16", args.device)
     table = [("| length | batch | textgan sampler (tok/s) | `generate()` (tok/s) | speed-up (median round) "
               f"| speed-up, {rounds} rounds (min-max) | matmuls alone (tok/s) | speed-up bound "
               "| sampler at width 16 (tok/s) | matmuls + calls: speed-up |"),
@@ -177,11 +222,8 @@ def main() -> None:
                      + "; ".join(f"length {r['length']}: {r['textgan_no_graphs_tokens_per_s']:,.0f} tok/s "
                                  f"({r['textgan_no_graphs_tokens_per_s'] / r['generate_tokens_per_s']:.2f}x `generate()`)"
                                  for r in eager) + ".")
-    which = "Default generator" if args.d_model == 128 else "Generator"
     md = ("# Sampler speed: textgan KV-cache sampler vs `generate()`\n\n"
-          f"{which} (Llama, d_model {args.d_model}, 2 layers), {rounds} rounds per length, each the best of "
-          f"{repeats} interleaved runs of every column; each row is the round with the median speed-up. "
-          f"{device_name(args.device)}.\n\n" + "\n".join(table) + "\n\n"
+          f"{setting}\n\n" + "\n".join(table) + "\n\n"
           "*Matmuls alone* times only the matrix products of the same decoding steps (q/k/v, attention scores and "
           "values, output projection, MLP, output layer) at the decoder's shapes; *speed-up bound* is `generate()`'s "
           "time over that: the most any sampler built on torch's matmuls could gain over `generate()` here, with "
@@ -192,8 +234,32 @@ def main() -> None:
           "matrix products.\n")
     print(md)
     if not args.quick:
-        name = args.name or ("sampler_speed" if args.d_model == 128 else f"sampler_speed_d{args.d_model}")
         record(results_name(name, args.device), {"rows": rows}, md)
+
+
+def report_bf16(rows: list[dict], rounds: int, setting: str, name: str | None, device: str) -> None:
+    """Print (and record under ``name`` unless None) the table of :func:`compare_bf16`'s rounds."""
+    table = [("| length | batch | textgan, bf16 autocast (tok/s) | `generate()`, bf16 autocast | `generate()`, bf16 "
+              f"weights | speed-up over the faster (median round) | speed-up, {rounds} rounds (min-max) "
+              "| textgan, fp32 | `generate()`, fp32 | speed-up in fp32 | textgan's bf16 gain |"),
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        low, high = min(r["round_speedups"]), max(r["round_speedups"])
+        table.append(f"| {r['length']} | {r['batch']} | {r['textgan_tokens_per_s']:,.0f} "
+                     f"| {r['generate_autocast_tokens_per_s']:,.0f} | {r['generate_bf16_weights_tokens_per_s']:,.0f} "
+                     f"| {r['speedup']:.2f}x | {low:.2f}-{high:.2f}x | {r['textgan_fp32_tokens_per_s']:,.0f} "
+                     f"| {r['generate_fp32_tokens_per_s']:,.0f} | {r['speedup_fp32']:.2f}x | {r['bf16_gain']:.2f}x |")
+    md = ("# Sampler speed under bf16 autocast: textgan KV-cache sampler vs `generate()`\n\n"
+          f"{setting}\n\n" + "\n".join(table) + "\n\n"
+          "Under bfloat16 autocast (a recipe's `precision=bf16`), textgan's decoder runs its q/k/v and MLP "
+          "projections in bf16 and its attention, norms, output layer and token draws in fp32 "
+          "(`textgan.sampling.matmul_dtype`). `generate()` runs twice: on the fp32 model under the same autocast, "
+          "and on a bf16 copy of the weights (`model.to(torch.bfloat16)`) without it; the speed-up is over the "
+          "faster. The last columns time both samplers in fp32 in the same rounds; *textgan's bf16 gain* is its "
+          "fp32 time over its bf16 time.\n")
+    print(md)
+    if name is not None:
+        record(results_name(name, device), {"rows": rows}, md)
 
 
 if __name__ == "__main__":
