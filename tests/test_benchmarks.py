@@ -40,6 +40,8 @@ def _results_digest() -> dict[str, str]:
     ("ended_rows.py", None, "| beam 32 (16 sources) |"),
     ("grammar_sweep.py", None, "| seqgan, T=1.2 |"),
     ("sampler_speed.py", None, "| 5 | 64 |"),
+    ("sampler_speed.py --precision bf16", None, "| 5 | 64 |"),
+    ("precision.py", None, "| scratchgan | d128, 2 layers (default) |"),
     ("rollout_speed.py", None, "| re-encoding the prefix for every token |"),
     ("speed.py", None, "| 4x (d256, 2 layers) |"),
     ("throughput.py", None, "| 4x (d256, 2 layers) | 32 |"),
@@ -49,7 +51,8 @@ def test_quick_mode_runs_and_leaves_the_recorded_results_alone(script, data, exp
     if data:
         shared_data(data)  # skips where ../shared/data is absent
     before = _results_digest()
-    result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick"], check=False, cwd=tmp_path,
+    name, *options = script.split()
+    result = subprocess.run([sys.executable, str(BENCHMARKS / name), "--quick", *options], check=False, cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert expected in result.stdout
