@@ -31,6 +31,10 @@ def _results_digest() -> dict[str, str]:
 
 @pytest.mark.parametrize(("script", "data", "expected"), [
     ("metric_speed.py", "coco", "| self-bleu |"),
+    ("coco.py", "coco", "| mle | 0.800 |"),
+    ("yelp_transfer.py", "yelp", "| textgan | overall |"),
+    ("oracle_baselines.py", "oracle", "| bigram (interpolated"),
+    ("scaling.py", None, "| mle | 2 | 1 |"),
     ("oracle.py", "oracle", "| scratchgan |"),
     ("oracle_overfit.py", "oracle", "| the oracle |"),
     ("oracle_copying.py", "oracle", "| 0.85 |"),
