@@ -154,8 +154,9 @@ def _complex(x: torch.Tensor) -> torch.Tensor:
 
 # Logits (rows x vocabulary) from this many on are scored by the row-chunked head on a CPU: 2^24, 64 MB
 # in fp32. Below it the chunks gain nothing in a training step: the style-transfer recipe's warm-up
-# steps (64 x 21 rows over 9,327 words, 12.5M logits) took as long either way, its adversarial steps
-# (192 x 21 rows) 7% less time chunked (``benchmarks/train_forward.py``).
+# steps (64 x 21 rows over 9,327 words, 12.5M logits) took as long either way, or longer (201-208 ms
+# against 189-191 in three runs each with a 2^23 threshold, 2026-12-05), its adversarial steps (192 x 21
+# rows) 7-8% less time chunked (``benchmarks/train_forward.py``).
 CHUNKED_HEAD_LOGITS = 1 << 24
 
 
