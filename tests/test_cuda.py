@@ -127,6 +127,28 @@ def test_graphed_decoding_matches_eager_decoding():
     assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=1e-5)
 
 
+def test_mixed_decoder_on_gpu_graphed_and_eager():
+    """precision=bf16's sampler on CUDA: a decoder with bf16 projections (what sampling under bf16
+    autocast makes) replays its graph to the eager step's logits, within bf16's rounding of the fp32
+    decoder's, and sample() under bf16 autocast draws valid rollouts."""
+    model = build_generator(60, bos_id=1, eos_id=2, pad_id=0, d_model=48, n_layers=2, n_heads=4, max_positions=32)
+    model = model.eval().cuda()
+    ids = torch.randint(3, 60, (6, 12), device="cuda")
+    with torch.no_grad():
+        exact = LlamaDecoder(model, 6, 12)
+        eager, graphed = (LlamaDecoder(model, 6, 12, matmul_dtype=torch.bfloat16) for _ in range(2))
+        assert_close(eager.prefill(ids[:, :4]), exact.prefill(ids[:, :4]), atol=2e-2, rtol=2e-2)
+        graphed.prefill(ids[:, :4])
+        step = graphed.graphed_step()
+        for t in range(4, 12):
+            low = eager.step(ids[:, t])
+            assert_close(step(ids[:, t]), low, atol=1e-5, rtol=1e-5)
+            assert_close(low, exact.step(ids[:, t]), atol=2e-2, rtol=2e-2)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = sample(model, torch.ones(16, 1, dtype=torch.long, device="cuda"), 10, eos_id=2, pad_id=0)
+    assert out.logprobs.dtype == torch.float32 and bool((out.logprobs[out.mask] <= 0).all())
+
+
 def test_graphed_sampling_keeps_the_allocator_cache_and_shares_one_graph_pool():
     """Each sampling call captures a graph: it must not empty the caching allocator (the training step
     after it would allocate from the driver again), nor leave a memory pool behind per call, and graphs
