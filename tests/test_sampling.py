@@ -114,6 +114,8 @@ def test_sampling_under_bf16_autocast_decodes_with_bf16_projections(tiny_generat
         sample(tiny_generator, prompt, 6, eos_id=eos, pad_id=pad)  # fp16 autocast samples in fp32
     sample(tiny_generator, prompt, 6, eos_id=eos, pad_id=pad)
     assert made == [torch.bfloat16, torch.bfloat16, None, None]
+    for other in (torch.float16, torch.bfloat16):  # a model in another dtype keeps its own everywhere
+        assert fast_decode.LlamaDecoder(copy.deepcopy(tiny_generator).to(other), 2, 4, matmul_dtype=torch.bfloat16).low is None
     assert rollout.logprobs.dtype == torch.float32 and (rollout.logprobs[rollout.mask] < 0).all()
 
     ids = torch.randint(3, len(word_tokenizer), (4, 7))

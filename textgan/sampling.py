@@ -157,10 +157,11 @@ def matmul_dtype(device: torch.device) -> torch.dtype | None:
     Sampling turns autocast itself off, because autocast would cast every matmul's operands at every
     step and leave bf16 activations behind it. Instead the decoder folds its q/k/v, gate/up and down
     matrices into bf16 once, and keeps the residual stream, attention, norms and output layer in fp32,
-    so the logits are fp32 products of a bf16-rounded body. On CPUs with AMX that is 1.4x faster
-    decoding at d_model 256 and no faster at the default 128 (``benchmarks/sampler_speed.py
-    --precision bf16``); it samples from a distribution a few 1e-3 in logit away from fp32's, as the
-    bf16 training forward itself computes. Other autocast dtypes (fp16) sample in fp32.
+    so the logits are fp32 products of a bf16-rounded body. On a Xeon with AMX that samples 1.34-1.38x
+    faster than fp32 at d_model 256 and 3-4% slower at the default 128 (``benchmarks/sampler_speed.py
+    --precision bf16``). The distribution moves by bf16's rounding, as the bf16 training forward's
+    does: on the trained default generator, logits up to 0.08 apart and next-token distributions up
+    to 0.035 apart in total variation (KL at most 3e-3). Other autocast dtypes (fp16) sample in fp32.
     """
     kind = device.type
     if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16:

@@ -13,10 +13,11 @@ that depend on the position.
 The folded weights are copied when a decoder is made, so a decoder serves one sampling call:
 make a new one after the weights change.
 
-A decoder made with ``matmul_dtype=torch.bfloat16`` (what sampling under bf16 autocast makes)
-folds its q/k/v, gate/up and down projections into bf16 and keeps the residual stream, attention,
-norms and output layer in fp32: the three largest matmuls run at bf16 speed (AMX on recent Xeons)
-and the logits stay fp32 numbers, within bf16's rounding of the fp32 decoder's.
+A decoder of an fp32 model made with ``matmul_dtype=torch.bfloat16`` (what sampling under bf16
+autocast makes) folds its q/k/v, gate/up and down projections into bf16 and keeps the residual
+stream, attention, the output projection, norms and output layer in fp32: most of a layer's
+arithmetic runs at bf16 speed (AMX on recent Xeons) and the logits stay fp32 numbers, within bf16's
+rounding of the fp32 decoder's.
 
 On a GPU the cost of those operations is launching them: :meth:`LlamaDecoder.graphed_step`
 captures one step, with shapes that do not change from position to position
@@ -176,8 +177,8 @@ class LlamaDecoder:
     padding): padded keys are never attended to. Rotary embeddings make attention depend only
     on the distance between tokens, so a left-padded row computes exactly what it would alone.
 
-    ``matmul_dtype``: a dtype for the q/k/v, gate/up and down projections other than the model's
-    (bf16 for an fp32 model: a mixed decoder); None keeps every matmul in the model's dtype.
+    ``matmul_dtype``: bf16 (or another dtype) for the q/k/v, gate/up and down projections of an fp32
+    model: a mixed decoder. None, or a model in another dtype, keeps every matmul in the model's.
     """
 
     def __init__(self, model, batch_size: int, max_length: int, matmul_dtype: torch.dtype | None = None):
@@ -197,8 +198,9 @@ class LlamaDecoder:
         self.key_valid: torch.Tensor | None = None  # (B, max_length) bool, set by a padded prefill
         self._key_positions = torch.arange(max_length, device=weight.device)  # step_static's mask
         self.rotation = rotation_table(model.model.rotary_emb, max_length, weight.device)  # (T, D / 2)
-        # a mixed decoder: the q/k/v, gate/up and down projections in this dtype, the rest in the model's
-        self.low = matmul_dtype if matmul_dtype not in (None, weight.dtype) else None
+        # a mixed decoder: the q/k/v, gate/up and down projections in this dtype, the rest in fp32
+        mixed = weight.dtype == torch.float32 and matmul_dtype not in (None, torch.float32)
+        self.low = matmul_dtype if mixed else None
         self._fold_weights(model)
 
     def _fold_weights(self, model) -> None:
