@@ -64,8 +64,8 @@ def main() -> None:
     md = (f"# bf16 autocast and torch.compile: ms per training step (speed-up over fp32 eager)\n\n"
           f"Batch {BATCH}, embedded grammar corpus; mean over steps {warmup + 1}-{steps} of each run (compilation falls "
           f"in the warm-up). Matmul ceiling (2048x2048): fp32 {ceilings['fp32']:.0f} GFLOP/s, "
-          f"bf16 {ceilings['bf16']:.0f} GFLOP/s. Sampling is eager in every setting; under bf16 its q/k/v and MLP "
-          f"projections run in bf16, the rest in fp32 (`textgan.sampling.matmul_dtype`).\n\n"
+          f"bf16 {ceilings['bf16']:.0f} GFLOP/s. Sampling runs in fp32 and eager in every setting "
+          f"(`textgan.sampling.BF16_SAMPLING` off, the default).\n\n"
           + "\n".join(lines) + "\n")
     print(md)
     if not args.quick:

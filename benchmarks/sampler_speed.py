@@ -21,8 +21,8 @@ the round with the median speed-up and the range over all of them: on a shared m
 from second to second, and a best-of within the round does not steady it. Writes
 benchmarks/results/sampler_speed.{json,md}, or those of --name.
 
-``--precision bf16`` compares the samplers as a ``precision=bf16`` recipe runs them, under bfloat16
-autocast, where textgan's decoder takes bf16 q/k/v and MLP projections (:func:`textgan.sampling.matmul_dtype`):
+``--precision bf16`` compares the samplers under bfloat16 autocast with ``textgan.sampling.BF16_SAMPLING``
+set, where textgan's decoder takes bf16 q/k/v and MLP projections (:func:`textgan.sampling.matmul_dtype`):
 textgan's sampler against ``generate()`` under the same autocast and on a bf16 copy of the weights
 (``model.to(torch.bfloat16)``), with both samplers' fp32 figures beside them.
 """
@@ -36,6 +36,7 @@ import time
 import torch
 from _record import device_name, record, results_name
 
+from textgan import sampling
 from textgan.models import build_generator, fast_decode
 from textgan.models.fast_decode import LlamaDecoder
 from textgan.sampling import sample
@@ -136,6 +137,14 @@ def compare(model, narrow, batch: int, length: int, repeats: int) -> dict:
 
 
 def compare_bf16(model, batch: int, length: int, repeats: int) -> dict:
+    sampling.BF16_SAMPLING = True  # opt in: this comparison is the bf16 sampler's
+    try:
+        return _compare_bf16(model, batch, length, repeats)
+    finally:
+        sampling.BF16_SAMPLING = False
+
+
+def _compare_bf16(model, batch: int, length: int, repeats: int) -> dict:
     """Under bfloat16 autocast: textgan's sampler (bf16 projections) against ``generate()`` under the same
     autocast and on a bf16 copy of the weights, with both samplers in fp32 beside them. ``speedup`` is
     over the faster of the two bf16 ``generate()`` runs."""
@@ -251,7 +260,7 @@ def report_bf16(rows: list[dict], rounds: int, setting: str, name: str | None, d
                      f"| {r['generate_fp32_tokens_per_s']:,.0f} | {r['speedup_fp32']:.2f}x | {r['bf16_gain']:.2f}x |")
     md = ("# Sampler speed under bf16 autocast: textgan KV-cache sampler vs `generate()`\n\n"
           f"{setting}\n\n" + "\n".join(table) + "\n\n"
-          "Under bfloat16 autocast (a recipe's `precision=bf16`), textgan's decoder runs its q/k/v and MLP "
+          "Under bfloat16 autocast with `textgan.sampling.BF16_SAMPLING` set (opt-in), textgan's decoder runs its q/k/v and MLP "
           "projections in bf16 and its attention, norms, output layer and token draws in fp32 "
           "(`textgan.sampling.matmul_dtype`). `generate()` runs twice: on the fp32 model under the same autocast, "
           "and on a bf16 copy of the weights (`model.to(torch.bfloat16)`) without it; the speed-up is over the "

@@ -90,9 +90,10 @@ def test_top_k_sampling_only_returns_allowed_tokens(tiny_generator, word_tokeniz
 
 
 def test_sampling_under_bf16_autocast_decodes_with_bf16_projections(tiny_generator, word_tokenizer, monkeypatch):
-    """precision=bf16's sampling: the decoder of sample() and of the rollout completer folds its large
-    projections into bf16 under bfloat16 autocast, and only there; its logits are then fp32 numbers
-    within bf16's rounding of the fp32 decoder's, and not the same numbers."""
+    """BF16_SAMPLING: the decoder of sample() and of the rollout completer folds its large projections
+    into bf16 under bfloat16 autocast, and only there and only when opted in; its logits are then fp32
+    numbers within bf16's rounding of the fp32 decoder's, and not the same numbers."""
+    from textgan import sampling
     from textgan.models import fast_decode
     from textgan.sampling import PrefixCompleter
 
@@ -106,6 +107,11 @@ def test_sampling_under_bf16_autocast_decodes_with_bf16_projections(tiny_generat
     monkeypatch.setattr(fast_decode, "LlamaDecoder", Recording)
     _, eos, pad = special_ids(word_tokenizer)
     prompt = _prompt(word_tokenizer, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sample(tiny_generator, prompt, 6, eos_id=eos, pad_id=pad)  # off by default: fp32
+    assert made == [None]
+    made.clear()
+    monkeypatch.setattr(sampling, "BF16_SAMPLING", True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         rollout = sample(tiny_generator, prompt, 6, eos_id=eos, pad_id=pad)
         PrefixCompleter(tiny_generator, prompt, rollout.tokens, eos_id=eos, pad_id=pad)(rollout.tokens[:, :2],

@@ -129,8 +129,8 @@ def autocast(config: BaseConfig, device: torch.device):
 
     Under it, matmuls and convolutions run in bfloat16 while parameters, optimizer state, log-softmax
     and the losses stay in fp32 (``token_logprobs`` upcasts the logits). Sampling turns autocast off
-    and decodes with bf16 q/k/v and MLP projections and everything else in fp32
-    (:func:`textgan.sampling.matmul_dtype`), so bf16 samples differ from fp32 ones by bf16's rounding.
+    and runs in fp32, unless ``textgan.sampling.BF16_SAMPLING`` is set (bf16 q/k/v and MLP projections,
+    :func:`textgan.sampling.matmul_dtype`).
     """
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
