@@ -157,10 +157,9 @@ BF16_SAMPLING = False
 
 
 def matmul_dtype(device: torch.device) -> torch.dtype | None:
-    """With :data:`BF16_SAMPLING` set, ``torch.bfloat16`` inside bfloat16 autocast on ``device``;
-    else None (fp32 sampling): the dtype the fast
-    decoder's large projections take when sampling (:class:`~textgan.models.fast_decode.LlamaDecoder`'s
-    ``matmul_dtype``).
+    """The dtype the fast decoder's large projections take when sampling (``LlamaDecoder``'s
+    ``matmul_dtype``): with :data:`BF16_SAMPLING` set, ``torch.bfloat16`` inside bfloat16 autocast on
+    ``device``; else None (fp32 sampling).
 
     Sampling turns autocast itself off, because autocast would cast every matmul's operands at every
     step and leave bf16 activations behind it. Instead the decoder folds its q/k/v, gate/up and down
