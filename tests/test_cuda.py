@@ -127,10 +127,12 @@ def test_graphed_decoding_matches_eager_decoding():
     assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=1e-5)
 
 
-def test_mixed_decoder_on_gpu_graphed_and_eager():
-    """precision=bf16's sampler on CUDA: a decoder with bf16 projections (what sampling under bf16
-    autocast makes) replays its graph to the eager step's logits, within bf16's rounding of the fp32
-    decoder's, and sample() under bf16 autocast draws valid rollouts."""
+def test_mixed_decoder_on_gpu_graphed_and_eager(monkeypatch):
+    """The opt-in bf16 sampler on CUDA: a decoder with bf16 projections (what sampling makes under bf16
+    autocast with BF16_SAMPLING set) replays its graph to the eager step's logits, within bf16's
+    rounding of the fp32 decoder's, and sample() so set draws valid rollouts."""
+    from textgan import sampling
+
     model = build_generator(60, bos_id=1, eos_id=2, pad_id=0, d_model=48, n_layers=2, n_heads=4, max_positions=32)
     model = model.eval().cuda()
     ids = torch.randint(3, 60, (6, 12), device="cuda")
@@ -144,6 +146,7 @@ def test_mixed_decoder_on_gpu_graphed_and_eager():
             low = eager.step(ids[:, t])
             assert_close(step(ids[:, t]), low, atol=1e-5, rtol=1e-5)
             assert_close(low, exact.step(ids[:, t]), atol=2e-2, rtol=2e-2)
+    monkeypatch.setattr(sampling, "BF16_SAMPLING", True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = sample(model, torch.ones(16, 1, dtype=torch.long, device="cuda"), 10, eos_id=2, pad_id=0)
     assert out.logprobs.dtype == torch.float32 and bool((out.logprobs[out.mask] <= 0).all())

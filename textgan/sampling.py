@@ -313,7 +313,7 @@ class PrefixCompleter:
         self.options = {"eos_id": eos_id, "pad_id": pad_id, "temperature": temperature, "top_k": top_k, "top_p": top_p}
         self.base = None
         if fast and supports(model):
-            low = matmul_dtype(prompt.device)  # bf16 projections under bf16 autocast, as in sample()
+            low = matmul_dtype(prompt.device)  # as in sample(): bf16 projections only with BF16_SAMPLING set
             with torch.inference_mode(), torch.autocast(prompt.device.type, enabled=False):
                 ids = torch.cat([prompt, tokens], 1)
                 self.base = LlamaDecoder(model, ids.shape[0], ids.shape[1], matmul_dtype=low)

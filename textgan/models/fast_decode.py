@@ -13,8 +13,8 @@ that depend on the position.
 The folded weights are copied when a decoder is made, so a decoder serves one sampling call:
 make a new one after the weights change.
 
-A decoder of an fp32 model made with ``matmul_dtype=torch.bfloat16`` (what sampling under bf16
-autocast makes) folds its q/k/v, gate/up and down projections into bf16 and keeps the residual
+A decoder of an fp32 model made with ``matmul_dtype=torch.bfloat16`` (what sampling makes under
+bf16 autocast with ``textgan.sampling.BF16_SAMPLING`` set) folds its q/k/v, gate/up and down projections into bf16 and keeps the residual
 stream, attention, the output projection, norms and output layer in fp32: most of a layer's
 arithmetic runs at bf16 speed (AMX on recent Xeons) and the logits stay fp32 numbers, within bf16's
 rounding of the fp32 decoder's.
@@ -221,10 +221,10 @@ class LlamaDecoder:
         with torch.no_grad():
             for layer in self.layers:
                 attn, mlp = layer.self_attn, layer.mlp
+                low = self.low or attn.q_proj.weight.dtype  # the three projections' dtype
                 gain, post_gain = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
                 C = gain.shape[0]
                 # in the projections' dtype, as the output projections the step also multiplies by
-                low = self.low or attn.q_proj.weight.dtype
                 qkv = attn.q_proj.weight.new_empty(Hkv, G + 2, D, C, dtype=low)  # per head: G queries, key, value
                 pairs = qkv.view(Hkv, G + 2, D // 2, 2, C)
                 torch.mul(_as_pairs(attn.q_proj.weight, H).view(Hkv, G, D // 2, 2, C), gain * attn.scaling,
@@ -269,18 +269,15 @@ class LlamaDecoder:
         if workspace is None:
             if self._buffers is None:
                 rows, Hkv, D = self._cache.shape[1], self.n_kv_heads, self.head_dim
-                G, new = self.n_heads // Hkv, self._cache.new_empty
+                G, C, new = self.n_heads // Hkv, self._embedding.shape[1], self._cache.new_empty
+                projected = self.weights[0][2].dtype  # gate_up's: the projections' dtype
                 self._buffers = {"qkv": new(rows, Hkv * (G + 2) * D), "q": new(rows, Hkv * G * D),
                                  "kv": new(rows, Hkv, 2 * D), "attention": new(rows, Hkv * G * D),
-                                 "gate_up": new(rows, self.weights[0][2].shape[1]),
-                                 "normed": new(rows, self._embedding.shape[1]), "norm": new(rows, 1),
-                                 "scale": new(rows, 1)}
-                if self.low is not None:  # the bf16 projections' inputs and outputs
-                    low, C = self._buffers["qkv"].new_empty, self._embedding.shape[1]
-                    self._buffers.update(gate_up=low(rows, self.weights[0][2].shape[1], dtype=self.low),
-                                         low_normed=low(rows, C, dtype=self.low),
-                                         qkv_low=low(rows, self._buffers["qkv"].shape[1], dtype=self.low),
-                                         down=low(rows, C, dtype=self.low))
+                                 "gate_up": new(rows, self.weights[0][2].shape[1], dtype=projected),
+                                 "normed": new(rows, C), "norm": new(rows, 1), "scale": new(rows, 1)}
+                if self.low is not None:  # the bf16 projections' other inputs and outputs
+                    self._buffers.update(low_normed=new(rows, C, dtype=self.low), down=new(rows, C, dtype=self.low),
+                                         qkv_low=new(rows, Hkv * (G + 2) * D, dtype=self.low))
             workspace = self._workspaces[B] = _Workspace(self, B)
         return workspace
 
