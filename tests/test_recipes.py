@@ -529,6 +529,35 @@ def test_bf16_autocast_trains_and_keeps_fp32_weights(name, tmp_path):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+@pytest.mark.parametrize("name", ["scratchgan", "seqgan"])
+def test_sample_precision_bf16_samples_training_batches_with_bf16_projections(name, tmp_path, monkeypatch):
+    """sample_precision=bf16: the training steps' samplers (and SeqGAN's rollout completers) decode with
+    bf16 projections; evaluation samples in fp32, and the opt-in flag is off again after the run."""
+    from textgan import sampling
+    from textgan.config import ConfigError
+    from textgan.models import fast_decode
+
+    made = []
+
+    class Recording(fast_decode.LlamaDecoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self.low)
+
+    monkeypatch.setattr(fast_decode, "LlamaDecoder", Recording)
+    module, config = _config(name, tmp_path / "fp32", precision="bf16")
+    module.main(config)
+    assert made and set(made) == {None}  # bf16 training, fp32 sampling: the default
+    made.clear()
+    module, config = _config(name, tmp_path / "bf16", precision="bf16", sample_precision="bf16")
+    result = module.main(config)
+    assert math.isfinite(result["eval/nll_valid"])
+    assert made.count(torch.bfloat16) >= config.steps and None in made  # training batches; evaluation samples
+    assert sampling.BF16_SAMPLING is False
+    with pytest.raises(ConfigError, match="needs precision=bf16"):
+        _config(name, tmp_path / "x", sample_precision="bf16")[1].check()
+
+
 def test_compiled_forward_matches_eager(tmp_path):
     module, compiled = _config("mle", tmp_path / "compiled", compile=True)
     module.main(compiled)

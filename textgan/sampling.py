@@ -9,6 +9,7 @@ is the text-in, text-out layer on top (unconditional or prompted samples, seeded
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import NamedTuple
 
@@ -154,6 +155,18 @@ def sample(
 # one style-transfer run each, bf16 sampling drifted much further from its sources (self-BLEU 25.6
 # against 43.7 for the same bf16 recipe sampling in fp32), which one seed cannot tell from chance.
 BF16_SAMPLING = False
+
+
+@contextlib.contextmanager
+def bf16_sampling(enabled: bool = True):
+    """Set :data:`BF16_SAMPLING` to ``enabled`` inside the block and restore it after: what a recipe
+    with ``sample_precision=bf16`` wraps its training steps in (``textgan.training.autocast``)."""
+    global BF16_SAMPLING
+    before, BF16_SAMPLING = BF16_SAMPLING, enabled
+    try:
+        yield
+    finally:
+        BF16_SAMPLING = before
 
 
 def matmul_dtype(device: torch.device) -> torch.dtype | None:

@@ -44,10 +44,12 @@ from ..models.classifier import SentenceClassifier, classify, load_classifier
 from ..rl import BASELINE_KINDS, EMABaseline, baseline_values, discounted_returns, reinforce_loss
 from ..sampling import sample
 from ..training import (
+    SAMPLE_PRECISION,
     BaseConfig,
     Run,
     adam,
     autocast,
+    check_sample_precision,
     compile_forward,
     optimizer_step,
     periodic,
@@ -105,6 +107,7 @@ class StyleTransferConfig(BaseConfig):
     baseline: str = arg("ema", "policy-gradient baseline: ema, batch_mean, leave_one_out, none")
     baseline_decay: float = arg(0.9, "decay of the ema baseline")
     rollout_temperature: float = arg(1.0, "temperature of the sampled rewrites in training")
+    sample_precision: str = SAMPLE_PRECISION
     disc_lr: float = arg(1e-3, "discriminator AdamW learning rate")
     disc_dim: int = arg(128, "discriminator embedding width and filters per width")
     disc_dropout: float = arg(0.3, "discriminator dropout")
@@ -123,6 +126,7 @@ class StyleTransferConfig(BaseConfig):
         super().check()
         if not self.data:
             raise ConfigError("data is required: a folder with train.<style> files, e.g. data=../shared/data/yelp")
+        check_sample_precision(self)
         check_bounds(self, positive=("max_length", "d_model", "n_layers", "n_heads", "batch_size", "lr", "adv_lr", "disc_lr",
                                      "disc_dim", "eval_sentences", "log_every", "eval_every", "checkpoint_every",
                                      "rollout_temperature", "grad_clip"),
