@@ -118,6 +118,23 @@ def tiny_generator(word_tokenizer):
                            n_heads=2, max_positions=24).eval()
 
 
+@pytest.fixture()
+def decoder_dtypes(monkeypatch):
+    """The projections' dtype (``LlamaDecoder.low``: None for fp32) of every fast decoder built while
+    the test runs, in order."""
+    from textgan.models import fast_decode
+
+    made = []
+
+    class Recording(fast_decode.LlamaDecoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self.low)
+
+    monkeypatch.setattr(fast_decode, "LlamaDecoder", Recording)
+    return made
+
+
 @pytest.fixture(scope="session")
 def trained_generator(tmp_path_factory):
     """The exported generator folder of a two-step MLE run on the grammar corpus."""

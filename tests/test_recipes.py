@@ -530,21 +530,13 @@ def test_bf16_autocast_trains_and_keeps_fp32_weights(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["scratchgan", "seqgan"])
-def test_sample_precision_bf16_samples_training_batches_with_bf16_projections(name, tmp_path, monkeypatch):
+def test_sample_precision_bf16_samples_training_batches_with_bf16_projections(name, tmp_path, decoder_dtypes):
     """sample_precision=bf16: the training steps' samplers (and SeqGAN's rollout completers) decode with
     bf16 projections; evaluation samples in fp32, and the opt-in flag is off again after the run."""
     from textgan import sampling
     from textgan.config import ConfigError
-    from textgan.models import fast_decode
 
-    made = []
-
-    class Recording(fast_decode.LlamaDecoder):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self.low)
-
-    monkeypatch.setattr(fast_decode, "LlamaDecoder", Recording)
+    made = decoder_dtypes
     module, config = _config(name, tmp_path / "fp32", precision="bf16")
     module.main(config)
     assert made and set(made) == {None}  # bf16 training, fp32 sampling: the default

@@ -89,7 +89,8 @@ def test_top_k_sampling_only_returns_allowed_tokens(tiny_generator, word_tokeniz
     assert set(rollout.tokens[:, 0].tolist()) <= allowed
 
 
-def test_sampling_under_bf16_autocast_decodes_with_bf16_projections(tiny_generator, word_tokenizer, monkeypatch):
+def test_sampling_under_bf16_autocast_decodes_with_bf16_projections(tiny_generator, word_tokenizer, decoder_dtypes,
+                                                                   monkeypatch):
     """BF16_SAMPLING: the decoder of sample() and of the rollout completer folds its large projections
     into bf16 under bfloat16 autocast, and only there and only when opted in; its logits are then fp32
     numbers within bf16's rounding of the fp32 decoder's, and not the same numbers."""
@@ -97,14 +98,7 @@ def test_sampling_under_bf16_autocast_decodes_with_bf16_projections(tiny_generat
     from textgan.models import fast_decode
     from textgan.sampling import PrefixCompleter
 
-    made = []
-
-    class Recording(fast_decode.LlamaDecoder):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self.low)
-
-    monkeypatch.setattr(fast_decode, "LlamaDecoder", Recording)
+    made = decoder_dtypes
     _, eos, pad = special_ids(word_tokenizer)
     prompt = _prompt(word_tokenizer, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -544,24 +544,15 @@ def test_style_transfer_with_bf16_and_compile(style_folder, tmp_path):
     assert all(p.dtype == torch.float32 for p in rewriter.model.parameters())
 
 
-def test_style_transfer_sample_precision_bf16(style_folder, tmp_path, monkeypatch):
+def test_style_transfer_sample_precision_bf16(style_folder, tmp_path, decoder_dtypes):
     """sample_precision=bf16: the adversarial steps sample their rewrites with bf16 projections."""
-    from textgan.models import fast_decode
     from textgan.recipes import style_transfer
 
-    made = []
-
-    class Recording(fast_decode.LlamaDecoder):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self.low)
-
-    monkeypatch.setattr(fast_decode, "LlamaDecoder", Recording)
     style_transfer.main(style_transfer.StyleTransferConfig(
         data=str(style_folder), out_dir=str(tmp_path / "run"), d_model=32, n_layers=1, n_heads=2, steps=4,
         warmup_steps=2, batch_size=8, eval_every=4, eval_sentences=4, checkpoint_every=4, log_every=1, disc_dim=16,
         precision="bf16", sample_precision="bf16"))
-    assert made.count(torch.bfloat16) >= 2  # the two adversarial steps (warm-up steps do not sample)
+    assert decoder_dtypes.count(torch.bfloat16) >= 2  # the two adversarial steps (warm-up steps do not sample)
 
 
 def test_rerank_weights_steer_the_choice(transfer_run):
