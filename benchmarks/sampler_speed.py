@@ -137,11 +137,8 @@ def compare(model, narrow, batch: int, length: int, repeats: int) -> dict:
 
 
 def compare_bf16(model, batch: int, length: int, repeats: int) -> dict:
-    sampling.BF16_SAMPLING = True  # opt in: this comparison is the bf16 sampler's
-    try:
+    with sampling.bf16_sampling():  # opt in: this comparison is the bf16 sampler's
         return _compare_bf16(model, batch, length, repeats)
-    finally:
-        sampling.BF16_SAMPLING = False
 
 
 def _compare_bf16(model, batch: int, length: int, repeats: int) -> dict:
@@ -260,8 +257,8 @@ def report_bf16(rows: list[dict], rounds: int, setting: str, name: str | None, d
                      f"| {r['generate_fp32_tokens_per_s']:,.0f} | {r['speedup_fp32']:.2f}x | {r['bf16_gain']:.2f}x |")
     md = ("# Sampler speed under bf16 autocast: textgan KV-cache sampler vs `generate()`\n\n"
           f"{setting}\n\n" + "\n".join(table) + "\n\n"
-          "Under bfloat16 autocast with `textgan.sampling.BF16_SAMPLING` set (opt-in), textgan's decoder runs its q/k/v and MLP "
-          "projections in bf16 and its attention, norms, output layer and token draws in fp32 "
+          "Under bfloat16 autocast with `textgan.sampling.BF16_SAMPLING` set (opt-in), textgan's decoder runs "
+          "its q/k/v and MLP projections in bf16 and its attention, norms, output layer and token draws in fp32 "
           "(`textgan.sampling.matmul_dtype`). `generate()` runs twice: on the fp32 model under the same autocast, "
           "and on a bf16 copy of the weights (`model.to(torch.bfloat16)`) without it; the speed-up is over the "
           "faster. The last columns time both samplers in fp32 in the same rounds; *textgan's bf16 gain* is its "

@@ -14,10 +14,10 @@ The folded weights are copied when a decoder is made, so a decoder serves one sa
 make a new one after the weights change.
 
 A decoder of an fp32 model made with ``matmul_dtype=torch.bfloat16`` (what sampling makes under
-bf16 autocast with ``textgan.sampling.BF16_SAMPLING`` set) folds its q/k/v, gate/up and down projections into bf16 and keeps the residual
-stream, attention, the output projection, norms and output layer in fp32: most of a layer's
-arithmetic runs at bf16 speed (AMX on recent Xeons) and the logits stay fp32 numbers, within bf16's
-rounding of the fp32 decoder's.
+bf16 autocast with ``textgan.sampling.BF16_SAMPLING`` set) folds its q/k/v, gate/up and down
+projections into bf16 and keeps the residual stream, attention, the output projection, norms and
+output layer in fp32: most of a layer's arithmetic runs at bf16 speed (AMX on recent Xeons) and the
+logits stay fp32 numbers, within bf16's rounding of the fp32 decoder's.
 
 On a GPU the cost of those operations is launching them: :meth:`LlamaDecoder.graphed_step`
 captures one step, with shapes that do not change from position to position
