@@ -10,8 +10,9 @@
 Both produce exactly ``length`` new tokens per row (no row may end early), so tokens/s compare
 like for like. A third column times the decoding steps' matrix products alone (the projections,
 the two attention products and the output layer, with the decoder's own folded weights and
-cache shapes): no sampler that computes these products with torch can beat it, so it bounds the
-speed-up over ``generate()`` that any amount of Python trimming could buy. A fourth runs textgan's
+cache shapes, through the library the decoder uses: ``textgan.models.onednn``): no sampler that
+computes these products with torch can beat it, so it bounds the speed-up over ``generate()`` that
+any amount of Python trimming could buy. A fourth runs textgan's
 sampler on a generator of the same depth, heads and vocabulary but width 16: the same tensor calls
 with next to no arithmetic, the cost of the calls themselves.
 
@@ -37,7 +38,7 @@ import torch
 from _record import device_name, record, results_name
 
 from textgan import sampling
-from textgan.models import build_generator, fast_decode
+from textgan.models import build_generator, fast_decode, onednn
 from textgan.models.fast_decode import LlamaDecoder
 from textgan.sampling import sample
 
@@ -108,15 +109,20 @@ def compare(model, narrow, batch: int, length: int, repeats: int) -> dict:
     hidden = torch.randn(batch, model.config.intermediate_size, device=device)
 
     def matmuls_only():
-        """Every matrix product of ``length`` decoding steps, at the shapes and layouts the decoder uses."""
+        """Every matrix product of ``length`` decoding steps, at the shapes and layouts the decoder uses, through
+        the library it uses (oneDNN with packed weights where ``textgan.models.onednn`` applies)."""
+        packed = decoder._packed
         for t in range(length):
-            for w_qkv, w_out, w_mlp, w_down in decoder.weights:
-                torch.mm(x, w_qkv)
+            for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(decoder.weights):
                 scores = torch.bmm(q, keys[:, : t + 1].transpose(1, 2))
-                torch.addmm(x, torch.bmm(scores, keys[:, : t + 1]).view(batch, -1), w_out)
-                torch.mm(x, w_mlp)
-                torch.addmm(x, hidden, w_down)
-            torch.mm(x, decoder.head.t())
+                attended = torch.bmm(scores, keys[:, : t + 1]).view(batch, -1)
+                if packed is None:
+                    torch.mm(x, w_qkv), torch.addmm(x, attended, w_out), torch.mm(x, w_mlp), torch.addmm(x, hidden, w_down)
+                else:
+                    p_qkv, p_out, p_mlp, p_down = packed[i]
+                    onednn.packed_linear(x, p_qkv), onednn.packed_linear(attended, p_out, x)
+                    onednn.packed_linear(x, p_mlp), onednn.packed_linear(hidden, p_down, x)
+            torch.mm(x, decoder.head.t()) if packed is None else onednn.packed_linear(x, decoder._packed_head)
 
     def matmuls_no_grad():
         with torch.no_grad():

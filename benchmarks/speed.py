@@ -4,7 +4,8 @@
     python benchmarks/speed.py --quick    # a smoke run
 
 In one run:
-1. the matmul ceiling: GFLOP/s of a 2048x2048 fp32 matmul through torch (8192x8192 on a GPU; best of 10);
+1. the matmul ceiling: GFLOP/s of a 2048x2048 fp32 matmul through torch (8192x8192 on a GPU; best of 10): on a
+   CPU the faster of torch.mm and oneDNN's linear (``textgan.models.onednn``; 2.1x torch.mm on an AMD EPYC);
 2. the MLE step: tokens/s and achieved FLOP/s (6 x matmul parameters per token, plus attention) as a
    fraction of the ceiling, eager and with the recipes' ``compile=true`` (torch.compile of the forward;
    its compilation and recompiles fall in ten warm-up steps; not in --quick, which needs no compiler);
@@ -33,7 +34,7 @@ import torch
 from _record import device_name, record, results_name
 from sampler_speed import best_of, compare, mean_seconds, median_round
 
-from textgan.models import build_generator
+from textgan.models import build_generator, onednn
 
 SIZES = {"default (d128, 2 layers)": {"d_model": 128, "n_layers": 2, "n_heads": 4},
          "4x (d256, 2 layers)": {"d_model": 256, "n_layers": 2, "n_heads": 4}}
@@ -41,10 +42,15 @@ VOCAB = 428  # the embedded grammar's vocabulary
 BATCH = 64
 
 
-def matmul_ceiling(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+def matmul_ceiling(n: int = 2048, repeats: int = 5, device: str = "cpu") -> tuple[float, dict]:
+    """GFLOP/s of an n x n fp32 product, the faster of torch.mm and (on a CPU, where torch has it) oneDNN's
+    linear, which on some CPUs runs at twice torch.mm's speed (``textgan.models.onednn``); and each one's."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    best = best_of(lambda: a @ b, repeats)
-    return 2 * n**3 / best / 1e9
+    found = {"torch.mm": 2 * n**3 / best_of(lambda: a @ b, repeats) / 1e9}
+    if device == "cpu" and onednn._operator() is not None:
+        op = torch.ops.mkldnn._linear_pointwise
+        found["oneDNN"] = 2 * n**3 / best_of(lambda: op(a, b, None, "none", [], ""), repeats) / 1e9
+    return max(found.values()), found
 
 
 def train_flops_per_token(d_model: int, n_layers: int, vocab: int, context: int) -> float:
@@ -131,13 +137,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu or cuda; a GPU's results go to speed_cuda.{json,md}")
+    parser.add_argument("--name", default="speed", help="results file name, for another machine's run beside the "
+                                                        "recorded one (speed_amd_epyc, say)")
     args = parser.parse_args()
     gpu = args.device.startswith("cuda")
     steps = 6 if args.quick else 60 if gpu else 20
     sampler_repeats, sampler_rounds = (1, 1) if args.quick else (10, 5)  # per length: best of, median of
     # a GPU needs a larger product to reach its ceiling
     n = 512 if args.quick else 8192 if gpu else 2048
-    ceiling = matmul_ceiling(n, repeats=3 if args.quick else 10, device=args.device)
+    ceiling, ceilings = matmul_ceiling(n, repeats=3 if args.quick else 10, device=args.device)
     print(f"matmul ceiling: {ceiling:.1f} GFLOP/s", flush=True)
     rows = []
     for name, size in SIZES.items():
@@ -161,8 +169,10 @@ def main() -> None:
                             for length in ((5,) if args.quick else (20, 50))]}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    lines = [(f"{device_name(args.device)}. Matmul ceiling ({n}x{n} fp32 through torch, best of 10): "
-              f"**{ceiling:.1f} GFLOP/s**."), "",
+    each = " and ".join(f"{name} {value:.1f}" for name, value in ceilings.items())
+    library = "" if gpu else f" textgan's fp32 products on this CPU: {onednn.describe()}."
+    lines = [(f"{device_name(args.device)}. Matmul ceiling ({n}x{n} fp32 through torch, best of 10; the faster of "
+              f"{each}): **{ceiling:.1f} GFLOP/s**.{library}"), "",
              ("| generator | MLE step | MLE tok/s | MLE GFLOP/s (of ceiling) | MLE step, compile=true (of ceiling) "
               "| ScratchGAN step (x MLE) "
               "| ScratchGAN: sample + score + G + 1 D (x MLE on the same batch) "
@@ -190,7 +200,9 @@ def main() -> None:
                                    "with the range over the rounds.\n")
     print(markdown)
     if not args.quick:
-        record(results_name("speed", args.device), {"matmul_ceiling_gflop_s": ceiling, "rows": rows}, markdown)
+        record(results_name(args.name, args.device), {"matmul_ceiling_gflop_s": ceiling, "ceilings": ceilings,
+                                                      "cpu_matmul": None if gpu else onednn.describe(), "rows": rows},
+               markdown)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def main() -> None:
     batches = (8, 32) if args.quick else (64, 1024, 8192, 32768) if gpu else (64, 256, 1024)
     repeats = 2 if args.quick else 10 if gpu else 3
     n = 512 if args.quick else 8192 if gpu else 2048
-    ceiling = matmul_ceiling(n, repeats=3 if args.quick else 10, device=args.device)
+    ceiling, _ = matmul_ceiling(n, repeats=3 if args.quick else 10, device=args.device)
     print(f"matmul ceiling: {ceiling:.1f} GFLOP/s", flush=True)
     larger = list(SIZES)[-1]
     rows = []

@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     steps, warmup, n = (3, 1, 512) if args.quick else (60, 5, 2048)
-    before = matmul_ceiling(n, repeats=10)
+    before, _ = matmul_ceiling(n, repeats=10)
     rows = []
     for name, size in SIZES.items():
         for width in (15, 21):
@@ -165,7 +165,7 @@ def main() -> None:
     recipe = recipe_steps(size, recipe_steps_n, 1 if args.quick else 3)
     width = mean_batch_width(recipe_steps_n)
     recipe_flops = train_flops_per_token(size["d_model"], size["n_layers"], VOCAB, width) * BATCH * width
-    ceiling = min(before, matmul_ceiling(n, repeats=10))
+    ceiling = min(before, matmul_ceiling(n, repeats=10)[0])
     lines = [(f"MLE steps, batch 64, vocabulary {VOCAB}; median of {steps} steps of each forward, alternating. fp32 "
               f"matmul ceiling ({n}x{n}, the lower of before and after): **{ceiling:.1f} GFLOP/s**."), "",
              "| generator | positions | Hugging Face forward (of ceiling) | textgan forward (of ceiling) | speed-up |",

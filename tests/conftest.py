@@ -135,6 +135,18 @@ def decoder_dtypes(monkeypatch):
     return made
 
 
+@pytest.fixture(params=["default", "onednn"])
+def cpu_matmul(request):
+    """Runs the test with textgan's fp32 CPU products through torch's default BLAS and through oneDNN
+    (:mod:`textgan.models.onednn`), whichever this machine would pick by itself."""
+    from textgan.models import onednn
+
+    if request.param == "onednn" and onednn._operator() is None:
+        pytest.skip("this torch has no oneDNN linear operator")
+    with onednn.use(request.param == "onednn"):
+        yield request.param
+
+
 @pytest.fixture(scope="session")
 def trained_generator(tmp_path_factory):
     """The exported generator folder of a two-step MLE run on the grammar corpus."""

@@ -16,7 +16,7 @@ def generator(kv_heads: int = 4, **size):
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
-def test_logits_and_gradients_equal_the_hf_forward(kv_heads):
+def test_logits_and_gradients_equal_the_hf_forward(kv_heads, cpu_matmul):
     torch.manual_seed(0)
     model = generator(kv_heads, n_layers=2)
     with torch.no_grad():  # away from the initial ones and identity gains, so that every term counts
@@ -40,7 +40,7 @@ def test_logits_and_gradients_equal_the_hf_forward(kv_heads):
         assert_close(grad, expected_grads[name], atol=1e-4, rtol=1e-4, msg=name)
 
 
-def test_left_padded_rows_equal_the_hf_forward_with_an_attention_mask():
+def test_left_padded_rows_equal_the_hf_forward_with_an_attention_mask(cpu_matmul):
     """Style transfer's prompts: rows left-padded by 0, 3, 5 and 8 of 9 positions, keys masked."""
     torch.manual_seed(0)
     model = generator(2, n_layers=2)

@@ -132,7 +132,7 @@ def test_sampling_under_bf16_autocast_decodes_with_bf16_projections(tiny_generat
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "mixed"])
 @pytest.mark.parametrize("static", [False, True], ids=["step", "step_static"])
-def test_fast_decoder_logits_equal_the_hf_forward(word_tokenizer, dtype, static):
+def test_fast_decoder_logits_equal_the_hf_forward(word_tokenizer, dtype, static, cpu_matmul):
     """Grouped-query attention, a prompt of several tokens, then single steps: logits as Hugging Face
     computes them, in fp32 and (to bf16's rounding) in bf16, whose rotations the decoder does in fp32,
     and for an fp32 model whose decoder runs its large projections in bf16 (``matmul_dtype``)."""
@@ -146,6 +146,7 @@ def test_fast_decoder_logits_equal_the_hf_forward(word_tokenizer, dtype, static)
     assert supports(model)
     ids = torch.randint(3, len(word_tokenizer), (5, 9))
     decoder = LlamaDecoder(model, 5, 9, matmul_dtype=torch.bfloat16 if dtype == "mixed" else None)
+    assert (decoder._packed is not None) == (cpu_matmul == "onednn" and dtype == torch.float32)  # oneDNN: fp32 only
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     with torch.no_grad():
         full = model(input_ids=ids).logits.float()  # (B, T, V)
@@ -178,7 +179,7 @@ def test_decoding_step_rmsnorm_equals_torchs(tiny_generator, scale):
         assert_close(got, expected, atol=1e-6, rtol=1e-6)
 
 
-def test_same_seed_same_samples_on_both_paths(tiny_generator, word_tokenizer):
+def test_same_seed_same_samples_on_both_paths(tiny_generator, word_tokenizer, cpu_matmul):
     _, eos, pad = special_ids(word_tokenizer)
     runs = []
     for fast in (True, False):
@@ -189,7 +190,7 @@ def test_same_seed_same_samples_on_both_paths(tiny_generator, word_tokenizer):
 
 
 @pytest.mark.parametrize("padded", [False, True])
-def test_static_step_equals_step(tiny_generator, word_tokenizer, padded):
+def test_static_step_equals_step(tiny_generator, word_tokenizer, padded, cpu_matmul):
     """The fixed-shape step a CUDA graph replays: the logits of the plain step, left padding included."""
     from textgan.models.fast_decode import LlamaDecoder
 
@@ -207,7 +208,7 @@ def test_static_step_equals_step(tiny_generator, word_tokenizer, padded):
     assert static.graphed_step() == static.step  # no graph off CUDA
 
 
-def test_static_step_with_a_position_per_row_equals_each_rows_own_step(tiny_generator, word_tokenizer):
+def test_static_step_with_a_position_per_row_equals_each_rows_own_step(tiny_generator, word_tokenizer, cpu_matmul):
     """Rows forked whole from one cache, each stepping from its own position: the logits of a
     decoder forked at that position alone, step after step (rows that write past their prefix
     overwrite the keys the base held there, and mask the rest)."""

@@ -87,7 +87,9 @@ def _version_line() -> str:
             found.append(f"{name} {version(name)}")
         except PackageNotFoundError:
             found.append(f"{name} missing")
-    return f"textgan {__version__} ({', '.join(found)}; Python {sys.version.split()[0]})"
+    from .models import onednn
+
+    return f"textgan {__version__} ({', '.join(found)}; Python {sys.version.split()[0]}; CPU matmul {onednn.describe()})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -487,9 +489,11 @@ def main(argv: list[str] | None = None) -> int:
 
         module, config_cls = load_recipe(args.recipe)
         return run_recipe(config_cls, module.main, f"textgan train {args.recipe}", args.args)
+    from .config import ConfigError
     from .data import DataError
     from .evaluation import EvaluationError
     from .fed import EncoderError
+    from .models import onednn
     from .models.generator import ModelError
     from .oracle import OracleError
     from .sampling import PromptError
@@ -497,8 +501,9 @@ def main(argv: list[str] | None = None) -> int:
 
     command = {"sample": cmd_sample, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "transfer": cmd_transfer}[args.command]
     try:
+        onednn.setting()  # a bad TEXTGAN_CPU_MATMUL stops the command before it reads anything
         return command(args)
-    except (ModelError, DataError, EvaluationError, EncoderError, OracleError, PromptError, StyleError) as e:
+    except (ConfigError, ModelError, DataError, EvaluationError, EncoderError, OracleError, PromptError, StyleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: files are written whole or not at all, so say so and stop, no traceback

@@ -19,6 +19,11 @@ projections into bf16 and keeps the residual stream, attention, the output proje
 output layer in fp32: most of a layer's arithmetic runs at bf16 speed (AMX on recent Xeons) and the
 logits stay fp32 numbers, within bf16's rounding of the fp32 decoder's.
 
+On CPUs where torch's fp32 products run at half speed (AMD processors with AVX-512, where MKL runs
+its AVX2 kernels: :mod:`.onednn`), an fp32 decoder packs its matrices once into oneDNN's layout and
+multiplies through oneDNN, with the residual adds fused into the output projections
+(:meth:`LlamaDecoder._one_position_packed`).
+
 On a GPU the cost of those operations is launching them: :meth:`LlamaDecoder.graphed_step`
 captures one step, with shapes that do not change from position to position
 (:meth:`LlamaDecoder.step_static`), as a CUDA graph and replays it for every token.
@@ -35,6 +40,8 @@ import copy
 
 import torch
 import torch.nn.functional as F
+
+from . import onednn
 
 
 def supports(model) -> bool:
@@ -240,6 +247,12 @@ class LlamaDecoder:
                                      mlp.down_proj.weight.detach().to(low).t()))
             self.head = model.lm_head.weight * model.model.norm.weight  # (V, C)
             self._head_t = self.head.t()
+            # where torch's fp32 products are slow (onednn.applies), the same matrices in oneDNN's layout
+            self._packed = None
+            if self.low is None and onednn.applies(self.head):
+                rows = self._cache.shape[1]
+                self._packed = [tuple(onednn.packed(w.t(), rows) for w in weights) for weights in self.weights]
+                self._packed_head = onednn.packed(self.head, rows)
         # each position's turn of one key/value head's G queries and key, and of its value by angle 0 (a
         # multiplication by 1 + 0i, which leaves it bitwise as it was): (T, 1, (G + 2) * D / 2)
         table = torch.cat([self.rotation.repeat(1, G + 1), self.rotation.new_ones(self.max_length, D // 2)], 1)
@@ -409,20 +422,16 @@ class LlamaDecoder:
         buffers: q, k and v come out of one matmul, each turned by one multiplication into its place,
         attention is two batched matmuls over views of the cache, and the residual adds are in place.
         """
-        B, Hkv, mixed = token.shape[0], self.n_kv_heads, self.low is not None
+        mixed = self.low is not None
         h = F.embedding(token, self._embedding)  # (B, C)
+        if self._packed is not None:
+            return self._one_position_packed(h, work, rotate_q, write, hidden)
         for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self.weights):
             if mixed:  # q, k and v come out in bf16 and turn in fp32
                 work.qkv.copy_(torch.mm(work.normalize(h, self.eps[i][0], low=True), w_qkv, out=work.qkv_low))
             else:
                 torch.mm(work.normalize(h, self.eps[i][0]), w_qkv, out=work.qkv)
-            _rotate_into(work.q_out, work.q_in, rotate_q)
-            keys_t, values = write(i)
-            scores = torch.bmm(work.q_heads, keys_t)  # (B * Hkv, G, n)
-            if hidden is not None:
-                scores.view(B, Hkv, -1, scores.shape[-1]).masked_fill_(hidden, float("-inf"))
-            torch.bmm(scores.softmax(-1), values, out=work.attention)
-            h.addmm_(work.attention_rows, w_out)
+            h.addmm_(self._attend(i, work, rotate_q, write, hidden), w_out)
             torch.mm(work.normalize(h, self.eps[i][1], low=mixed), w_mlp, out=work.gate_up)
             gated = F.silu(work.gate, inplace=True).mul_(work.up)
             if mixed:
@@ -431,6 +440,32 @@ class LlamaDecoder:
                 h.addmm_(gated, w_down)
         logits = torch.mm(work.normalize(h, self.final_eps), self._head_t)
         return logits if logits.dtype == torch.float32 else logits.float()
+
+    def _attend(self, i: int, work: _Workspace, rotate_q: torch.Tensor, write, hidden: torch.Tensor | None):
+        """Layer i's attention for the step's q, k and v (in ``work.qkv``): the queries turned, the key and
+        value turned into the cache (``write``), two batched matmuls over views of it. Returns the heads'
+        outputs, (B, H * D), in the workspace's buffer."""
+        _rotate_into(work.q_out, work.q_in, rotate_q)
+        keys_t, values = write(i)
+        scores = torch.bmm(work.q_heads, keys_t)  # (B * Hkv, G, n)
+        if hidden is not None:
+            Hkv = self.n_kv_heads  # the mask (B or 1, 1, 1, n) broadcast over (B, Hkv, G, n)
+            scores.view(-1, Hkv, scores.shape[1], scores.shape[2]).masked_fill_(hidden, float("-inf"))
+        torch.bmm(scores.softmax(-1), values, out=work.attention)
+        return work.attention_rows
+
+    def _one_position_packed(self, h: torch.Tensor, work: _Workspace, rotate_q: torch.Tensor, write,
+                             hidden: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`_one_position` of an fp32 decoder whose products go through oneDNN (:mod:`.onednn`):
+        the same steps, with the weights packed once per decoder and the residual adds fused into the
+        output projections. oneDNN's products return new tensors: q, k and v are copied into the
+        workspace's buffer (its views feed the rotations), the MLP's halves are views of its output."""
+        for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self._packed):
+            work.qkv.copy_(onednn.packed_linear(work.normalize(h, self.eps[i][0]), w_qkv))
+            h = onednn.packed_linear(self._attend(i, work, rotate_q, write, hidden), w_out, h)
+            gate, up = onednn.packed_linear(work.normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
+            h = onednn.packed_linear(F.silu(gate, inplace=True).mul_(up), w_down, h)
+        return onednn.packed_linear(work.normalize(h, self.final_eps), self._packed_head)
 
     def graphed_step(self):
         """A drop-in for :meth:`step` that replays a CUDA graph of :meth:`step_static`.

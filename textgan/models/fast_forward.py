@@ -16,7 +16,9 @@ same function of the same parameters with fewer passes:
 - RMSNorm and the SiLU-gated product as autograd Functions with hand-written backward passes
   (RMSNorm's in six passes over the activations; the gate and up gradients written into the halves
   of one buffer);
-- the residual adds inside the output projections' matrix products (``addmm``).
+- the residual adds inside the output projections' matrix products (``addmm``);
+- every matrix product through :mod:`textgan.models.onednn` where torch's default BLAS would run it
+  at half speed (AMD CPUs with AVX-512, where MKL runs AVX2 kernels).
 
 Prompts of different lengths, left-padded to a common one (style transfer's), pass a key mask
 (:func:`causal_lm_hidden`): no position attends to padding, and every row keeps positions 0..T-1, as
@@ -42,7 +44,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import fast_decode
+from . import fast_decode, onednn
 
 
 def applies(model, device_type: str) -> bool:
@@ -174,7 +176,7 @@ def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.T
             and applies(model, "cpu")):
         return _HeadLogProbs.apply(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets.reshape(-1),
                                    head_block_rows(V)).view(targets.shape)
-    logits = head(hidden).float()
+    logits = (onednn.linear(hidden, head.weight) if applies(model, hidden.device.type) else head(hidden)).float()
     return F.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
 
 
@@ -221,7 +223,7 @@ class _HeadLogProbs(torch.autograd.Function):
 
 def forward(model, ids: torch.Tensor) -> torch.Tensor:
     """ids (B, T) -> logits (B, T, V): the Hugging Face forward's maths in fewer passes (module docstring)."""
-    return hidden_states(model, ids) @ model.lm_head.weight.t()
+    return onednn.linear(hidden_states(model, ids), model.lm_head.weight)
 
 
 def hidden_states(model, ids: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -237,13 +239,14 @@ def hidden_states(model, ids: torch.Tensor, key_mask: torch.Tensor | None = None
         attn, mlp = layer.self_attn, layer.mlp
         qkv_weight = torch.cat([fast_decode._as_pairs(attn.q_proj.weight, H), fast_decode._as_pairs(attn.k_proj.weight, Hkv),
                                 attn.v_proj.weight.view(Hkv, D // 2, 2, -1)])  # (H + 2 Hkv, D / 2, 2, C)
-        qkv = _norm(x, layer.input_layernorm) @ qkv_weight.flatten(0, 2).t()
+        qkv = onednn.linear(_norm(x, layer.input_layernorm), qkv_weight.flatten(0, 2))
         q, k, v = _Rotary.apply(qkv.view(B, T, -1), rotation, H, Hkv)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=attn.scaling,
                                                   enable_gqa=H != Hkv)
-        x = torch.addmm(x, attended.transpose(1, 2).reshape(B * T, H * D), attn.o_proj.weight.t())
-        gate_up = _norm(x, layer.post_attention_layernorm) @ torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t()
-        x = torch.addmm(x, _GatedSiLU.apply(gate_up), mlp.down_proj.weight.t())
+        x = onednn.add_linear(x, attended.transpose(1, 2).reshape(B * T, H * D), attn.o_proj.weight)
+        gate_up = onednn.linear(_norm(x, layer.post_attention_layernorm),
+                                torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+        x = onednn.add_linear(x, _GatedSiLU.apply(gate_up), mlp.down_proj.weight)
     return _norm(x, body.norm).view(B, T, -1)
 
 

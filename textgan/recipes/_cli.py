@@ -11,12 +11,14 @@ def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> in
     from .. import distributed
     from ..config import ConfigError, parse_args
     from ..data import DataError
+    from ..models import onednn
     from ..models.generator import ModelError
     from ..training import Interrupted, NonFiniteError, graceful_stop
 
     created = None  # the run folder, when this invocation creates it
     try:
         config = parse_args(config_cls, argv, prog=prog)
+        onednn.setting()  # a bad TEXTGAN_CPU_MATMUL stops the run here, as a bad key would
         out_dir = Path(getattr(config, "out_dir", "") or ".").absolute()
         while not out_dir.parent.exists():  # the outermost folder this run would create
             out_dir = out_dir.parent

@@ -1,0 +1,124 @@
+"""fp32 products through oneDNN (textgan.models.onednn): the same numbers as torch's, with gradients;
+which CPUs get them; a bad TEXTGAN_CPU_MATMUL stopping a command with one line. The training forward
+and the decoder are checked against the Hugging Face forward on both libraries (the ``cpu_matmul``
+fixture in test_fast_forward.py and test_sampling.py)."""
+
+import pytest
+import torch
+from conftest import run_module
+from torch.testing import assert_close
+
+from textgan.config import ConfigError
+from textgan.models import onednn
+
+needs_operator = pytest.mark.skipif(onednn._operator() is None, reason="this torch has no oneDNN linear operator")
+
+
+@pytest.fixture()
+def fresh_choice(monkeypatch):
+    """active() decides once per process: forget that decision before and after the test."""
+    onednn.active.cache_clear()
+    yield monkeypatch
+    onednn.active.cache_clear()
+
+
+def test_setting_accepts_the_choices_and_names_them_for_anything_else(fresh_choice):
+    fresh_choice.delenv("TEXTGAN_CPU_MATMUL", raising=False)
+    assert onednn.setting() == "auto"
+    for choice in ("auto", "onednn", "default", " OneDNN "):
+        fresh_choice.setenv("TEXTGAN_CPU_MATMUL", choice)
+        assert onednn.setting() == choice.strip().lower()
+    fresh_choice.setenv("TEXTGAN_CPU_MATMUL", "mkl")
+    with pytest.raises(ConfigError, match="'mkl' is not a choice: set it to auto, onednn, default"):
+        onednn.setting()
+
+
+@needs_operator
+@pytest.mark.parametrize("vendor, capability, expected", [("AuthenticAMD", "AVX512", True),
+                                                          ("AuthenticAMD", "AVX2", False),
+                                                          ("GenuineIntel", "AVX512", False), ("", "AVX512", False)])
+def test_auto_picks_onednn_on_amd_cpus_with_avx512(fresh_choice, vendor, capability, expected):
+    fresh_choice.setenv("TEXTGAN_CPU_MATMUL", "auto")
+    fresh_choice.setattr(onednn, "cpu_vendor", lambda: vendor)
+    fresh_choice.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert onednn.active() is expected
+    onednn.active.cache_clear()
+    fresh_choice.setenv("TEXTGAN_CPU_MATMUL", "onednn")
+    assert onednn.active()
+    onednn.active.cache_clear()
+    fresh_choice.setenv("TEXTGAN_CPU_MATMUL", "default")
+    assert not onednn.active()
+
+
+@needs_operator
+def test_applies_to_fp32_cpu_inputs_outside_autocast(monkeypatch):
+    monkeypatch.setattr(onednn, "active", lambda: True)
+    assert onednn.applies(torch.ones(2, 3))
+    assert not onednn.applies(torch.ones(2, 3, dtype=torch.bfloat16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not onednn.applies(torch.ones(2, 3))
+    with onednn.use(False):  # use() overrides active() inside its block, and only there
+        assert not onednn.applies(torch.ones(2, 3))
+    assert onednn.applies(torch.ones(2, 3))
+    monkeypatch.setattr(onednn, "active", lambda: False)
+    assert not onednn.applies(torch.ones(2, 3))
+    with onednn.use(True):
+        assert onednn.applies(torch.ones(2, 3))
+
+
+@needs_operator
+@pytest.mark.parametrize("shape, residual", [((7, 33), False), ((3, 5, 33), False), ((15, 33), True)],
+                         ids=["linear-2d", "linear-3d", "add_linear"])
+def test_linear_and_its_gradients_equal_torchs(shape, residual):
+    """Every output and gradient of x @ w.T (+ r) as torch computes them; the weight (N, K) as F.linear's.
+    add_linear takes the flat rows that torch.addmm would."""
+    torch.manual_seed(0)
+    x = torch.randn(*shape, requires_grad=True)
+    weight = torch.randn(20, 33, requires_grad=True)
+    r = torch.randn(x.shape[0], 20, requires_grad=True)
+
+    def run(active):
+        for t in (x, weight, r):
+            t.grad = None
+        with onednn.use(active):
+            out = onednn.add_linear(r, x, weight) if residual else onednn.linear(x, weight)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        out.backward(grad)
+        return out.detach(), [t.grad for t in (x, weight, r)]
+
+    out, grads = run(True)
+    expected, expected_grads = run(False)
+    assert out.shape == expected.shape
+    assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@needs_operator
+@pytest.mark.parametrize("rows", [1, 5, 8, 64])
+def test_a_packed_weight_serves_any_row_count(rows):
+    """Packed for 8 rows (the decoder's batch), used on fewer and more (rows that end are dropped)."""
+    torch.manual_seed(0)
+    weight, x, residual = torch.randn(30, 16), torch.randn(rows, 16), torch.randn(rows, 30)
+    packed = onednn.packed(weight, 8)
+    assert_close(onednn.packed_linear(x, packed), x @ weight.t(), atol=1e-5, rtol=1e-5)
+    assert_close(onednn.packed_linear(x, packed, residual), residual + x @ weight.t(), atol=1e-5, rtol=1e-5)
+
+
+def test_a_bad_setting_stops_commands_and_recipes_with_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("TEXTGAN_CPU_MATMUL", "fast")
+    for module, args in [("textgan", ("sample", "--model", str(tmp_path / "none"))),
+                         ("textgan.recipes.mle", (f"out_dir={tmp_path / 'run'}",))]:
+        result = run_module(module, *args)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            "error: TEXTGAN_CPU_MATMUL='fast' is not a choice: set it to auto, onednn, default, or unset it"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_version_line_names_the_cpu_matmul_library():
+    result = run_module("textgan", "--version")
+    assert result.returncode == 0
+    assert "CPU matmul oneDNN (" in result.stdout or "CPU matmul torch default (" in result.stdout

@@ -1,0 +1,164 @@
+"""fp32 matrix products through oneDNN on CPUs where torch's default BLAS runs them at half speed.
+
+torch's CPU wheels multiply fp32 matrices with Intel's MKL, which picks its kernels by CPU vendor:
+on AMD processors it runs its AVX2 kernels even where the CPU has AVX-512. On the 2-core AMD EPYC
+(Zen 5) that textgan is benchmarked on, a 2048 x 2048 fp32 matmul runs at 220 GFLOP/s through
+``torch.mm`` and at 480 through oneDNN (also inside torch, as ``torch.ops.mkldnn._linear_pointwise``),
+which picks its kernels by instruction set; at the generator's shapes the products are 1.3-2.2x
+faster (``benchmarks/results/cpu_matmul_amd_epyc.md``). On Intel CPUs MKL already runs AVX-512.
+
+:func:`active` says whether textgan's own forward passes and decoder use oneDNN for their fp32
+products on the CPU: by default (``TEXTGAN_CPU_MATMUL=auto``) on AMD CPUs with AVX-512, where torch
+has the operator; ``TEXTGAN_CPU_MATMUL=onednn`` forces it wherever torch has it, ``default`` never.
+The choice is made once per process from the CPU, not from timings, so a run and its resumption
+compute the same numbers. The two libraries differ in rounding only (the products sum in another
+order); the test suite checks the training forward, its gradients and the decoder against torch's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+
+import torch
+
+CHOICES = ("auto", "onednn", "default")
+
+
+def _operator():
+    """torch's oneDNN linear (y = x @ w.T, with an optional fused add), or None where this torch lacks it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string ('GenuineIntel', 'AuthenticAMD', ...), or '' where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() if platform.processor() in ("GenuineIntel", "AuthenticAMD") else ""
+
+
+def setting() -> str:
+    """``TEXTGAN_CPU_MATMUL`` (auto when unset); a :class:`~textgan.config.ConfigError` naming the choices
+    if it is none of them. The command-line entry points call it first, so a typo stops a run at once."""
+    from ..config import ConfigError
+
+    choice = os.environ.get("TEXTGAN_CPU_MATMUL", "").strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise ConfigError(f"TEXTGAN_CPU_MATMUL={os.environ['TEXTGAN_CPU_MATMUL']!r} is not a choice: set it to "
+                          f"{', '.join(CHOICES)}, or unset it")
+    return choice
+
+
+@functools.cache
+def active() -> bool:
+    """Whether textgan's fp32 CPU products go through oneDNN in this process (module docstring).
+    Decided at the first call; an unknown setting counts as auto here (the entry points refuse it)."""
+    try:
+        choice = setting()
+    except ValueError:
+        choice = "auto"
+    if choice == "default" or _operator() is None:
+        return False
+    if choice == "onednn":
+        return True
+    return cpu_vendor() == "AuthenticAMD" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def describe() -> str:
+    """Which library multiplies textgan's fp32 CPU matrices, and the setting: for version lines and benchmark records."""
+    try:
+        choice = setting()
+    except ValueError:
+        choice = "auto"
+    return f"{'oneDNN' if active() else 'torch default'} (TEXTGAN_CPU_MATMUL={choice})"
+
+
+_forced: bool | None = None  # set by use(): overrides active() inside the block
+
+
+@contextlib.contextmanager
+def use(enabled: bool):
+    """Within the block, textgan's fp32 CPU products go through oneDNN (True) or torch's default (False),
+    whatever :func:`active` says: for comparing the two in one process (``benchmarks/cpu_matmul.py``).
+    A decoder keeps the choice it was made under."""
+    global _forced
+    if enabled and _operator() is None:
+        raise RuntimeError("this torch has no oneDNN linear operator")
+    before, _forced = _forced, bool(enabled)
+    try:
+        yield
+    finally:
+        _forced = before
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether a product with ``x`` as its input goes through oneDNN: :func:`active` (or :func:`use`), an
+    fp32 CPU tensor, outside autocast (autocast's products are bf16 ones, which torch hands to oneDNN)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and (active() if _forced is None else _forced)
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T (weight (N, K), as ``F.linear``'s), through oneDNN where :func:`applies`, with gradients."""
+    if not applies(x):
+        return x @ weight.t()
+    return _Linear.apply(x, weight, None)
+
+
+def add_linear(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """residual + x @ weight.T, the add fused into the product (``torch.addmm``'s job); x (N, K), residual (N, M)."""
+    if not applies(x):
+        return torch.addmm(residual, x, weight.t())
+    return _Linear.apply(x, weight, residual)
+
+
+class _Linear(torch.autograd.Function):
+    """y = x @ w.T (+ residual) by oneDNN, and its backward by oneDNN: dx = dy @ w, dw = dy.T @ x."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_residual = residual is not None
+        flat = x.reshape(-1, x.shape[-1])
+        op = _operator()
+        if residual is None:
+            out = op(flat, weight, None, "none", [], "")
+        else:
+            out = op.binary(flat, residual.reshape(flat.shape[0], -1), weight, None, "add")
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        op, flat_grad = _operator(), grad.reshape(-1, grad.shape[-1])
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:  # dy @ w: a linear by w.T, (K, N), made contiguous (a small copy)
+            grad_x = op(flat_grad, weight.t().contiguous(), None, "none", [], "").view(x.shape)
+        if ctx.needs_input_grad[1]:  # dy.T @ x: a linear of dy.T by x.T, both read as transposed views
+            grad_weight = op(flat_grad.t(), x.reshape(-1, x.shape[-1]).t(), None, "none", [], "")
+        grad_residual = grad if ctx.has_residual and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_residual
+
+
+def packed(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """``weight`` (N, K) reordered once into oneDNN's blocked layout for products with ``rows``-row inputs
+    (other row counts are still right, if a little slower): the decoder's weights, which a sampling call
+    multiplies by at every step. An opaque tensor that only :func:`packed_linear` reads."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+
+
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x (B, K) @ the :func:`packed` weight's transpose (+ residual (B, N)), without gradients."""
+    op = _operator()
+    if residual is None:
+        return op(x, weight, None, "none", [], "")
+    return op.binary(x, residual, weight, None, "add")
