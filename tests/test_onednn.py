@@ -122,3 +122,26 @@ def test_version_line_names_the_cpu_matmul_library():
     result = run_module("textgan", "--version")
     assert result.returncode == 0
     assert "CPU matmul oneDNN (" in result.stdout or "CPU matmul torch default (" in result.stdout
+
+
+@needs_operator
+def test_the_chunked_head_gives_torchs_numbers_through_onednn():
+    """The row-chunked vocabulary head (fast_forward._HeadLogProbs, float64-gradchecked on torch's path):
+    its log-probabilities and both gradients through oneDNN, in uneven blocks with repeated targets."""
+    from textgan.models import fast_forward
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(37, 24, requires_grad=True), (torch.randn(300, 24) * 0.3).requires_grad_()
+    targets = torch.randint(0, 300, (37,))
+    targets[5:9] = 7
+    grad = torch.randn(37)
+
+    def run(enabled):
+        hidden.grad = weight.grad = None
+        with onednn.use(enabled):
+            out = fast_forward._HeadLogProbs.apply(hidden, weight, targets, 16)
+            out.backward(grad)
+        return out.detach(), hidden.grad, weight.grad
+
+    for got, expected in zip(run(True), run(False)):
+        assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -197,7 +197,7 @@ class _HeadLogProbs(torch.autograd.Function):
         out, lse = hidden.new_empty(N), hidden.new_empty(N)
         for start in range(0, N, rows):
             block = slice(start, start + rows)
-            logits = hidden[block] @ weight.t()  # (rows, V)
+            logits = onednn.linear(hidden[block], weight)  # (rows, V)
             torch.logsumexp(logits, -1, out=lse[block])
             torch.sub(logits.gather(1, targets[block, None]).squeeze_(1), lse[block], out=out[block])
         ctx.save_for_backward(hidden, weight, targets, lse)
@@ -209,15 +209,23 @@ class _HeadLogProbs(torch.autograd.Function):
         hidden, weight, targets, lse = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        by_onednn = onednn.applies(hidden)
+        weight_t = weight.t().contiguous() if by_onednn else None  # (C, V): dlogits @ weight as a linear by it
         for start in range(0, hidden.shape[0], ctx.rows):
             block = slice(start, start + ctx.rows)
             g = grad[block, None]
-            grad_logits = (hidden[block] @ weight.t()).sub_(lse[block, None]).exp_().mul_(-g)
+            grad_logits = onednn.linear(hidden[block], weight).sub_(lse[block, None]).exp_().mul_(-g)
             grad_logits.scatter_add_(1, targets[block, None], g)
             if grad_hidden is not None:
-                torch.mm(grad_logits, weight, out=grad_hidden[block])
+                if by_onednn:
+                    grad_hidden[block] = onednn.linear(grad_logits, weight_t)
+                else:
+                    torch.mm(grad_logits, weight, out=grad_hidden[block])
             if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.t(), hidden[block])
+                if by_onednn:  # a new (V, C) sum per block: oneDNN's add does not write in place
+                    grad_weight = onednn.add_linear(grad_weight, grad_logits.t(), hidden[block].t())
+                else:
+                    grad_weight.addmm_(grad_logits.t(), hidden[block])
         return grad_hidden, grad_weight, None, None
 
 
