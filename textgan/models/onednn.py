@@ -58,14 +58,19 @@ def setting() -> str:
     return choice
 
 
+def _choice() -> str:
+    """:func:`setting`, with an unknown value read as auto (the entry points refuse it before this is asked)."""
+    try:
+        return setting()
+    except ValueError:
+        return "auto"
+
+
 @functools.cache
 def active() -> bool:
     """Whether textgan's fp32 CPU products go through oneDNN in this process (module docstring).
-    Decided at the first call; an unknown setting counts as auto here (the entry points refuse it)."""
-    try:
-        choice = setting()
-    except ValueError:
-        choice = "auto"
+    Decided at the first call."""
+    choice = _choice()
     if choice == "default" or _operator() is None:
         return False
     if choice == "onednn":
@@ -75,11 +80,7 @@ def active() -> bool:
 
 def describe() -> str:
     """Which library multiplies textgan's fp32 CPU matrices, and the setting: for version lines and benchmark records."""
-    try:
-        choice = setting()
-    except ValueError:
-        choice = "auto"
-    return f"{'oneDNN' if active() else 'torch default'} (TEXTGAN_CPU_MATMUL={choice})"
+    return f"{'oneDNN' if active() else 'torch default'} (TEXTGAN_CPU_MATMUL={_choice()})"
 
 
 _forced: bool | None = None  # set by use(): overrides active() inside the block
