@@ -145,3 +145,25 @@ def test_the_chunked_head_gives_torchs_numbers_through_onednn():
 
     for got, expected in zip(run(True), run(False)):
         assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@needs_operator
+def test_compile_says_when_it_gives_up_onednn_products(capsys, monkeypatch):
+    """compile=true keeps the Hugging Face forward and torch's products: where oneDNN's are in use, the recipe
+    says so once; elsewhere, and for models that do not take textgan's forward, it says nothing."""
+    from types import SimpleNamespace
+
+    from textgan.models import build_discriminator, build_generator
+    from textgan.training import compile_forward
+
+    generator = build_generator(20, bos_id=1, eos_id=2, pad_id=0, d_model=16, n_layers=1, n_heads=2)
+    discriminator = build_discriminator("lstm", 20, 0, dim=16)
+    for module in (generator, discriminator):
+        monkeypatch.setattr(module, "compile", lambda: None)  # what is said, not the compilation, is tested
+    for enabled, module, said in [(True, generator, True), (False, generator, False), (True, discriminator, False)]:
+        with onednn.use(enabled):
+            assert compile_forward(module, SimpleNamespace(compile=True)) is module
+            compile_forward(module, SimpleNamespace(compile=False))
+        err = capsys.readouterr().err
+        assert ("note: compile=true runs torch's own fp32 matrix products" in err) is said
+        assert err.count("note:") == int(said)

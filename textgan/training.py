@@ -161,8 +161,21 @@ def compile_forward(module: torch.nn.Module, config: BaseConfig) -> torch.nn.Mod
     torch switches to dynamic shapes.
     """
     if config.compile:
+        if _loses_onednn(module) and distributed.is_main():
+            print("note: compile=true runs torch's own fp32 matrix products, which on this CPU take twice as long as "
+                  "the oneDNN ones the eager forward uses (README: On an AMD EPYC); leave compile off here",
+                  file=sys.stderr)
         module.compile()
     return module
+
+
+def _loses_onednn(module: torch.nn.Module) -> bool:
+    """Whether compiling ``module`` gives up textgan's oneDNN products: an fp32 Llama model on a CPU where
+    :mod:`textgan.models.onednn` is active (a compiled model keeps the Hugging Face forward)."""
+    from .models import onednn
+
+    config, weight = getattr(module, "config", None), next(module.parameters(), None)
+    return (getattr(config, "model_type", "") == "llama" and weight is not None and onednn.applies(weight.detach()))
 
 
 class WeightAverage:
