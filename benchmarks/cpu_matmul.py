@@ -53,15 +53,14 @@ def products(d: int, repeats: int) -> list[dict]:
 def product_times(k: int, n: int, repeats: int) -> list[float]:
     """Seconds of a (K, N) weight's products, torch.mm then oneDNN: decoding (64 rows; oneDNN also packed), and a
     training step's forward, input gradient and weight gradient (1,280 rows)."""
-    op = torch.ops.mkldnn._linear_pointwise
+    product = onednn.product
     weight = torch.randn(n, k)
     x, big, grad = torch.randn(64, k), torch.randn(64 * 20, k), torch.randn(64 * 20, n)
     packed, weight_t = onednn.packed(weight, 64), weight.t().contiguous()
-    return best_of_each([lambda: torch.mm(x, weight.t()), lambda: op(x, weight, None, "none", [], ""),
-                         lambda: onednn.packed_linear(x, packed),
-                         lambda: torch.mm(big, weight.t()), lambda: op(big, weight, None, "none", [], ""),
-                         lambda: torch.mm(grad, weight), lambda: op(grad, weight_t, None, "none", [], ""),
-                         lambda: torch.mm(grad.t(), big), lambda: op(grad.t(), big.t(), None, "none", [], "")], repeats)
+    return best_of_each([lambda: torch.mm(x, weight.t()), lambda: product(x, weight), lambda: product(x, packed),
+                         lambda: torch.mm(big, weight.t()), lambda: product(big, weight),
+                         lambda: torch.mm(grad, weight), lambda: product(grad, weight_t),
+                         lambda: torch.mm(grad.t(), big), lambda: product(grad.t(), big.t())], repeats)
 
 
 def steps(d: int, repeats: int, runs: int) -> dict:
@@ -106,8 +105,7 @@ def main() -> None:
         raise SystemExit("error: this torch has no oneDNN linear operator; nothing to compare")
     repeats, runs = (1, 1) if args.quick else (10, 5)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    op = torch.ops.mkldnn._linear_pointwise
-    ceiling = best_of_each([lambda: torch.mm(a, b), lambda: op(a, b, None, "none", [], "")], 2 if args.quick else 10)
+    ceiling = best_of_each([lambda: torch.mm(a, b), lambda: onednn.product(a, b)], 2 if args.quick else 10)
     ceilings = {"torch": gflops(2 * 2048**3, ceiling[0]), "onednn": gflops(2 * 2048**3, ceiling[1])}
     sizes = (128,) if args.quick else (128, 256)
     product_rows = [row for d in sizes for row in products(d, 3 if args.quick else 50)]

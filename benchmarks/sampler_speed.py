@@ -120,9 +120,9 @@ def compare(model, narrow, batch: int, length: int, repeats: int) -> dict:
                     torch.mm(x, w_qkv), torch.addmm(x, attended, w_out), torch.mm(x, w_mlp), torch.addmm(x, hidden, w_down)
                 else:
                     p_qkv, p_out, p_mlp, p_down = packed[i]
-                    onednn.packed_linear(x, p_qkv), onednn.packed_linear(attended, p_out, x)
-                    onednn.packed_linear(x, p_mlp), onednn.packed_linear(hidden, p_down, x)
-            torch.mm(x, decoder.head.t()) if packed is None else onednn.packed_linear(x, decoder._packed_head)
+                    onednn.product(x, p_qkv), onednn.product(attended, p_out, x)
+                    onednn.product(x, p_mlp), onednn.product(hidden, p_down, x)
+            torch.mm(x, decoder.head.t()) if packed is None else onednn.product(x, decoder._packed_head)
 
     def matmuls_no_grad():
         with torch.no_grad():

@@ -103,8 +103,8 @@ def test_a_packed_weight_serves_any_row_count(rows):
     torch.manual_seed(0)
     weight, x, residual = torch.randn(30, 16), torch.randn(rows, 16), torch.randn(rows, 30)
     packed = onednn.packed(weight, 8)
-    assert_close(onednn.packed_linear(x, packed), x @ weight.t(), atol=1e-5, rtol=1e-5)
-    assert_close(onednn.packed_linear(x, packed, residual), residual + x @ weight.t(), atol=1e-5, rtol=1e-5)
+    assert_close(onednn.product(x, packed), x @ weight.t(), atol=1e-5, rtol=1e-5)
+    assert_close(onednn.product(x, packed, residual), residual + x @ weight.t(), atol=1e-5, rtol=1e-5)
 
 
 def test_a_bad_setting_stops_commands_and_recipes_with_one_line(monkeypatch, tmp_path):

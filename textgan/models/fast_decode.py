@@ -461,11 +461,11 @@ class LlamaDecoder:
         output projections. oneDNN's products return new tensors: q, k and v are copied into the
         workspace's buffer (its views feed the rotations), the MLP's halves are views of its output."""
         for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self._packed):
-            work.qkv.copy_(onednn.packed_linear(work.normalize(h, self.eps[i][0]), w_qkv))
-            h = onednn.packed_linear(self._attend(i, work, rotate_q, write, hidden), w_out, h)
-            gate, up = onednn.packed_linear(work.normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
-            h = onednn.packed_linear(F.silu(gate, inplace=True).mul_(up), w_down, h)
-        return onednn.packed_linear(work.normalize(h, self.final_eps), self._packed_head)
+            work.qkv.copy_(onednn.product(work.normalize(h, self.eps[i][0]), w_qkv))
+            h = onednn.product(self._attend(i, work, rotate_q, write, hidden), w_out, h)
+            gate, up = onednn.product(work.normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
+            h = onednn.product(F.silu(gate, inplace=True).mul_(up), w_down, h)
+        return onednn.product(work.normalize(h, self.final_eps), self._packed_head)
 
     def graphed_step(self):
         """A drop-in for :meth:`step` that replays a CUDA graph of :meth:`step_static`.

@@ -130,22 +130,18 @@ class _Linear(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.has_residual = residual is not None
         flat = x.reshape(-1, x.shape[-1])
-        op = _operator()
-        if residual is None:
-            out = op(flat, weight, None, "none", [], "")
-        else:
-            out = op.binary(flat, residual.reshape(flat.shape[0], -1), weight, None, "add")
+        out = product(flat, weight, None if residual is None else residual.reshape(flat.shape[0], -1))
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
-        op, flat_grad = _operator(), grad.reshape(-1, grad.shape[-1])
+        flat_grad = grad.reshape(-1, grad.shape[-1])
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:  # dy @ w: a linear by w.T, (K, N), made contiguous (a small copy)
-            grad_x = op(flat_grad, weight.t().contiguous(), None, "none", [], "").view(x.shape)
+            grad_x = product(flat_grad, weight.t().contiguous()).view(x.shape)
         if ctx.needs_input_grad[1]:  # dy.T @ x: a linear of dy.T by x.T, both read as transposed views
-            grad_weight = op(flat_grad.t(), x.reshape(-1, x.shape[-1]).t(), None, "none", [], "")
+            grad_weight = product(flat_grad.t(), x.reshape(-1, x.shape[-1]).t())
         grad_residual = grad if ctx.has_residual and ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_residual
 
@@ -153,12 +149,13 @@ class _Linear(torch.autograd.Function):
 def packed(weight: torch.Tensor, rows: int) -> torch.Tensor:
     """``weight`` (N, K) reordered once into oneDNN's blocked layout for products with ``rows``-row inputs
     (other row counts are still right, if a little slower): the decoder's weights, which a sampling call
-    multiplies by at every step. An opaque tensor that only :func:`packed_linear` reads."""
+    multiplies by at every step. An opaque tensor that only :func:`product` reads."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
 
 
-def packed_linear(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """x (B, K) @ the :func:`packed` weight's transpose (+ residual (B, N)), without gradients."""
+def product(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x (B, K) @ weight.T (+ residual (B, N)) by oneDNN, without gradients: ``weight`` (N, K) as it is, or
+    :func:`packed`. The one place that spells out the operator's arguments."""
     op = _operator()
     if residual is None:
         return op(x, weight, None, "none", [], "")
