@@ -38,7 +38,7 @@ import torch
 from _record import device_name, record, results_name
 
 from textgan import sampling
-from textgan.models import build_generator, fast_decode, onednn
+from textgan.models import build_generator, fast_decode
 from textgan.models.fast_decode import LlamaDecoder
 from textgan.sampling import sample
 
@@ -110,19 +110,17 @@ def compare(model, narrow, batch: int, length: int, repeats: int) -> dict:
 
     def matmuls_only():
         """Every matrix product of ``length`` decoding steps, at the shapes and layouts the decoder uses, through
-        the library it uses (oneDNN with packed weights where ``textgan.models.onednn`` applies)."""
-        packed = decoder._packed
+        the library it uses for each (oneDNN with packed weights where ``textgan.models.onednn`` applies and the
+        product is large enough to pay, torch.mm elsewhere), the residual adds in place into a scratch row block."""
+        packed, product, residual = decoder._packed, fast_decode._product, x.clone()
         for t in range(length):
             for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(decoder.weights):
+                p_qkv, p_out, p_mlp, p_down = (None,) * 4 if packed is None else packed[i]
                 scores = torch.bmm(q, keys[:, : t + 1].transpose(1, 2))
                 attended = torch.bmm(scores, keys[:, : t + 1]).view(batch, -1)
-                if packed is None:
-                    torch.mm(x, w_qkv), torch.addmm(x, attended, w_out), torch.mm(x, w_mlp), torch.addmm(x, hidden, w_down)
-                else:
-                    p_qkv, p_out, p_mlp, p_down = packed[i]
-                    onednn.product(x, p_qkv), onednn.product(attended, p_out, x)
-                    onednn.product(x, p_mlp), onednn.product(hidden, p_down, x)
-            torch.mm(x, decoder.head.t()) if packed is None else onednn.product(x, decoder._packed_head)
+                product(x, w_qkv, p_qkv), product(attended, w_out, p_out, residual=residual)
+                product(x, w_mlp, p_mlp), product(hidden, w_down, p_down, residual=residual)
+            product(x, decoder._head_t, None if packed is None else decoder._packed_head)
 
     def matmuls_no_grad():
         with torch.no_grad():

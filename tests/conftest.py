@@ -136,13 +136,15 @@ def decoder_dtypes(monkeypatch):
 
 
 @pytest.fixture(params=["default", "onednn"])
-def cpu_matmul(request):
+def cpu_matmul(request, monkeypatch):
     """Runs the test with textgan's fp32 CPU products through torch's default BLAS and through oneDNN
-    (:mod:`textgan.models.onednn`), whichever this machine would pick by itself."""
+    (:mod:`textgan.models.onednn`), whichever this machine would pick by itself. Through oneDNN, the
+    decoder's products are all oneDNN's, however small the test's model (``onednn.SMALL_PRODUCT_FLOPS``)."""
     from textgan.models import onednn
 
     if request.param == "onednn" and onednn._operator() is None:
         pytest.skip("this torch has no oneDNN linear operator")
+    monkeypatch.setattr(onednn, "SMALL_PRODUCT_FLOPS", 0)
     with onednn.use(request.param == "onednn"):
         yield request.param
 

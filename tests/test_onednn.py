@@ -167,3 +167,27 @@ def test_compile_says_when_it_gives_up_onednn_products(capsys, monkeypatch):
         err = capsys.readouterr().err
         assert ("note: compile=true runs torch's own fp32 matrix products" in err) is said
         assert err.count("note:") == int(said)
+
+
+@needs_operator
+def test_the_decoder_leaves_products_too_small_for_onednn_to_torch(monkeypatch):
+    """Each of the decoder's matrices goes to oneDNN only where its product at the batch's rows reaches
+    SMALL_PRODUCT_FLOPS; with some on each side, its logits are still the Hugging Face forward's."""
+    from textgan.models import build_generator
+    from textgan.models.fast_decode import LlamaDecoder
+
+    torch.manual_seed(0)
+    model = build_generator(50, bos_id=1, eos_id=2, pad_id=0, d_model=32, n_layers=2, n_heads=4, d_ff=96,
+                            max_positions=16).eval()
+    rows = 6  # products: q/k/v and the output layer 32 x 96 and 32 x 50 and the output projection 32 x 32, the
+    # MLP's 32 x 192 and 96 x 32: at 6 rows, 36,864, 19,200, 12,288, 73,728 and 36,864 operations
+    monkeypatch.setattr(onednn, "SMALL_PRODUCT_FLOPS", 30_000)
+    ids = torch.randint(3, 50, (rows, 8))
+    with onednn.use(True), torch.no_grad():
+        decoder = LlamaDecoder(model, rows, 8)
+        assert [[p is not None for p in layer] for layer in decoder._packed] == [[True, False, True, True]] * 2
+        assert decoder._packed_head is None
+        full = model(input_ids=ids).logits
+        logits = [decoder.prefill(ids[:, :1])] + [decoder.step(ids[:, t]) for t in range(1, 8)]
+    for t, got in enumerate(logits):
+        assert_close(got, full[:, t], atol=1e-5, rtol=1e-5)

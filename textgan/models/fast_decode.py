@@ -21,8 +21,8 @@ logits stay fp32 numbers, within bf16's rounding of the fp32 decoder's.
 
 On CPUs where torch's fp32 products run at half speed (AMD processors with AVX-512, where MKL runs
 its AVX2 kernels: :mod:`.onednn`), an fp32 decoder packs its matrices once into oneDNN's layout and
-multiplies through oneDNN, with the residual adds fused into the output projections
-(:meth:`LlamaDecoder._one_position_packed`).
+multiplies through oneDNN, with the residual adds fused into the output projections, except for
+products too small to repay oneDNN's set-up, which stay torch's (:meth:`LlamaDecoder._one_position_packed`).
 
 On a GPU the cost of those operations is launching them: :meth:`LlamaDecoder.graphed_step`
 captures one step, with shapes that do not change from position to position
@@ -117,6 +117,20 @@ def _rotate_into(out: torch.Tensor, x: torch.Tensor, rotation: torch.Tensor) -> 
         torch.mul(x, rotation, out=out)
     else:
         out.copy_(_rotate_pairs(x, rotation))
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor | None, *, out: torch.Tensor | None = None,
+             residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight (+ residual) for a decoder whose products go through oneDNN: by ``packed``, weight's
+    oneDNN copy, or by torch.mm where it is None (a product too small for oneDNN, :func:`.onednn.pays`).
+    weight: (input, output), as :attr:`LlamaDecoder.weights` holds it. ``out``: the result is written
+    there; ``residual``: added into it, in place on torch.mm's path (the decoder's own hidden state)."""
+    if packed is not None:
+        y = onednn.product(x, packed, residual)
+        return y if out is None else out.copy_(y)
+    if residual is not None:
+        return residual.addmm_(x, weight)
+    return torch.mm(x, weight, out=out)
 
 
 class _Workspace:
@@ -247,12 +261,17 @@ class LlamaDecoder:
                                      mlp.down_proj.weight.detach().to(low).t()))
             self.head = model.lm_head.weight * model.model.norm.weight  # (V, C)
             self._head_t = self.head.t()
-            # where torch's fp32 products are slow (onednn.applies), the same matrices in oneDNN's layout
+            # where torch's fp32 products are slow (onednn.applies), the same matrices in oneDNN's layout; None
+            # for those too small for oneDNN to pay at the batch's rows (onednn.pays), which torch.mm multiplies
             self._packed = None
             if self.low is None and onednn.applies(self.head):
                 rows = self._cache.shape[1]
-                self._packed = [tuple(onednn.packed(w.t(), rows) for w in weights) for weights in self.weights]
-                self._packed_head = onednn.packed(self.head, rows)
+
+                def pack(weight: torch.Tensor) -> torch.Tensor | None:  # (N, K)
+                    return onednn.packed(weight, rows) if onednn.pays(rows, weight) else None
+
+                self._packed = [tuple(pack(w.t()) for w in weights) for weights in self.weights]
+                self._packed_head = pack(self.head)
         # each position's turn of one key/value head's G queries and key, and of its value by angle 0 (a
         # multiplication by 1 + 0i, which leaves it bitwise as it was): (T, 1, (G + 2) * D / 2)
         table = torch.cat([self.rotation.repeat(1, G + 1), self.rotation.new_ones(self.max_length, D // 2)], 1)
@@ -458,14 +477,17 @@ class LlamaDecoder:
                              hidden: torch.Tensor | None) -> torch.Tensor:
         """:meth:`_one_position` of an fp32 decoder whose products go through oneDNN (:mod:`.onednn`):
         the same steps, with the weights packed once per decoder and the residual adds fused into the
-        output projections. oneDNN's products return new tensors: q, k and v are copied into the
-        workspace's buffer (its views feed the rotations), the MLP's halves are views of its output."""
-        for i, (w_qkv, w_out, w_mlp, w_down) in enumerate(self._packed):
-            work.qkv.copy_(onednn.product(work.normalize(h, self.eps[i][0]), w_qkv))
-            h = onednn.product(self._attend(i, work, rotate_q, write, hidden), w_out, h)
-            gate, up = onednn.product(work.normalize(h, self.eps[i][1]), w_mlp).chunk(2, dim=-1)
-            h = onednn.product(F.silu(gate, inplace=True).mul_(up), w_down, h)
-        return onednn.product(work.normalize(h, self.final_eps), self._packed_head)
+        output projections, except for matrices too small for oneDNN to pay (no packed copy), which
+        :func:`_product` multiplies by torch.mm. oneDNN's products return new tensors: q, k and v are
+        copied into the workspace's buffer (its views feed the rotations), the MLP's halves are views
+        of its output."""
+        for i, (p_qkv, p_out, p_mlp, p_down) in enumerate(self._packed):
+            w_qkv, w_out, w_mlp, w_down = self.weights[i]
+            _product(work.normalize(h, self.eps[i][0]), w_qkv, p_qkv, out=work.qkv)
+            h = _product(self._attend(i, work, rotate_q, write, hidden), w_out, p_out, residual=h)
+            gate, up = _product(work.normalize(h, self.eps[i][1]), w_mlp, p_mlp).chunk(2, dim=-1)
+            h = _product(F.silu(gate, inplace=True).mul_(up), w_down, p_down, residual=h)
+        return _product(work.normalize(h, self.final_eps), self._head_t, self._packed_head)
 
     def graphed_step(self):
         """A drop-in for :meth:`step` that replays a CUDA graph of :meth:`step_static`.

@@ -146,6 +146,21 @@ class _Linear(torch.autograd.Function):
         return grad_x, grad_weight, grad_residual
 
 
+# A product of fewer floating-point operations than this costs less through torch.mm than through oneDNN,
+# even where MKL runs its AVX2 kernels: each oneDNN call spends about 10 us setting up, whatever its size.
+# On the AMD EPYC at the decoder's 64 rows (benchmarks/results/cpu_matmul_amd_epyc.md): 128 x 128 (2.1
+# MFLOP) at 131 GFLOP/s by torch.mm against 118 by oneDNN with a packed weight, 128 x 384 (6.3 MFLOP) at
+# 165 against 228. The decoder, which makes the same small products at every step, picks each matrix's
+# library by it (:func:`pays`); whole sampling calls at the default size ran 3% faster than all through oneDNN.
+SMALL_PRODUCT_FLOPS = 3e6
+
+
+def pays(rows: int, weight: torch.Tensor) -> bool:
+    """Whether a product of ``rows`` rows by ``weight`` (N, K) is large enough for oneDNN's faster kernels to
+    repay its set-up (:data:`SMALL_PRODUCT_FLOPS`): decided from the shapes alone, so it is the same on every run."""
+    return 2 * rows * weight.numel() >= SMALL_PRODUCT_FLOPS
+
+
 def packed(weight: torch.Tensor, rows: int) -> torch.Tensor:
     """``weight`` (N, K) reordered once into oneDNN's blocked layout for products with ``rows``-row inputs
     (other row counts are still right, if a little slower): the decoder's weights, which a sampling call
