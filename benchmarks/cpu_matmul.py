@@ -134,7 +134,8 @@ def main() -> None:
                      f"| {r['sample_tokens_per_s_onednn']:,.0f} "
                      f"| {r['sample_tokens_per_s_onednn'] / r['sample_tokens_per_s_torch']:.2f}x |")
     lines += ["", (f"MLE step: textgan's forward and backward and AdamW on 64 sentences of 21 tokens (vocabulary {VOCAB}), "
-              f"2 layers; sampler: `sample()` of 20 tokens for 64 rows (the decoder's fold and packing included). "
+              f"2 layers; sampler: `sample()` of 20 tokens for 64 rows (the decoder's fold and packing included; "
+              f"with oneDNN, products below `onednn.SMALL_PRODUCT_FLOPS` stay torch.mm's, as the decoder does). "
               f"Each the best of {repeats} rounds of {runs} runs, both libraries in every round.")]
     md = "\n".join(lines) + "\n"
     print(md)

@@ -148,9 +148,9 @@ class _Linear(torch.autograd.Function):
 
 # A product of fewer floating-point operations than this costs less through torch.mm than through oneDNN,
 # even where MKL runs its AVX2 kernels: each oneDNN call spends about 10 us setting up, whatever its size.
-# On the AMD EPYC at the decoder's 64 rows (benchmarks/results/cpu_matmul_amd_epyc.md): 128 x 128 (2.1
-# MFLOP) at 131 GFLOP/s by torch.mm against 118 by oneDNN with a packed weight, 128 x 384 (6.3 MFLOP) at
-# 165 against 228. The decoder, which makes the same small products at every step, picks each matrix's
+# On the AMD EPYC at the decoder's 64 rows (benchmarks/results/cpu_matmul_amd_epyc.md, "decoding"), a 128 x
+# 128 product (2.1 MFLOP) ran at 126-131 GFLOP/s through torch.mm against 116-123 through oneDNN with a
+# packed weight in three runs, and 128 x 384 (6.3 MFLOP) at 153-165 against 194-235. The decoder, which makes the same small products at every step, picks each matrix's
 # library by it (:func:`pays`); whole sampling calls at the default size ran 3% faster than all through oneDNN.
 SMALL_PRODUCT_FLOPS = 3e6
 
