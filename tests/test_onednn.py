@@ -170,9 +170,11 @@ def test_compile_says_when_it_gives_up_onednn_products(capsys, monkeypatch):
 
 
 @needs_operator
-def test_the_decoder_leaves_products_too_small_for_onednn_to_torch(monkeypatch):
+@pytest.mark.parametrize("threshold, packed", [(30_000, [True, False, True, True]), (40_000, [False, False, True, False])])
+def test_the_decoder_leaves_products_too_small_for_onednn_to_torch(monkeypatch, threshold, packed):
     """Each of the decoder's matrices goes to oneDNN only where its product at the batch's rows reaches
-    SMALL_PRODUCT_FLOPS; with some on each side, its logits are still the Hugging Face forward's."""
+    SMALL_PRODUCT_FLOPS; with some on each side (every product through each library between the two
+    thresholds), its logits are still the Hugging Face forward's."""
     from textgan.models import build_generator
     from textgan.models.fast_decode import LlamaDecoder
 
@@ -181,11 +183,11 @@ def test_the_decoder_leaves_products_too_small_for_onednn_to_torch(monkeypatch):
                             max_positions=16).eval()
     rows = 6  # products: q/k/v and the output layer 32 x 96 and 32 x 50 and the output projection 32 x 32, the
     # MLP's 32 x 192 and 96 x 32: at 6 rows, 36,864, 19,200, 12,288, 73,728 and 36,864 operations
-    monkeypatch.setattr(onednn, "SMALL_PRODUCT_FLOPS", 30_000)
+    monkeypatch.setattr(onednn, "SMALL_PRODUCT_FLOPS", threshold)
     ids = torch.randint(3, 50, (rows, 8))
     with onednn.use(True), torch.no_grad():
         decoder = LlamaDecoder(model, rows, 8)
-        assert [[p is not None for p in layer] for layer in decoder._packed] == [[True, False, True, True]] * 2
+        assert [[p is not None for p in layer] for layer in decoder._packed] == [packed] * 2
         assert decoder._packed_head is None
         full = model(input_ids=ids).logits
         logits = [decoder.prefill(ids[:, :1])] + [decoder.step(ids[:, t]) for t in range(1, 8)]
