@@ -170,7 +170,8 @@ def test_compile_says_when_it_gives_up_onednn_products(capsys, monkeypatch):
 
 
 @needs_operator
-@pytest.mark.parametrize("threshold, packed", [(30_000, [True, False, True, True]), (40_000, [False, False, True, False])])
+@pytest.mark.parametrize("threshold, packed", [(30_000, [True, False, True, True]),
+                                               (40_000, [False, False, True, False])])
 def test_the_decoder_leaves_products_too_small_for_onednn_to_torch(monkeypatch, threshold, packed):
     """Each of the decoder's matrices goes to oneDNN only where its product at the batch's rows reaches
     SMALL_PRODUCT_FLOPS; with some on each side (every product through each library between the two
@@ -181,8 +182,8 @@ def test_the_decoder_leaves_products_too_small_for_onednn_to_torch(monkeypatch, 
     torch.manual_seed(0)
     model = build_generator(50, bos_id=1, eos_id=2, pad_id=0, d_model=32, n_layers=2, n_heads=4, d_ff=96,
                             max_positions=16).eval()
-    rows = 6  # products: q/k/v and the output layer 32 x 96 and 32 x 50 and the output projection 32 x 32, the
-    # MLP's 32 x 192 and 96 x 32: at 6 rows, 36,864, 19,200, 12,288, 73,728 and 36,864 operations
+    rows = 6  # operations per product at 6 rows: q/k/v (32 x 96) 36,864, the output projection (32 x 32) 12,288,
+    # gate/up (32 x 192) 73,728, down (96 x 32) 36,864, the output layer (32 x 50) 19,200
     monkeypatch.setattr(onednn, "SMALL_PRODUCT_FLOPS", threshold)
     ids = torch.randint(3, 50, (rows, 8))
     with onednn.use(True), torch.no_grad():

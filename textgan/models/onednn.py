@@ -148,10 +148,12 @@ class _Linear(torch.autograd.Function):
 
 # A product of fewer floating-point operations than this costs less through torch.mm than through oneDNN,
 # even where MKL runs its AVX2 kernels: each oneDNN call spends about 10 us setting up, whatever its size.
-# On the AMD EPYC at the decoder's 64 rows (benchmarks/results/cpu_matmul_amd_epyc.md, "decoding"), a 128 x
-# 128 product (2.1 MFLOP) ran at 126-131 GFLOP/s through torch.mm against 116-123 through oneDNN with a
-# packed weight in three runs, and 128 x 384 (6.3 MFLOP) at 153-165 against 194-235. The decoder, which makes the same small products at every step, picks each matrix's
-# library by it (:func:`pays`); whole sampling calls at the default size ran 3% faster than all through oneDNN.
+# On the AMD EPYC at the decoder's 64 rows (benchmarks/results/cpu_matmul_amd_epyc.md, "decoding"), a
+# 128 x 128 product (2.1 MFLOP) ran at 126-131 GFLOP/s through torch.mm against 116-123 through oneDNN
+# with a packed weight in three runs, and 128 x 384 (6.3 MFLOP) at 153-165 against 194-235. The decoder,
+# which makes the same small products at every step, picks each matrix's library by it (:func:`pays`):
+# whole sampling calls at the default size ran 1-3% faster at length 20 than with every product through
+# oneDNN, and -2% to +6% at length 50 (alternating, 5 rounds).
 SMALL_PRODUCT_FLOPS = 3e6
 
 
