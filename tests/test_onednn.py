@@ -67,15 +67,17 @@ def test_applies_to_fp32_cpu_inputs_outside_autocast(monkeypatch):
 
 
 @needs_operator
+@pytest.mark.parametrize("out_features", [20, 50], ids=["narrowing", "widening"])
 @pytest.mark.parametrize("shape, residual", [((7, 33), False), ((3, 5, 33), False), ((15, 33), True)],
                          ids=["linear-2d", "linear-3d", "add_linear"])
-def test_linear_and_its_gradients_equal_torchs(shape, residual):
+def test_linear_and_its_gradients_equal_torchs(shape, residual, out_features):
     """Every output and gradient of x @ w.T (+ r) as torch computes them; the weight (N, K) as F.linear's.
-    add_linear takes the flat rows that torch.addmm would."""
+    add_linear takes the flat rows that torch.addmm would. N < K and N > K take the two ways of the weight
+    gradient (onednn.weight_gradient)."""
     torch.manual_seed(0)
     x = torch.randn(*shape, requires_grad=True)
-    weight = torch.randn(20, 33, requires_grad=True)
-    r = torch.randn(x.shape[0], 20, requires_grad=True)
+    weight = torch.randn(out_features, 33, requires_grad=True)
+    r = torch.randn(x.shape[0], out_features, requires_grad=True)
 
     def run(active):
         for t in (x, weight, r):

