@@ -60,7 +60,7 @@ def product_times(k: int, n: int, repeats: int) -> list[float]:
     return best_of_each([lambda: torch.mm(x, weight.t()), lambda: product(x, weight), lambda: product(x, packed),
                          lambda: torch.mm(big, weight.t()), lambda: product(big, weight),
                          lambda: torch.mm(grad, weight), lambda: product(grad, weight_t),
-                         lambda: torch.mm(grad.t(), big), lambda: product(grad.t(), big.t())], repeats)
+                         lambda: torch.mm(grad.t(), big), lambda: onednn.weight_gradient(grad, big)], repeats)
 
 
 def steps(d: int, repeats: int, runs: int) -> dict:
