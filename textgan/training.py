@@ -170,14 +170,12 @@ def compile_forward(module: torch.nn.Module, config: BaseConfig) -> torch.nn.Mod
 
 
 def _loses_onednn(module: torch.nn.Module) -> bool:
-    """Whether compiling ``module`` gives up textgan's oneDNN products: a model that textgan's own forward
-    runs (:func:`textgan.models.fast_forward.applies`), on a CPU where :mod:`textgan.models.onednn` is
-    active (a compiled model keeps the Hugging Face forward)."""
-    from .models import fast_forward, onednn
+    """Whether compiling ``module`` gives up textgan's oneDNN products: an fp32 Llama model on a CPU where
+    :mod:`textgan.models.onednn` is active (a compiled model keeps the Hugging Face forward)."""
+    from .models import onednn
 
-    weight = next(module.parameters(), None)
-    return (weight is not None and fast_forward.applies(module, weight.device.type)
-            and onednn.applies(weight.detach()))
+    config, weight = getattr(module, "config", None), next(module.parameters(), None)
+    return (getattr(config, "model_type", "") == "llama" and weight is not None and onednn.applies(weight.detach()))
 
 
 class WeightAverage:
