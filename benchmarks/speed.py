@@ -179,8 +179,8 @@ def main() -> None:
     for r in rows:
         g = r["scratchgan_issue_definition"]
         sampled = "; ".join(f"len {s['length']}: {s['textgan_tokens_per_s']:,.0f} vs {s['generate_tokens_per_s']:,.0f} "
-                            f"({s['speedup']:.2f}x; {min(s['round_speedups']):.2f}-{max(s['round_speedups']):.2f}x)"
-                            for s in r["sampling"])
+                            f"({s['speedup']:.2f}x; {min(s['round_speedups']):.2f}-{max(s['round_speedups']):.2f}x; "
+                            f"{s['speedup_after_update']:.2f}x after a weight change)" for s in r["sampling"])
         compiled = ("n/a" if r["mle_compiled_step_s"] is None else
                     f"{r['mle_compiled_step_s'] * 1e3:.0f} ms ({r['mle_compiled_fraction_of_ceiling']:.0%})")
         lines.append(f"| {r['size']} | {r['mle_step_s'] * 1e3:.0f} ms | {r['mle_tok_s']:,.0f} | {r['mle_gflop_s']:.1f} "
@@ -196,7 +196,9 @@ def main() -> None:
                                    "step on a batch of the sampled batch's shape. "
                                    f"The sampler column is the median of {sampler_rounds} rounds, each the best of "
                                    f"{sampler_repeats} interleaved runs, "
-                                   "with the range over the rounds.\n")
+                                   "with the range over the rounds, on weights unchanged since the calls before "
+                                   "(inference, evaluation: on a CPU the decoder reuses the last call's folded and packed "
+                                   "matrices) and, last, in the same round after a weight change (training's calls).\n")
     print(markdown)
     if not args.quick:
         record(results_name(args.name, args.device), {"matmul_ceiling_gflop_s": ceiling, "ceilings": ceilings,

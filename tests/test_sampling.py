@@ -160,6 +160,84 @@ def test_fast_decoder_logits_equal_the_hf_forward(word_tokenizer, dtype, static,
             assert_close(logits, full[:, t], **tolerance)
 
 
+def _step_logits(decoder, ids):
+    """The logits after ids (B, T), fed one position at a time (the steps read the packed matrices)."""
+    with torch.no_grad():
+        logits = decoder.prefill(ids[:, :1])
+        for t in range(1, ids.shape[1]):
+            logits = decoder.step(ids[:, t])
+    return logits
+
+
+def _changes():
+    """Ways a user's code changes a model's weights between sampling calls, each of which the decoders after it
+    must see: (name, function of the model)."""
+
+    def optimizer_step(model):
+        model.lm_head.weight.grad = torch.ones_like(model.lm_head.weight)
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+        model.zero_grad(set_to_none=True)
+
+    def through_data(model):  # bypasses the version counter
+        model.model.layers[1].mlp.up_proj.weight.data.mul_(1.5)
+
+    def load_state_dict(model):
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        state["model.layers.0.self_attn.q_proj.weight"].mul_(-0.5)
+        model.load_state_dict(state)
+
+    def new_parameter(model):
+        gain = model.model.norm.weight
+        model.model.norm.weight = torch.nn.Parameter(gain.detach() * 2.0)
+
+    return [("optimizer step", optimizer_step), ("in place through .data", through_data),
+            ("load_state_dict", load_state_dict), ("a new Parameter", new_parameter)]
+
+
+@pytest.mark.parametrize("change", _changes(), ids=[name for name, _ in _changes()])
+def test_decoders_reuse_folded_weights_only_while_the_weights_are_unchanged(tiny_generator, change, cpu_matmul):
+    """On a CPU the third and later decoders on unchanged weights reuse the folded (and packed) matrices of the
+    one before (fast_decode._FoldCache); after any change to the weights a decoder computes what a decoder of a
+    fresh copy of the model computes, and never the kept matrices' logits."""
+    from textgan.models import fast_decode
+    from textgan.models.fast_decode import LlamaDecoder
+
+    model = copy.deepcopy(tiny_generator)
+    ids = torch.randint(3, model.config.vocab_size, (4, 3))  # attention reads q and k
+    first, second, third = (LlamaDecoder(model, 4, 6) for _ in range(3))
+    assert first.weights is not second.weights  # the second decoder only learns the weights are unchanged
+    assert third.weights is second.weights and third._packed is second._packed
+    before = _step_logits(third, ids)
+    assert torch.equal(before, _step_logits(LlamaDecoder(copy.deepcopy(model), 4, 6), ids))
+
+    change[1](model)
+    for _ in range(3):  # the first decoder after the change, and those that then reuse its matrices
+        decoder = LlamaDecoder(model, 4, 6)
+        after = _step_logits(decoder, ids)
+        assert torch.equal(after, _step_logits(LlamaDecoder(copy.deepcopy(model), 4, 6), ids))
+        assert not torch.equal(after, before)
+    kept = fast_decode._FOLDS[model].folded
+    assert kept is not None and decoder.weights is kept[0]
+    assert LlamaDecoder(model, 5, 6).weights is not kept[0]  # packed for another row count
+    fast_decode.forget(model)
+    assert model not in fast_decode._FOLDS
+
+
+def test_training_keeps_no_folded_weights(tiny_generator, word_tokenizer):
+    """A decoder per sampling call with a weight update between calls (training) keeps no copy of the matrices."""
+    from textgan.models import fast_decode
+
+    model = copy.deepcopy(tiny_generator)
+    _, eos, pad = special_ids(word_tokenizer)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(3):
+        rollout = sample(model, _prompt(word_tokenizer, 4), 5, eos_id=eos, pad_id=pad)
+        optimizer.zero_grad()
+        token_logprobs(model, torch.cat([_prompt(word_tokenizer, 4), rollout.tokens], 1)).sum().backward()
+        optimizer.step()
+        assert fast_decode._FOLDS[model].folded is None
+
+
 @pytest.mark.parametrize("scale", [1e-4, 0.02, 1.0, 1e3])
 def test_decoding_step_rmsnorm_equals_torchs(tiny_generator, scale):
     """The step's four-call RMSNorm (into the workspace's buffer) against torch's rms_norm, at the scales

@@ -11,7 +11,8 @@ itself as four calls, where torch's CPU ``rms_norm`` makes about a dozen), each 
 buffer made once per sampling call rather than allocating, and no views made per step but the few
 that depend on the position.
 The folded weights are copied when a decoder is made, so a decoder serves one sampling call:
-make a new one after the weights change.
+make a new one after the weights change. On a CPU, decoders made while the weights stay unchanged
+(evaluation, inference) share one copy (:class:`_FoldCache`).
 
 A decoder of an fp32 model made with ``matmul_dtype=torch.bfloat16`` (what sampling makes under
 bf16 autocast with ``textgan.sampling.BF16_SAMPLING`` set) folds its q/k/v, gate/up and down
@@ -37,6 +38,7 @@ its logits against the Hugging Face forward.
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -188,6 +190,75 @@ class _Workspace:
         return torch.mul(h, self.scale, out=self.low_normed if low else self.normed)
 
 
+def _fold_sources(model) -> list[torch.Tensor]:
+    """The parameters a decoder's fold reads (:meth:`LlamaDecoder._fold_weights`), read afresh from the modules."""
+    tensors = [model.model.embed_tokens.weight, model.lm_head.weight, model.model.norm.weight]
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        tensors += [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight,
+                    mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight,
+                    layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+    return tensors
+
+
+class _FoldCache:
+    """One model's folded (and packed) matrices, kept between sampling calls on a CPU while its parameters stay
+    as they were.
+
+    Folding a decoder's matrices and packing them for oneDNN costs a sampling call about a millisecond on a CPU:
+    on the AMD EPYC a decoder's set-up took 0.89 ms at the default size (some 8% of a 20-token call on 64 rows)
+    and 1.78 at d256, and 0.18 and 0.32 reusing the matrices. Training changes the weights between calls, but
+    evaluation and inference draw batch after batch from the same ones, and there every decoder from the third
+    on reuses the matrices of the one before (``benchmarks/sampler_speed.py`` times both kinds of call).
+
+    The parameters count as unchanged when they are the same tensors (by storage address), none has been
+    changed in place (version counters: an optimizer step, ``load_state_dict``, ``copy_`` under ``no_grad`` each
+    bump them), and each has the same L2 norm, bitwise (a change through ``.data``, which the version counter
+    does not see). The matrices are kept only once a decoder finds the parameters as the previous one left them,
+    so training, whose weights change between calls, pays for the comparison of versions alone (microseconds),
+    neither the norms (70 us at the default size) nor the memory of a kept copy. :func:`forget` drops a model's.
+    """
+
+    def __init__(self):
+        self.key = None  # the previous decoder's: rows, matmul dtype, oneDNN choices, (address, version) per tensor
+        self.folded: tuple | None = None
+        self.norms: torch.Tensor | None = None
+        self.keep = False  # the next fold is worth keeping: the parameters were unchanged at the last lookup
+
+    def lookup(self, model, rows: int, low: torch.dtype | None) -> tuple | None:
+        """The kept matrices for a decoder of ``rows`` rows, or None: fold them, and :meth:`store` them."""
+        sources = _fold_sources(model)
+        key = (rows, low, onednn.SMALL_PRODUCT_FLOPS, onednn.applies(sources[1]),
+               tuple((t.data_ptr(), t._version) for t in sources))
+        if key != self.key:
+            self.key, self.folded, self.norms, self.keep = key, None, None, False
+            return None
+        if self.folded is not None and torch.equal(_norms(sources), self.norms):
+            return self.folded
+        self.folded, self.norms, self.keep = None, None, True
+        return None
+
+    def store(self, model, folded: tuple) -> None:
+        """Keep ``folded``, just made from the parameters :meth:`lookup` saw, if they were unchanged there."""
+        if self.keep:
+            self.folded, self.norms, self.keep = folded, _norms(_fold_sources(model)), False
+
+
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Each tensor's L2 norm, in one call: (len(tensors),)."""
+    with torch.no_grad():
+        return torch.stack(torch._foreach_norm(tensors))
+
+
+_FOLDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _FoldCache
+
+
+def forget(model) -> None:
+    """Drop the folded matrices kept for ``model`` (:class:`_FoldCache`): their memory, or after changing its
+    parameters in a way none of the checks sees."""
+    _FOLDS.pop(model, None)
+
+
 class LlamaDecoder:
     """Prefill a prompt, then decode one token at a time. Batch rows share positions.
 
@@ -222,7 +293,24 @@ class LlamaDecoder:
         # a mixed decoder: the q/k/v, gate/up and down projections in this dtype, the rest in fp32
         mixed = weight.dtype == torch.float32 and matmul_dtype not in (None, torch.float32)
         self.low = matmul_dtype if mixed else None
-        self._fold_weights(model)
+        self._fold_or_reuse(model)
+
+    def _fold_or_reuse(self, model) -> None:
+        """:meth:`_fold_weights`, or on a CPU the folded (and packed) matrices of this model's previous decoder
+        where its parameters have not changed since (:class:`_FoldCache`)."""
+        entry = None
+        if self._embedding.device.type == "cpu":  # on a GPU folding is a few kernel launches, and memory is dearer
+            entry = _FOLDS.get(model)
+            if entry is None:
+                entry = _FOLDS[model] = _FoldCache()
+        folded = None if entry is None else entry.lookup(model, self._cache.shape[1], self.low)
+        if folded is not None:
+            self.weights, self.head, self._head_t, self._packed, self._packed_head = folded
+        else:
+            self._fold_weights(model)
+            if entry is not None:
+                entry.store(model, (self.weights, self.head, self._head_t, self._packed, self._packed_head))
+        self._fold_tables()
 
     def _fold_weights(self, model) -> None:
         """One matmul for q, k and v and one for the MLP's gate and up projections, with each
@@ -263,7 +351,7 @@ class LlamaDecoder:
             self._head_t = self.head.t()
             # where torch's fp32 products are slow (onednn.applies), the same matrices in oneDNN's layout; None
             # for those too small for oneDNN to pay at the batch's rows (onednn.pays), which torch.mm multiplies
-            self._packed = None
+            self._packed = self._packed_head = None
             if self.low is None and onednn.applies(self.head):
                 rows = self._cache.shape[1]
 
@@ -272,6 +360,11 @@ class LlamaDecoder:
 
                 self._packed = [tuple(pack(w.t()) for w in weights) for weights in self.weights]
                 self._packed_head = pack(self.head)
+
+    def _fold_tables(self) -> None:
+        """The rotary and epsilon tables a step reads, made per decoder (they depend on its length)."""
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        G = H // Hkv
         # each position's turn of one key/value head's G queries and key, and of its value by angle 0 (a
         # multiplication by 1 + 0i, which leaves it bitwise as it was): (T, 1, (G + 2) * D / 2)
         table = torch.cat([self.rotation.repeat(1, G + 1), self.rotation.new_ones(self.max_length, D // 2)], 1)
@@ -282,7 +375,7 @@ class LlamaDecoder:
         self._rotation_real = torch.view_as_real(self._rotation_table).contiguous()  # step_static's, by index_select
         self.eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
                     for layer in self.layers]
-        self.final_eps = model.model.norm.variance_epsilon
+        self.final_eps = self.model.model.norm.variance_epsilon
         device = self._embedding.device  # each epsilon as a tensor, the first operand of a step's addcmul
         self._eps_tensors = {eps: torch.tensor(eps, device=device) for eps in {self.final_eps, *sum(self.eps, ())}}
 
