@@ -299,10 +299,12 @@ class LlamaDecoder:
         """:meth:`_fold_weights`, or on a CPU the folded (and packed) matrices of this model's previous decoder
         where its parameters have not changed since (:class:`_FoldCache`)."""
         entry = None
-        if self._embedding.device.type == "cpu":  # on a GPU folding is a few kernel launches, and memory is dearer
+        if self._embedding.device.type == "cpu":
             entry = _FOLDS.get(model)
             if entry is None:
                 entry = _FOLDS[model] = _FoldCache()
+        else:  # on a GPU folding is a few kernel launches and memory dearer: keep nothing, drop any CPU-era copy
+            forget(model)
         folded = None if entry is None else entry.lookup(model, self._cache.shape[1], self.low)
         if folded is not None:
             self.weights, self.head, self._head_t, self._packed, self._packed_head = folded
