@@ -223,6 +223,24 @@ def test_decoders_reuse_folded_weights_only_while_the_weights_are_unchanged(tiny
     assert model not in fast_decode._FOLDS
 
 
+def test_kept_folded_weights_go_with_their_model(tiny_generator):
+    """The kept matrices hold no reference to their model: it is freed as usual, and its entry with it."""
+    import gc
+    import weakref
+
+    from textgan.models import fast_decode
+    from textgan.models.fast_decode import LlamaDecoder
+
+    model = copy.deepcopy(tiny_generator)
+    for _ in range(3):
+        LlamaDecoder(model, 2, 4)
+    assert fast_decode._FOLDS[model].folded is not None
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
+
+
 def test_training_keeps_no_folded_weights(tiny_generator, word_tokenizer):
     """A decoder per sampling call with a weight update between calls (training) keeps no copy of the matrices."""
     from textgan.models import fast_decode
