@@ -223,6 +223,25 @@ def test_decoders_reuse_folded_weights_only_while_the_weights_are_unchanged(tiny
     assert model not in fast_decode._FOLDS
 
 
+def test_sampling_again_from_unchanged_weights_draws_what_a_fresh_model_draws(tiny_generator, word_tokenizer,
+                                                                              cpu_matmul):
+    """sample() calls on unchanged weights (the third on reuse the kept matrices) draw, seed for seed, exactly what
+    the same calls on a fresh copy of the model draw."""
+    from textgan.models import fast_decode
+
+    _, eos, pad = special_ids(word_tokenizer)
+    model = copy.deepcopy(tiny_generator)
+
+    def draws(generator):
+        torch.manual_seed(3)
+        return sample(generator, _prompt(word_tokenizer, 8), 10, eos_id=eos, pad_id=pad).tokens
+
+    reused = [draws(model) for _ in range(4)]
+    assert fast_decode._FOLDS[model].folded is not None
+    for tokens in reused:
+        assert torch.equal(tokens, draws(copy.deepcopy(tiny_generator)))
+
+
 def test_kept_folded_weights_go_with_their_model(tiny_generator):
     """The kept matrices hold no reference to their model: it is freed as usual, and its entry with it."""
     import gc
