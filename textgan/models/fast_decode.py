@@ -225,9 +225,9 @@ class _FoldCache:
         self.norms: torch.Tensor | None = None
         self.keep = False  # the next fold is worth keeping: the parameters were unchanged at the last lookup
 
-    def lookup(self, model, rows: int, low: torch.dtype | None) -> tuple | None:
-        """The kept matrices for a decoder of ``rows`` rows, or None: fold them, and :meth:`store` them."""
-        sources = _fold_sources(model)
+    def lookup(self, sources: list[torch.Tensor], rows: int, low: torch.dtype | None) -> tuple | None:
+        """The kept matrices for a decoder of ``rows`` rows, or None: fold them, and :meth:`store` them.
+        sources: :func:`_fold_sources` of the model."""
         key = (rows, low, onednn.SMALL_PRODUCT_FLOPS, onednn.applies(sources[1]),
                tuple((t.data_ptr(), t._version) for t in sources))
         if key != self.key:
@@ -238,10 +238,10 @@ class _FoldCache:
         self.folded, self.norms, self.keep = None, None, True
         return None
 
-    def store(self, model, folded: tuple) -> None:
-        """Keep ``folded``, just made from the parameters :meth:`lookup` saw, if they were unchanged there."""
+    def store(self, sources: list[torch.Tensor], folded: tuple) -> None:
+        """Keep ``folded``, just made from ``sources`` as :meth:`lookup` saw them, if they were unchanged there."""
         if self.keep:
-            self.folded, self.norms, self.keep = folded, _norms(_fold_sources(model)), False
+            self.folded, self.norms, self.keep = folded, _norms(sources), False
 
 
 def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -298,20 +298,17 @@ class LlamaDecoder:
     def _fold_or_reuse(self, model) -> None:
         """:meth:`_fold_weights`, or on a CPU the folded (and packed) matrices of this model's previous decoder
         where its parameters have not changed since (:class:`_FoldCache`)."""
-        entry = None
-        if self._embedding.device.type == "cpu":
-            entry = _FOLDS.get(model)
-            if entry is None:
-                entry = _FOLDS[model] = _FoldCache()
-        else:  # on a GPU folding is a few kernel launches and memory dearer: keep nothing, drop any CPU-era copy
-            forget(model)
-        folded = None if entry is None else entry.lookup(model, self._cache.shape[1], self.low)
+        if self._embedding.device.type != "cpu":  # on a GPU folding is a few kernel launches and memory dearer:
+            forget(model)  # keep nothing, and drop any copy kept while the model was on the CPU
+            self._fold_weights(model)
+            return self._fold_tables()
+        entry, sources = _FOLDS.setdefault(model, _FoldCache()), _fold_sources(model)
+        folded = entry.lookup(sources, self._cache.shape[1], self.low)
         if folded is not None:
             self.weights, self.head, self._head_t, self._packed, self._packed_head = folded
         else:
             self._fold_weights(model)
-            if entry is not None:
-                entry.store(model, (self.weights, self.head, self._head_t, self._packed, self._packed_head))
+            entry.store(sources, (self.weights, self.head, self._head_t, self._packed, self._packed_head))
         self._fold_tables()
 
     def _fold_weights(self, model) -> None:
