@@ -141,6 +141,20 @@ def test_bad_input_gives_one_clean_line(sandbox, case, argv, words, monkeypatch)
     assert after == before, f"left behind: {set(after) - set(before)}"  # nothing half-written (runs/ included)
 
 
+@pytest.mark.parametrize(("variable", "value", "choices"), [("TEXTGAN_CPU_MATMUL", "fast", "auto, onednn, default"),
+                                                         ("TEXTGAN_MALLOC", "tcmalloc", "keep, default")])
+def test_a_bad_environment_setting_stops_commands_and_recipes_with_one_line(monkeypatch, tmp_path, variable, value,
+                                                                              choices):
+    monkeypatch.setenv(variable, value)
+    for module, args in [("textgan", ("sample", "--model", str(tmp_path / "none"))),
+                         ("textgan.recipes.mle", (f"out_dir={tmp_path / 'run'}",))]:
+        result = run_module(module, *args)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"error: {variable}={value!r} is not a choice: set it to {choices}, or unset it"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_console_script_errors_have_no_traceback(sandbox):
     """Two cases through a real interpreter, as a user meets them."""
     for argv in (["train", "mle", f"data={R(sandbox, 'bad.txt')}"], ["sample", "--model", R(sandbox, "nomodel")]):

@@ -489,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
 
         module, config_cls = load_recipe(args.recipe)
         return run_recipe(config_cls, module.main, f"textgan train {args.recipe}", args.args)
+    from . import memory
     from .config import ConfigError
     from .data import DataError
     from .evaluation import EvaluationError
@@ -502,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     command = {"sample": cmd_sample, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "transfer": cmd_transfer}[args.command]
     try:
         onednn.setting()  # a bad TEXTGAN_CPU_MATMUL stops the command before it reads anything
+        memory.keep_freed_memory()  # as a bad TEXTGAN_MALLOC does
         return command(args)
     except (ConfigError, ModelError, DataError, EvaluationError, EncoderError, OracleError, PromptError, StyleError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> int:
-    from .. import distributed
+    from .. import distributed, memory
     from ..config import ConfigError, parse_args
     from ..data import DataError
     from ..models import onednn
@@ -19,6 +19,7 @@ def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> in
     try:
         config = parse_args(config_cls, argv, prog=prog)
         onednn.setting()  # a bad TEXTGAN_CPU_MATMUL stops the run here, as a bad key would
+        memory.keep_freed_memory()  # (or a bad TEXTGAN_MALLOC) before the run allocates anything large
         out_dir = Path(getattr(config, "out_dir", "") or ".").absolute()
         while not out_dir.parent.exists():  # the outermost folder this run would create
             out_dir = out_dir.parent
