@@ -26,6 +26,8 @@ def cpu_model() -> str | None:
 def machine() -> dict:
     import torch
 
+    from textgan import memory
+
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -35,6 +37,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "allocator": memory.describe(),
     }
 
 

@@ -34,6 +34,7 @@ import torch
 from _record import device_name, record, results_name
 from sampler_speed import best_of, compare, mean_seconds, median_round
 
+from textgan import memory
 from textgan.models import build_generator, onednn
 
 SIZES = {"default (d128, 2 layers)": {"d_model": 128, "n_layers": 2, "n_heads": 4},
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument("--name", default="speed", help="results file name, for another machine's run beside the "
                                                         "recorded one (speed_amd_epyc, say)")
     args = parser.parse_args()
+    memory.keep_freed_memory()  # as every textgan command does before it trains (textgan.memory)
     gpu = args.device.startswith("cuda")
     steps = 6 if args.quick else 60 if gpu else 20
     sampler_repeats, sampler_rounds = (1, 1) if args.quick else (10, 5)  # per length: best of, median of

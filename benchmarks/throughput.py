@@ -33,6 +33,7 @@ from _record import device_name, record, results_name
 from sampler_speed import mean_seconds
 from speed import SIZES, VOCAB, gan_step_on_same_batch, matmul_ceiling, train_flops_per_token
 
+from textgan import memory
 from textgan.models import build_generator
 from textgan.training import adam, mle_step
 
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu or cuda; a GPU's results go to throughput_cuda.{json,md}")
     args = parser.parse_args()
+    memory.keep_freed_memory()  # as every textgan command does before it trains (textgan.memory)
     gpu = args.device.startswith("cuda")
     batches = (8, 32) if args.quick else (64, 1024, 8192, 32768) if gpu else (64, 256, 1024)
     repeats = 2 if args.quick else 10 if gpu else 3

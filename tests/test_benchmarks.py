@@ -51,6 +51,7 @@ def _results_digest() -> dict[str, str]:
     ("throughput.py", None, "| 4x (d256, 2 layers) | 32 |"),
     ("train_forward.py", None, "| 4x (d256, 2 layers) | 21 |"),
     ("cpu_matmul.py", None, "| 128 | q/k/v | 128 x 384 |"),
+    ("memory.py", None, "| 1 | "),
 ])
 def test_quick_mode_runs_and_leaves_the_recorded_results_alone(script, data, expected, tmp_path):
     if data:
