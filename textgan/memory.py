@@ -27,7 +27,6 @@ nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 CHOICES = ("keep", "default")
@@ -58,7 +57,7 @@ def _mallopt():
     except (AttributeError, ValueError, OSError):  # not a GNU system
         return None
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        return ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
     except (OSError, AttributeError):
         return None
 
