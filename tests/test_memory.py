@@ -53,6 +53,15 @@ def test_keep_sets_both_thresholds_once_and_default_sets_none(fresh):
     assert memory.describe() == "freed memory returned (TEXTGAN_MALLOC=default)"
 
 
+def test_a_bad_setting_is_refused_after_the_thresholds_are_set(fresh):
+    fresh.setattr(memory, "_mallopt", lambda: lambda param, value: 1)
+    fresh.setenv("TEXTGAN_MALLOC", "keep")
+    assert memory.keep_freed_memory()
+    fresh.setenv("TEXTGAN_MALLOC", "always")
+    with pytest.raises(ConfigError, match="'always' is not a choice"):
+        memory.keep_freed_memory()
+
+
 def test_keep_reports_false_where_there_is_no_glibc_or_it_refuses(fresh):
     fresh.setenv("TEXTGAN_MALLOC", "keep")
     fresh.setattr(memory, "_mallopt", lambda: None)

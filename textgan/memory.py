@@ -70,8 +70,9 @@ def keep_freed_memory() -> bool:
     ``default``. Returns whether they are raised: False under ``TEXTGAN_MALLOC=default`` or off glibc.
     Raises :class:`~textgan.config.ConfigError` for a bad ``TEXTGAN_MALLOC``."""
     global _kept
-    if _kept is None:
-        mallopt = _mallopt() if setting() == "keep" else None
+    choice = setting()  # read at every call, so that a bad value stops every command, not just the first
+    if _kept is None:  # the thresholds are the process's: set once, never undone
+        mallopt = _mallopt() if choice == "keep" else None
         # both thresholds: setting either one turns off glibc's own adjustment of the other, and one alone
         # makes more faults than neither (the trim threshold alone: ten times as many in a d256 MLE step)
         _kept = mallopt is not None and all([mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
