@@ -44,7 +44,7 @@ def test_keep_sets_both_thresholds_once_and_default_sets_none(fresh):
     fresh.setenv("TEXTGAN_MALLOC", "keep")
     assert memory.describe().startswith("allocator as glibc sets it: not asked")
     assert memory.keep_freed_memory() and memory.keep_freed_memory()
-    assert calls == [(-3, 32 << 20), (-1, 256 << 20)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD; once
+    assert calls == [(-3, 256 << 20), (-1, 1 << 30)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD; once
     assert memory.describe() == "freed memory kept (TEXTGAN_MALLOC=keep)"
     fresh.setattr(memory, "_kept", None)
     calls.clear()
@@ -60,6 +60,24 @@ def test_a_bad_setting_is_refused_after_the_thresholds_are_set(fresh):
     fresh.setenv("TEXTGAN_MALLOC", "always")
     with pytest.raises(ConfigError, match="'always' is not a choice"):
         memory.keep_freed_memory()
+
+
+def test_an_older_glibc_gets_the_largest_mmap_threshold_it_takes_and_a_refusal_sets_nothing_else(fresh):
+    fresh.setenv("TEXTGAN_MALLOC", "keep")
+    calls = []
+
+    def older_glibc(param, value):  # takes no mmap threshold above 32 MiB
+        calls.append((param, value))
+        return int(param != -3 or value <= 32 << 20)
+
+    fresh.setattr(memory, "_mallopt", lambda: older_glibc)
+    assert memory.keep_freed_memory()
+    assert calls == [(-3, 256 << 20), (-3, 32 << 20), (-1, 1 << 30)]
+    fresh.setattr(memory, "_kept", None)
+    calls.clear()
+    fresh.setattr(memory, "_mallopt", lambda: lambda param, value: calls.append((param, value)) or int(param != -3))
+    assert not memory.keep_freed_memory()
+    assert calls == [(-3, 256 << 20), (-3, 32 << 20)]  # no trim threshold alone
 
 
 def test_keep_reports_false_where_there_is_no_glibc_or_it_refuses(fresh):

@@ -4,18 +4,20 @@ A training step on a CPU allocates and frees tens of megabytes of activations, g
 workspaces. glibc's allocator gives large blocks back to the kernel as they are freed (those it maps
 by themselves, and free space at the top of its heap, by thresholds it adjusts as it goes), and every
 block taken again is mapped afresh: each of its pages costs a page fault and a zero-fill at its first
-write. On the 2-core AMD EPYC an MLE step of 64 x 22 tokens took 400-2,000 such faults at d128 and
-1,600-4,000 at d256, and one of the d256 step's element-wise products, writing into a fresh 11 MB
-buffer, took 1.8 ms instead of 0.2-0.3.
+write. On the 2-core AMD EPYC an MLE step of 64 x 22 tokens took 800-2,300 such faults at d128 and
+1,900-6,700 at d256, and one of the d256 step's element-wise products, writing into a fresh 11 MB
+buffer, took 1.8 ms instead of 0.2-0.3 (``benchmarks/results/memory_page_faults_amd_epyc.md``).
 
-:func:`keep_freed_memory` fixes both thresholds (``mallopt``): blocks under 32 MiB come from the heap,
-and up to 256 MiB of free space at its top stays mapped. Blocks of 32 MiB and more are still mapped
-and returned as before. The faults fall to a few dozen a step or none; over seven alternating pairs of
-processes (``python benchmarks/memory.py``, ``benchmarks/results/memory_amd_epyc.md``) ScratchGAN steps
-ran 1.065x faster at d128 and 1.055x at d256 and MLE steps 1.009x and 1.040x (medians; single pairs of
-the small MLE step scatter from 0.89x to 1.25x as the machine's speed shifts between processes), at
-1.005x the peak memory. Every number is computed bitwise as before: the allocator decides where
-tensors live, not what is computed on them.
+:func:`keep_freed_memory` fixes both thresholds (``mallopt``): blocks under 256 MiB (32 MiB where an older
+glibc refuses more) come from the heap, and up to 1 GiB of free space at its top stays mapped. The faults
+fall to a few dozen a step or none; over seven alternating pairs of processes (``python
+benchmarks/memory.py``, ``benchmarks/results/memory_amd_epyc.md``) ScratchGAN steps ran 1.082x faster at
+d128 and 1.067x at d256 and MLE steps 1.062x and 1.039x (medians), at 1.002x the peak memory, and the Yelp
+style-transfer recipe, whose steps take blocks over 32 MiB, ran its warm-up steps 1.33x and its
+adversarial steps 1.11-1.16x faster at a peak memory 0.5-1.6% higher
+(``benchmarks/results/memory_style_transfer_amd_epyc.md``). Every number is computed bitwise as before:
+the allocator decides where tensors live, not what is computed on them. The price is memory a process
+keeps after it has freed it: up to 1 GiB of free heap stays counted in its resident size.
 
 The command-line entry points (every recipe, ``textgan train``, ``sample``, ``transfer``, ``evaluate``
 and ``sweep``) call it first; a script that trains through the library may call it itself.
@@ -31,8 +33,10 @@ import os
 
 CHOICES = ("keep", "default")
 
-MMAP_THRESHOLD = 32 << 20  # bytes: blocks from here up are mapped by themselves (glibc's largest allowed on 64-bit)
-TRIM_THRESHOLD = 256 << 20  # bytes of free space at the heap's top kept mapped
+# bytes: blocks from here up are mapped by themselves. Tried in order: glibc before 2.35 or so refuses more
+# than 32 MiB on 64-bit systems (the limit its manual states); 2.36 takes 256 MiB
+MMAP_THRESHOLDS = (256 << 20, 32 << 20)
+TRIM_THRESHOLD = 1 << 30  # bytes of free space at the heap's top kept mapped
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)
 
@@ -74,9 +78,10 @@ def keep_freed_memory() -> bool:
     if _kept is None:  # the thresholds are the process's: set once, never undone
         mallopt = _mallopt() if choice == "keep" else None
         # both thresholds: setting either one turns off glibc's own adjustment of the other, and one alone
-        # makes more faults than neither (the trim threshold alone: ten times as many in a d256 MLE step)
-        _kept = mallopt is not None and all([mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-                                             mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)])
+        # makes more faults than neither (the trim threshold alone: ten times as many in a d256 MLE step), so
+        # the trim threshold is set only once an mmap threshold has been taken (a refusal changes nothing)
+        _kept = (mallopt is not None and any(mallopt(_M_MMAP_THRESHOLD, value) for value in MMAP_THRESHOLDS)
+                 and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
     return _kept
 
 
