@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import sys
 import typing
 from pathlib import Path
@@ -35,6 +36,17 @@ def check_choice(name: str, value: str, allowed) -> None:
     """Raise a ConfigError unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def env_choice(variable: str, choices: tuple[str, ...]) -> str:
+    """The environment variable ``variable``, one of ``choices`` (case and surrounding spaces ignored; the first
+    when unset or blank), or a :class:`ConfigError` that names the choices: textgan's process-wide settings
+    (``TEXTGAN_CPU_MATMUL``, ``TEXTGAN_MALLOC``), read by the entry points before anything else."""
+    choice = os.environ.get(variable, "").strip().lower() or choices[0]
+    if choice not in choices:
+        raise ConfigError(f"{variable}={os.environ[variable]!r} is not a choice: set it to {', '.join(choices)}, "
+                          "or unset it")
+    return choice
 
 
 def check_bounds(config, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:

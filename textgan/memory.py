@@ -44,13 +44,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (gl
 def setting() -> str:
     """``TEXTGAN_MALLOC`` (keep when unset); a :class:`~textgan.config.ConfigError` naming the choices if it
     is none of them."""
-    from .config import ConfigError
+    from .config import env_choice
 
-    choice = os.environ.get("TEXTGAN_MALLOC", "").strip().lower() or "keep"
-    if choice not in CHOICES:
-        raise ConfigError(f"TEXTGAN_MALLOC={os.environ['TEXTGAN_MALLOC']!r} is not a choice: set it to "
-                          f"{', '.join(CHOICES)}, or unset it")
-    return choice
+    return env_choice("TEXTGAN_MALLOC", CHOICES)
 
 
 def _mallopt():

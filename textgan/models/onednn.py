@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import platform
 
 import torch
@@ -49,13 +48,9 @@ def cpu_vendor() -> str:
 def setting() -> str:
     """``TEXTGAN_CPU_MATMUL`` (auto when unset); a :class:`~textgan.config.ConfigError` naming the choices
     if it is none of them. The command-line entry points call it first, so a typo stops a run at once."""
-    from ..config import ConfigError
+    from ..config import env_choice
 
-    choice = os.environ.get("TEXTGAN_CPU_MATMUL", "").strip().lower() or "auto"
-    if choice not in CHOICES:
-        raise ConfigError(f"TEXTGAN_CPU_MATMUL={os.environ['TEXTGAN_CPU_MATMUL']!r} is not a choice: set it to "
-                          f"{', '.join(CHOICES)}, or unset it")
-    return choice
+    return env_choice("TEXTGAN_CPU_MATMUL", CHOICES)
 
 
 def _choice() -> str:
