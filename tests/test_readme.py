@@ -1,8 +1,10 @@
-"""The README still works: every command it shows parses, and its Python examples run.
+"""The README still works: every command it shows parses, its Python examples run, and its links lead somewhere.
 
 Commands are taken from the README's bash blocks and from inline code that shows a command with
 arguments; each goes through the same parsing as on the command line (recipe keys, preset files,
-flags), without running. The Python blocks run, in order, against a small trained model.
+flags), without running. So do the benchmark commands of the README and of the benchmarks' own
+docstrings, through each script's argument parser. The Python blocks run, in order, against a small
+trained model.
 """
 
 import re
@@ -79,3 +81,91 @@ def test_readme_python_runs(trained_generator, tmp_path):
                             check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip()
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_links_resolve():
+    """Every in-page link (`[..](#anchor)`) names a heading, and every relative link names a file."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    seen: dict[str, int] = {}
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", re.sub(r"```.*?```", "", text, flags=re.DOTALL), re.MULTILINE):
+        anchor = _github_anchor(heading)
+        anchors.add(anchor if anchor not in seen else f"{anchor}-{seen[anchor]}")
+        seen[anchor] = seen.get(anchor, 0) + 1
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert any(link.startswith("#") for link in links)
+    for link in links:
+        if link.startswith("#"):
+            assert link[1:] in anchors, f"README links to {link}, which is no heading"
+        elif "://" not in link:
+            assert (ROOT / link).is_file(), f"README links to {link}, which is no file"
+
+
+def benchmark_commands() -> list[str]:
+    """The `python benchmarks/...` commands that the README and the benchmarks' own docstrings (their ``--help``)
+    show; an optional part written in brackets gives two commands, one without it and one with it."""
+    import ast
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    spans = [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.DOTALL))]
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
+    blocks += [ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+               for path in sorted((ROOT / "benchmarks").glob("*.py"))]
+    for block in blocks:
+        spans += [re.split(r"\s#\s", line)[0] for line in block.replace("\\\n", " ").splitlines()]
+    commands = set()
+    for span in spans:
+        for part in span.split("&&"):
+            start = part.find("python benchmarks/")
+            if start < 0:
+                continue
+            command = " ".join(part[start:].split())
+            commands.add(re.sub(r"\s*\[[^]]*\]", "", command))
+            commands.add(re.sub(r"\[([^]]*)\]", r"\1", command))
+    return sorted(commands)
+
+
+BENCHMARK_COMMANDS = benchmark_commands()
+
+
+class _Parsed(Exception):
+    """Raised in place of running a benchmark once its command line has parsed."""
+
+
+def test_benchmark_commands_are_found():
+    assert len(BENCHMARK_COMMANDS) > 30
+    assert {"python benchmarks/coco.py --retrain", "python benchmarks/memory.py --pairs 9"} <= set(BENCHMARK_COMMANDS)
+
+
+@pytest.mark.parametrize("command", BENCHMARK_COMMANDS, ids=[c[18:88] for c in BENCHMARK_COMMANDS])
+def test_benchmark_command_parses(command, monkeypatch, capsys):
+    """The script exists and its own argument parser accepts the command (flags, choices, value types); the
+    benchmark itself is not run."""
+    import argparse
+    import runpy
+
+    argv = shlex.split(command)[1:]
+    script = ROOT / argv[0]
+    assert script.is_file(), f"{argv[0]} does not exist"
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        parse(self, args, namespace)  # exits 2 on an unknown flag or a bad value
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr("sys.argv", [str(script), *argv[1:]])
+    monkeypatch.syspath_prepend(str(script.parent))
+    monkeypatch.chdir(ROOT)
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exit_:
+        pytest.fail(f"{command}: exit {exit_.code}: {capsys.readouterr().err.strip()[-300:]}")
+    except _Parsed:
+        return
+    pytest.fail(f"{command} ran without parsing its arguments")
