@@ -1,6 +1,6 @@
 """The default GAN run, `python -m textgan.recipes.scratchgan`, over several seeds on this machine.
 
-    python benchmarks/default_seeds.py                 # seeds 0-4, about 6-10 minutes each on 2 CPU cores
+    python benchmarks/default_seeds.py                 # seeds 0-4, about 3-6 minutes each on 2 CPU cores
     python benchmarks/default_seeds.py --seeds 0,1     # some seeds
     python benchmarks/default_seeds.py --quick         # a smoke run: two seeds of a few steps, nothing recorded
     python benchmarks/default_seeds.py --set entropy_coef=0.05   # a candidate default, over the same seeds

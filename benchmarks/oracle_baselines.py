@@ -1,6 +1,6 @@
 """How much of the SeqGAN oracle can be learned from its 10,000 training sequences?
 
-    python benchmarks/oracle_baselines.py            # full run, about 5 minutes on 2 CPU cores
+    python benchmarks/oracle_baselines.py            # full run, about 10 minutes on 2 CPU cores
     python benchmarks/oracle_baselines.py --quick    # a smoke run
 
 The oracle benchmark (benchmarks/oracle.py) asks for a GAN with NLL-oracle below 6.68 whose
