@@ -108,7 +108,8 @@ def test_readme_links_resolve():
 
 def benchmark_commands() -> list[str]:
     """The `python benchmarks/...` commands that the README, benchmarks/README.md and the benchmarks' own
-    docstrings (their ``--help``) show; an optional part written in brackets gives two commands, one without it and one with it."""
+    docstrings (their ``--help``) show; an optional part written in brackets gives two commands, one without
+    it and one with it."""
     import ast
 
     text = "\n".join((ROOT / name).read_text(encoding="utf-8") for name in ("README.md", "benchmarks/README.md"))
