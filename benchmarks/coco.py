@@ -1,6 +1,6 @@
 """Image COCO captions (the Texygen benchmark): MLE, SeqGAN and ScratchGAN over a temperature sweep.
 
-    python benchmarks/coco.py            # full run (15-35 minutes on 2 CPU cores)
+    python benchmarks/coco.py            # full run (9-15 minutes on 2 CPU cores)
     python benchmarks/coco.py --seed 1   # another seed: its own runs (runs/bench_coco_seed1) and results
     python benchmarks/coco.py --quick    # a smoke run: a few steps, few samples, no FED
     python benchmarks/coco.py --mle mle-decay=lr_decay=0.3 --baseline mle-decay --name coco_tuned_mle
