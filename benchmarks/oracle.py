@@ -2,6 +2,7 @@
 
     python benchmarks/oracle.py            # full run
     python benchmarks/oracle.py --seed 1   # another training seed: its own runs (runs/bench_oracle_seed1) and results
+    python benchmarks/oracle.py --name oracle_amd_epyc   # results under another name, beside the recorded ones
     python benchmarks/oracle.py --quick    # a smoke run
 
 10,000 training and 2,000 held-out sequences of 20 tokens are sampled from the SeqGAN oracle
@@ -52,8 +53,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000, help="samples per model and temperature")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run exists")
     parser.add_argument("--seed", type=int, default=0, help="seed of the recipes' training and of the sweep's samples")
+    parser.add_argument("--name", default=None, help="results name (default oracle, oracle_seedN), for another machine's "
+                                                     "run beside the recorded one")
     args = parser.parse_args()
     name, args.work = seeded("oracle", args.seed, args.work)
+    name = args.name or name
     if not args.oracle.is_file():
         sys.exit(f"error: {args.oracle} not found; pass --oracle with the path to seqgan_oracle.npz")
     if args.quick:
