@@ -4,6 +4,7 @@
     python benchmarks/yelp_rerank.py --model DIR --beams 4,8 --style-weights 0.5,1,2 --content-weights 0.5,1,2,4
     python benchmarks/yelp_rerank.py --model DIR --beams 16 --overlap-weights 0,1,2,4   # with the minimal-edit term
     python benchmarks/yelp_rerank.py --model DIR --beams 32 --copy-biases 0,1 --overlap-weights 12,16 --lm-style-weights 0,1
+    python benchmarks/yelp_rerank.py --quick   # a smoke run: tiny judge and rewriter on a slice of Yelp, not recorded
 
 Rerank decoding keeps, of the beam's K hypotheses y for a source x, the one with the highest
 log p(y|x)/|y| + a * log D(target|y) + b * log p(x|y)/|x| + c * overlap(y, x) + d * lm_style(y) among
@@ -34,7 +35,7 @@ import time
 from pathlib import Path
 
 from _record import record
-from yelp_transfer import SHARED, ensure_judge
+from yelp_transfer import SHARED, ensure_judge, prepare
 
 
 def numbers(kind):
@@ -55,7 +56,11 @@ def numbers(kind):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="style-transfer model folder (with its discriminator)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: trains a tiny judge, language model and rewriter on a slice of Yelp (as "
+                             "yelp_transfer.py --quick does, in WORK_quick), scores a small grid, records nothing")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="style-transfer model folder (with its discriminator); required but with --quick")
     parser.add_argument("--data", type=Path, default=SHARED, help="the Yelp folder")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_yelp"), help="where the judge is kept or trained")
     parser.add_argument("--classifier", type=Path, default=None, help="judge (default: WORK/classifier/classifier)")
@@ -73,10 +78,20 @@ def main() -> None:
     parser.add_argument("--allow-copy", action="store_true", help="let rerank choose a copy of the input")
     parser.add_argument("--name", default="yelp_rerank_dev")
     args = parser.parse_args()
+    if args.model is None and not args.quick:
+        parser.error("--model is required (a style-transfer run's model folder), unless --quick")
     if not args.data.is_dir():
         sys.exit(f"error: {args.data} not found; pass --data with the Yelp folder")
+    if args.quick:  # yelp_transfer.py --quick's tiny models and data slice, then a small grid
+        args.work = args.work.with_name(args.work.name + "_quick")
+        args.model = args.model or args.work / "transfer" / "model"
+        args.lm = args.work / "lm" / "generator"
+        args.beams, args.style_weights, args.content_weights, args.sentences = [2], [1.0], [0.5, 1.0], 20
     args.classifier = args.classifier or args.work / "classifier" / "classifier"
-    ensure_judge(args.classifier, args.data, args.work)
+    if args.quick:
+        prepare(args)  # trains what is missing; args.data becomes the slice
+    else:
+        ensure_judge(args.classifier, args.data, args.work)
 
     import torch
 
@@ -140,6 +155,9 @@ def main() -> None:
           f"Rule, fixed before the run: highest dev self-BLEU with dev accuracy >= {args.min_accuracy:g}% and copy "
           "< 5%.\n\n" + "\n".join(lines) + f"\n\n{verdict}\n")
     print(md)
+    if args.quick:
+        print("(--quick: a smoke run on a slice of the data; not recorded)")
+        return
     record(args.name, {"rows": rows, "chosen": chosen, "model": str(args.model), "min_accuracy": args.min_accuracy,
                        "allow_copy": args.allow_copy, "sentences_per_style": args.sentences,
                        "seconds": round(time.time() - started, 1), "torch_threads": torch.get_num_threads()}, md)

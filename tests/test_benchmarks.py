@@ -33,6 +33,7 @@ def _results_digest() -> dict[str, str]:
     ("metric_speed.py", "coco", "| self-bleu |"),
     ("coco.py", "coco", "| mle | 0.800 |"),
     ("yelp_transfer.py", "yelp", "| textgan | overall |"),
+    ("yelp_rerank.py", "yelp", "| 2 | 0 | 1 | 0.5 | 0 | 0 |"),
     ("oracle_baselines.py", "oracle", "| bigram (interpolated"),
     ("scaling.py", None, "| mle | 2 | 1 |"),
     ("oracle.py", "oracle", "| scratchgan |"),
