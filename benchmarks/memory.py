@@ -75,7 +75,7 @@ def main() -> None:
         print(json.dumps(one_process(steps, gan_repeats)))
         return
     pairs = []
-    for i in range(1 if args.quick else args.pairs):
+    for _ in range(1 if args.quick else args.pairs):
         pair = {}
         for choice in ("default", "keep"):
             command = [sys.executable, str(HERE / "memory.py"), "--child"] + (["--quick"] if args.quick else [])

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from _record import record
-from yelp_transfer import SHARED, ensure_judge, prepare
+from yelp_transfer import SHARED, ensure_judge, prepare, work_paths
 
 
 def numbers(kind):
@@ -82,13 +82,9 @@ def main() -> None:
         parser.error("--model is required (a style-transfer run's model folder), unless --quick")
     if not args.data.is_dir():
         sys.exit(f"error: {args.data} not found; pass --data with the Yelp folder")
+    work_paths(args)  # yelp_transfer.py's folders (WORK_quick under --quick)
     if args.quick:  # yelp_transfer.py --quick's tiny models and data slice, then a small grid
-        args.work = args.work.with_name(args.work.name + "_quick")
-        args.model = args.model or args.work / "transfer" / "model"
-        args.lm = args.work / "lm" / "generator"
         args.beams, args.style_weights, args.content_weights, args.sentences = [2], [1.0], [0.5, 1.0], 20
-    args.classifier = args.classifier or args.work / "classifier" / "classifier"
-    if args.quick:
         prepare(args)  # trains what is missing; args.data becomes the slice
     else:
         ensure_judge(args.classifier, args.data, args.work)

@@ -64,6 +64,17 @@ def ensure_judge(classifier: Path, data: Path, work: Path, extra: list[str] = ()
                 "steps=4000", *extra], work / "classifier.log")
 
 
+def work_paths(args) -> None:
+    """Where :func:`prepare` keeps the judge, the language model and the rewriter: under ``args.work`` (its
+    ``_quick`` sibling under ``--quick``), for each of ``args.classifier``, ``args.lm`` and ``args.model`` not
+    given."""
+    if args.quick:
+        args.work = args.work.with_name(args.work.name + "_quick")
+    args.model = args.model or args.work / "transfer" / "model"
+    args.classifier = args.classifier or args.work / "classifier" / "classifier"
+    args.lm = getattr(args, "lm", None) or args.work / "lm" / "generator"
+
+
 def prepare(args) -> dict[str, float]:
     """Train the judge, the language model and the rewriter where they do not exist yet."""
     seconds = {}
@@ -139,11 +150,7 @@ def main() -> None:
         sys.exit(f"error: {args.data} not found; pass --data with the Yelp folder")
     if args.beam < 1:
         sys.exit(f"error: --beam must be at least 1, got {args.beam}")
-    if args.quick:
-        args.work = args.work.with_name(args.work.name + "_quick")
-    args.model = args.model or args.work / "transfer" / "model"
-    args.classifier = args.classifier or args.work / "classifier" / "classifier"
-    args.lm = args.lm or args.work / "lm" / "generator"
+    work_paths(args)
     seconds = prepare(args)
 
     from textgan.evaluation import sentences_nll
