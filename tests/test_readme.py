@@ -20,14 +20,22 @@ from textgan.recipes import load_recipe
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _prose(text: str) -> str:
+    """Markdown ``text`` without its fenced code blocks."""
+    return re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+
+
+def _code(text: str) -> tuple[list[str], list[str]]:
+    """The lines of ``text``'s bash blocks (continued lines joined, blank ones left out) and its inline code
+    spans (whitespace collapsed: inline code may wrap across lines)."""
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
+             for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    return lines, [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", _prose(text))]
+
+
 def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL):
-        commands += [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
-    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
-    for span in re.findall(r"`([^`]+)`", prose):
-        span = " ".join(span.split())  # inline code may wrap across lines
+    commands, spans = _code((ROOT / "README.md").read_text(encoding="utf-8"))
+    for span in spans:
         words = span.split()
         if span.startswith(("python -m textgan.recipes.", "textgan ")) and ("=" in span or len(words) > 3) \
                 and "KEY=VALUE" not in span:  # a command with arguments, not a name ("textgan sample --style") or a template
@@ -93,7 +101,7 @@ def test_readme_links_resolve():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     seen: dict[str, int] = {}
     anchors = set()
-    for heading in re.findall(r"^#{1,6} (.+)$", re.sub(r"```.*?```", "", text, flags=re.DOTALL), re.MULTILINE):
+    for heading in re.findall(r"^#{1,6} (.+)$", _prose(text), re.MULTILINE):
         anchor = _github_anchor(heading)
         anchors.add(anchor if anchor not in seen else f"{anchor}-{seen[anchor]}")
         seen[anchor] = seen.get(anchor, 0) + 1
@@ -113,14 +121,11 @@ def benchmark_commands() -> list[str]:
     import ast
 
     text = "\n".join((ROOT / name).read_text(encoding="utf-8") for name in ("README.md", "benchmarks/README.md"))
-    spans = [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.DOTALL))]
-    blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
-    blocks += [ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
-               for path in sorted((ROOT / "benchmarks").glob("*.py"))]
-    for block in blocks:
-        spans += [re.split(r"\s#\s", line)[0] for line in block.replace("\\\n", " ").splitlines()]
+    lines, spans = _code(text)
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        lines += (ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "").replace("\\\n", " ").splitlines()
     commands = set()
-    for span in spans:
+    for span in spans + [re.split(r"\s#\s", line)[0] for line in lines]:
         for part in span.split("&&"):
             start = part.find("python benchmarks/")
             if start < 0:
