@@ -1,10 +1,10 @@
 """The README still works: every command it shows parses, its Python examples run, and its links lead somewhere.
 
-Commands are taken from the README's bash blocks and from inline code that shows a command with
-arguments; each goes through the same parsing as on the command line (recipe keys, preset files,
-flags), without running. So do the benchmark commands of the README and of the benchmarks' own
-docstrings, through each script's argument parser. The Python blocks run, in order, against a small
-trained model.
+Commands are taken from the bash blocks and inline code of the README and of the full results
+(benchmarks/RESULTS.md) that show a command with arguments; each goes through the same parsing as on
+the command line (recipe keys, preset files, flags), without running. So do the benchmark commands of
+those pages, of benchmarks/README.md and of the benchmarks' own docstrings, through each script's
+argument parser. The README's Python blocks run, in order, against a small trained model.
 """
 
 import re
@@ -18,6 +18,7 @@ from textgan.config import parse_args
 from textgan.recipes import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "benchmarks/RESULTS.md", "benchmarks/README.md")  # the pages whose commands and links are checked
 
 
 def _prose(text: str) -> str:
@@ -34,7 +35,7 @@ def _code(text: str) -> tuple[list[str], list[str]]:
 
 
 def readme_commands() -> list[str]:
-    commands, spans = _code((ROOT / "README.md").read_text(encoding="utf-8"))
+    commands, spans = _code("\n".join((ROOT / name).read_text(encoding="utf-8") for name in DOCS))
     for span in spans:
         words = span.split()
         if span.startswith(("python -m textgan.recipes.", "textgan ")) and ("=" in span or len(words) > 3) \
@@ -96,31 +97,52 @@ def _github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def test_readme_links_resolve():
-    """Every in-page link (`[..](#anchor)`) names a heading, and every relative link names a file."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def _anchors(path: Path) -> set[str]:
+    """The anchors GitHub makes for the headings of the Markdown file at ``path`` (a repeated one gets -1, -2...)."""
     seen: dict[str, int] = {}
     anchors = set()
-    for heading in re.findall(r"^#{1,6} (.+)$", _prose(text), re.MULTILINE):
+    for heading in re.findall(r"^#{1,6} (.+)$", _prose(path.read_text(encoding="utf-8")), re.MULTILINE):
         anchor = _github_anchor(heading)
         anchors.add(anchor if anchor not in seen else f"{anchor}-{seen[anchor]}")
         seen[anchor] = seen.get(anchor, 0) + 1
-    links = re.findall(r"\]\(([^)\s]+)\)", text)
-    assert any(link.startswith("#") for link in links)
+    return anchors
+
+
+@pytest.mark.parametrize("name", DOCS)
+def test_links_resolve(name):
+    """Every link of the page names a heading (`#anchor`), a file or folder of the repository, or a heading of
+    another page (`page.md#anchor`)."""
+    page = ROOT / name
+    links = re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8"))
+    assert links
     for link in links:
-        if link.startswith("#"):
-            assert link[1:] in anchors, f"README links to {link}, which is no heading"
-        elif "://" not in link:
-            assert (ROOT / link).is_file(), f"README links to {link}, which is no file"
+        if "://" in link:
+            continue
+        target, _, anchor = link.partition("#")
+        path = (page.parent / target).resolve() if target else page
+        assert path.is_relative_to(ROOT) and path.exists(), f"{name} links to {link}, which is no file"
+        assert not anchor or anchor in _anchors(path), f"{name} links to {link}, which is no heading there"
+
+
+def test_readme_and_full_results_link_each_other():
+    """Each summary in the README's results leads to its full record, and the full record back to the README."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    results = readme[readme.index("\n## Results\n"):readme.index("\n## Honest notes\n")]
+    full = _anchors(ROOT / "benchmarks" / "RESULTS.md")
+    for section in re.split(r"\n### ", results)[1:]:
+        anchor = _github_anchor(section.splitlines()[0])
+        assert anchor in full, f"the full results have no section for README's {anchor}"
+        assert f"benchmarks/RESULTS.md#{anchor}" in section, f"README's {anchor} does not link to its full record"
+    assert "../README.md#results" in (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
 
 
 def benchmark_commands() -> list[str]:
-    """The `python benchmarks/...` commands that the README, benchmarks/README.md and the benchmarks' own
-    docstrings (their ``--help``) show; an optional part written in brackets gives two commands, one without
+    """The `python benchmarks/...` commands that the README, the full results, benchmarks/README.md and the
+    benchmarks' own docstrings (their ``--help``) show; an optional part written in brackets gives two commands, one without
     it and one with it."""
     import ast
 
-    text = "\n".join((ROOT / name).read_text(encoding="utf-8") for name in ("README.md", "benchmarks/README.md"))
+    text = "\n".join((ROOT / name).read_text(encoding="utf-8") for name in DOCS)
     lines, spans = _code(text)
     for path in sorted((ROOT / "benchmarks").glob("*.py")):
         lines += (ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "").replace("\\\n", " ").splitlines()
