@@ -138,8 +138,8 @@ def test_readme_and_full_results_link_each_other():
 
 def benchmark_commands() -> list[str]:
     """The `python benchmarks/...` commands that the README, the full results, benchmarks/README.md and the
-    benchmarks' own docstrings (their ``--help``) show; an optional part written in brackets gives two commands, one without
-    it and one with it."""
+    benchmarks' own docstrings (their ``--help``) show; an optional part written in brackets gives two
+    commands, one without it and one with it."""
     import ast
 
     text = "\n".join((ROOT / name).read_text(encoding="utf-8") for name in DOCS)
