@@ -7,6 +7,7 @@ those pages, of benchmarks/README.md and of the benchmarks' own docstrings, thro
 argument parser. The README's Python blocks run, in order, against a small trained model.
 """
 
+import functools
 import re
 import shlex
 from pathlib import Path
@@ -34,8 +35,13 @@ def _code(text: str) -> tuple[list[str], list[str]]:
     return lines, [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", _prose(text))]
 
 
+def _docs_text() -> str:
+    """The pages of :data:`DOCS`, one after another."""
+    return "\n".join((ROOT / name).read_text(encoding="utf-8") for name in DOCS)
+
+
 def readme_commands() -> list[str]:
-    commands, spans = _code("\n".join((ROOT / name).read_text(encoding="utf-8") for name in DOCS))
+    commands, spans = _code(_docs_text())
     for span in spans:
         words = span.split()
         if span.startswith(("python -m textgan.recipes.", "textgan ")) and ("=" in span or len(words) > 3) \
@@ -97,7 +103,8 @@ def _github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def _anchors(path: Path) -> set[str]:
+@functools.cache
+def _anchors(path: Path) -> frozenset[str]:
     """The anchors GitHub makes for the headings of the Markdown file at ``path`` (a repeated one gets -1, -2...)."""
     seen: dict[str, int] = {}
     anchors = set()
@@ -105,7 +112,7 @@ def _anchors(path: Path) -> set[str]:
         anchor = _github_anchor(heading)
         anchors.add(anchor if anchor not in seen else f"{anchor}-{seen[anchor]}")
         seen[anchor] = seen.get(anchor, 0) + 1
-    return anchors
+    return frozenset(anchors)
 
 
 @pytest.mark.parametrize("name", DOCS)
@@ -142,8 +149,7 @@ def benchmark_commands() -> list[str]:
     commands, one without it and one with it."""
     import ast
 
-    text = "\n".join((ROOT / name).read_text(encoding="utf-8") for name in DOCS)
-    lines, spans = _code(text)
+    lines, spans = _code(_docs_text())
     for path in sorted((ROOT / "benchmarks").glob("*.py")):
         lines += (ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "").replace("\\\n", " ").splitlines()
     commands = set()
