@@ -35,7 +35,7 @@ def _results_digest() -> dict[str, str]:
     ("yelp_transfer.py", "yelp", "| textgan | overall |"),
     ("yelp_rerank.py", "yelp", "| 2 | 0 | 1 | 0.5 | 0 | 0 |"),
     ("oracle_baselines.py", "oracle", "| bigram (interpolated"),
-    ("scaling.py", None, "| mle | 2 | 1 |"),
+    ("scaling.py", None, "| mle | 128 | 2 | 1 |"),
     ("oracle.py", "oracle", "| scratchgan |"),
     ("oracle_overfit.py", "oracle", "| the oracle |"),
     ("oracle_copying.py", "oracle", "| 0.85 |"),
