@@ -43,6 +43,15 @@ def test_version_names_the_libraries():
     assert result.returncode == 0 and result.stdout.startswith("textgan 0.") and "torch 2." in result.stdout
 
 
+def test_bare_command_lists_the_commands():
+    """`textgan` alone, a user's first try, shows what it can do (and fails, having done nothing)."""
+    result = run("textgan")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stdout == ""
+    assert result.stderr.startswith("usage: textgan")
+    for command in ("train", "sample", "transfer", "evaluate", "sweep"):
+        assert f"    {command} " in result.stderr
+
+
 def test_hub_reachable_honours_the_endpoint_and_offline_mode(monkeypatch):
     import socket
 

@@ -468,6 +468,9 @@ Run a training recipe; RECIPE is one of {', '.join(RECIPES)}.
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a first try: the commands, rather than argparse's "required: command"
+        build_parser().print_help(sys.stderr)
+        return 2
     if argv[:1] == ["train"] and (len(argv) == 1 or argv[1] in ("-h", "--help")):
         if len(argv) == 1:  # argparse would ask for 'recipe, args' and point back at this same help
             print(f"error: name a recipe, one of {', '.join(RECIPES)} (see 'textgan train --help')", file=sys.stderr)
