@@ -72,8 +72,9 @@ def main() -> None:
                     runs.setdefault(f"{recipe}/{width}/{n}", []).append(rate)
                     print(f"round {round_ + 1}: {recipe:<11} d{width} {n} process(es): {rate:8.1f} sentences/s",
                           flush=True)
-    header = ("| recipe | d_model | processes | threads each | sentences/s (median) | vs 1 process (median) | "
-              "vs 1 process (range) |")
+    base_name = f"{counts[0]} process" + ("es" if counts[0] > 1 else "")
+    header = (f"| recipe | d_model | processes | threads each | sentences/s (median) | vs {base_name} (median) | "
+              f"vs {base_name} (range) |")
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
     results = {}
     for key, rates in runs.items():
