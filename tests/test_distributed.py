@@ -94,6 +94,15 @@ def test_every_other_recipe_trains_under_torchrun(recipe, style_folder, tmp_path
     assert len(reports) == 1, result.stdout[-2000:]  # rank 0 alone reports
 
 
+def test_a_bad_argument_under_torchrun_is_said_once(tmp_path):
+    """Every process parses the same arguments, so one of them says what is wrong; none starts a run."""
+    result = _torchrun(f"out_dir={tmp_path / 'run'}", "stpes=3", recipe="mle")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: unknown config key 'stpes' (did you mean 'steps'?)"], result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     """torchrun with 2 processes on a 1-GPU machine: a one-line hint, not NCCL's 'invalid device ordinal'."""
     from textgan import distributed

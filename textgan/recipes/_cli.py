@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> in
     from ..training import Interrupted, NonFiniteError, graceful_stop
 
     created = None  # the run folder, when this invocation creates it
+    alike = True  # what could go wrong so far (arguments, environment) goes wrong alike in every torchrun process
     try:
         config = parse_args(config_cls, argv, prog=prog)
         onednn.setting()  # a bad TEXTGAN_CPU_MATMUL stops the run here, as a bad key would
@@ -24,11 +26,13 @@ def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> in
         while not out_dir.parent.exists():  # the outermost folder this run would create
             out_dir = out_dir.parent
         created = None if out_dir.exists() else out_dir
+        alike = False  # from here on an error can be one process's own (its GPU, say): each says its own
         distributed.init(getattr(config, "device", "auto"))
         with graceful_stop():
             main(config)
     except (ConfigError, DataError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not alike or int(os.environ.get("RANK", "0")) == 0:  # a bad key under torchrun: one line, not one a process
+            print(f"error: {e}", file=sys.stderr)
         if created is not None and distributed.is_main():  # nothing half-made is left behind
             shutil.rmtree(created, ignore_errors=True)
         return 2
