@@ -31,7 +31,8 @@ def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> in
         with graceful_stop():
             main(config)
     except (ConfigError, DataError, ModelError) as e:
-        if not alike or int(os.environ.get("RANK", "0")) == 0:  # a bad key under torchrun: one line, not one a process
+        other_process = int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+        if not (alike and other_process):  # a bad key under torchrun: one line, not one a process
             print(f"error: {e}", file=sys.stderr)
         if created is not None and distributed.is_main():  # nothing half-made is left behind
             shutil.rmtree(created, ignore_errors=True)
