@@ -55,6 +55,8 @@ class BaseConfig:
     compile: bool = arg(False, "compile the model's training forward with torch.compile (seconds of start-up; see README)")
 
     def check(self) -> None:
+        if not self.out_dir.strip():  # `out_dir=$OUT` with OUT unset: not a wish to write into this folder
+            raise ConfigError("out_dir is empty; name the run folder, e.g. out_dir=runs/NAME (out_dir=. for this one)")
         check_choice("precision", self.precision, PRECISIONS)
 
 
