@@ -95,6 +95,9 @@ class RunConfig(BaseConfig):
                                      "eval_every", "eval_samples", "checkpoint_every", "grammar_sentences"),
                      non_negative=("vocab_size", "d_ff", "print_samples", "keep_checkpoints"))
         check_heads(self)
+        if not self.data.strip():
+            raise ConfigError("data is empty; give data=grammar (the embedded corpus), a text file with one sentence "
+                              "per line, or hf:NAME")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
         if not 0 < self.valid_fraction < 1:
