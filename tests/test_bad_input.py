@@ -101,6 +101,7 @@ CASES = [
     ("sample-unknown-option", lambda s: ["sample", "--model", str(s["generator"]), "--bogus", "1"], ["unrecognized"]),
     # textgan evaluate
     ("evaluate-missing-file", lambda s: ["evaluate", "--samples", R(s, "none.txt")], ["no such file"]),
+    ("evaluate-empty-path", lambda s: ["evaluate", "--samples", ""], ["no file was named"]),
     ("evaluate-directory", lambda s: ["evaluate", "--samples", R(s, "adir")], ["directory"]),
     ("evaluate-empty-file", lambda s: ["evaluate", "--samples", R(s, "empty.txt")], ["no sentences"]),
     ("evaluate-blank-lines", lambda s: ["evaluate", "--samples", R(s, "blank.txt")], ["no sentences"]),
@@ -117,6 +118,7 @@ CASES = [
     ("sweep-infinite-temperature", lambda s: ["sweep", "--model", str(s["generator"]), "--temperatures", "1,inf", "--output", R(s, "sw")], ["temperatures"]),
     ("sweep-same-label-twice", lambda s: ["sweep", "--model", f"a={s['generator']}", "--model", f"a={s['generator']}", "--output", R(s, "sw")],
      ["labelled 'a'"]),
+    ("sweep-empty-output", lambda s: ["sweep", "--model", str(s["generator"]), "--output", ""], ["--output is empty"]),
     ("sweep-output-is-a-file", lambda s: ["sweep", "--model", str(s["generator"]), "--output", R(s, "ok.txt")], ["is a file"]),
     ("sweep-missing-references", lambda s: ["sweep", "--model", str(s["generator"]), "--references", R(s, "none.txt"), "--output", R(s, "sw")], ["no such file"]),
     ("sweep-bad-utf8-references", lambda s: ["sweep", "--model", str(s["generator"]), "--references", R(s, "bad.txt"), "--output", R(s, "sw")], ["UTF-8"]),

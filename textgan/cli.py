@@ -426,6 +426,8 @@ def cmd_sweep(args) -> int:
             raise EvaluationError(f"two --model entries are labelled {label!r}; name them, e.g. --model mle={path}")
         load_generator(path)  # fail now, not after sampling the first model
         models[label] = path
+    if not args.output.strip():  # not this folder, which would take sweep.json, sweep.png and samples/
+        raise EvaluationError("--output is empty; name the folder for the sweep, e.g. --output sweeps/NAME")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise EvaluationError(f"--output {args.output} is a file; give a folder")
     parent = os.path.dirname(os.path.abspath(args.output))

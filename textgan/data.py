@@ -75,6 +75,8 @@ def argument_text(value: str, name: str) -> str:
 
 def read_text(path: str | Path) -> str:
     """The text of a UTF-8 file; a one-line DataError for a missing file, a directory or bad UTF-8."""
+    if not str(path).strip():  # Path("") is the current folder
+        raise DataError("no file was named (an empty path); give a text file with one sentence per line")
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file; give a text file with one sentence per line")
