@@ -45,9 +45,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun started (its WORLD_SIZE; 1 when run alone), known before :func:`init`."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (its RANK; 0 when run alone), known before :func:`init`."""
+    return int(os.environ.get("RANK", "0")) if launched_world_size() > 1 else 0
+
+
 def init(device: str = "auto") -> bool:
     """Join the process group that ``torchrun`` describes in the environment; False when run alone."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+    if launched_world_size() <= 1 or not dist.is_available():
         return False
     if dist.is_initialized():
         return True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> in
         config = parse_args(config_cls, argv, prog=prog)
         onednn.setting()  # a bad TEXTGAN_CPU_MATMUL stops the run here, as a bad key would
         memory.keep_freed_memory()  # (or a bad TEXTGAN_MALLOC) before the run allocates anything large
-        out_dir = Path(getattr(config, "out_dir", "") or ".").absolute()
+        out_dir = Path(config.out_dir).absolute()  # never empty: every recipe's config checks it
         while not out_dir.parent.exists():  # the outermost folder this run would create
             out_dir = out_dir.parent
         created = None if out_dir.exists() else out_dir
@@ -31,8 +30,7 @@ def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> in
         with graceful_stop():
             main(config)
     except (ConfigError, DataError, ModelError) as e:
-        other_process = int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
-        if not (alike and other_process):  # a bad key under torchrun: one line, not one a process
+        if not alike or distributed.launched_rank() == 0:  # a bad key under torchrun: one line, not one a process
             print(f"error: {e}", file=sys.stderr)
         if created is not None and distributed.is_main():  # nothing half-made is left behind
             shutil.rmtree(created, ignore_errors=True)
