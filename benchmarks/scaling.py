@@ -80,7 +80,10 @@ def main() -> None:
         layouts = parse_layouts(args.layouts)
     except ValueError as e:
         parser.error(f"--layouts: {e} is not PROCESSESxTHREADS with two positive integers, e.g. 2x1")
-    widths = [128] if args.quick else [int(d) for d in args.d_model.split(",")]
+    widths = [d.strip() for d in args.d_model.split(",")]
+    if not all(d.isdigit() and int(d) > 0 for d in widths):
+        parser.error(f"--d-model: give positive widths separated by commas, e.g. 128,256, not {args.d_model!r}")
+    widths = [128] if args.quick else [int(d) for d in widths]
     rounds, steps = (1, 10) if args.quick else (args.rounds, args.steps)
     if rounds < 1 or steps < 2:
         parser.error("--rounds must be at least 1 and --steps at least 2")
