@@ -51,6 +51,8 @@ def test_the_wheel_holds_every_module_the_grammar_and_the_presets(wheel):
     presets = {f"textgan/presets/{p.name}" for p in (ROOT / "recipes").glob("*.yaml")}
     assert presets and presets <= names
     assert not any(name.startswith(("tests/", "benchmarks/", "runs/")) for name in names)
+    (license_file,) = [name for name in names if name.endswith(".dist-info/licenses/LICENSE")]
+    assert "Apache License" in zipfile.ZipFile(wheel).read(license_file).decode()
 
 
 def test_an_installed_wheel_finds_its_grammar_and_presets_from_any_folder(wheel, tmp_path):
