@@ -173,3 +173,34 @@ def test_causal_lm_logits_falls_back_to_the_models_forward():
         key_mask = torch.tensor([[True] * 5, [False, False, True, True, True]])
         expected = model.transformer(input_ids=ids, attention_mask=key_mask.long()).last_hidden_state
         assert_close(ff.causal_lm_hidden(model, ids, key_mask), expected)
+
+
+@pytest.mark.parametrize("forward", ["textgan", "hugging face"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_nll_on_equals_the_nll_of_the_whole_padded_batch(forward, temperature, monkeypatch, cpu_matmul):
+    """nll_on takes rows shortest first, cuts each batch to its longest row and scores only real
+    tokens: the same number as scoring every row at full width and masking afterwards."""
+    from textgan.data import sequence_mask
+    from textgan.training import nll_on
+
+    torch.manual_seed(0)
+    model = generator(2, n_layers=2).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    lengths = torch.tensor([7, 1, 4, 9, 2, 2, 5, 8, 3, 6, 1])  # tokens before the end token
+    ids = torch.randint(3, 50, (len(lengths), 11))
+    ids[:, 0] = 1
+    for row, n in enumerate(lengths.tolist()):
+        ids[row, n + 1] = 2  # the end token, then padding
+        ids[row, n + 2 :] = 0
+    with torch.no_grad():
+        logits = model(input_ids=ids[:, :-1]).logits / temperature
+        logprobs = torch.log_softmax(logits.double(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    mask = sequence_mask(ids[:, 1:], 2)
+    assert mask.sum(1).tolist() == (lengths + 1).tolist()
+    expected = float(-(logprobs * mask).sum() / mask.sum())
+    if forward == "hugging face":
+        monkeypatch.setattr(ff, "applies", lambda model, device_type: False)
+    assert ff.applies(model, "cpu") == (forward == "textgan")
+    assert nll_on(model, ids, eos_id=2, batch_size=3, temperature=temperature) == pytest.approx(expected, abs=1e-6)

@@ -177,3 +177,24 @@ def token_logprobs(model, ids: torch.Tensor, with_entropy: bool = False, tempera
         return logprobs
     entropy = -(logp.exp() * logp).sum(-1)
     return logprobs, entropy
+
+
+def scored_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probabilities of ``ids[:, 1:]`` where ``mask`` is True, flattened: what scoring needs, with no
+    work for the vocabulary head at padding.
+
+    Args:
+        ids: (B, T+1) long, starting with BOS; mask: (B, T) bool, True at the tokens to score.
+        temperature: score under the model's distribution at this temperature (logits / T).
+    Returns:
+        (N,) float, N = mask.sum(), in the order of ``ids[:, 1:][mask]``.
+    """
+    targets = ids[:, 1:][mask]
+    if fast_forward.applies(model, ids.device.type):
+        hidden = fast_forward.hidden_states(model, ids[:, :-1])[mask]  # (N, C)
+        # logits / T = (hidden / T) @ W.T: the head (row-chunked where the logits are large) at any temperature
+        return fast_forward.head_logprobs(model, hidden / temperature if temperature != 1.0 else hidden, targets)
+    logits = causal_lm_logits(model, ids[:, :-1])[mask].float()  # (N, V)
+    if temperature != 1.0:
+        logits = logits / temperature
+    return F.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
