@@ -4,7 +4,7 @@ torchrun processes, and one core alone.
     python benchmarks/scaling.py                        # mle and scratchgan, d128 and d256, layouts 1xN, Nx1, 1x1
     python benchmarks/scaling.py --rounds 5             # more rounds (default 3), for a steadier median
     python benchmarks/scaling.py --layouts 1x4,2x2,4x1  # other PROCESSESxTHREADS layouts, the first the base
-    python benchmarks/scaling.py --quick                # a few steps, one round, not recorded
+    python benchmarks/scaling.py --quick                # a few steps of mle, one round, not recorded
 
 Each configuration runs the recipe under torchrun on the embedded grammar corpus with the same global
 batch and reports training sentences per second between the first and the last log line (start-up,
@@ -67,7 +67,7 @@ def parse_layouts(text: str) -> list[tuple[int, int]]:
 def main() -> None:
     cores = os.cpu_count() or 1
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a few steps at d128, one round; nothing recorded")
+    parser.add_argument("--quick", action="store_true", help="a few steps of mle at d128, one round; nothing recorded")
     parser.add_argument("--layouts", default=f"1x{cores},{cores}x1,1x1",
                         help=f"PROCESSESxTHREADS each, comma-separated, the first the base (default here 1x{cores},"
                              f"{cores}x1,1x1: the cores as threads of one process, as processes, and one core alone)")
@@ -87,9 +87,10 @@ def main() -> None:
     rounds, steps = (1, 10) if args.quick else (args.rounds, args.steps)
     if rounds < 1 or steps < 2:
         parser.error("--rounds must be at least 1 and --steps at least 2")
+    recipes = {"mle": RECIPES["mle"]} if args.quick else RECIPES
     runs: dict[str, list[float]] = {}
     for round_ in range(rounds):
-        for recipe, extra in RECIPES.items():
+        for recipe, extra in recipes.items():
             for width in widths:
                 for processes, threads in layouts:
                     rate = throughput(recipe, processes, threads, steps, [*extra, f"d_model={width}"])

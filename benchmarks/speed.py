@@ -155,7 +155,7 @@ def main() -> None:
                                                           warmup=10)
         scratch_s = step_seconds("scratchgan", size, steps, {"pretrain_steps": 0}, args.device)
         seqgan_s = step_seconds("seqgan", size, max(4, steps // 5),
-                                {"pretrain_steps": 0, "disc_pretrain_steps": 0, "num_rollouts": 16}, args.device)
+                                {"pretrain_steps": 0, "disc_pretrain_steps": 0, "num_rollouts": 2 if args.quick else 16}, args.device)
         # positions per MLE step: batches are cut to their longest sentence, so measure the widths the recipe sees
         context = mean_batch_width(steps)
         tokens = BATCH * context
