@@ -140,6 +140,15 @@ def average_gradients(module: torch.nn.Module, poison: bool = False) -> None:
         offset += p.numel()
 
 
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over processes, the same on every process; ``tensor`` itself alone."""
+    if not active():
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
 def check_in_sync(modules) -> None:
     """Raise if the processes' copies of ``modules`` differ (they never should)."""
     if not active():

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from . import distributed
+
 REWARD_KINDS = ("scratchgan", "log_d", "logit")
 BASELINE_KINDS = ("ema", "batch_mean", "leave_one_out", "none")
 
@@ -92,25 +94,36 @@ def leave_one_out_baseline(returns: torch.Tensor, mask: torch.Tensor) -> torch.T
     return torch.where(count - m > 0, (total - returns * m) / others, torch.zeros_like(returns))
 
 
-def ema_update(baseline: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
+def ema_update(
+    baseline: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    decay: float,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """One step of a per-position exponential moving average of the mean return.
 
     baseline: (T_max,) ; returns, mask: (B, T) with T <= T_max -> new baseline (T_max,).
-    Positions no row reached keep their value.
+    Positions no row reached keep their value. ``reduce`` maps the per-position sums and counts,
+    (2, T_max), to the ones to average (under torchrun: their sums over processes).
     """
     T = returns.shape[1]
     m = mask.to(returns.dtype)
-    count = m.sum(0)
-    mean = (returns * m).sum(0) / count.clamp_min(1.0)
-    updated = baseline.clone()
-    updated[:T] = torch.where(count > 0, decay * baseline[:T] + (1 - decay) * mean, baseline[:T])
-    return updated
+    stats = torch.zeros(2, len(baseline), dtype=returns.dtype, device=returns.device)
+    stats[0, :T], stats[1, :T] = (returns * m).sum(0), m.sum(0)
+    if reduce is not None:
+        stats = reduce(stats)
+    total, count = stats
+    mean = total / count.clamp_min(1.0)
+    return torch.where(count > 0, decay * baseline + (1 - decay) * mean, baseline)
 
 
 class EMABaseline:
     """Per-position moving average of the returns, with state for checkpoints.
 
-    Before the first update the baseline is the first batch's mean (no bias towards 0).
+    Before the first update the baseline is the first batch's mean (no bias towards 0). Under
+    torchrun each update averages the global batch, every process's rows, so every process holds
+    the same baseline and rank 0's checkpoint holds the run's.
     """
 
     def __init__(self, max_length: int, decay: float = 0.9):
@@ -124,7 +137,8 @@ class EMABaseline:
 
     def update(self, returns: torch.Tensor, mask: torch.Tensor) -> None:
         decay = self.decay if self.initialized else 0.0
-        self.value = ema_update(self.value.to(returns.device), returns.detach(), mask, decay)  # stays on the device
+        self.value = ema_update(self.value.to(returns.device), returns.detach(), mask, decay,  # stays on the device
+                                reduce=distributed.all_sum)
         self.initialized = True
 
     def state_dict(self) -> dict:
