@@ -729,6 +729,15 @@ class graceful_stop:
         return False
 
 
+def export_entry(setup: Setup, modules: dict) -> dict:
+    """What a checkpoint records of the model the run exports when it ends (``setup.generator``: the
+    weight average where there is one): the module that holds its weights and its Hugging Face config,
+    from which :func:`textgan.models.generator.load_generator` rebuilds it for a run that has not
+    exported yet (stopped early, or still training)."""
+    name = next(name for name, module in modules.items() if module is setup.generator)
+    return {"module": name, "config": json.loads(setup.generator.config.to_json_string(use_diff=False))}
+
+
 def periodic(run: Run, setup: Setup | None, config, step: int, values: dict[str, float], bar,
              modules: dict, optimizers: dict, state: dict | None = None, last_step: int = -1,
              evaluator=None) -> None:
@@ -762,7 +771,8 @@ def periodic(run: Run, setup: Setup | None, config, step: int, values: dict[str,
         distributed.check_in_sync(modules.values())
         path = run.checkpoints
         if run.writes:
-            path = save_checkpoint(run.checkpoints, step, modules, optimizers,
-                                   dict(state or {}, config=to_dict(config)), keep=config.keep_checkpoints)
+            extra = {"config": to_dict(config), **({"export": export_entry(setup, modules)} if setup else {})}
+            path = save_checkpoint(run.checkpoints, step, modules, optimizers, dict(state or {}, **extra),
+                                   keep=config.keep_checkpoints)
         if stop_request.signum is not None and step != last_step:
             raise Interrupted(stop_request.signum, step, path)

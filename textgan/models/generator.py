@@ -7,6 +7,7 @@ Hugging Face format and loads anywhere (``AutoModelForCausalLM.from_pretrained``
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -90,17 +91,87 @@ def model_folder(path: str, names: tuple[str, ...] = EXPORTED_MODEL_FOLDERS, mar
 
 
 def model_digest(path: str) -> str:
-    """SHA-256 over the files of a local model folder (for a run folder: of the model it exported); a hub
-    name stands for itself."""
+    """SHA-256 over the files of a local model folder (for a run folder: of the model it exported, or of
+    its newest checkpoint where it has exported none yet); a hub name stands for itself."""
     import hashlib
 
     folder = Path(model_folder(path)).expanduser()
     if not folder.is_dir():
         return "hub:" + path
+    checkpoints = [] if (folder / "config.json").is_file() else run_checkpoints(folder)
+    if checkpoints:
+        return "checkpoint:" + hashlib.sha256((checkpoints[0] / "state.json").read_bytes()).hexdigest()
     digest = hashlib.sha256()
     for file in sorted(p for p in folder.iterdir() if p.is_file()):
         digest.update(file.name.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def run_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoints a local folder stands for, newest first: itself, if it is a checkpoint folder
+    (``runs/x/checkpoints/step_00000500``), or those of a textgan run folder."""
+    from ..checkpoint import list_checkpoints
+
+    if folder.name.startswith("step_") and (folder / "state.json").is_file():
+        return [folder]
+    return list_checkpoints(folder / "checkpoints")[::-1]
+
+
+def checkpoint_generator(checkpoints: list[Path], *, trust_remote_code: bool = False):
+    """(model, tokenizer): the model a textgan run exports when it ends, rebuilt from the first intact
+    one of ``checkpoints`` (:func:`run_checkpoints`), so that a run that stopped early, or is still
+    training, can be sampled and scored. The checkpoint names the module (the weight average where
+    the run keeps one) and records its Hugging Face config; the tokenizer is the run's own, or that
+    of the model it started from. Says on stderr which step it loads."""
+    import sys
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..checkpoint import CheckpointError, read_checkpoint
+
+    for checkpoint in checkpoints:
+        try:
+            tensors, meta = read_checkpoint(checkpoint)
+            break
+        except CheckpointError as e:
+            print(f"warning: {e}; trying the one before it", file=sys.stderr)
+    else:
+        raise ModelError(f"{checkpoints[-1].parent}: no checkpoint is intact, and the run exported no model")
+    export = meta.get("export")
+    if not export:
+        raise ModelError(f"{checkpoint} does not record a model to export (a style-transfer or classifier run's, or "
+                         "one of an older textgan); run its command again with resume=true to finish and export it")
+    config = dict(export["config"])
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config),
+                                             trust_remote_code=trust_remote_code)
+    prefix = f"model/{export['module']}/"
+    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    run_dir = checkpoint.parent.parent
+    tokenizer = _run_tokenizer(run_dir, meta.get("config", {}).get("model"), trust_remote_code)
+    print(f"note: {run_dir} has not exported its model (it stopped early, or is still training): using its checkpoint "
+          f"of step {meta['step']}", file=sys.stderr)
+    return model.eval(), tokenizer
+
+
+def _run_tokenizer(run_dir: Path, started_from: str | None, trust_remote_code: bool):
+    """The tokenizer of a run's model: the run's own, or that of the model it started from (``model=``),
+    which may itself be a run that has not exported yet."""
+    from transformers import AutoTokenizer
+
+    from ..tokenization import load_run_tokenizer
+
+    if (run_dir / "tokenizer" / "tokenizer.json").is_file():
+        return load_run_tokenizer(run_dir / "tokenizer")
+    if not started_from:
+        raise ModelError(f"{run_dir}: the run's tokenizer folder is missing; its checkpoints cannot be read as text")
+    source = model_folder(started_from)
+    local = Path(source).expanduser()
+    if local.is_dir() and not (local / "config.json").is_file() and run_checkpoints(local):
+        meta = json.loads((run_checkpoints(local)[0] / "state.json").read_text(encoding="utf-8"))
+        return _run_tokenizer(local if not local.name.startswith("step_") else local.parent.parent,
+                              meta.get("config", {}).get("model"), trust_remote_code)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                         local_files_only=hub.cache_only(source))
 
 
 def load_generator(path: str, *, trust_remote_code: bool = False):
@@ -127,6 +198,12 @@ def load_generator(path: str, *, trust_remote_code: bool = False):
         if not local.is_dir():
             raise ModelError(f"{path} is a file; give the folder of a trained generator (it holds config.json)")
         if not (local / "config.json").is_file():
+            checkpoints = run_checkpoints(local)
+            if checkpoints:  # a run that stopped early or is still training: the model it would export
+                return checkpoint_generator(checkpoints, trust_remote_code=trust_remote_code)
+            if (local / "config.yaml").is_file() and (local / "checkpoints").is_dir():
+                raise ModelError(f"{path}: this run has exported no model and written no checkpoint yet; sample once "
+                                 "it has written one (every checkpoint_every steps) or finished")
             raise ModelError(f"{path} has no config.json; give a textgan run folder (or its 'generator' folder) or a "
                              "Hugging Face model folder")
     # A hub name with no way to the hub: read the local cache only, at once, instead of the hub
