@@ -2,8 +2,8 @@
 
 A checkpoint records which of its modules the run exports when it ends (the weight average where the
 run keeps one) and that model's config, so ``textgan sample --model RUN`` (and every command or config
-key that takes a model) rebuilds the model from the newest intact checkpoint: the same model, and the
-same samples, that the export of that step gives.
+key that takes a model, and ``textgan transfer``) rebuilds the model from the newest intact checkpoint: the
+same model, and the same samples or rewrites, that the export of that step gives.
 """
 
 import json
@@ -103,3 +103,21 @@ def test_a_gan_run_can_start_from_an_mle_run_that_has_not_exported(tmp_path):
     _, tokenizer = load_generator(str(gan))
     _, expected = load_generator(str(mle))
     assert tokenizer.get_vocab() == expected.get_vocab()
+
+
+def test_a_style_transfer_run_without_its_export_rewrites_from_its_checkpoint(style_folder, tmp_path):
+    out = tmp_path / "runs" / "style_transfer"  # where textgan transfer looks when no --model is given
+    assert run("textgan.recipes.style_transfer", f"data={style_folder}", f"out_dir={out}", "d_model=32", "n_layers=1",
+               "n_heads=2", "warmup_steps=2", "steps=4", "batch_size=8", "eval_every=100", "eval_sentences=4",
+               "checkpoint_every=2", "disc_dim=16", "device=cpu").returncode == 0
+    rewrite = ["transfer", "--from", "neg", "--to", "pos", "--decoding", "rerank", "the food was bad .", "it was rude ."]
+    expected = run("textgan", *rewrite, "--model", str(out / "model"))
+    assert expected.returncode == 0, expected.stderr
+    shutil.rmtree(out / "model")
+
+    result = run("textgan", *rewrite, cwd=tmp_path)  # rerank: the run's discriminator is rebuilt too
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected.stdout and "using its checkpoint of step 4" in result.stderr
+    assert run("textgan", "sample", "--model", str(out), "--style", "pos", "-n", "2").returncode == 0
+    without_style = run("textgan", "sample", "--model", str(out), "-n", "2")
+    assert without_style.returncode == 2 and "choose a style with --style (neg, pos)" in without_style.stderr

@@ -124,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("sentences", nargs="*", metavar="SENTENCE", help="sentences to rewrite (default: --input or standard input)")
     transfer.add_argument("--from", dest="source", required=True, help="style of the input (e.g. neg)")
     transfer.add_argument("--to", dest="target", required=True, help="style to rewrite into (e.g. pos)")
-    transfer.add_argument("--model", default=None, help="style-transfer model folder (default: the first of "
-                          f"{' and '.join(DEFAULT_TRANSFER_MODELS)} that exists)")
+    transfer.add_argument("--model", default=None, help="style-transfer model folder or run folder (default: the first "
+                          f"of {' and '.join(DEFAULT_TRANSFER_MODELS)} that exists, else the first of their run "
+                          "folders that has a checkpoint)")
     transfer.add_argument("--input", default="", help="file with one sentence per line (default: standard input)")
     transfer.add_argument("--output", default="", help="write the rewrites to this file instead of standard output")
     transfer.add_argument("--decoding", choices=("greedy", "sample", "beam", "rerank"), default="greedy",
@@ -287,8 +288,13 @@ def cmd_transfer(args) -> int:
 
     if args.output:
         _check_output(args.output, {"--input": args.input})
-    if args.model is None:
-        args.model = next((path for path in DEFAULT_TRANSFER_MODELS if os.path.isdir(path)), None)
+    if args.model is None:  # the first default that exists, or the first run there that has checkpoints
+        from pathlib import Path
+
+        from .models.generator import run_checkpoints
+
+        args.model = next((path for path in DEFAULT_TRANSFER_MODELS if os.path.isdir(path)), None) or next(
+            (os.path.dirname(path) for path in DEFAULT_TRANSFER_MODELS if run_checkpoints(Path(path).parent)), None)
         if args.model is None:
             raise ModelError(f"no model at {' or '.join(DEFAULT_TRANSFER_MODELS)}; train one with 'python -m "
                              "textgan.recipes.style_transfer recipes/yelp_transfer.yaml' or pass --model DIR")

@@ -420,21 +420,28 @@ class Rewriter:
     def styles(self) -> list[str]:
         return self.layout.styles
 
+    def info(self) -> dict:
+        """What ``transfer.json`` holds: the styles, the text policy and, with a discriminator, its
+        architecture and rerank weights (checkpoints of the recipe record it too)."""
+        info = {"styles": self.styles, "max_length": self.layout.max_length, "normalize": self.normalized,
+                "layout": f"<style:SRC> source {SEP} <style:TGT> target <eos>"}
+        if self.discriminator is not None:
+            info["discriminator"] = {"architecture": self.discriminator.arch, "classes": [*self.styles, "rewrite"],
+                                     "style_weight": self.style_weight, "content_weight": self.content_weight,
+                                     "overlap_weight": self.overlap_weight, "copy_bias": self.copy_bias,
+                                     "lm_style_weight": self.lm_style_weight}
+        return info
+
     def save(self, out_dir: str | Path) -> Path:
         """Hugging Face folder of the LM and tokenizer, plus ``transfer.json``."""
         from .models.generator import export_generator
 
         out_dir = export_generator(self.model, self.tokenizer, out_dir)
-        info = {"styles": self.styles, "max_length": self.layout.max_length, "normalize": self.normalized,
-                "layout": f"<style:SRC> source {SEP} <style:TGT> target <eos>"}
+        info = self.info()
         if self.discriminator is not None:
             from .models.classifier import save_weights
 
             save_weights(self.discriminator, out_dir / DISCRIMINATOR_FILE)
-            info["discriminator"] = {"architecture": self.discriminator.arch, "classes": [*self.styles, "rewrite"],
-                                     "style_weight": self.style_weight, "content_weight": self.content_weight,
-                                     "overlap_weight": self.overlap_weight, "copy_bias": self.copy_bias,
-                                     "lm_style_weight": self.lm_style_weight}
         else:
             (out_dir / DISCRIMINATOR_FILE).unlink(missing_ok=True)  # never pair a new model with an old adversary
         (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
@@ -442,32 +449,58 @@ class Rewriter:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", trust_remote_code: bool = False) -> Rewriter:
-        from .models.generator import load_generator, model_folder
+        """The model a style_transfer run exported (``path``: the run folder or its ``model`` folder), or,
+        for a run that has not exported yet (stopped early, or still training), the one it would
+        export, rebuilt from its newest intact checkpoint (or ``path``, a checkpoint folder)."""
+        from .models.generator import load_generator, model_folder, run_checkpoints
 
         if not str(path).strip():
             raise ModelError("no model was named (an empty path); give a style_transfer run folder or its 'model' "
                              "folder")
         path = Path(model_folder(str(path)))
         if path.is_dir() and not (path / CONFIG_FILE).is_file():
+            checkpoints = run_checkpoints(path)
+            if checkpoints:
+                return cls._from_checkpoint(checkpoints, device, trust_remote_code)
             raise ModelError(f"{path} is not a style-transfer model (no {CONFIG_FILE}); "
                              "give a style_transfer run folder or its 'model' folder")
         model, tokenizer = load_generator(str(path), trust_remote_code=trust_remote_code)
         reading = CONFIG_FILE
         try:
             info = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-            disc, weights = None, {}
-            if "discriminator" in info:
-                from .models.classifier import build_classifier
-
-                reading = DISCRIMINATOR_FILE
-                disc = build_classifier(info["discriminator"]["architecture"], path / DISCRIMINATOR_FILE).to(device).eval()
-                weights = {k: float(info["discriminator"][k]) for k in ("style_weight", "content_weight")}
-                for key in ("overlap_weight", "copy_bias", "lm_style_weight"):  # newer keys
-                    weights[key] = float(info["discriminator"].get(key, 0.0))
-            return cls(model.to(device).eval(), tokenizer, list(info["styles"]), int(info["max_length"]),
-                       bool(info.get("normalize", True)), disc, **weights)
+            reading = DISCRIMINATOR_FILE if "discriminator" in info else CONFIG_FILE
+            return cls._from_parts(model, tokenizer, info, path / DISCRIMINATOR_FILE, device)
         except load_errors() as e:
             raise ModelError(f"{path}: {reading} is damaged or missing ({type(e).__name__}); re-export the model") from None
+
+    @classmethod
+    def _from_checkpoint(cls, checkpoints: list[Path], device, trust_remote_code: bool) -> Rewriter:
+        from .models.generator import generator_from_checkpoint, read_run_checkpoint
+
+        checkpoint, tensors, meta = read_run_checkpoint(checkpoints)
+        export = meta.get("export") or {}
+        if "transfer" not in export:
+            raise ModelError(f"{checkpoint.parent.parent} is not a style_transfer run (or its checkpoint is of an older "
+                             "textgan: run its command again with resume=true to finish and export it)")
+        model, tokenizer = generator_from_checkpoint(checkpoint, tensors, meta, trust_remote_code=trust_remote_code)
+        prefix = f"model/{export.get('discriminator', 'discriminator')}/"
+        disc = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return cls._from_parts(model, tokenizer, export["transfer"], disc, device)
+
+    @classmethod
+    def _from_parts(cls, model, tokenizer, info: dict, disc_weights, device) -> Rewriter:
+        """A Rewriter from its LM, tokenizer, ``transfer.json`` dict and the discriminator's weights (a
+        file or tensors; used where ``info`` names a discriminator)."""
+        disc, weights = None, {}
+        if "discriminator" in info:
+            from .models.classifier import build_classifier
+
+            disc = build_classifier(info["discriminator"]["architecture"], disc_weights).to(device).eval()
+            weights = {k: float(info["discriminator"][k]) for k in ("style_weight", "content_weight")}
+            for key in ("overlap_weight", "copy_bias", "lm_style_weight"):  # newer keys
+                weights[key] = float(info["discriminator"].get(key, 0.0))
+        return cls(model.to(device).eval(), tokenizer, list(info["styles"]), int(info["max_length"]),
+                   bool(info.get("normalize", True)), disc, **weights)
 
     def count_too_long(self, sentences: list[str]) -> int:
         """How many of ``sentences`` (after normalization) exceed ``max_length`` tokens and will be cut."""

@@ -57,14 +57,14 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
-def build_classifier(architecture: dict, weights: str | Path) -> SentenceClassifier:
-    """A classifier from its saved ``arch`` dict and safetensors weights file."""
+def build_classifier(architecture: dict, weights: str | Path | dict[str, torch.Tensor]) -> SentenceClassifier:
+    """A classifier from its saved ``arch`` dict and its weights: a safetensors file, or the tensors."""
     from safetensors.torch import load_file
 
     arch = dict(architecture)
     arch["widths"] = tuple(arch["widths"])
     model = SentenceClassifier(arch.pop("vocab_size"), arch.pop("n_classes"), arch.pop("pad_id"), **arch)
-    model.load_state_dict(load_file(str(weights)))
+    model.load_state_dict(weights if isinstance(weights, dict) else load_file(str(weights)))
     return model
 
 

@@ -117,30 +117,46 @@ def run_checkpoints(folder: Path) -> list[Path]:
     return list_checkpoints(folder / "checkpoints")[::-1]
 
 
+def read_run_checkpoint(checkpoints: list[Path]) -> tuple[Path, dict, dict]:
+    """(folder, tensors, state) of the first intact one of ``checkpoints`` (:func:`run_checkpoints`),
+    warning on stderr of each damaged one passed over."""
+    import sys
+
+    from ..checkpoint import CheckpointError, read_checkpoint
+
+    for checkpoint in checkpoints:
+        try:
+            return (checkpoint, *read_checkpoint(checkpoint))
+        except CheckpointError as e:
+            print(f"warning: {e}; trying the one before it", file=sys.stderr)
+    raise ModelError(f"{checkpoints[-1].parent}: no checkpoint is intact, and the run exported no model")
+
+
 def checkpoint_generator(checkpoints: list[Path], *, trust_remote_code: bool = False):
     """(model, tokenizer): the model a textgan run exports when it ends, rebuilt from the first intact
     one of ``checkpoints`` (:func:`run_checkpoints`), so that a run that stopped early, or is still
     training, can be sampled and scored. The checkpoint names the module (the weight average where
     the run keeps one) and records its Hugging Face config; the tokenizer is the run's own, or that
     of the model it started from. Says on stderr which step it loads."""
+    checkpoint, tensors, meta = read_run_checkpoint(checkpoints)
+    transfer = (meta.get("export") or {}).get("transfer")
+    if transfer:  # as for an exported style-transfer model (textgan sample's --style)
+        raise ModelError(f"{checkpoint.parent.parent} is a style-transfer run; choose a style with --style "
+                         f"({', '.join(map(str, transfer['styles']))}), or rewrite sentences with textgan transfer")
+    return generator_from_checkpoint(checkpoint, tensors, meta, trust_remote_code=trust_remote_code)
+
+
+def generator_from_checkpoint(checkpoint: Path, tensors: dict, meta: dict, *, trust_remote_code: bool = False):
+    """(model, tokenizer) of the export a checkpoint records (:func:`checkpoint_generator`), from its
+    tensors and state as :func:`read_run_checkpoint` gives them."""
     import sys
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..checkpoint import CheckpointError, read_checkpoint
-
-    for checkpoint in checkpoints:
-        try:
-            tensors, meta = read_checkpoint(checkpoint)
-            break
-        except CheckpointError as e:
-            print(f"warning: {e}; trying the one before it", file=sys.stderr)
-    else:
-        raise ModelError(f"{checkpoints[-1].parent}: no checkpoint is intact, and the run exported no model")
     export = meta.get("export")
     if not export:
-        raise ModelError(f"{checkpoint} does not record a model to export (a style-transfer or classifier run's, or "
-                         "one of an older textgan); run its command again with resume=true to finish and export it")
+        raise ModelError(f"{checkpoint} does not record a model to export (a classifier run's, or one of an older "
+                         "textgan); run its command again with resume=true to finish and export it")
     config = dict(export["config"])
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config),
                                              trust_remote_code=trust_remote_code)

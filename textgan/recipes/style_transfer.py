@@ -389,6 +389,9 @@ def main(config: StyleTransferConfig) -> dict:
     rewriter = Rewriter(model, tokenizer, styles, config.max_length, config.normalize, disc,
                         config.style_weight, config.content_weight, overlap_weight=config.overlap_weight)
     dev = {s: data.dev[s][: config.eval_sentences] for s in styles}
+    # what checkpoints record of the model this run exports, so that a run stopped early can be used
+    export = {"module": "rewriter", "config": json.loads(model.config.to_json_string(use_diff=False)),
+              "transfer": rewriter.info(), "discriminator": "discriminator"}
 
     def evaluator():
         scores, lines = transfer_scores(rewriter, dev, judge, config.decoding)
@@ -404,8 +407,8 @@ def main(config: StyleTransferConfig) -> dict:
             with autocast(config, device):
                 values = train_step(config, step, model, disc, optimizers, ema, layout, ids, device)
             bar.update(1)
-            periodic(run, None, config, step + 1, values, bar, modules, optimizers, {"ema": ema.state_dict()},
-                     last_step=config.steps, evaluator=evaluator)
+            periodic(run, None, config, step + 1, values, bar, modules, optimizers,
+                     {"ema": ema.state_dict(), "export": export}, last_step=config.steps, evaluator=evaluator)
 
     if not run.writes:  # under torchrun, rank 0 exports and reports
         return {}
