@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY_RUN
+from conftest import TINY_RUN, run_module
 from safetensors.torch import load_file
 
 _SETTINGS = {**TINY_RUN, "disc_dim": 16, "eval_every": 1000, "eval_samples": 8, "print_samples": 0, "keep_checkpoints": 2,
@@ -111,6 +111,10 @@ def test_signal_writes_a_checkpoint_and_exits_cleanly(tmp_path, signum):
     assert checkpoints, "no checkpoint written on the signal"
     step = json.loads((checkpoints[-1] / "state.json").read_text())["step"]
     assert step >= 3
+    assert f"'textgan sample --model {out}' uses the model of this checkpoint" in err  # and it does:
+    sampled = run_module("textgan", "sample", "--model", str(out), "-n", "2")
+    assert sampled.returncode == 0 and len(sampled.stdout.splitlines()) == 2, sampled.stderr
+    assert f"using its checkpoint of step {step}" in sampled.stderr
     resumed = start(out, "pretrain_steps=2", "steps=400", "checkpoint_every=1000", "resume=true")
     assert wait_for_step(resumed, out, step + 1)
     resumed.send_signal(signal.SIGTERM)

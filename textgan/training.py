@@ -687,9 +687,10 @@ def collapse_warning(before: dict | None, after: dict, drop: float = 0.3) -> str
 class Interrupted(Exception):
     """SIGINT or SIGTERM arrived; a checkpoint of the last finished step was written."""
 
-    def __init__(self, signum: int, step: int, path):
+    def __init__(self, signum: int, step: int, path, meanwhile: str = ""):
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {path}; "
-                         "run the same command with resume=true to continue")
+                         "run the same command with resume=true to continue"
+                         + (f" (meanwhile, '{meanwhile}' uses the model of this checkpoint)" if meanwhile else ""))
         self.signum = signum
 
 
@@ -775,4 +776,8 @@ def periodic(run: Run, setup: Setup | None, config, step: int, values: dict[str,
             path = save_checkpoint(run.checkpoints, step, modules, optimizers, dict(state or {}, **extra),
                                    keep=config.keep_checkpoints)
         if stop_request.signum is not None and step != last_step:
-            raise Interrupted(stop_request.signum, step, path)
+            transfer = (state or {}).get("export", {}).get("transfer")
+            meanwhile = (f"textgan sample --model {run.dir}" if setup else
+                         f"textgan transfer --model {run.dir} --from {transfer['styles'][0]} --to "
+                         f"{transfer['styles'][1]} ..." if transfer else "")
+            raise Interrupted(stop_request.signum, step, path, meanwhile)
