@@ -730,12 +730,14 @@ class graceful_stop:
         return False
 
 
-def export_entry(setup: Setup, modules: dict) -> dict:
+def export_entry(setup: Setup, modules: dict) -> dict | None:
     """What a checkpoint records of the model the run exports when it ends (``setup.generator``: the
     weight average where there is one): the module that holds its weights and its Hugging Face config,
     from which :func:`textgan.models.generator.load_generator` rebuilds it for a run that has not
-    exported yet (stopped early, or still training)."""
-    name = next(name for name, module in modules.items() if module is setup.generator)
+    exported yet (stopped early, or still training). None where no checkpointed module is that model."""
+    name = next((name for name, module in modules.items() if module is setup.generator), None)
+    if name is None:
+        return None
     return {"module": name, "config": json.loads(setup.generator.config.to_json_string(use_diff=False))}
 
 
@@ -772,7 +774,8 @@ def periodic(run: Run, setup: Setup | None, config, step: int, values: dict[str,
         distributed.check_in_sync(modules.values())
         path = run.checkpoints
         if run.writes:
-            extra = {"config": to_dict(config), **({"export": export_entry(setup, modules)} if setup else {})}
+            export = export_entry(setup, modules) if setup else None
+            extra = {"config": to_dict(config), **({"export": export} if export else {})}
             path = save_checkpoint(run.checkpoints, step, modules, optimizers, dict(state or {}, **extra),
                                    keep=config.keep_checkpoints)
         if stop_request.signum is not None and step != last_step:
