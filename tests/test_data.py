@@ -63,6 +63,23 @@ def test_encode_and_mask(word_tokenizer):
     assert mask.tolist() == [[True, True, True, False, False]]
 
 
+def test_encode_lays_out_every_row_as_bos_words_eos_padding():
+    import random
+
+    from textgan.tokenization import build_word_tokenizer
+
+    rng = random.Random(0)
+    sentences = [" ".join(rng.choice("abcdefg") for _ in range(rng.randint(0, 9))) for _ in range(300)]
+    tokenizer = build_word_tokenizer(sentences)
+    bos, eos, pad = special_ids(tokenizer)
+    ids, dropped = encode(sentences, tokenizer, max_length=6)
+    kept = [s.split() for s in sentences if 0 < len(s.split()) <= 6]
+    assert dropped == len(sentences) - len(kept) > 0 and ids.shape == (len(kept), 8)
+    for row, words in zip(ids.tolist(), kept):
+        assert row == [bos, *tokenizer.convert_tokens_to_ids(words), eos] + [pad] * (6 - len(words))
+    assert encode([], tokenizer, max_length=6)[0].shape == (0, 8)
+
+
 def test_batches_are_reproducible(word_tokenizer, sentences):
     ids, _ = encode(sentences, word_tokenizer, max_length=20)
     _, eos, _ = special_ids(word_tokenizer)

@@ -62,3 +62,28 @@ def test_unigram_vocabulary_too_small_is_a_data_error():
 
     with pytest.raises(DataError, match="raise vocab_size"):
         build_tokenizer("unigram", ["a man riding a bike .", "a dog on a couch ."] * 20, vocab_size=3)
+
+
+def test_token_ids_equal_the_wrappers_ids(sentences, tmp_path):
+    """token_ids reads the tokenizers backend directly; it must give what the transformers call gives, for
+    textgan's three kinds (with added special tokens, as style transfer adds), a GPT-2 byte-level BPE,
+    unknown words, odd spacing and an empty line, and fall back to the call where the backend truncates."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2TokenizerFast
+
+    from textgan.tokenization import token_ids
+
+    texts = [*sentences[:50], "a zebra  flying\tover <style:pos> the moon", "", "  spaces   everywhere  "]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(sentences, vocab_size=300, special_tokens=["<|endoftext|>"])
+    bpe.save(str(tmp_path / "bpe.json"))
+    gpt2 = GPT2TokenizerFast(tokenizer_file=str(tmp_path / "bpe.json"), eos_token="<|endoftext|>")
+    tokenizers = [build_tokenizer(kind, sentences, vocab_size=None if kind == "word" else 200)
+                  for kind in ("word", "bpe", "unigram")] + [gpt2]
+    tokenizers[0].add_special_tokens({"additional_special_tokens": ["<sep>", "<style:neg>", "<style:pos>"]})
+    for tokenizer in tokenizers:
+        assert token_ids(tokenizer, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]
+    truncating = build_tokenizer("word", sentences)
+    truncating.backend_tokenizer.enable_truncation(3)
+    assert token_ids(truncating, texts) == truncating(texts, add_special_tokens=False)["input_ids"]
+    assert token_ids(tokenizers[0], []) == []

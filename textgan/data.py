@@ -162,16 +162,17 @@ def encode(sentences: list[str], tokenizer, max_length: int) -> tuple[torch.Tens
     Sentences longer than ``max_length`` tokens are dropped. Returns the ids and how many
     sentences were dropped.
     """
-    from .tokenization import special_ids
+    from .tokenization import special_ids, token_ids
 
     bos, eos, pad = special_ids(tokenizer)
-    encoded = tokenizer(sentences, add_special_tokens=False)["input_ids"]
+    encoded = token_ids(tokenizer, sentences)
     kept = [ids for ids in encoded if 0 < len(ids) <= max_length]
     ids = torch.full((len(kept), max_length + 2), pad, dtype=torch.long)
-    for row, tokens in enumerate(kept):
-        ids[row, 0] = bos
-        ids[row, 1 : len(tokens) + 1] = torch.tensor(tokens)
-        ids[row, len(tokens) + 1] = eos
+    lengths = torch.tensor([len(tokens) for tokens in kept], dtype=torch.long)
+    ids[:, 0] = bos
+    words = torch.arange(1, max_length + 2)[None, :] <= lengths[:, None]  # (N, max_length + 1), row by row
+    ids[:, 1:][words] = torch.tensor([token for tokens in kept for token in tokens], dtype=torch.long)
+    ids[torch.arange(len(kept)), lengths + 1] = eos
     return ids, len(sentences) - len(kept)
 
 

@@ -47,6 +47,18 @@ def _wrap(tokenizer: Tokenizer):
     )
 
 
+def token_ids(tokenizer, sentences: list[str]) -> list[list[int]]:
+    """The ids of each sentence, without special tokens: ``tokenizer(sentences,
+    add_special_tokens=False)["input_ids"]``, taken straight from the ``tokenizers`` backend where the
+    tokenizer has one that neither truncates nor pads, without the transformers wrapper's work for
+    each sentence (attention masks, offsets, a dict per row)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not sentences or backend is None or backend.truncation is not None or backend.padding is not None:
+        return tokenizer(sentences, add_special_tokens=False)["input_ids"] if sentences else []
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # tokenizers >= 0.21: no offsets
+    return [encoding.ids for encoding in encode(sentences, add_special_tokens=False)]
+
+
 def build_word_tokenizer(sentences: Iterable[str], vocab_size: int | None = None, min_frequency: int = 1):
     """Word-level tokenizer: the ``vocab_size`` most frequent words (all, if None)."""
     counts = Counter(word for sentence in sentences for word in sentence.split())

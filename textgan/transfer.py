@@ -40,6 +40,7 @@ from .data import DataError, read_lines, read_text, sequence_mask
 from .models.fast_forward import causal_lm_hidden, head_logprobs
 from .models.generator import ModelError, load_errors
 from .sampling import ROW_MULTIPLE, _decoder, _draw_tokens, encode_prompt, inference, left_pad, sample
+from .tokenization import token_ids
 
 SEP = "<sep>"
 SPLITS = ("train", "dev", "test")
@@ -185,7 +186,7 @@ class Layout:
 
     def encode(self, sentences: list[str]) -> tuple[list[list[int]], int]:
         """Word ids of each sentence, cut to ``max_length``; returns the ids and how many were cut."""
-        ids = self.tokenizer(list(sentences), add_special_tokens=False)["input_ids"] if sentences else []
+        ids = token_ids(self.tokenizer, list(sentences))
         cut = sum(len(i) > self.max_length for i in ids)
         return [i[: self.max_length] for i in ids], cut
 
@@ -663,7 +664,7 @@ class Rewriter:
         if unk is None:
             return []
         words = text.split()
-        ids = self.tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
+        ids = token_ids(self.tokenizer, words)
         return [w for w, i in zip(words, ids) if unk in i]
 
     def decode(self, words: list[list[int]], unknowns: list[list[str]] | None = None) -> list[str]:

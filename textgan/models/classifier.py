@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..tokenization import token_ids
 from .generator import ModelError, load_errors, model_folder
 
 CONFIG_FILE = "classifier.json"
@@ -103,7 +104,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
 
 def encode_batch(tokenizer, sentences: list[str], pad_id: int, max_length: int = 64) -> torch.Tensor:
     """Word ids without special tokens, right-padded: (B, T), T >= 1; longer sentences are cut."""
-    ids = tokenizer(sentences, add_special_tokens=False)["input_ids"]
+    ids = token_ids(tokenizer, sentences)
     width = max(1, min(max_length, max((len(i) for i in ids), default=1)))
     out = torch.full((len(ids), width), pad_id, dtype=torch.long)
     for row, tokens in enumerate(ids):

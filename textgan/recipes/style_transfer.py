@@ -43,6 +43,7 @@ from ..losses import mle_loss
 from ..models.classifier import SentenceClassifier, classify, load_classifier
 from ..rl import BASELINE_KINDS, EMABaseline, baseline_values, discounted_returns, reinforce_loss
 from ..sampling import sample
+from ..tokenization import token_ids
 from ..training import (
     SAMPLE_PRECISION,
     BaseConfig,
@@ -169,7 +170,7 @@ def encode_styles(layout: Layout, sentences: dict[str, list[str]]) -> tuple[dict
     """Word ids per style, dropping sentences longer than ``max_length``; returns ids and how many were dropped."""
     out, dropped = {}, 0
     for style, lines in sentences.items():
-        ids = layout.tokenizer(lines, add_special_tokens=False)["input_ids"]
+        ids = token_ids(layout.tokenizer, lines)
         out[style] = [i for i in ids if 0 < len(i) <= layout.max_length]
         dropped += len(ids) - len(out[style])
         if not out[style]:
@@ -341,7 +342,7 @@ def make_judge(config, disc, layout: Layout, device):
         return judge, "classifier"
 
     def disc_judge(sentences, style):
-        words = layout.tokenizer(list(sentences), add_special_tokens=False)["input_ids"] if sentences else []
+        words = token_ids(layout.tokenizer, list(sentences))
         logits = discriminator_logits(disc, words, layout.pad_id)[:, : len(layout.styles)]
         target = layout.styles.index(style)
         return float((logits.argmax(-1) == target).float().mean())
