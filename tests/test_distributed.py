@@ -41,6 +41,55 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+def _statistics_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Each process holds its rows of one batch, cut to its own longest row, as the sampler returns them."""
+    import torch.distributed as dist
+
+    from textgan import distributed, rl
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same global batch on every process
+        lengths = torch.tensor([3, 1, 5, 2, 6, 2, 4, 1, 3])  # rank 0: rows 0-4, width 6; rank 1: rows 5-8, width 4
+        returns, width = torch.randn(9, 8), 8
+        mask = torch.arange(width)[None, :] < lengths[:, None]
+        rows = distributed.shard(list(range(9)))
+        local_width = int(lengths[rows].max())
+        local, local_mask = returns[rows, :local_width], mask[rows, :local_width]
+        reduce = distributed.summed(width)
+        ema = rl.EMABaseline(width)
+        ema.update(local, local_mask)
+        full_ema = rl.EMABaseline(width)
+        full_ema.update(returns, mask)
+        pairs = {  # (with the reduce, on this process's rows) vs (one process, the whole batch, this process's part)
+            "batch_mean": (rl.batch_mean_baseline(local, local_mask, reduce), rl.batch_mean_baseline(returns, mask)),
+            "leave_one_out": (rl.leave_one_out_baseline(local, local_mask, reduce),
+                              rl.leave_one_out_baseline(returns, mask)),
+            "center_rewards": (rl.center_rewards(local, local_mask, reduce), rl.center_rewards(returns, mask)),
+            "normalize_advantages": (rl.normalize_advantages(local, local_mask, reduce=reduce),
+                                     rl.normalize_advantages(returns, mask)),
+        }
+        match = {name: bool(torch.allclose(ours, whole[rows, :local_width] * local_mask, atol=1e-6))
+                 for name, (ours, whole) in ((n, (o * local_mask, w)) for n, (o, w) in pairs.items())}
+        match["advantage_scale"] = bool(torch.allclose(rl.advantage_scale(local, local_mask, reduce=reduce),
+                                                       rl.advantage_scale(returns, mask)))
+        match["ema"] = bool(torch.allclose(ema.value, full_ema.value))
+        match["widths"] = [local_width]
+        with open(os.path.join(out_dir, f"stats{rank}.json"), "w") as f:
+            json.dump(match, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_batch_statistics_under_torchrun_are_the_global_batchs(tmp_path):
+    """Baselines, centred rewards and advantage normalisation over two processes' rows, of different
+    lengths, equal one process's over the whole batch."""
+    mp.spawn(_statistics_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"stats{r}.json").read_text()) for r in (0, 1)]
+    assert [r.pop("widths") for r in results] == [[6], [4]]
+    assert all(all(r.values()) for r in results), results
+
+
 def test_average_gradients_equals_full_batch_gradient(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -149,6 +149,23 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def summed(width: int):
+    """The ``reduce`` of :mod:`textgan.rl`'s batch statistics under torchrun: their sums and counts summed
+    over processes, so that each process's means and spreads are the global batch's. Per-position
+    ones, (k, T) with T <= ``width``, travel padded to ``width`` (each process samples rows of its own
+    length) and come back cut to T. None in a single process: the statistics stay as they are."""
+    if not active():
+        return None
+
+    def reduce(stats: torch.Tensor) -> torch.Tensor:
+        if stats.dim() == 2:
+            T = stats.shape[1]
+            return all_sum(torch.nn.functional.pad(stats, (0, width - T)))[:, :T]
+        return all_sum(stats)
+
+    return reduce
+
+
 def check_in_sync(modules) -> None:
     """Raise if the processes' copies of ``modules`` differ (they never should)."""
     if not active():

@@ -3,6 +3,12 @@
 Conventions: B rows, T positions; ``mask`` is True on real tokens (up to and including the
 end token) and False on padding. Position t's action is token t, and its reward judges the
 prefix that ends with it.
+
+Statistics of the batch (means and spreads over rows) take an optional ``reduce``: a function
+applied to the sums and counts they are made of before they are divided, (k, T) per position or
+(k,) in all. Under torchrun it sums them over processes (:func:`textgan.distributed.summed`), so
+that every process uses the statistics of the global batch, as one process given the whole batch
+would; None (one process) leaves them as they are.
 """
 
 from __future__ import annotations
@@ -14,14 +20,19 @@ import torch.nn.functional as F
 
 from . import distributed
 
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 REWARD_KINDS = ("scratchgan", "log_d", "logit")
 BASELINE_KINDS = ("ema", "batch_mean", "leave_one_out", "none")
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over the True entries of ``mask`` (0 if there are none). -> scalar."""
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
+    """Mean of ``x`` over the True entries of ``mask`` (0 if there are none). -> scalar. With ``reduce``
+    (a statistic, not a loss: the sums lose their gradient) the mean over every process's entries."""
     mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+    total, count = (x * mask).sum(), mask.sum()
+    if reduce is not None:
+        total, count = reduce(torch.stack([total, count]).detach())
+    return total / count.clamp_min(1.0)
 
 
 def rewards_from_logits(logits: torch.Tensor, kind: str = "scratchgan") -> torch.Tensor:
@@ -51,14 +62,23 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: floa
     return returns * mask.to(rewards.dtype)
 
 
-def batch_mean_baseline(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _position_sums(x: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position sum of ``x`` over the rows running there, and their count: (T,), (T,)."""
+    m = mask.to(x.dtype)
+    total, count = (x * m).sum(0), m.sum(0)
+    if reduce is not None:
+        total, count = reduce(torch.stack([total, count]).detach())
+    return total, count
+
+
+def batch_mean_baseline(returns: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
     """Per-position mean of the returns over the rows still running there. (B, T) -> (B, T)."""
-    m = mask.to(returns.dtype)
-    mean = (returns * m).sum(0) / m.sum(0).clamp_min(1.0)  # (T,)
+    total, count = _position_sums(returns, mask, reduce)
+    mean = total / count.clamp_min(1.0)  # (T,)
     return mean.expand_as(returns)
 
 
-def center_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def center_rewards(rewards: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
     """Each position's reward less that position's mean over the rows still running there;
     0 at padding. (B, T) -> (B, T).
 
@@ -68,7 +88,7 @@ def center_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     then learns to write short sentences. Centred per position, future rewards are zero on
     average, and stopping is judged by D's reward at the end token alone.
     """
-    return (rewards - batch_mean_baseline(rewards, mask)) * mask.to(rewards.dtype)
+    return (rewards - batch_mean_baseline(rewards, mask, reduce)) * mask.to(rewards.dtype)
 
 
 def reward_increments(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -83,13 +103,13 @@ def reward_increments(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return (rewards - previous) * mask.to(rewards.dtype)
 
 
-def leave_one_out_baseline(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def leave_one_out_baseline(returns: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
     """Per-position mean over the *other* running rows (unbiased). (B, T) -> (B, T).
 
     Where a row is alone at a position the baseline is 0.
     """
     m = mask.to(returns.dtype)
-    total, count = (returns * m).sum(0), m.sum(0)  # (T,)
+    total, count = _position_sums(returns, mask, reduce)  # (T,)
     others = (count - m).clamp_min(1.0)
     return torch.where(count - m > 0, (total - returns * m) / others, torch.zeros_like(returns))
 
@@ -150,32 +170,35 @@ class EMABaseline:
         self.decay = float(state["decay"])
 
 
-def baseline_values(kind: str, returns: torch.Tensor, mask: torch.Tensor, ema: EMABaseline | None = None) -> torch.Tensor:
+def baseline_values(kind: str, returns: torch.Tensor, mask: torch.Tensor, ema: EMABaseline | None = None,
+                    reduce: Reduce | None = None) -> torch.Tensor:
     """The baseline of ``kind`` (one of :data:`BASELINE_KINDS`) for returns (B, T) -> (B, T)."""
     if kind == "ema":
         if ema is None:
             raise ValueError("the ema baseline needs an EMABaseline")
         return ema(returns)
     if kind == "batch_mean":
-        return batch_mean_baseline(returns, mask)
+        return batch_mean_baseline(returns, mask, reduce)
     if kind == "leave_one_out":
-        return leave_one_out_baseline(returns, mask)
+        return leave_one_out_baseline(returns, mask, reduce)
     if kind == "none":
         return torch.zeros_like(returns)
     raise ValueError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINE_KINDS)}")
 
 
-def advantage_scale(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def advantage_scale(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
+                    reduce: Reduce | None = None) -> torch.Tensor:
     """Standard deviation over the unmasked entries, plus ``eps``: what :func:`normalize_advantages`
     divides by. (B, T) -> scalar."""
-    mean = masked_mean(advantages, mask)
-    return masked_mean((advantages - mean) ** 2, mask).sqrt() + eps
+    mean = masked_mean(advantages, mask, reduce)
+    return masked_mean((advantages - mean) ** 2, mask, reduce).sqrt() + eps
 
 
-def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
+                         reduce: Reduce | None = None) -> torch.Tensor:
     """Zero mean, unit variance over the unmasked entries. (B, T) -> (B, T), 0 at padding."""
-    mean = masked_mean(advantages, mask)
-    return (advantages - mean) / advantage_scale(advantages, mask, eps) * mask.to(advantages.dtype)
+    mean = masked_mean(advantages, mask, reduce)
+    return (advantages - mean) / advantage_scale(advantages, mask, eps, reduce) * mask.to(advantages.dtype)
 
 
 def reinforce_loss(

@@ -25,7 +25,7 @@ import torch
 
 from ..config import ConfigError, arg, check_bounds, check_choice, check_unit_interval
 from ..data import batch_at, sequence_mask
-from ..distributed import local_batch_size, seed_step, shard
+from ..distributed import local_batch_size, seed_step, shard, summed
 from ..embeddings import init_embedding, ppmi_vectors
 from ..losses import discriminator_loss
 from ..models.discriminator import build_discriminator
@@ -185,9 +185,10 @@ def expected_reward_update(config, generator, discriminator, ema, fake, ids):
         values = discriminator.token_values(fake.tokens)  # (B, T, V)
         discriminator.train()
     rewards = values.gather(-1, fake.tokens[..., None]).squeeze(-1) * mask  # D's logit increments
-    scored = center_rewards(rewards, mask) if config.center_rewards else rewards
+    reduce = summed(len(ema.value))  # under torchrun: the global batch's statistics
+    scored = center_rewards(rewards, mask, reduce) if config.center_rewards else rewards
     future = discounted_returns(scored, mask, config.discount) - scored  # discount · R_(t+1)
-    future_advantage = future - baseline_values(config.baseline, future, mask, ema)
+    future_advantage = future - baseline_values(config.baseline, future, mask, ema, reduce)
     ema.update(future, mask)
 
     logp = torch.log_softmax(causal_lm_logits(generator, ids[:, :-1]).float(), dim=-1)  # (B, T, V)
@@ -197,7 +198,7 @@ def expected_reward_update(config, generator, discriminator, ema, fake, ids):
     logprobs = logp.gather(-1, fake.tokens[..., None]).squeeze(-1)
     scale = 1.0
     if config.normalize_advantages:  # the spread of the sampled tokens' advantages, as REINFORCE's
-        scale = advantage_scale(rewards - expected.detach() + future_advantage, mask)
+        scale = advantage_scale(rewards - expected.detach() + future_advantage, mask, reduce=reduce)
     loss = -masked_mean(expected + logprobs * future_advantage, mask) / scale
     if config.entropy_coef:
         loss = loss - config.entropy_coef * masked_mean(entropy, mask)
@@ -216,14 +217,15 @@ def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, 
         # 2. score every prefix with D: dense per-token rewards
         with torch.no_grad():
             rewards = rewards_from_logits(discriminator(fake.tokens), config.reward)  # (B, T)
+        reduce = summed(len(ema.value))  # under torchrun: the global batch's statistics
         scored = reward_increments(rewards, mask) if config.reward_increments else rewards
-        scored = center_rewards(scored, mask) if config.center_rewards else scored
+        scored = center_rewards(scored, mask, reduce) if config.center_rewards else scored
 
         # 3. discounted returns and the baseline
         returns = discounted_returns(scored, mask, config.discount)
-        advantages = returns - baseline_values(config.baseline, returns, mask, ema)
+        advantages = returns - baseline_values(config.baseline, returns, mask, ema, reduce)
         if config.normalize_advantages:
-            advantages = normalize_advantages(advantages, mask)
+            advantages = normalize_advantages(advantages, mask, reduce=reduce)
         ema.update(returns, mask)
 
         # 4. policy-gradient step for G
