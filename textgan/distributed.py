@@ -160,6 +160,8 @@ def summed(width: int):
     def reduce(stats: torch.Tensor) -> torch.Tensor:
         if stats.dim() == 2:
             T = stats.shape[1]
+            if T > width:  # padding by a negative amount would crop, silently
+                raise ValueError(f"per-position statistics of {T} positions, more than the {width} they travel in")
             return all_sum(torch.nn.functional.pad(stats, (0, width - T)))[:, :T]
         return all_sum(stats)
 
