@@ -85,6 +85,12 @@ def test_runs_whose_checkpoints_cannot_give_a_model_are_one_line_errors(tmp_path
     assert result.stderr.startswith("error: ") and "resume=true" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
+    meta["export"] = {"module": "generator", "config": {"model_type": "no-such-architecture"}}  # e.g. remote code
+    state.write_text(json.dumps(meta))
+    result = run("textgan", "sample", "--model", str(out), "-n", "2")
+    assert result.returncode == 2 and "cannot rebuild the run's model" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
     shutil.rmtree(out / "checkpoints" / "step_00000002")  # a run that has written no checkpoint yet
     with pytest.raises(ModelError, match="no checkpoint yet"):
         load_generator(str(out))

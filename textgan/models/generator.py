@@ -157,11 +157,16 @@ def generator_from_checkpoint(checkpoint: Path, tensors: dict, meta: dict, *, tr
     if not export:
         raise ModelError(f"{checkpoint} does not record a model to export (a classifier run's, or one of an older "
                          "textgan); run its command again with resume=true to finish and export it")
-    config = dict(export["config"])
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config),
-                                             trust_remote_code=trust_remote_code)
     prefix = f"model/{export['module']}/"
-    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    try:
+        config = dict(export["config"])
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config),
+                                                 trust_remote_code=trust_remote_code)
+        model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    except load_errors() as e:
+        raise ModelError(f"{checkpoint}: cannot rebuild the run's model from it ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); run its command again with resume=true to "
+                         "finish and export it") from None
     run_dir = checkpoint.parent.parent
     tokenizer = _run_tokenizer(run_dir, meta.get("config", {}).get("model"), trust_remote_code)
     print(f"note: {run_dir} has not exported its model (it stopped early, or is still training): using its checkpoint "
