@@ -486,7 +486,11 @@ class Rewriter:
         model, tokenizer = generator_from_checkpoint(checkpoint, tensors, meta, trust_remote_code=trust_remote_code)
         prefix = f"model/{export.get('discriminator', 'discriminator')}/"
         disc = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        return cls._from_parts(model, tokenizer, export["transfer"], disc, device)
+        try:
+            return cls._from_parts(model, tokenizer, export["transfer"], disc, device)
+        except load_errors() as e:
+            raise ModelError(f"{checkpoint}: cannot rebuild the run's model from it ({type(e).__name__}); run its "
+                             "command again with resume=true to finish and export it") from None
 
     @classmethod
     def _from_parts(cls, model, tokenizer, info: dict, disc_weights, device) -> Rewriter:
