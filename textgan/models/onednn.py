@@ -5,7 +5,10 @@ on AMD processors it runs its AVX2 kernels even where the CPU has AVX-512. On th
 (Zen 5) that textgan is benchmarked on, a 2048 x 2048 fp32 matmul runs at 220 GFLOP/s through
 ``torch.mm`` and at 480 through oneDNN (also inside torch, as ``torch.ops.mkldnn._linear_pointwise``),
 which picks its kernels by instruction set; at the generator's shapes the products are 1.3-2.2x
-faster (``benchmarks/results/cpu_matmul_amd_epyc.md``). On Intel CPUs MKL already runs AVX-512.
+faster (``benchmarks/results/cpu_matmul_amd_epyc.md``). On Intel CPUs MKL already runs AVX-512, and
+oneDNN is the slower of the two: on a 2-core Intel Xeon (AVX-512, AMX) 258 against 290 GFLOP/s for the
+large product, MLE steps 0.93-0.97x and sampling 0.72-0.85x as fast as through torch.mm
+(``benchmarks/results/cpu_matmul_intel_r_xeon_r_processor.md``).
 
 :func:`active` says whether textgan's own forward passes and decoder use oneDNN for their fp32
 products on the CPU: by default (``TEXTGAN_CPU_MATMUL=auto``) on AMD CPUs with AVX-512, where torch
