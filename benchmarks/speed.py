@@ -6,6 +6,8 @@
 In one run:
 1. the matmul ceiling: GFLOP/s of a 2048x2048 fp32 matmul through torch (8192x8192 on a GPU; best of 10): on a
    CPU the faster of torch.mm and oneDNN's linear (``textgan.models.onednn``; 2.1x torch.mm on an AMD EPYC);
+   beside it the machine's rate for the passes between the products: GB/s of an fp32 multiply over the d256
+   MLP's activations in a step (64 x 21 x 1024 floats), which the ceiling says nothing of;
 2. the MLE step: tokens/s and achieved FLOP/s (6 x matmul parameters per token, plus attention) as a
    fraction of the ceiling, eager and with the recipes' ``compile=true`` (torch.compile of the forward;
    its compilation and recompiles fall in ten warm-up steps; not in --quick, which needs no compiler);
@@ -51,6 +53,15 @@ def matmul_ceiling(n: int = 2048, repeats: int = 5, device: str = "cpu") -> tupl
     if device == "cpu" and onednn._operator() is not None:
         found["oneDNN"] = 2 * n**3 / best_of(lambda: onednn.product(a, b), repeats) / 1e9
     return max(found.values()), found
+
+
+def elementwise_rate(repeats: int = 20, device: str = "cpu") -> float:
+    """GB/s (two operands read, one written) of an fp32 multiply over 64 x 21 x 1024 floats, the d256 MLP's
+    activations in an MLE step: the speed of a step's elementwise passes (RMSNorm, rotary, gated MLP and their
+    backward), which run at memory speed and which the matmul ceiling says nothing of."""
+    a, b = torch.randn(64 * 21 * 1024, device=device), torch.randn(64 * 21 * 1024, device=device)
+    out = torch.empty_like(a)
+    return 3 * a.numel() * a.element_size() / best_of(lambda: torch.mul(a, b, out=out), repeats) / 1e9
 
 
 def train_flops_per_token(d_model: int, n_layers: int, vocab: int, context: int) -> float:
@@ -147,7 +158,9 @@ def main() -> None:
     # a GPU needs a larger product to reach its ceiling
     n = 512 if args.quick else 8192 if gpu else 2048
     ceiling, ceilings = matmul_ceiling(n, repeats=3 if args.quick else 10, device=args.device)
-    print(f"matmul ceiling: {ceiling:.1f} GFLOP/s", flush=True)
+    elementwise_repeats = 3 if args.quick else 20
+    elementwise = elementwise_rate(elementwise_repeats, device=args.device)
+    print(f"matmul ceiling: {ceiling:.1f} GFLOP/s; elementwise {elementwise:.1f} GB/s", flush=True)
     rows = []
     for name, size in SIZES.items():
         mle_s = step_seconds("mle", size, steps, {}, args.device)
@@ -173,7 +186,9 @@ def main() -> None:
     each = " and ".join(f"{name} {value:.1f}" for name, value in ceilings.items())
     library = "" if gpu else f" textgan's fp32 products on this CPU: {onednn.describe()}."
     lines = [(f"{device_name(args.device)}. Matmul ceiling ({n}x{n} fp32 through torch, best of 10; the faster of "
-              f"{each}): **{ceiling:.1f} GFLOP/s**.{library}"), "",
+              f"{each}): **{ceiling:.1f} GFLOP/s**.{library} Elementwise passes: an fp32 multiply over "
+              f"64 x 21 x 1024 floats (the d256 MLP's activations in a step) at **{elementwise:.1f} GB/s** "
+              f"(best of {elementwise_repeats})."), "",
              ("| generator | MLE step | MLE tok/s | MLE GFLOP/s (of ceiling) | MLE step, compile=true (of ceiling) "
               "| ScratchGAN step (x MLE) "
               "| ScratchGAN: sample + score + G + 1 D (x MLE on the same batch) "
@@ -204,6 +219,7 @@ def main() -> None:
     print(markdown)
     if not args.quick:
         record(results_name(args.name, args.device), {"matmul_ceiling_gflop_s": ceiling, "ceilings": ceilings,
+                                                      "elementwise_gb_s": elementwise,
                                                       "cpu_matmul": None if gpu else onednn.describe(), "rows": rows},
                markdown)
 
