@@ -161,6 +161,20 @@ def test_a_bad_argument_under_torchrun_is_said_once(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_unknown_recipe_under_torchrun_is_said_once(tmp_path):
+    """`torchrun ... -m textgan.cli train NAME`: the CLI's own errors, before any recipe runs, are said once too."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for line, expected in [(["train", "mel", f"out_dir={tmp_path / 'run'}"], "error: unknown recipe 'mel'; choose one of "),
+                           (["train", f"out_dir={tmp_path / 'run'}", "mle"], "error: name the recipe first: textgan train mle")]:
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                 "-m", "textgan.cli", *line], capture_output=True, text=True, timeout=300, env=env,
+                                check=False)
+        assert result.returncode != 0
+        errors = [text for text in result.stderr.splitlines() if text.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(expected), result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     """torchrun with 2 processes on a 1-GPU machine: a one-line hint, not NCCL's 'invalid device ordinal'."""
     from textgan import distributed

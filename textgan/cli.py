@@ -474,6 +474,16 @@ Run a training recipe; RECIPE is one of {', '.join(RECIPES)}.
 'textgan train RECIPE --help' lists that recipe's config keys."""
 
 
+def _train_error(message: str) -> int:
+    """A bad ``textgan train`` line: said once under torchrun (every process parses the same line, and rank 0
+    speaks for them, as a recipe's own config errors are), on stderr. -> the exit status, 2."""
+    from .distributed import launched_rank
+
+    if launched_rank() == 0:
+        print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:  # a first try: the commands, rather than argparse's "required: command"
@@ -481,8 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if argv[:1] == ["train"] and (len(argv) == 1 or argv[1] in ("-h", "--help")):
         if len(argv) == 1:  # argparse would ask for 'recipe, args' and point back at this same help
-            print(f"error: name a recipe, one of {', '.join(RECIPES)} (see 'textgan train --help')", file=sys.stderr)
-            return 2
+            return _train_error(f"name a recipe, one of {', '.join(RECIPES)} (see 'textgan train --help')")
         print(TRAIN_USAGE)
         return 0
     args = build_parser().parse_args(argv)
@@ -490,11 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.recipe not in RECIPES:
             named = next((word for word in args.args if word in RECIPES), None)
             if named and ("=" in args.recipe or args.recipe.endswith((".yaml", ".yml"))):  # the order mixed up
-                print(f"error: name the recipe first: textgan train {named} [PRESET.yaml] [key=value ...]",
-                      file=sys.stderr)
-            else:
-                print(f"error: unknown recipe {args.recipe!r}; choose one of {', '.join(RECIPES)}", file=sys.stderr)
-            return 2
+                return _train_error(f"name the recipe first: textgan train {named} [PRESET.yaml] [key=value ...]")
+            return _train_error(f"unknown recipe {args.recipe!r}; choose one of {', '.join(RECIPES)}")
         from .recipes import load_recipe
         from .recipes._cli import run_recipe
 
