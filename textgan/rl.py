@@ -28,10 +28,7 @@ BASELINE_KINDS = ("ema", "batch_mean", "leave_one_out", "none")
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
     """Mean of ``x`` over the True entries of ``mask`` (0 if there are none). -> scalar. With ``reduce``
     (a statistic, not a loss: the sums lose their gradient) the mean over every process's entries."""
-    mask = mask.to(x.dtype)
-    total, count = (x * mask).sum(), mask.sum()
-    if reduce is not None:
-        total, count = reduce(torch.stack([total, count]).detach())
+    total, count = _masked_sums(x, mask, reduce)
     return total / count.clamp_min(1.0)
 
 
@@ -62,10 +59,12 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: floa
     return returns * mask.to(rewards.dtype)
 
 
-def _position_sums(x: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position sum of ``x`` over the rows running there, and their count: (T,), (T,)."""
+def _masked_sums(x: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None,
+                 dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of ``x`` over the True entries of ``mask`` along ``dim`` (all of them where None), and their
+    count, each passed through ``reduce`` together: scalars, or (T,) per position with ``dim=0``."""
     m = mask.to(x.dtype)
-    total, count = (x * m).sum(0), m.sum(0)
+    total, count = (x * m).sum(dim), m.sum(dim)
     if reduce is not None:
         total, count = reduce(torch.stack([total, count]).detach())
     return total, count
@@ -73,7 +72,7 @@ def _position_sums(x: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None) -
 
 def batch_mean_baseline(returns: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
     """Per-position mean of the returns over the rows still running there. (B, T) -> (B, T)."""
-    total, count = _position_sums(returns, mask, reduce)
+    total, count = _masked_sums(returns, mask, reduce, dim=0)
     mean = total / count.clamp_min(1.0)  # (T,)
     return mean.expand_as(returns)
 
@@ -109,7 +108,7 @@ def leave_one_out_baseline(returns: torch.Tensor, mask: torch.Tensor, reduce: Re
     Where a row is alone at a position the baseline is 0.
     """
     m = mask.to(returns.dtype)
-    total, count = _position_sums(returns, mask, reduce)  # (T,)
+    total, count = _masked_sums(returns, mask, reduce, dim=0)  # (T,)
     others = (count - m).clamp_min(1.0)
     return torch.where(count - m > 0, (total - returns * m) / others, torch.zeros_like(returns))
 
@@ -119,7 +118,7 @@ def ema_update(
     returns: torch.Tensor,
     mask: torch.Tensor,
     decay: float,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """One step of a per-position exponential moving average of the mean return.
 
