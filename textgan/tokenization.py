@@ -52,9 +52,11 @@ def token_ids(tokenizer, sentences: list[str]) -> list[list[int]]:
     add_special_tokens=False)["input_ids"]``, taken straight from the ``tokenizers`` backend where the
     tokenizer has one that neither truncates nor pads, without the transformers wrapper's work for
     each sentence (attention masks, offsets, a dict per row)."""
+    if not sentences:
+        return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if not sentences or backend is None or backend.truncation is not None or backend.padding is not None:
-        return tokenizer(sentences, add_special_tokens=False)["input_ids"] if sentences else []
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return tokenizer(sentences, add_special_tokens=False)["input_ids"]
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # tokenizers >= 0.21: no offsets
     return [encoding.ids for encoding in encode(sentences, add_special_tokens=False)]
 

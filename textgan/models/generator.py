@@ -187,8 +187,9 @@ def _run_tokenizer(run_dir: Path, started_from: str | None, trust_remote_code: b
         raise ModelError(f"{run_dir}: the run's tokenizer folder is missing; its checkpoints cannot be read as text")
     source = model_folder(started_from)
     local = Path(source).expanduser()
-    if local.is_dir() and not (local / "config.json").is_file() and run_checkpoints(local):
-        meta = json.loads((run_checkpoints(local)[0] / "state.json").read_text(encoding="utf-8"))
+    checkpoints = run_checkpoints(local) if local.is_dir() and not (local / "config.json").is_file() else []
+    if checkpoints:
+        meta = json.loads((checkpoints[0] / "state.json").read_text(encoding="utf-8"))
         return _run_tokenizer(local if not local.name.startswith("step_") else local.parent.parent,
                               meta.get("config", {}).get("model"), trust_remote_code)
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
