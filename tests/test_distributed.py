@@ -175,6 +175,21 @@ def test_an_unknown_recipe_under_torchrun_is_said_once(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_an_alike_error_is_said_by_rank_0_first(rank, monkeypatch, capsys):
+    """A rank other than 0 waits before it speaks or exits, for rank 0 to say the error and torchrun to stop it: one
+    quiet process exiting at once gets rank 0 stopped before it prints (the flake that this wait mends)."""
+    from textgan import distributed
+
+    waits = []
+    monkeypatch.setattr(distributed.time, "sleep", waits.append)
+    for key, value in {"WORLD_SIZE": "2", "RANK": rank}.items():
+        monkeypatch.setenv(key, value)
+    distributed.say_for_all("unknown config key 'stpes'")
+    assert waits == ([] if rank == "0" else [distributed.ALIKE_ERROR_WAIT_S])
+    assert capsys.readouterr().err == "error: unknown config key 'stpes'\n"
+
+
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     """torchrun with 2 processes on a 1-GPU machine: a one-line hint, not NCCL's 'invalid device ordinal'."""
     from textgan import distributed

@@ -476,11 +476,11 @@ Run a training recipe; RECIPE is one of {', '.join(RECIPES)}.
 
 def _train_error(message: str) -> int:
     """A bad ``textgan train`` line: said once under torchrun (every process parses the same line, and rank 0
-    speaks for them, as a recipe's own config errors are), on stderr. -> the exit status, 2."""
-    from .distributed import launched_rank
+    speaks for them, as a recipe's own config errors are: :func:`textgan.distributed.say_for_all`), on stderr.
+    -> the exit status, 2."""
+    from .distributed import say_for_all
 
-    if launched_rank() == 0:
-        print(f"error: {message}", file=sys.stderr)
+    say_for_all(message)
     return 2
 
 

@@ -21,6 +21,8 @@ Backends: gloo on CPU, nccl on GPUs (each process takes the GPU of its ``LOCAL_R
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -53,6 +55,23 @@ def launched_world_size() -> int:
 def launched_rank() -> int:
     """This process's rank as torchrun set it (its RANK; 0 when run alone), known before :func:`init`."""
     return int(os.environ.get("RANK", "0")) if launched_world_size() > 1 else 0
+
+
+ALIKE_ERROR_WAIT_S = 30.0  # how long a rank other than 0 leaves rank 0 to say an error they all hit
+
+
+def say_for_all(message: str) -> None:
+    """Say ``message``, an error every torchrun process hits alike (the same command line, parsed the same way),
+    once: on stderr, by rank 0.
+
+    A rank other than 0 waits :data:`ALIKE_ERROR_WAIT_S` seconds before it returns, for rank 0 to say it and fail,
+    whereupon torchrun stops the other processes. Were it to fail at once, quietly, torchrun could stop rank 0 before
+    rank 0 printed anything (the first process to fail stops its siblings), and the run would end with no error line
+    at all. Should rank 0 not fail within the wait (a node that reads a different file, say), the rank says the
+    error itself. Run alone, or as rank 0, it is a plain print."""
+    if launched_rank() != 0:
+        time.sleep(ALIKE_ERROR_WAIT_S)
+    print(f"error: {message}", file=sys.stderr)
 
 
 def init(device: str = "auto") -> bool:

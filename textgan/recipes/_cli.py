@@ -30,7 +30,9 @@ def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> in
         with graceful_stop():
             main(config)
     except (ConfigError, DataError, ModelError) as e:
-        if not alike or distributed.launched_rank() == 0:  # a bad key under torchrun: one line, not one a process
+        if alike:  # a bad key under torchrun: one line, not one a process
+            distributed.say_for_all(str(e))
+        else:
             print(f"error: {e}", file=sys.stderr)
         if created is not None and distributed.is_main():  # nothing half-made is left behind
             shutil.rmtree(created, ignore_errors=True)
