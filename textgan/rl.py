@@ -154,6 +154,12 @@ class EMABaseline:
         """The baseline for ``returns`` (B, T) -> (B, T)."""
         return self.value[: returns.shape[1]].to(returns.device).expand_as(returns)
 
+    @property
+    def reduce(self) -> Reduce | None:
+        """The ``reduce`` for the batch statistics of the returns this baseline tracks, (k, T) with T up to its
+        length: under torchrun their sums over processes (:func:`textgan.distributed.summed`), else None."""
+        return distributed.summed(len(self.value))
+
     def update(self, returns: torch.Tensor, mask: torch.Tensor) -> None:
         decay = self.decay if self.initialized else 0.0
         self.value = ema_update(self.value.to(returns.device), returns.detach(), mask, decay,  # stays on the device

@@ -25,7 +25,7 @@ import torch
 
 from ..config import ConfigError, arg, check_bounds, check_choice, check_unit_interval
 from ..data import batch_at, sequence_mask
-from ..distributed import local_batch_size, seed_step, shard, summed
+from ..distributed import local_batch_size, seed_step, shard
 from ..embeddings import init_embedding, ppmi_vectors
 from ..losses import discriminator_loss
 from ..models.discriminator import build_discriminator
@@ -185,7 +185,7 @@ def expected_reward_update(config, generator, discriminator, ema, fake, ids):
         values = discriminator.token_values(fake.tokens)  # (B, T, V)
         discriminator.train()
     rewards = values.gather(-1, fake.tokens[..., None]).squeeze(-1) * mask  # D's logit increments
-    reduce = summed(len(ema.value))  # under torchrun: the global batch's statistics
+    reduce = ema.reduce  # under torchrun: the global batch's statistics
     scored = center_rewards(rewards, mask, reduce) if config.center_rewards else rewards
     future = discounted_returns(scored, mask, config.discount) - scored  # discount · R_(t+1)
     future_advantage = future - baseline_values(config.baseline, future, mask, ema, reduce)
@@ -217,7 +217,7 @@ def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, 
         # 2. score every prefix with D: dense per-token rewards
         with torch.no_grad():
             rewards = rewards_from_logits(discriminator(fake.tokens), config.reward)  # (B, T)
-        reduce = summed(len(ema.value))  # under torchrun: the global batch's statistics
+        reduce = ema.reduce  # under torchrun: the global batch's statistics
         scored = reward_increments(rewards, mask) if config.reward_increments else rewards
         scored = center_rewards(scored, mask, reduce) if config.center_rewards else scored
 

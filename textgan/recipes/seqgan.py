@@ -19,7 +19,7 @@ import torch
 
 from ..config import arg, check_bounds
 from ..data import batch_at
-from ..distributed import local_batch_size, seed_step, shard, summed
+from ..distributed import local_batch_size, seed_step, shard
 from ..losses import discriminator_loss
 from ..models.discriminator import build_discriminator
 from ..models.generator import token_logprobs
@@ -147,8 +147,7 @@ def adversarial_step(config, generator, discriminator, gen_opt, ema, prompt, set
         discriminator.train(was_training)
 
     # 3. baseline: Q-values are already expected final rewards, so no discounting
-    advantages = rewards - baseline_values(config.baseline, rewards, mask, ema,
-                                           summed(len(ema.value)))  # the global batch's
+    advantages = rewards - baseline_values(config.baseline, rewards, mask, ema, ema.reduce)  # the global batch's
     ema.update(rewards, mask)
 
     # 4. policy-gradient step for G, with the NLL of a real batch added at mle_weight

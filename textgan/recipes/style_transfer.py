@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, arg, check_bounds, check_choice, check_heads, check_unit_interval, parse_betas
 from ..data import sequence_mask, step_seed
-from ..distributed import seed_step, shard, summed
+from ..distributed import seed_step, shard
 from ..losses import mle_loss
 from ..models.classifier import SentenceClassifier, classify, load_classifier
 from ..rl import BASELINE_KINDS, EMABaseline, baseline_values, discounted_returns, reinforce_loss
@@ -264,7 +264,7 @@ def train_step(config, step, model, disc, optimizers, ema, layout: Layout, ids, 
             rewards[torch.arange(B), last] = reward
             returns = discounted_returns(rewards, policy_mask, 1.0)  # every token of a rewrite gets its reward
             advantages = returns - baseline_values(config.baseline, returns, policy_mask, ema,
-                                                   summed(len(ema.value)))  # the global batch's
+                                                   ema.reduce)  # the global batch's
             ema.update(returns, policy_mask)
         pg_loss = reinforce_loss(policy_lp, advantages, policy_mask)
         loss = loss + config.cycle_weight * cycle_loss + config.pg_weight * pg_loss
