@@ -110,6 +110,12 @@ CASES = [
     ("evaluate-lm-wrong-kind", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--lm", R(s, "not_a_model")], ["config.json"]),
     ("evaluate-unknown-metric", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--metrics", "bleu9"], ["unknown metric"]),
     ("evaluate-unwritable-json", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--json", R(s, "no/s.json")], ["cannot write"]),
+    # an empty optional path (an unset shell variable): not quietly the same as leaving the option out
+    ("evaluate-empty-json", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--json", ""], ["--json", "path is empty"]),
+    ("evaluate-empty-references", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--references", ""], ["--references", "path is empty"]),
+    ("sample-empty-output", lambda s: ["sample", "--model", str(s["generator"]), "--output", ""], ["--output", "path is empty"]),
+    ("transfer-empty-input", lambda s: ["transfer", "--model", str(s["transfer"]), "--from", "neg", "--to", "pos", "--input", ""],
+     ["--input", "path is empty"]),
     # textgan sweep
     ("sweep-model-missing", lambda s: ["sweep", "--model", R(s, "nomodel"), "--output", R(s, "sw")], ["no such folder"]),
     ("sweep-model-wrong-kind", lambda s: ["sweep", "--model", R(s, "not_a_model"), "--output", R(s, "sw")], ["config.json"]),
