@@ -320,12 +320,17 @@ def test_classifier_recipe(style_folder, tmp_path):
     from textgan.recipes import classifier
 
     scores = classifier.main(classifier.ClassifierConfig(data=str(style_folder), out_dir=str(tmp_path / "c"), steps=200,
-                                                         batch_size=32, dim=16, filters=16, eval_every=30))
+                                                         batch_size=32, dim=16, filters=16, eval_every=30,
+                                                         checkpoint_every=100))
     assert scores["eval/accuracy"] > 0.9, scores  # the sentiment word decides the class
     model, tokenizer, info = load_classifier(tmp_path / "c" / "classifier")
     assert classify(model, tokenizer, ["the food was awful .", "the staff was lovely ."], info["labels"]) == ["neg", "pos"]
     by_run = load_classifier(tmp_path / "c")  # the run folder stands for its classifier
     assert classify(by_run[0], by_run[1], ["the food was awful ."], by_run[2]["labels"]) == ["neg"]
+    shutil.rmtree(tmp_path / "c" / "classifier")  # a run that stopped before it exported: resume it, says the error
+    for folder in (tmp_path / "c", max((tmp_path / "c" / "checkpoints").iterdir())):
+        with pytest.raises(ModelError, match="has not exported its classifier yet.*resume=true"):
+            load_classifier(folder)
 
 
 def test_load_classifier_errors(tmp_path, transfer_run):
@@ -333,8 +338,9 @@ def test_load_classifier_errors(tmp_path, transfer_run):
 
     with pytest.raises(ModelError, match="no such folder"):
         load_classifier(tmp_path / "missing")
-    with pytest.raises(ModelError, match="not a textgan classifier"):
-        load_classifier(transfer_run / "model")
+    for folder in (transfer_run / "model", transfer_run):  # the run has checkpoints too, of a model it exports
+        with pytest.raises(ModelError, match="not a textgan classifier"):
+            load_classifier(folder)
     with pytest.raises(ModelError, match="is a file"):
         load_classifier(transfer_run / "config.yaml")
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..tokenization import token_ids
-from .generator import ModelError, load_errors, model_folder
+from .generator import ModelError, load_errors, model_folder, run_checkpoints
 
 CONFIG_FILE = "classifier.json"
 
@@ -90,6 +90,9 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
         what = "is a file" if path.exists() else "no such folder"
         raise ModelError(f"{path}: {what}; give a classifier run folder or its 'classifier' folder "
                          "(python -m textgan.recipes.classifier)")
+    if not (path / CONFIG_FILE).is_file() and _unexported_classifier_run(path):
+        raise ModelError(f"{path}: a classifier run that has not exported its classifier yet (it stopped early, or is "
+                         "still training); run its command again with resume=true to finish and export it")
     if not (path / CONFIG_FILE).is_file() or not (path / "model.safetensors").is_file():
         raise ModelError(f"{path} is not a textgan classifier (it lacks {CONFIG_FILE} or model.safetensors); "
                          "train one with python -m textgan.recipes.classifier")
@@ -100,6 +103,17 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
     except load_errors() as e:
         raise ModelError(f"cannot load the classifier in {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     return model.to(device).eval(), tokenizer, info
+
+
+def _unexported_classifier_run(path: Path) -> bool:
+    """Whether ``path`` is a classifier run folder (or one of its checkpoints) with checkpoints but no export. Its
+    checkpoints record no model to rebuild, as a generator run's do (the recipe makes its tokenizer from the data),
+    so such a run is finished with resume=true rather than read from a checkpoint."""
+    checkpoints = run_checkpoints(path)
+    try:
+        return bool(checkpoints) and "export" not in json.loads((checkpoints[0] / "state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):  # a damaged checkpoint: the plain 'not a classifier' error
+        return False
 
 
 def encode_batch(tokenizer, sentences: list[str], pad_id: int, max_length: int = 64) -> torch.Tensor:
