@@ -6,7 +6,7 @@
     python benchmarks/coco.py --mle mle-decay=lr_decay=0.3 --baseline mle-decay --name coco_tuned_mle
                                          # one more MLE run (the benchmark's MLE settings, changed), and
                                          # every curve set against its curve
-    python benchmarks/coco.py --mle mle-decay=lr_decay=0.3 --start mle-decay --baseline mle-decay \
+    python benchmarks/coco.py --mle mle-decay=lr_decay=0.3 --start mle-decay --baseline mle-decay \\
         --name coco_from_tuned_mle       # also SeqGAN and ScratchGAN fine-tuned from that run
                                          # (seqgan-from-mle-decay, scratchgan-from-mle-decay)
 
