@@ -76,6 +76,7 @@ CASES = [
     ("train-zero-temperature", lambda s: ["train", "mle", "temperature=0"], ["temperature must be positive"]),
     ("train-unwritable-out-dir", lambda s: ["train", "mle", f"out_dir={R(s, 'ok.txt')}/run", *TINY], ["cannot write the run folder"]),
     ("train-unknown-recipe", lambda s: ["train", "cyclegan"], ["unknown recipe"]),
+    ("train-option-before-recipe", lambda s: ["train", "--steps", "3"], ["name a recipe before '--steps'", "scratchgan"]),
     ("train-empty-data", lambda s: ["train", "scratchgan", "data= ", *TINY], ["data is empty", "data=grammar"]),
     ("train-empty-out-dir", lambda s: ["train", "mle", "out_dir=", *TINY], ["out_dir is empty", "out_dir=runs/NAME"]),
     ("classifier-empty-out-dir", lambda s: ["train", "classifier", f"data={R(s, 'one_style')}", "out_dir= "],

@@ -504,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
             return _train_error(f"name a recipe, one of {', '.join(RECIPES)} (see 'textgan train --help')")
         print(TRAIN_USAGE)
         return 0
+    if argv[:1] == ["train"] and argv[1].startswith("-"):  # argparse would ask for 'recipe, args'
+        return _train_error(f"name a recipe before {argv[1]!r}: textgan train RECIPE [PRESET.yaml] [key=value ...], "
+                            f"RECIPE one of {', '.join(RECIPES)}")
     args = build_parser().parse_args(argv)
     if args.command == "train":
         if args.recipe not in RECIPES:
