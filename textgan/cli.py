@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "model's limit); one the model has not ended by then is cut a token later")
     sample.add_argument("--batch-size", type=_positive_int, default=256, help="sentences sampled at once")
     sample.add_argument("--seed", type=int, default=0, help="random seed")
-    sample.add_argument("--output", default="", action=_PathAction, help="write sentences to this file instead of standard output")
+    sample.add_argument("--output", default="", action=_PathAction,
+                        help="write sentences to this file instead of standard output")
     sample.add_argument("--prompt", default="", help="text every sample continues, e.g. --prompt 'a man' (the "
                         "sentences printed start with it)")
     sample.add_argument("--style", default="", help="style to write in (style-transfer models, e.g. --style pos)")
@@ -137,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--model", default=None, help="style-transfer model folder or run folder (default: the first "
                           f"of {' and '.join(DEFAULT_TRANSFER_MODELS)} that exists, else the first of their run "
                           "folders that has a checkpoint)")
-    transfer.add_argument("--input", default="", action=_PathAction, help="file with one sentence per line (default: standard input)")
-    transfer.add_argument("--output", default="", action=_PathAction, help="write the rewrites to this file instead of standard output")
+    transfer.add_argument("--input", default="", action=_PathAction,
+                          help="file with one sentence per line (default: standard input)")
+    transfer.add_argument("--output", default="", action=_PathAction,
+                          help="write the rewrites to this file instead of standard output")
     transfer.add_argument("--decoding", choices=("greedy", "sample", "beam", "rerank"), default="greedy",
                           help="decoding (default greedy); rerank: the beam hypothesis the run's discriminator and "
                                "cycle reconstruction score best")
@@ -180,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--model", action="append", required=True, help="[LABEL=]generator folder; repeat to compare models")
     sweep.add_argument("--temperatures", default="0.7,0.8,0.9,1.0,1.1,1.2", help="comma-separated (default 0.7,...,1.2)")
     sweep.add_argument("-n", "--num", type=_positive_int, default=2000, help="samples per temperature (default 2000)")
-    sweep.add_argument("--valid", default="", action=_PathAction, help="held-out sentences for nll-test at each temperature (default: --references, "
+    sweep.add_argument("--valid", default="", action=_PathAction,
+                       help="held-out sentences for nll-test at each temperature (default: --references, "
                        "or for runs on the embedded grammar the first run's held-out sentences)")
     _add_scoring_arguments(sweep, metric_help)
     sweep.add_argument("--output", required=True, help="folder for sweep.json, sweep.png and the samples")
@@ -212,13 +216,17 @@ def _device(name: str):
 
 
 def _add_scoring_arguments(parser, metric_help: str) -> None:
-    parser.add_argument("--references", default="", action=_PathAction, help="reference sentences (e.g. COCO test.txt): BLEU, FED, reverse-LM")
+    parser.add_argument("--references", default="", action=_PathAction,
+                        help="reference sentences (e.g. COCO test.txt): BLEU, FED, reverse-LM")
     parser.add_argument("--train", default="", action=_PathAction, help="training sentences: the copied-verbatim rate")
     parser.add_argument("--metrics", default="", help=metric_help)
     parser.add_argument("--orders", default="2,3,4,5", help="BLEU / Self-BLEU orders (default 2,3,4,5)")
-    parser.add_argument("--lm", default="", action=_PathAction, help="generator folder of an MLE model trained on real text: lm-nll of the samples")
-    parser.add_argument("--oracle", default="", action=_PathAction, help="SeqGAN oracle .npz: nll-oracle of the samples (lines of token ids)")
-    parser.add_argument("--fed-encoder", default="", action=_PathAction, help="sentence-transformers model for FED (default: the packaged MiniLM)")
+    parser.add_argument("--lm", default="", action=_PathAction,
+                        help="generator folder of an MLE model trained on real text: lm-nll of the samples")
+    parser.add_argument("--oracle", default="", action=_PathAction,
+                        help="SeqGAN oracle .npz: nll-oracle of the samples (lines of token ids)")
+    parser.add_argument("--fed-encoder", default="", action=_PathAction,
+                        help="sentence-transformers model for FED (default: the packaged MiniLM)")
     parser.add_argument("--reverse-lm-steps", type=_positive_int, default=1000, help="MLE steps of the reverse-LM model")
 
 
