@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from textgan.config import ConfigError, help_text, parse_args
@@ -57,8 +59,11 @@ def test_yaml_preset_then_overrides(tmp_path):
     assert config.steps == 12 and config.lr == 0.01
     bad = tmp_path / "bad.yaml"
     bad.write_text("stepz: 1\n")
-    with pytest.raises(ConfigError, match="stepz"):
-        parse_args(MLEConfig, [str(bad)])
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{bad}: unknown config key 'stepz' (did you mean 'steps'?)")):
+        parse_args(MLEConfig, [str(bad)])  # the error names the preset that holds the key
+    (tmp_path / "folder.yaml").mkdir()
+    with pytest.raises(ConfigError, match="is a folder; give a YAML preset file"):
+        parse_args(MLEConfig, [str(tmp_path / "folder.yaml")])
     with pytest.raises(ConfigError, match="no such preset"):
         parse_args(MLEConfig, [str(tmp_path / "missing.yaml")])
     bad.write_text("steps: [1\n")

@@ -157,6 +157,8 @@ def find_preset(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give a YAML preset file")
     shipped = preset_folder()
     if shipped is not None and (shipped / path.name).is_file():
         return shipped / path.name
@@ -207,7 +209,11 @@ def parse_args(cls, argv: list[str] | None = None, prog: str = "recipe"):
             key, value = item.split("=", 1)
             overrides[key.strip()] = value
         elif position == 0 and item.endswith((".yaml", ".yml")):
-            config = apply_overrides(config, load_yaml(item))
+            preset = load_yaml(item)
+            try:
+                config = apply_overrides(config, preset)
+            except ConfigError as e:  # which file holds the bad key or value
+                raise ConfigError(f"{item}: {e}") from None
         else:
             raise ConfigError(f"cannot read argument {item!r}; give key=value pairs (and optionally a preset .yaml first)")
     config = apply_overrides(config, overrides)
