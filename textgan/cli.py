@@ -507,12 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:  # a first try: the commands, rather than argparse's "required: command"
         build_parser().print_help(sys.stderr)
         return 2
-    if argv[:1] == ["train"] and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+    if argv[:1] == ["train"] and (len(argv) == 1 or argv[1].startswith("-")):  # no recipe where argparse wants one
         if len(argv) == 1:  # argparse would ask for 'recipe, args' and point back at this same help
             return _train_error(f"name a recipe, one of {', '.join(RECIPES)} (see 'textgan train --help')")
-        print(TRAIN_USAGE)
-        return 0
-    if argv[:1] == ["train"] and argv[1].startswith("-"):  # argparse would ask for 'recipe, args'
+        if argv[1] in ("-h", "--help"):
+            print(TRAIN_USAGE)
+            return 0
         return _train_error(f"name a recipe before {argv[1]!r}: textgan train RECIPE [PRESET.yaml] [key=value ...], "
                             f"RECIPE one of {', '.join(RECIPES)}")
     args = build_parser().parse_args(argv)
