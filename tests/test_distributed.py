@@ -74,6 +74,13 @@ def _statistics_worker(rank: int, world: int, init_file: str, out_dir: str) -> N
         match["advantage_scale"] = bool(torch.allclose(rl.advantage_scale(local, local_mask, reduce=reduce),
                                                        rl.advantage_scale(returns, mask)))
         match["ema"] = bool(torch.allclose(ema.value, full_ema.value))
+        # a loss: the processes' gradients of loss_mean, averaged, are the whole batch's mean's (17 and 10 tokens
+        # here: a mean per process, averaged, would weigh rank 1's tokens more)
+        w = torch.zeros(width, requires_grad=True)
+        rl.loss_mean((local + w[:local_width]) ** 2, local_mask).backward()
+        whole_w = torch.zeros(width, requires_grad=True)
+        rl.masked_mean((returns + whole_w) ** 2, mask).backward()
+        match["loss_mean"] = bool(torch.allclose(distributed.all_sum(w.grad) / world, whole_w.grad, atol=1e-6))
         match["widths"] = [local_width]
         with open(os.path.join(out_dir, f"stats{rank}.json"), "w") as f:
             json.dump(match, f)
@@ -82,8 +89,8 @@ def _statistics_worker(rank: int, world: int, init_file: str, out_dir: str) -> N
 
 
 def test_batch_statistics_under_torchrun_are_the_global_batchs(tmp_path):
-    """Baselines, centred rewards and advantage normalisation over two processes' rows, of different
-    lengths, equal one process's over the whole batch."""
+    """Baselines, centred rewards, advantage normalisation and the gradient of a loss over two processes'
+    rows, of different lengths, equal one process's over the whole batch."""
     mp.spawn(_statistics_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"stats{r}.json").read_text()) for r in (0, 1)]
     assert [r.pop("widths") for r in results] == [[6], [4]]
@@ -98,9 +105,9 @@ def test_average_gradients_equals_full_batch_gradient(tmp_path):
     assert [r["local"] for r in results] == [4, 3]
 
 
-def _torchrun(*args, recipe="scratchgan"):
+def _torchrun(*args, recipe="scratchgan", processes=2):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                            "-m", f"textgan.recipes.{recipe}", *args], capture_output=True, text=True, timeout=300,
                           env=env, check=False)
 
@@ -130,9 +137,35 @@ def test_torchrun_two_processes_train_checkpoint_and_resume(tmp_path):
     assert all(torch.equal(resumed[name], expected[name]) for name in expected)
 
 
+def test_one_two_and_three_processes_train_the_same_model(tmp_path):
+    """batch_size is the global batch, and a loss is its mean over every process's tokens: MLE on 16 sentences
+    of different lengths (3 processes take 6, 5 and 5) trains the same weights and logs the same losses with
+    one process as with two or three, to float rounding (a mean per process, averaged over processes, put the
+    weights 1e-2 apart after 4 steps)."""
+    common = ["device=cpu", "grammar_sentences=300", "d_model=32", "n_layers=1", "n_heads=2", "batch_size=16",
+              "steps=4", "log_every=1", "eval_every=1000", "eval_samples=8"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    alone = subprocess.run([sys.executable, "-m", "textgan.recipes.mle", f"out_dir={tmp_path / 'p1'}", *common],
+                           capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    for n in (2, 3):
+        result = _torchrun(f"out_dir={tmp_path / f'p{n}'}", *common, recipe="mle", processes=n)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    def losses(run):
+        return [json.loads(line)["gen/mle_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    expected = load_file(tmp_path / "p1" / "generator" / "model.safetensors")
+    for n in (2, 3):
+        weights = load_file(tmp_path / f"p{n}" / "generator" / "model.safetensors")
+        assert weights.keys() == expected.keys()
+        apart = max(float((weights[name] - expected[name]).abs().max()) for name in expected)
+        assert apart < 1e-5, f"{n} processes: weights {apart:.2e} from one process's"
+        assert losses(tmp_path / f"p{n}") == pytest.approx(losses(tmp_path / "p1"), rel=1e-6)
+
+
 TINY = ["device=cpu", "d_model=32", "n_layers=1", "n_heads=2", "batch_size=8"]
 OTHER_RECIPES = {  # recipe: (its tiny arguments, a file of its export)
-    "mle": (TINY + ["grammar_sentences=300", "steps=4", "eval_samples=8"], "generator/config.json"),
     "seqgan": (TINY + ["grammar_sentences=300", "pretrain_steps=2", "disc_pretrain_steps=2", "steps=2", "num_rollouts=2",
                        "eval_samples=8"], "generator/config.json"),
     "style_transfer": (TINY + ["steps=4", "warmup_steps=2", "eval_every=4", "eval_sentences=4", "disc_dim=16"],

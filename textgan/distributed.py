@@ -12,6 +12,11 @@ identical optimizers keep the copies identical, which :func:`check_in_sync` veri
 checkpoint. A non-finite loss on any process poisons the all-reduced gradient, so every process
 skips that step together.
 
+A loss is the mean over the global batch's tokens (:func:`textgan.rl.loss_mean`: each process divides its
+sum by the processes' mean count), so that the averaged gradient is the one a single process given the
+whole batch would compute, however the tokens fall between the processes; REINFORCE's batch statistics
+are the global batch's too (:func:`summed`).
+
 Sampling differs per process: the torch random stream is re-seeded at every step from
 ``(seed, step, rank)``, which also makes a resumed multi-process run draw what an uninterrupted
 one would. Only rank 0 writes: the run folder, logs, samples, checkpoints and the exported model.

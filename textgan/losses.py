@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .rl import masked_mean
+from .rl import loss_mean
 
 DISC_OBJECTIVES = ("bce", "hinge", "lsgan")
 
 
 def mle_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood per real token. logprobs, mask: (B, T) -> scalar."""
-    return -masked_mean(logprobs, mask)
+    """Mean negative log-likelihood per real token (of the global batch under torchrun: :func:`~textgan.rl.loss_mean`).
+    logprobs, mask: (B, T) -> scalar."""
+    return -loss_mean(logprobs, mask)
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_mask: torch.Tensor | None = None,
@@ -33,8 +34,4 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, rea
         real_term, fake_term = 0.5 * (real_logits - 1) ** 2, 0.5 * fake_logits**2
     else:
         raise ValueError(f"unknown discriminator objective {objective!r}; choose one of {', '.join(DISC_OBJECTIVES)}")
-    if real_mask is None:
-        real_mask = torch.ones_like(real_term, dtype=torch.bool)
-    if fake_mask is None:
-        fake_mask = torch.ones_like(fake_term, dtype=torch.bool)
-    return masked_mean(real_term, real_mask) + masked_mean(fake_term, fake_mask)
+    return loss_mean(real_term, real_mask) + loss_mean(fake_term, fake_mask)

@@ -32,6 +32,23 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None = Non
     return total / count.clamp_min(1.0)
 
 
+def loss_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``x`` over the True entries of ``mask`` (every entry where None) as a loss of the global batch
+    (0 if there are none). -> scalar, differentiable.
+
+    Alone, :func:`masked_mean`. Under torchrun, this process's sum over the processes' mean count of entries,
+    so that :func:`textgan.distributed.average_gradients`, which averages the processes' gradients, leaves the
+    gradient of the mean over every process's entries: what one process given the whole batch would compute,
+    however the entries fall between the processes (rows of different lengths, a batch the processes do not
+    divide evenly). A mean per process, averaged, would weigh a token of a process with fewer of them more.
+    Every process must call it alike: it sums the counts over processes."""
+    m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    total, count = (x * m).sum(), m.sum()
+    if distributed.active():
+        return total * distributed.world_size() / distributed.all_sum(count.detach()).clamp_min(1.0)
+    return total / count.clamp_min(1.0)
+
+
 def rewards_from_logits(logits: torch.Tensor, kind: str = "scratchgan") -> torch.Tensor:
     """Turn discriminator logits into rewards. logits: (B, T) -> (B, T).
 
@@ -213,14 +230,15 @@ def reinforce_loss(
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
 ) -> torch.Tensor:
-    """Surrogate loss whose gradient is the REINFORCE estimate, averaged over real tokens.
+    """Surrogate loss whose gradient is the REINFORCE estimate, averaged over real tokens (of the global batch
+    under torchrun: :func:`loss_mean`).
 
     −mean_t[ logπ(a_t) · A_t ] − entropy_coef · mean_t[ H_t ], over unmasked positions.
     Advantages are treated as constants. All inputs (B, T) -> scalar.
     """
-    loss = -masked_mean(logprobs * advantages.detach(), mask)
+    loss = -loss_mean(logprobs * advantages.detach(), mask)
     if entropy is not None and entropy_coef:
-        loss = loss - entropy_coef * masked_mean(entropy, mask)
+        loss = loss - entropy_coef * loss_mean(entropy, mask)
     return loss
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from ..rl import masked_mean
+from ..rl import loss_mean
 
 
 def apply_spectral_norm(module: nn.Module) -> nn.Module:
@@ -99,7 +99,7 @@ class TokenDiscriminator(nn.Module):
             raise ValueError("this discriminator was built without an LM head (lm_head=True)")
         logits = self.lm_head(self.dropout(h[:, :-1])).float()  # (B, T - 1, V)
         losses = nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
-        return masked_mean(losses, mask[:, 1:])
+        return loss_mean(losses, mask[:, 1:])
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) long -> (B, T, D) encoder states, state t having read tokens[:, : t + 1]

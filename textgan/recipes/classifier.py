@@ -19,6 +19,7 @@ from ..config import ConfigError, arg, check_bounds, check_unit_interval
 from ..data import step_seed
 from ..distributed import shard
 from ..models.classifier import SentenceClassifier, classify, encode_batch, save_classifier
+from ..rl import loss_mean
 from ..training import (
     BaseConfig,
     Run,
@@ -119,7 +120,7 @@ def main(config: ClassifierConfig) -> dict:
             texts, labels = (shard(part) for part in balanced_batch(data.train, styles, config.batch_size, step, config.seed))
             tokens = encode_batch(tokenizer, texts, model.pad_id, config.max_length).to(device)
             with autocast(config, device):
-                loss = torch.nn.functional.cross_entropy(model(tokens), labels.to(device))
+                loss = loss_mean(torch.nn.functional.cross_entropy(model(tokens), labels.to(device), reduction="none"))
                 loss = optimizer_step(loss, optimizer, model, config.grad_clip)
             bar.update(1)
             periodic(run, None, config, step + 1, {"train/loss": loss}, bar, modules, optimizers,

@@ -37,6 +37,7 @@ from ..rl import (
     baseline_values,
     center_rewards,
     discounted_returns,
+    loss_mean,
     masked_mean,
     normalize_advantages,
     reinforce_loss,
@@ -199,9 +200,9 @@ def expected_reward_update(config, generator, discriminator, ema, fake, ids):
     scale = 1.0
     if config.normalize_advantages:  # the spread of the sampled tokens' advantages, as REINFORCE's
         scale = advantage_scale(rewards - expected.detach() + future_advantage, mask, reduce=reduce)
-    loss = -masked_mean(expected + logprobs * future_advantage, mask) / scale
+    loss = -loss_mean(expected + logprobs * future_advantage, mask) / scale
     if config.entropy_coef:
-        loss = loss - config.entropy_coef * masked_mean(entropy, mask)
+        loss = loss - config.entropy_coef * loss_mean(entropy, mask)
     return loss, rewards, entropy
 
 

@@ -41,7 +41,7 @@ from ..data import sequence_mask, step_seed
 from ..distributed import seed_step, shard
 from ..losses import mle_loss
 from ..models.classifier import SentenceClassifier, classify, load_classifier
-from ..rl import BASELINE_KINDS, EMABaseline, baseline_values, discounted_returns, reinforce_loss
+from ..rl import BASELINE_KINDS, EMABaseline, baseline_values, discounted_returns, loss_mean, reinforce_loss
 from ..sampling import sample
 from ..tokenization import token_ids
 from ..training import (
@@ -279,7 +279,7 @@ def train_step(config, step, model, disc, optimizers, ema, layout: Layout, ids, 
     if adversarial:
         labels = torch.tensor(src + [fake_class] * B, device=device)
         logits = disc(word_tensor(sources + rewrites, layout.pad_id).to(device))
-        disc_loss = F.cross_entropy(logits, labels)
+        disc_loss = loss_mean(F.cross_entropy(logits, labels, reduction="none"))  # the global batch's
         values["disc/loss"] = optimizer_step(disc_loss, optimizers["discriminator"], disc, config.grad_clip)
         values["disc/acc"] = float((logits.argmax(-1) == labels).float().mean())
     return values
