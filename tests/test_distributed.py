@@ -139,29 +139,28 @@ def test_torchrun_two_processes_train_checkpoint_and_resume(tmp_path):
 
 def test_one_two_and_three_processes_train_the_same_model(tmp_path):
     """batch_size is the global batch, and a loss is its mean over every process's tokens: MLE on 16 sentences
-    of different lengths (3 processes take 6, 5 and 5) trains the same weights and logs the same losses with
-    one process as with two or three, to float rounding (a mean per process, averaged over processes, put the
-    weights 1e-2 apart after 4 steps)."""
+    of different lengths, 2 steps with 2 processes and then, resumed, 2 with 3 (which take 6, 5 and 5 rows),
+    trains the same weights and logs the same losses as one process alone, to float rounding (a mean per
+    process, averaged over processes, put the weights 1e-2 apart in 4 steps)."""
     common = ["device=cpu", "grammar_sentences=300", "d_model=32", "n_layers=1", "n_heads=2", "batch_size=16",
-              "steps=4", "log_every=1", "eval_every=1000", "eval_samples=8"]
+              "log_every=1", "eval_every=1000", "eval_samples=8", "checkpoint_every=2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    alone = subprocess.run([sys.executable, "-m", "textgan.recipes.mle", f"out_dir={tmp_path / 'p1'}", *common],
-                           capture_output=True, text=True, timeout=300, env=env, check=False)
+    alone = subprocess.run([sys.executable, "-m", "textgan.recipes.mle", f"out_dir={tmp_path / 'alone'}", *common,
+                            "steps=4"], capture_output=True, text=True, timeout=300, env=env, check=False)
     assert alone.returncode == 0, alone.stderr[-3000:]
-    for n in (2, 3):
-        result = _torchrun(f"out_dir={tmp_path / f'p{n}'}", *common, recipe="mle", processes=n)
+    for processes, more in ((2, ["steps=2"]), (3, ["steps=4", "resume=true"])):
+        result = _torchrun(f"out_dir={tmp_path / 'moved'}", *common, *more, recipe="mle", processes=processes)
         assert result.returncode == 0, result.stderr[-3000:]
 
     def losses(run):
         return [json.loads(line)["gen/mle_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
-    expected = load_file(tmp_path / "p1" / "generator" / "model.safetensors")
-    for n in (2, 3):
-        weights = load_file(tmp_path / f"p{n}" / "generator" / "model.safetensors")
-        assert weights.keys() == expected.keys()
-        apart = max(float((weights[name] - expected[name]).abs().max()) for name in expected)
-        assert apart < 1e-5, f"{n} processes: weights {apart:.2e} from one process's"
-        assert losses(tmp_path / f"p{n}") == pytest.approx(losses(tmp_path / "p1"), rel=1e-6)
+    expected, weights = (load_file(tmp_path / run / "generator" / "model.safetensors") for run in ("alone", "moved"))
+    assert weights.keys() == expected.keys()
+    apart = max(float((weights[name] - expected[name]).abs().max()) for name in expected)
+    assert apart < 1e-5, f"weights {apart:.2e} from one process's"
+    assert losses(tmp_path / "moved") == pytest.approx(losses(tmp_path / "alone"), rel=1e-6)
+    assert len(losses(tmp_path / "alone")) == 4
 
 
 TINY = ["device=cpu", "d_model=32", "n_layers=1", "n_heads=2", "batch_size=8"]
