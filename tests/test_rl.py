@@ -10,6 +10,7 @@ from textgan.rl import (
     discounted_returns,
     ema_update,
     leave_one_out_baseline,
+    loss_means,
     masked_mean,
     mc_rollout_rewards,
     normalize_advantages,
@@ -106,6 +107,17 @@ def test_normalize_advantages_and_masked_mean():
     assert_close(masked_mean(out**2, MASK), torch.tensor(1.0), atol=1e-5, rtol=0)
     assert out[1, 2] == 0
     assert_close(masked_mean(adv, MASK), torch.tensor(5.0))
+
+
+def test_loss_means_alone_are_masked_means():
+    """One process: each loss mean is masked_mean's number, bitwise (no mask: every entry), 0 where none."""
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 7), torch.randn(6)
+    mask = torch.rand(4, 7) > 0.4
+    means = loss_means((x, mask), (y, None), (x, torch.zeros_like(mask)))
+    assert torch.equal(means[0], masked_mean(x, mask))
+    assert torch.equal(means[1], masked_mean(y, torch.ones_like(y, dtype=torch.bool)))
+    assert means[2] == 0
 
 
 def test_reinforce_loss_hand_computed():

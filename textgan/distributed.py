@@ -141,19 +141,21 @@ def broadcast_modules(modules) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
-def average_gradients(module: torch.nn.Module, poison: bool = False) -> None:
+def average_gradients(module: torch.nn.Module, poison: bool = False, loss: torch.Tensor | None = None):
     """Average the gradients of ``module`` over processes in place (missing gradients count as zero).
 
     ``poison``: this process's loss was not finite; its gradient becomes NaN, and so does the
     average on every process, which then skips the step together.
+    ``loss``: a scalar averaged in the same all-reduce, returned (None without one, and alone).
     """
     if not active():
-        return
+        return None
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    extra = [] if loss is None else [loss.detach().reshape(1).to(params[0].grad.dtype)]
+    flat = torch.cat([p.grad.reshape(-1) for p in params] + extra)
     if poison:
         flat.fill_(float("nan"))
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
@@ -162,6 +164,7 @@ def average_gradients(module: torch.nn.Module, poison: bool = False) -> None:
     for p in params:
         p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
         offset += p.numel()
+    return None if loss is None else flat[-1]
 
 
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .rl import loss_mean
+from .rl import loss_mean, loss_means
 
 DISC_OBJECTIVES = ("bce", "hinge", "lsgan")
 
@@ -34,4 +34,5 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, rea
         real_term, fake_term = 0.5 * (real_logits - 1) ** 2, 0.5 * fake_logits**2
     else:
         raise ValueError(f"unknown discriminator objective {objective!r}; choose one of {', '.join(DISC_OBJECTIVES)}")
-    return loss_mean(real_term, real_mask) + loss_mean(fake_term, fake_mask)
+    real, fake = loss_means((real_term, real_mask), (fake_term, fake_mask))
+    return real + fake

@@ -42,11 +42,20 @@ def loss_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor
     however the entries fall between the processes (rows of different lengths, a batch the processes do not
     divide evenly). A mean per process, averaged, would weigh a token of a process with fewer of them more.
     Every process must call it alike: it sums the counts over processes."""
-    m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
-    total, count = (x * m).sum(), m.sum()
+    return loss_means((x, mask))[0]
+
+
+def loss_means(*terms: tuple[torch.Tensor, torch.Tensor | None]) -> list[torch.Tensor]:
+    """:func:`loss_mean` of each ``(x, mask)``, with one all-reduce of their counts under torchrun."""
+    sums, counts = [], []
+    for x, mask in terms:
+        m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+        sums.append((x * m).sum())
+        counts.append(m.sum())
     if distributed.active():
-        return total * distributed.world_size() / distributed.all_sum(count.detach()).clamp_min(1.0)
-    return total / count.clamp_min(1.0)
+        totals = distributed.all_sum(torch.stack(counts).detach()).clamp_min(1.0)
+        return [total * distributed.world_size() / count for total, count in zip(sums, totals)]
+    return [total / count.clamp_min(1.0) for total, count in zip(sums, counts)]
 
 
 def rewards_from_logits(logits: torch.Tensor, kind: str = "scratchgan") -> torch.Tensor:
@@ -236,10 +245,10 @@ def reinforce_loss(
     −mean_t[ logπ(a_t) · A_t ] − entropy_coef · mean_t[ H_t ], over unmasked positions.
     Advantages are treated as constants. All inputs (B, T) -> scalar.
     """
-    loss = -loss_mean(logprobs * advantages.detach(), mask)
-    if entropy is not None and entropy_coef:
-        loss = loss - entropy_coef * loss_mean(entropy, mask)
-    return loss
+    if entropy is None or not entropy_coef:
+        return -loss_mean(logprobs * advantages.detach(), mask)
+    policy, mean_entropy = loss_means((logprobs * advantages.detach(), mask), (entropy, mask))
+    return -policy - entropy_coef * mean_entropy
 
 
 def mc_rollout_rewards(

@@ -515,8 +515,7 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module:
     if finite:
         loss.backward()
     if distributed.active():  # average over processes; a non-finite loss anywhere makes every process skip
-        distributed.average_gradients(module, poison=not finite)
-        loss = distributed.all_sum(loss.detach()) / distributed.world_size()  # the global batch's (rl.loss_mean)
+        loss = distributed.average_gradients(module, poison=not finite, loss=loss)  # the global batch's (rl.loss_mean)
     elif not finite:
         nonfinite.skip()
         return float("nan")

@@ -38,6 +38,7 @@ from ..rl import (
     center_rewards,
     discounted_returns,
     loss_mean,
+    loss_means,
     masked_mean,
     normalize_advantages,
     reinforce_loss,
@@ -200,10 +201,10 @@ def expected_reward_update(config, generator, discriminator, ema, fake, ids):
     scale = 1.0
     if config.normalize_advantages:  # the spread of the sampled tokens' advantages, as REINFORCE's
         scale = advantage_scale(rewards - expected.detach() + future_advantage, mask, reduce=reduce)
-    loss = -loss_mean(expected + logprobs * future_advantage, mask) / scale
-    if config.entropy_coef:
-        loss = loss - config.entropy_coef * loss_mean(entropy, mask)
-    return loss, rewards, entropy
+    if not config.entropy_coef:
+        return -loss_mean(expected + logprobs * future_advantage, mask) / scale, rewards, entropy
+    policy, mean_entropy = loss_means((expected + logprobs * future_advantage, mask), (entropy, mask))
+    return -policy / scale - config.entropy_coef * mean_entropy, rewards, entropy
 
 
 def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, real, setup) -> dict:
