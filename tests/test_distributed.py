@@ -32,7 +32,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         # a non-finite loss on rank 1 poisons the average on both processes
         distributed.average_gradients(model, poison=rank == 1)
         poisoned = all(torch.isnan(p.grad).all() for p in model.parameters())
+        logged = distributed.averaged({"loss": 1.0 + rank, "acc": 0.25 * rank})  # a step's logged values
         result = {"rank": rank, "match": all(torch.allclose(a, f, atol=1e-6) for a, f in zip(averaged, full)),
+                  "logged": logged,
                   "poisoned": bool(poisoned), "shard": distributed.shard(list(range(7))),
                   "local": distributed.local_batch_size(7)}
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
@@ -103,6 +105,7 @@ def test_average_gradients_equals_full_batch_gradient(tmp_path):
     assert all(r["match"] and r["poisoned"] for r in results)
     assert results[0]["shard"] + results[1]["shard"] == list(range(7))
     assert [r["local"] for r in results] == [4, 3]
+    assert all(r["logged"] == {"loss": 1.5, "acc": 0.125} for r in results)
 
 
 def _torchrun(*args, recipe="scratchgan", processes=2):

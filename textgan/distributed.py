@@ -141,7 +141,8 @@ def broadcast_modules(modules) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
-def average_gradients(module: torch.nn.Module, poison: bool = False, loss: torch.Tensor | None = None):
+def average_gradients(module: torch.nn.Module, poison: bool = False,
+                      loss: torch.Tensor | None = None) -> torch.Tensor | None:
     """Average the gradients of ``module`` over processes in place (missing gradients count as zero).
 
     ``poison``: this process's loss was not finite; its gradient becomes NaN, and so does the
@@ -165,6 +166,17 @@ def average_gradients(module: torch.nn.Module, poison: bool = False, loss: torch
         p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
         offset += p.numel()
     return None if loss is None else flat[-1]
+
+
+def averaged(values: dict[str, float]) -> dict[str, float]:
+    """Each of a step's logged ``values`` averaged over processes (every process logs the same keys): a loss
+    made by :func:`textgan.rl.loss_mean`, the global batch's; a mean over this process's rows (a reward, an
+    accuracy), the processes' average of theirs. ``values`` itself alone."""
+    if not active() or not values:
+        return values
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors only (set_device: init)
+    total = all_sum(torch.tensor(list(values.values()), dtype=torch.float64, device=device)) / world_size()
+    return dict(zip(values, total.tolist()))
 
 
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:

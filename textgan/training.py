@@ -756,6 +756,7 @@ def periodic(run: Run, setup: Setup | None, config, step: int, values: dict[str,
     if step % config.log_every == 0:
         if nonfinite.total:
             values = {**values, "train/nonfinite_skipped": nonfinite.total}
+        values = distributed.averaged(values)  # under torchrun: a loss the global batch's
         run.log(step, values)
         bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()}, refresh=False)
     if step % config.eval_every == 0 and step != last_step and run.writes:
