@@ -104,16 +104,23 @@ print(json.dumps({"kept": kept, "faults": faults, "losses": [float(x) for x in l
 
 @pytest.mark.skipif(memory._mallopt() is None, reason="keeping freed memory applies to glibc's allocator (Linux) only")
 def test_kept_memory_spares_mle_steps_their_page_faults_and_changes_no_number():
-    runs = {}
-    for choice in ("default", "keep"):
-        env = {**os.environ, "TEXTGAN_MALLOC": choice}
-        out = subprocess.run([sys.executable, "-c", STEPS], env=env, capture_output=True, text=True, timeout=300,
-                             check=False)
-        assert out.returncode == 0, out.stderr
-        runs[choice] = json.loads(out.stdout.strip().splitlines()[-1])
-    assert runs["keep"]["kept"] and not runs["default"]["kept"]
-    # with glibc's own thresholds 1,000-4,000 faults a step on the machines measured; kept, mostly none, with
-    # a step of a thousand or so now and then (a mean of 0-120 over 15 steps)
-    assert runs["keep"]["faults"] < runs["default"]["faults"] / 3, runs
-    assert runs["keep"]["losses"] == runs["default"]["losses"]
-    assert runs["keep"]["weights"] == runs["default"]["weights"]
+    # with glibc's own thresholds 600-4,000 faults a step on the machines measured; kept, mostly none, with
+    # a step of a thousand or so now and then (a mean of 0-140 over 15 steps). Either can stray: about one
+    # pair in ten on the Intel Xeon of 2026-12-06 had glibc's heap settle early (0-400 faults a step) or the
+    # kept one fault more (about 200), so a pair is tried up to three times; the numbers must match in each.
+    pairs = []
+    for _ in range(3):
+        runs = {}
+        for choice in ("default", "keep"):
+            env = {**os.environ, "TEXTGAN_MALLOC": choice}
+            out = subprocess.run([sys.executable, "-c", STEPS], env=env, capture_output=True, text=True, timeout=300,
+                                 check=False)
+            assert out.returncode == 0, out.stderr
+            runs[choice] = json.loads(out.stdout.strip().splitlines()[-1])
+        assert runs["keep"]["kept"] and not runs["default"]["kept"]
+        assert runs["keep"]["losses"] == runs["default"]["losses"]
+        assert runs["keep"]["weights"] == runs["default"]["weights"]
+        pairs.append({choice: run["faults"] for choice, run in runs.items()})
+        if runs["keep"]["faults"] < runs["default"]["faults"] / 3:
+            return
+    pytest.fail(f"keeping freed memory did not cut an MLE step's page faults to a third in 3 tries: {pairs}")
