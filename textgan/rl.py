@@ -47,11 +47,8 @@ def loss_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor
 
 def loss_means(*terms: tuple[torch.Tensor, torch.Tensor | None]) -> list[torch.Tensor]:
     """:func:`loss_mean` of each ``(x, mask)``, with one all-reduce of their counts under torchrun."""
-    sums, counts = [], []
-    for x, mask in terms:
-        m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
-        sums.append((x * m).sum())
-        counts.append(m.sum())
+    sums, counts = zip(*(_masked_sums(x, torch.ones_like(x, dtype=torch.bool) if mask is None else mask, None)
+                         for x, mask in terms))
     if distributed.active():
         totals = distributed.all_sum(torch.stack(counts).detach()).clamp_min(1.0)
         return [total * distributed.world_size() / count for total, count in zip(sums, totals)]
