@@ -1,5 +1,7 @@
 """Non-finite losses and gradients are skipped and counted; too many in a row stop the run."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -56,3 +58,17 @@ def test_mode_collapse_warning():
     assert collapse_warning(healthy, {"eval/unique": 0.95, "eval/distinct_4": 0.75}) is None
     warning = collapse_warning(healthy, {"eval/unique": 0.40, "eval/distinct_4": 0.78})
     assert "mode collapse" in warning and "unique 0.990 -> 0.400" in warning
+
+
+def test_the_count_of_skipped_steps_is_logged_as_a_count(monkeypatch):
+    """Under torchrun the logged means are averaged over processes; the count, the same on every process,
+    is not (it stays the integer it is)."""
+    logged = {}
+    run = SimpleNamespace(log=lambda step, values: logged.update(values), writes=False)
+    config = SimpleNamespace(log_every=1, eval_every=10**9, checkpoint_every=10**9)
+    bar = SimpleNamespace(set_postfix=lambda *args, **kwargs: None)
+    monkeypatch.setattr(training.distributed, "averaged", lambda values: {k: v / 2 for k, v in values.items()})
+    training.nonfinite.total = 3
+    training.periodic(run, None, config, 1, {"train/g_loss": 1.0}, bar, {}, {})
+    assert logged == {"train/g_loss": 0.5, "train/nonfinite_skipped": 3}
+    assert isinstance(logged["train/nonfinite_skipped"], int)

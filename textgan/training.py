@@ -754,9 +754,9 @@ def periodic(run: Run, setup: Setup | None, config, step: int, values: dict[str,
     from .checkpoint import save_checkpoint
 
     if step % config.log_every == 0:
-        if nonfinite.total:
-            values = {**values, "train/nonfinite_skipped": nonfinite.total}
         values = distributed.averaged(values)  # under torchrun: a loss the global batch's
+        if nonfinite.total:  # a count, not a mean: every process skips the same steps (optimizer_step)
+            values = {**values, "train/nonfinite_skipped": nonfinite.total}
         run.log(step, values)
         bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()}, refresh=False)
     if step % config.eval_every == 0 and step != last_step and run.writes:
