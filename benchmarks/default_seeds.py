@@ -96,6 +96,8 @@ def main() -> None:
                         "suffix; a --quick run uses a temporary one)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a change of the recipe's defaults to run over the seeds (repeatable)")
+    parser.add_argument("--name", default="", help="results file name (default default_seeds_<cpu> plus the --set "
+                        "suffix), for a rerun beside the recorded one")
     args = parser.parse_args()
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -115,7 +117,8 @@ def main() -> None:
     md = markdown(rows, cpu, args.set)
     print(md)
     if not args.quick:
-        record(f"default_seeds_{cpu_slug(cpu)}{suffix}", {"cpu_model": cpu, "changes": args.set, "rows": rows}, md)
+        name = args.name or f"default_seeds_{cpu_slug(cpu)}{suffix}"
+        record(name, {"cpu_model": cpu, "changes": args.set, "rows": rows}, md)
 
 
 if __name__ == "__main__":
