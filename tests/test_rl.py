@@ -90,6 +90,10 @@ def test_ema_baseline_update_and_state():
     restored.load_state_dict(ema.state_dict())
     assert_close(restored(returns), ema(returns))
     assert restored.decay == 0.75 and restored.initialized
+    # position 3, first reached by the third batch, steps from 0 like any moving average: 0.25 * 4
+    longer = torch.tensor([[4.0, 4.0, 4.0, 4.0]])
+    ema.update(longer, torch.ones_like(longer, dtype=torch.bool))
+    assert_close(ema.value, torch.tensor([2.5, 3.25, 6.25, 1.0]))
 
 
 def test_baseline_values_dispatch():

@@ -163,9 +163,11 @@ def ema_update(
 class EMABaseline:
     """Per-position moving average of the returns, with state for checkpoints.
 
-    Before the first update the baseline is the first batch's mean (no bias towards 0). Under
-    torchrun each update averages the global batch, every process's rows, so every process holds
-    the same baseline and rank 0's checkpoint holds the run's.
+    The first update sets the baseline to the first batch's mean, not a step from 0, at every
+    position that batch reached; a position first reached later starts from 0, as in any moving
+    average, and takes about 1 / (1 - decay) updates to forget it. Under torchrun each update
+    averages the global batch, every process's rows, so every process holds the same baseline and
+    rank 0's checkpoint holds the run's.
     """
 
     def __init__(self, max_length: int, decay: float = 0.9):
