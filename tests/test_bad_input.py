@@ -99,7 +99,17 @@ CASES = [
     ("sample-unwritable-output", lambda s: ["sample", "--model", str(s["generator"]), "--output", R(s, "no/x.txt")], ["cannot write"]),
     ("sample-output-is-a-directory", lambda s: ["sample", "--model", str(s["generator"]), "--output", R(s, "adir")], ["directory"]),
     ("sample-unknown-style", lambda s: ["sample", "--model", str(s["transfer"]), "--style", "angry"], ["unknown style", "neg, pos"]),
-    ("sample-unknown-option", lambda s: ["sample", "--model", str(s["generator"]), "--bogus", "1"], ["unrecognized"]),
+    ("sample-unknown-option", lambda s: ["sample", "--model", str(s["generator"]), "--bogus", "1"],
+     ["unknown option --bogus", "see 'textgan sample --help'"]),
+    ("sample-misspelt-option", lambda s: ["sample", "--model", str(s["generator"]), "--temprature=0.9"],
+     ["unknown option --temprature (did you mean --temperature?)"]),
+    # a misspelt required option is named as such, not reported as the missing one it was meant to be
+    ("transfer-misspelt-required-option", lambda s: ["transfer", "--model", str(s["transfer"]), "--form", "neg", "--to", "pos"],
+     ["unknown option --form (did you mean --from?)", "see 'textgan transfer --help'"]),
+    ("sample-extra-word", lambda s: ["sample", "--model", str(s["generator"]), "ten"],
+     ["unrecognized arguments: ten", "see 'textgan sample --help'"]),
+    ("misspelt-command", lambda s: ["smaple", "--model", str(s["generator"])], ["unknown command 'smaple' (did you mean 'sample'?)"]),
+    ("unknown-top-level-option", lambda s: ["--versoin"], ["unknown option --versoin (did you mean --version?)"]),
     # textgan evaluate
     ("evaluate-missing-file", lambda s: ["evaluate", "--samples", R(s, "none.txt")], ["no such file"]),
     ("evaluate-empty-path", lambda s: ["evaluate", "--samples", ""], ["no file was named"]),

@@ -32,6 +32,14 @@ def test_sample_continues_a_prompt(trained_generator):
     assert len(lines) == 4 and all(line.startswith("a man riding ") for line in lines), lines
 
 
+def test_an_option_may_be_shortened_to_a_unique_prefix(trained_generator):
+    """Refusing unknown options before argparse parses must not refuse what argparse accepts."""
+    full = run("textgan", "sample", "--model", str(trained_generator), "-n", "3", "--temperature", "0.7", "--seed", "2")
+    assert full.returncode == 0, full.stderr
+    short = run("textgan", "sample", "--mod", str(trained_generator), "--num=3", "--temp", "0.7", "--se", "2")
+    assert short.returncode == 0 and short.stdout == full.stdout, short.stderr
+
+
 def test_a_run_folder_stands_for_its_exported_generator(trained_generator):
     by_run = run("textgan", "sample", "--model", str(trained_generator.parent), "-n", "3", "--seed", "4")
     assert by_run.returncode == 0, by_run.stderr

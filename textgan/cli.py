@@ -22,6 +22,40 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommands of ``parser`` (``textgan``), by name."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def _refuse_unknown_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Exit with one line naming an unknown command, or the first ``--option`` in ``argv`` that its command does
+    not know, with the closest one that it does. argparse looks for missing required options first: it would
+    report a misspelt required option (``--form neg``) as the missing one (``--from``), and name an unknown
+    option only after that, against ``textgan --help``."""
+    import difflib
+
+    commands = _commands(parser)
+    if not argv or argv[0] == "train":  # train's options are its recipe's, checked by its config
+        return
+    if argv[0].startswith("-"):  # textgan's own options come before a command
+        command, words = parser, argv[:1]
+    elif argv[0] in commands:
+        command, words = commands[argv[0]], argv[1:]
+    else:
+        close = difflib.get_close_matches(argv[0], list(commands), n=1)
+        parser.error(f"unknown command {argv[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                     + f"; choose one of {', '.join(commands)}")
+    known = [option for action in command._actions for option in action.option_strings if option.startswith("--")]
+    for word in words:
+        if word == "--":  # what follows is positional
+            return
+        name = word.split("=", 1)[0]
+        if not name.startswith("--") or any(option.startswith(name) for option in known):
+            continue  # argparse takes a unique prefix of an option, and says when a prefix is ambiguous
+        close = difflib.get_close_matches(name, known, n=1)
+        command.error(f"unknown option {name}" + (f" (did you mean {close[0]}?)" if close else ""))
+
+
 def _number(text: str, kind: type, what: str):
     try:
         return kind(text)
@@ -515,7 +549,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _train_error(f"name a recipe before {argv[1]!r}: textgan train RECIPE [PRESET.yaml] [key=value ...], "
                             f"RECIPE one of {', '.join(RECIPES)}")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _refuse_unknown_words(parser, argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # an extra word: said against the command's own --help rather than textgan's
+        _commands(parser)[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "train":
         if args.recipe not in RECIPES:
             named = next((word for word in args.args if word in RECIPES), None)
