@@ -19,6 +19,21 @@ def test_unknown_key_names_the_closest():
         parse_args(MLEConfig, ["stpes=3"])
 
 
+@pytest.mark.parametrize("argv, bad, written", [
+    (["--steps=3"], "--steps=3", "steps=3"),
+    (["--steps", "3"], "--steps", "steps=3"),  # argparse's way
+    (["--stpes=3"], "--stpes=3", "steps=3"),
+    (["steps=2", "--gen-lr", "1e-4"], "--gen-lr", "gen_lr=1e-4"),
+    (["steps=2", "disc_steps"], "disc_steps", "disc_steps=VALUE"),
+    (["--steps", "lr=1"], "--steps", "steps=VALUE"),  # the next word is an argument of its own
+])
+def test_an_option_written_another_way_is_shown_as_key_value(argv, bad, written):
+    with pytest.raises(ConfigError, match=f"^cannot read argument '{re.escape(bad)}'; write it as {re.escape(written)} "):
+        parse_args(ScratchGANConfig, argv)
+    with pytest.raises(ConfigError, match="^cannot read argument '--bogus'; give key=value pairs"):  # nothing like a key
+        parse_args(ScratchGANConfig, ["--bogus"])
+
+
 @pytest.mark.parametrize("item, message", [
     ("steps=ten", "steps: expected an integer"),
     ("lr=fast", "lr: expected a number"),

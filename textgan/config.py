@@ -183,6 +183,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _unreadable(item: str, following: str | None, cls) -> ConfigError:
+    """The error for ``item``, an argument that is neither key=value nor a leading preset: where it names a
+    field, or nearly (``--steps=3``, ``--steps 3``, ``--stpes=3``, ``steps``), how to write it."""
+    name, _, value = item.lstrip("-").partition("=")
+    if item.startswith("-") and not value and following is not None and "=" not in following:
+        value = following  # --steps 3
+    valid = [f.name for f in dataclasses.fields(cls)]
+    key = name.replace("-", "_")
+    close = [key] if key in valid else difflib.get_close_matches(key, valid, n=1)
+    if close:
+        return ConfigError(f"cannot read argument {item!r}; write it as {close[0]}={value or 'VALUE'} (key=value pairs, "
+                           "after an optional preset .yaml)")
+    return ConfigError(f"cannot read argument {item!r}; give key=value pairs (and optionally a preset .yaml first)")
+
+
 def help_text(cls, prog: str) -> str:
     lines = [f"usage: {prog} [PRESET.yaml] [key=value ...]", "", (cls.__doc__ or "").strip(), "", "fields:"]
     types = _types(cls)
@@ -215,7 +230,7 @@ def parse_args(cls, argv: list[str] | None = None, prog: str = "recipe"):
             except ConfigError as e:  # which file holds the bad key or value
                 raise ConfigError(f"{item}: {e}") from None
         else:
-            raise ConfigError(f"cannot read argument {item!r}; give key=value pairs (and optionally a preset .yaml first)")
+            raise _unreadable(item, argv[position + 1] if position + 1 < len(argv) else None, cls)
     config = apply_overrides(config, overrides)
     check = getattr(config, "check", None)
     if check is not None:
