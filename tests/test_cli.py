@@ -32,6 +32,20 @@ def test_sample_continues_a_prompt(trained_generator):
     assert len(lines) == 4 and all(line.startswith("a man riding ") for line in lines), lines
 
 
+def test_the_examples_in_textgan_help_parse():
+    import shlex
+
+    from textgan.cli import EXAMPLES, _refuse_unknown_words, build_parser
+    from textgan.recipes import RECIPES
+
+    commands = [shlex.split(line, comments=True)[1:] for line in EXAMPLES.splitlines() if line.startswith("  textgan ")]
+    assert {argv[0] for argv in commands} == {"train", "sample", "evaluate", "sweep", "transfer"}
+    for argv in commands:
+        _refuse_unknown_words(build_parser(), argv)
+        args = build_parser().parse_args(argv)
+        assert args.command != "train" or args.recipe in RECIPES
+
+
 def test_an_option_may_be_shortened_to_a_unique_prefix(trained_generator):
     """Refusing unknown options before argparse parses must not refuse what argparse accepts."""
     full = run("textgan", "sample", "--model", str(trained_generator), "-n", "3", "--temperature", "0.7", "--seed", "2")

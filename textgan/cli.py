@@ -136,8 +136,19 @@ def _version_line() -> str:
     return f"textgan {__version__} ({', '.join(found)}; Python {sys.version.split()[0]}; CPU matmul {onednn.describe()})"
 
 
+EXAMPLES = """examples:
+  textgan train scratchgan                           # a GAN on the embedded corpus, into runs/scratchgan
+  textgan sample --model runs/scratchgan -n 10       # sentences from a run (its exported generator)
+  textgan evaluate --samples runs/scratchgan         # the scores of a run's last samples
+  textgan sweep --model runs/mle --model runs/scratchgan --output sweep   # quality-diversity curves
+  textgan transfer --from neg --to pos "the food was cold ."               # with a style-transfer run
+
+'textgan COMMAND --help' lists a command's options."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="textgan", description="Train and sample adversarial text generators.")
+    parser = _Parser(prog="textgan", description="Train and sample adversarial text generators.", epilog=EXAMPLES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_VersionAction, help="print textgan's version and its libraries', and exit")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
