@@ -206,6 +206,27 @@ def test_a_fresh_run_clears_only_an_earlier_runs_files(tmp_path):
     assert not (own / "samples.txt").read_text().startswith("my own notes")
 
 
+def test_a_fresh_run_removes_the_earlier_runs_exported_model(tmp_path):
+    """Until a new run in an earlier run's out_dir exports its own model, its folder must not stand for the
+    earlier run's: during training or after a crash, textgan sample --model RUN samples the new run's newest
+    checkpoint (or says there is none yet). resume=true keeps the export, and a folder without the export's
+    file (a project's own model/) stays."""
+    from textgan.models.generator import ModelError, load_generator
+    from textgan.training import Run
+
+    run = tmp_path / "run"
+    mle.main(mle.MLEConfig(out_dir=str(run), **{**TINY_RUN, "steps": 2}))
+    assert (run / "generator" / "config.json").is_file()
+    (run / "model").mkdir()
+    (run / "model" / "notes.txt").write_text("mine\n")
+    Run(mle.MLEConfig(out_dir=str(run), **{**TINY_RUN, "steps": 2}, resume=True)).start()
+    assert (run / "generator" / "config.json").is_file()
+    Run(mle.MLEConfig(out_dir=str(run), **{**TINY_RUN, "steps": 2})).start()  # a new run, stopped before a checkpoint
+    assert not (run / "generator").exists() and (run / "model" / "notes.txt").read_text() == "mine\n"
+    with pytest.raises(ModelError, match="exported no model and written no checkpoint yet"):
+        load_generator(str(run))
+
+
 def test_scratchgan_discriminator_lm_head_trains_and_resumes(tmp_path):
     """From scratch with D's auxiliary LM loss and reward increments: the LM loss is logged and
     falls, and a resumed run (LM head restored from the checkpoint) ends where an unbroken one does."""

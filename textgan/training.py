@@ -259,6 +259,11 @@ def _log_step(line: str) -> int | None:
         return None  # a line cut short by a crash
 
 
+# The folders a run exports its model to, each with a file it always writes: generator/ (GAN and MLE recipes,
+# export_generator), model/ (style_transfer, Rewriter.save: transfer.json) and classifier/ (save_classifier).
+EXPORTS = {"generator": "config.json", "model": "transfer.json", "classifier": "classifier.json"}
+
+
 def run_config(path: str | Path) -> dict | None:
     """The resolved config of the textgan run that ``path`` is or lies in (a run folder, its samples
     file, its exported generator folder), read from the run's ``config.yaml``; None for anything
@@ -330,8 +335,10 @@ class Run:
 
     def start(self) -> None:
         """Write the resolved config and the new tokenizer; a fresh run (not ``resume``) first removes
-        what an earlier run left in ``out_dir`` (checkpoints, metrics and samples), if an earlier run
-        is there: a folder with a textgan ``config.yaml``, never a user's own samples.txt."""
+        what an earlier run left in ``out_dir`` (checkpoints, metrics, samples and the model it exported),
+        if an earlier run is there: a folder with a textgan ``config.yaml``, never a user's own samples.txt.
+        Until the new run exports its own, its folder then stands for its newest checkpoint, not for the
+        earlier run's model (``textgan sample --model RUN`` during training or after a crash)."""
         if not self.writes:
             return
         if not self.config.resume and (self.dir / "config.yaml").is_file() and self._earlier_run():
@@ -340,6 +347,9 @@ class Run:
             shutil.rmtree(self.checkpoints, ignore_errors=True)
             for name in ("metrics.jsonl", "samples.txt", "metrics.json"):
                 (self.dir / name).unlink(missing_ok=True)
+            for name, marker in EXPORTS.items():  # only a folder that holds what the export writes
+                if (self.dir / name / marker).is_file():
+                    shutil.rmtree(self.dir / name)
         if self._tokenizer is not None:
             self._tokenizer.save_pretrained(self.dir / "tokenizer")
         (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False), encoding="utf-8")

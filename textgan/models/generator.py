@@ -223,7 +223,9 @@ def load_generator(path: str, *, trust_remote_code: bool = False):
             checkpoints = run_checkpoints(local)
             if checkpoints:  # a run that stopped early or is still training: the model it would export
                 return checkpoint_generator(checkpoints, trust_remote_code=trust_remote_code)
-            if (local / "config.yaml").is_file() and (local / "checkpoints").is_dir():
+            from ..training import run_config
+
+            if run_config(local) is not None:  # a run folder, started afresh or still before its first checkpoint
                 raise ModelError(f"{path}: this run has exported no model and written no checkpoint yet; sample once "
                                  "it has written one (every checkpoint_every steps) or finished")
             raise ModelError(f"{path} has no config.json; give a textgan run folder (or its 'generator' folder) or a "
