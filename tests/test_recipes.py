@@ -227,6 +227,36 @@ def test_a_fresh_run_removes_the_earlier_runs_exported_model(tmp_path):
         load_generator(str(run))
 
 
+def test_a_crash_while_exporting_leaves_no_part_of_a_model(tmp_path, monkeypatch, capsys):
+    """The export is written beside the run's folder name and renamed into place: a crash halfway (a full disk)
+    leaves no generator/ with a config.json and half its weights, so the run folder stands for its newest
+    checkpoint, as for any run that has not exported yet, and the next export replaces the leftovers."""
+    from textgan.models import generator
+    from textgan.models.generator import load_generator
+
+    run = tmp_path / "run"
+    config = mle.MLEConfig(out_dir=str(run), **{**TINY_RUN, "steps": 2})
+    mle.main(config)
+    whole = generator.export_generator
+
+    def crash(model, tokenizer, out_dir):
+        whole(model, tokenizer, out_dir)
+        (out_dir / "model.safetensors").write_bytes(b"cut short")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(generator, "export_generator", crash)
+    with pytest.raises(OSError, match="No space left"):
+        mle.main(dataclasses.replace(config, seed=1))  # a new run over the earlier one
+    assert not (run / "generator").exists()
+    model, _ = load_generator(str(run))
+    assert "using its checkpoint" in capsys.readouterr().err
+    assert model.config.vocab_size > 0
+    monkeypatch.setattr(generator, "export_generator", whole)
+    mle.main(dataclasses.replace(config, seed=1, resume=True))  # finishes the export
+    assert (run / "generator" / "model.safetensors").stat().st_size > 1000
+    assert not (run / ".generator.partial").exists()
+
+
 def test_scratchgan_discriminator_lm_head_trains_and_resumes(tmp_path):
     """From scratch with D's auxiliary LM loss and reward increments: the LM loss is logged and
     falls, and a resumed run (LM head restored from the checkpoint) ends where an unbroken one does."""

@@ -329,6 +329,20 @@ class Run:
         """Whether out_dir's config.yaml is a textgan run's resolved config (not a user's own file of that name)."""
         return run_config(self.dir) is not None
 
+    def export(self, name: str, write) -> Path:
+        """The run's exported model folder ``name`` (of :data:`EXPORTS`), written whole or not at all:
+        ``write(folder)`` fills a temporary folder beside it, which then takes the earlier export's place.
+        A crash meanwhile leaves the earlier export or none, never part of one, so that the run folder
+        stands for a whole model or for its newest checkpoint."""
+        import shutil
+
+        final, partial = self.dir / name, self.dir / f".{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)  # what a crash in an earlier export left
+        write(partial)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        return final
+
     def keep_tokenizer(self, tokenizer) -> None:
         """Save ``tokenizer`` into ``out_dir/tokenizer`` when the run starts (a resumed run reads it back)."""
         self._tokenizer = tokenizer
@@ -345,7 +359,7 @@ class Run:
             import shutil
 
             shutil.rmtree(self.checkpoints, ignore_errors=True)
-            for name in ("metrics.jsonl", "samples.txt", "metrics.json"):
+            for name in ("metrics.jsonl", "samples.txt", "metrics.json", "rewrites_dev.txt", "rewrites_test.txt"):
                 (self.dir / name).unlink(missing_ok=True)
             for name, marker in EXPORTS.items():  # only a folder that holds what the export writes
                 if (self.dir / name / marker).is_file():
@@ -624,7 +638,7 @@ def finish(run: Run, setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
 
     if not run.writes:
         return values
-    export_generator(setup.generator, setup.tokenizer, run.dir / "generator")
+    run.export("generator", lambda folder: export_generator(setup.generator, setup.tokenizer, folder))
     values = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
     values["time/total_s"] = round(time.time() - run.started, 1)
     (run.dir / "metrics.json").write_text(json.dumps(values, indent=2), encoding="utf-8")

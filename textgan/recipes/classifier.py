@@ -132,8 +132,8 @@ def main(config: ClassifierConfig) -> dict:
     if data.test:
         scores.update({k.replace("eval/", "test/"): v for k, v in accuracy(model, tokenizer, data.test, styles).items()})
     run.log(config.steps, scores)
-    out = save_classifier(model, tokenizer, styles, run.dir / "classifier",
-                          extra={"normalize": config.normalize, "data": config.data, "dev_accuracy": scores["eval/accuracy"]})
+    extra = {"normalize": config.normalize, "data": config.data, "dev_accuracy": scores["eval/accuracy"]}
+    out = run.export("classifier", lambda folder: save_classifier(model, tokenizer, styles, folder, extra=extra))
     scores["time/total_s"] = round(time.time() - run.started, 1)
     (run.dir / "metrics.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
     for key, value in scores.items():

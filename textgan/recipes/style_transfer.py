@@ -414,7 +414,7 @@ def main(config: StyleTransferConfig) -> dict:
 
     if not run.writes:  # under torchrun, rank 0 exports and reports
         return {}
-    rewriter.save(run.dir / "model")
+    run.export("model", rewriter.save)
     final = {s: data.test.get(s) or data.dev[s] for s in styles}
     split = "test" if all(s in data.test for s in styles) else "dev"
     references = data.references if split == "test" else None
