@@ -79,6 +79,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_folder_atomic(final: Path, tmp: Path, write) -> Path:
+    """Write the folder ``final`` whole or not at all: ``write(tmp)`` fills ``tmp``, a sibling cleared of
+    what a crash left there, whose files are then flushed to disk before it takes ``final``'s place. A crash
+    leaves the earlier ``final`` or none (and perhaps ``tmp``), never part of one."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
+
+
 def save_checkpoint(
     directory: str | Path,
     step: int,
@@ -107,22 +124,13 @@ def save_checkpoint(
     meta = dict(state, step=step, optimizers=optim_meta,
                 python_rng=[python_rng[0], list(python_rng[1]), python_rng[2]])
 
-    final = directory / f"{PREFIX}{step:08d}"
-    tmp = directory / f".tmp_{PREFIX}{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(tensors, tmp / "tensors.safetensors")
-    meta["tensors_sha256"] = _sha256(tmp / "tensors.safetensors")
-    with open(tmp / "state.json", "w", encoding="utf-8") as f:
-        json.dump(meta, f)
-        f.flush()
-        os.fsync(f.fileno())
-    with open(tmp / "tensors.safetensors", "rb") as f:
-        os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(directory)
+    def write(tmp: Path) -> None:
+        tmp.mkdir()
+        save_file(tensors, tmp / "tensors.safetensors")
+        meta["tensors_sha256"] = _sha256(tmp / "tensors.safetensors")
+        (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+
+    final = write_folder_atomic(directory / f"{PREFIX}{step:08d}", directory / f".tmp_{PREFIX}{step:08d}", write)
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

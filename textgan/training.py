@@ -20,14 +20,16 @@ import torch
 import yaml
 
 from . import distributed, metrics
-from .checkpoint import CheckpointError, CheckpointMismatch, list_checkpoints, load_checkpoint
+from .checkpoint import CheckpointError, CheckpointMismatch, list_checkpoints, load_checkpoint, write_folder_atomic
 from .config import ConfigError, arg, check_bounds, check_choice, check_heads, check_unit_interval, parse_betas, to_dict
 from .data import Corpus, encode, load_corpus, sample_blocks, sequence_mask, write_text_atomic
 from .losses import DISC_OBJECTIVES, mle_loss
+from .models.classifier import CONFIG_FILE as CLASSIFIER_FILE
 from .models.generator import build_generator, load_generator, scored_logprobs, token_logprobs
 from .rl import BASELINE_KINDS
 from .sampling import bf16_sampling, sample_texts
 from .tokenization import TOKENIZER_KINDS, build_tokenizer, load_run_tokenizer, special_ids
+from .transfer import CONFIG_FILE as TRANSFER_FILE
 
 PRECISIONS = ("fp32", "bf16")
 SAMPLE_PRECISION = arg("fp32", "fp32, or bf16 with precision=bf16: the training steps sample with bf16 q/k/v and MLP "
@@ -260,8 +262,8 @@ def _log_step(line: str) -> int | None:
 
 
 # The folders a run exports its model to, each with a file it always writes: generator/ (GAN and MLE recipes,
-# export_generator), model/ (style_transfer, Rewriter.save: transfer.json) and classifier/ (save_classifier).
-EXPORTS = {"generator": "config.json", "model": "transfer.json", "classifier": "classifier.json"}
+# export_generator's config.json), model/ (style_transfer, Rewriter.save) and classifier/ (save_classifier).
+EXPORTS = {"generator": "config.json", "model": TRANSFER_FILE, "classifier": CLASSIFIER_FILE}
 
 
 def run_config(path: str | Path) -> dict | None:
@@ -334,14 +336,7 @@ class Run:
         ``write(folder)`` fills a temporary folder beside it, which then takes the earlier export's place.
         A crash meanwhile leaves the earlier export or none, never part of one, so that the run folder
         stands for a whole model or for its newest checkpoint."""
-        import shutil
-
-        final, partial = self.dir / name, self.dir / f".{name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)  # what a crash in an earlier export left
-        write(partial)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
-        return final
+        return write_folder_atomic(self.dir / name, self.dir / f".{name}.partial", write)
 
     def keep_tokenizer(self, tokenizer) -> None:
         """Save ``tokenizer`` into ``out_dir/tokenizer`` when the run starts (a resumed run reads it back)."""
