@@ -1,5 +1,6 @@
 """Style transfer: text normalization, the prompt layout, decoding, corpus BLEU, the recipe, the commands."""
 
+import json
 import random
 import shutil
 
@@ -315,8 +316,9 @@ def test_recipe_bad_config(tmp_path):
     assert_clean_error(run_cli("train", "classifier", "data=x", "stesp=3"), "did you mean 'steps'")
 
 
-def test_classifier_recipe(style_folder, tmp_path):
-    from textgan.models.classifier import classify, load_classifier
+def test_classifier_recipe(style_folder, tmp_path, capsys):
+    from textgan.models.classifier import classify, encode_batch, load_classifier
+    from textgan.models.generator import load_generator
     from textgan.recipes import classifier
 
     scores = classifier.main(classifier.ClassifierConfig(data=str(style_folder), out_dir=str(tmp_path / "c"), steps=200,
@@ -327,8 +329,23 @@ def test_classifier_recipe(style_folder, tmp_path):
     assert classify(model, tokenizer, ["the food was awful .", "the staff was lovely ."], info["labels"]) == ["neg", "pos"]
     by_run = load_classifier(tmp_path / "c")  # the run folder stands for its classifier
     assert classify(by_run[0], by_run[1], ["the food was awful ."], by_run[2]["labels"]) == ["neg"]
-    shutil.rmtree(tmp_path / "c" / "classifier")  # a run that stopped before it exported: resume it, says the error
-    for folder in (tmp_path / "c", max((tmp_path / "c" / "checkpoints").iterdir())):
+    sentences = ["the food was awful .", "the staff was lovely .", "what a place ."]
+    exported = by_run[0](encode_batch(by_run[1], sentences, by_run[0].pad_id))
+    # a run that stopped before it exported (or is still training) stands for its newest checkpoint's classifier,
+    # here the last step's, so the same as its export
+    shutil.rmtree(tmp_path / "c" / "classifier")
+    last = max((tmp_path / "c" / "checkpoints").iterdir())
+    for folder in (tmp_path / "c", last):
+        model, tokenizer, info = load_classifier(folder)
+        assert info["labels"] == by_run[2]["labels"] and info["normalize"] == by_run[2]["normalize"]
+        assert torch.equal(model(encode_batch(tokenizer, sentences, model.pad_id)), exported)
+    assert "checkpoint of step 200" in capsys.readouterr().err
+    with pytest.raises(ModelError, match="is a classifier run, not a generator"):  # nor is it a generator
+        load_generator(str(tmp_path / "c"))
+    state = json.loads((last / "state.json").read_text(encoding="utf-8"))  # an earlier textgan's checkpoint
+    del state["export"]
+    (last / "state.json").write_text(json.dumps(state), encoding="utf-8")
+    for folder in (tmp_path / "c", last):
         with pytest.raises(ModelError, match="has not exported its classifier yet.*resume=true"):
             load_classifier(folder)
 

@@ -82,7 +82,9 @@ def save_classifier(model: SentenceClassifier, tokenizer, labels: list[str], out
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
-    """Load a saved classifier folder. Returns (model in eval mode, tokenizer, info dict with ``labels``)."""
+    """Load a saved classifier folder, or a classifier run folder: the classifier it exported, or, where it has
+    exported none yet (it stopped early, or is still training), the one of its newest intact checkpoint (a
+    checkpoint folder picks the step). Returns (model in eval mode, tokenizer, info dict with ``labels``)."""
     from transformers import PreTrainedTokenizerFast
 
     path = Path(model_folder(str(path), names=("classifier",), marker=CONFIG_FILE))  # a run folder: its classifier
@@ -90,9 +92,10 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
         what = "is a file" if path.exists() else "no such folder"
         raise ModelError(f"{path}: {what}; give a classifier run folder or its 'classifier' folder "
                          "(python -m textgan.recipes.classifier)")
-    if not (path / CONFIG_FILE).is_file() and _unexported_classifier_run(path):
-        raise ModelError(f"{path}: a classifier run that has not exported its classifier yet (it stopped early, or is "
-                         "still training); run its command again with resume=true to finish and export it")
+    if not (path / CONFIG_FILE).is_file():
+        checkpoints = run_checkpoints(path)
+        if checkpoints and _records_classifier(checkpoints[0]):
+            return _checkpoint_classifier(checkpoints, device)
     if not (path / CONFIG_FILE).is_file() or not (path / "model.safetensors").is_file():
         raise ModelError(f"{path} is not a textgan classifier (it lacks {CONFIG_FILE} or model.safetensors); "
                          "train one with python -m textgan.recipes.classifier")
@@ -105,15 +108,46 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), tokenizer, info
 
 
-def _unexported_classifier_run(path: Path) -> bool:
-    """Whether ``path`` is a classifier run folder (or one of its checkpoints) with checkpoints but no export. Its
-    checkpoints record no model to rebuild, as a generator run's do (the recipe makes its tokenizer from the data),
-    so such a run is finished with resume=true rather than read from a checkpoint."""
-    checkpoints = run_checkpoints(path)
+def _records_classifier(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` records the classifier its run exports, as a classifier run's do (a style-transfer
+    or generator run's record their own model). A checkpoint that records none, a classifier run's of an
+    earlier textgan, is an error that says to finish the run."""
     try:
-        return bool(checkpoints) and "export" not in json.loads((checkpoints[0] / "state.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):  # a damaged checkpoint: the plain 'not a classifier' error
-        return False
+        state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):  # damaged: read_run_checkpoint passes it over, with a warning
+        return True
+    if "export" not in state:  # an earlier textgan's classifier run
+        raise ModelError(f"{checkpoint.parent.parent}: a run that has not exported its classifier yet, and whose "
+                         "checkpoints do not record it; run its command again with resume=true to finish and export it")
+    return "classifier" in state["export"]
+
+
+def _checkpoint_classifier(checkpoints: list[Path], device):
+    """(model, tokenizer, info) of the classifier a run exports when it ends, rebuilt from the first intact one of
+    ``checkpoints``, with the run's tokenizer. Says on stderr which step it loads."""
+    import sys
+
+    from transformers import PreTrainedTokenizerFast
+
+    from .generator import read_run_checkpoint
+
+    checkpoint, tensors, meta = read_run_checkpoint(checkpoints)
+    info = dict((meta.get("export") or {}).get("classifier") or {})
+    run_dir = checkpoint.parent.parent
+    if not info:
+        raise ModelError(f"{run_dir} is not a textgan classifier run; train one with python -m textgan.recipes.classifier")
+    prefix = f"model/{info.pop('module', 'classifier')}/"
+    try:
+        model = build_classifier(info["architecture"], {k[len(prefix):]: v for k, v in tensors.items()
+                                                        if k.startswith(prefix)})
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(run_dir / "tokenizer")
+    except load_errors() as e:
+        raise ModelError(f"{checkpoint}: cannot rebuild the run's classifier from it ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); run its command again with resume=true to "
+                         "finish and export it") from None
+    print(f"note: {run_dir} has not exported its classifier (it stopped early, or is still training): using its "
+          f"checkpoint of step {meta['step']}", file=sys.stderr)
+    return model.to(device).eval(), tokenizer, info
 
 
 def encode_batch(tokenizer, sentences: list[str], pad_id: int, max_length: int = 64) -> torch.Tensor:

@@ -154,9 +154,12 @@ def generator_from_checkpoint(checkpoint: Path, tensors: dict, meta: dict, *, tr
     from transformers import AutoConfig, AutoModelForCausalLM
 
     export = meta.get("export")
+    if export and "classifier" in export:
+        raise ModelError(f"{checkpoint.parent.parent} is a classifier run, not a generator's; give it where a classifier "
+                         "is asked for (classifier=), or a generator or style-transfer run here")
     if not export:
-        raise ModelError(f"{checkpoint} does not record a model to export (a classifier run's, or one of an older "
-                         "textgan); run its command again with resume=true to finish and export it")
+        raise ModelError(f"{checkpoint} does not record a model to export (one of an older textgan); run its command "
+                         "again with resume=true to finish and export it")
     prefix = f"model/{export['module']}/"
     try:
         config = dict(export["config"])

@@ -108,11 +108,16 @@ def main(config: ClassifierConfig) -> dict:
     optimizer = adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     compile_forward(model, config)
     modules, optimizers = {"classifier": model}, {"classifier": optimizer}
+    run.keep_tokenizer(tokenizer)
     state = restore(run, modules, optimizers, device)
     start = state["step"] if state else 0
 
     def evaluator():
         return accuracy(model, tokenizer, data.dev, styles), []
+
+    # what checkpoints record of the classifier this run exports, so that a run stopped early can be used as a judge
+    extra = {"normalize": config.normalize, "data": config.data}
+    export = {"classifier": {"module": "classifier", "labels": styles, "architecture": model.arch, **extra}}
 
     with progress(config.steps, start, "classifier") as bar:
         for step in range(start, config.steps):
@@ -123,7 +128,7 @@ def main(config: ClassifierConfig) -> dict:
                 loss = loss_mean(torch.nn.functional.cross_entropy(model(tokens), labels.to(device), reduction="none"))
                 loss = optimizer_step(loss, optimizer, model, config.grad_clip)
             bar.update(1)
-            periodic(run, None, config, step + 1, {"train/loss": loss}, bar, modules, optimizers,
+            periodic(run, None, config, step + 1, {"train/loss": loss}, bar, modules, optimizers, {"export": export},
                      last_step=config.steps, evaluator=evaluator)
 
     if not run.writes:  # under torchrun, rank 0 exports and reports
@@ -132,7 +137,7 @@ def main(config: ClassifierConfig) -> dict:
     if data.test:
         scores.update({k.replace("eval/", "test/"): v for k, v in accuracy(model, tokenizer, data.test, styles).items()})
     run.log(config.steps, scores)
-    extra = {"normalize": config.normalize, "data": config.data, "dev_accuracy": scores["eval/accuracy"]}
+    extra["dev_accuracy"] = scores["eval/accuracy"]
     out = run.export("classifier", lambda folder: save_classifier(model, tokenizer, styles, folder, extra=extra))
     scores["time/total_s"] = round(time.time() - run.started, 1)
     (run.dir / "metrics.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
