@@ -350,6 +350,22 @@ def test_classifier_recipe(style_folder, tmp_path, capsys):
             load_classifier(folder)
 
 
+def test_a_stopped_classifier_run_says_how_to_use_its_checkpoint(style_folder, tmp_path, monkeypatch):
+    import signal
+
+    from textgan import training
+    from textgan.models.classifier import load_classifier
+    from textgan.recipes import classifier
+
+    monkeypatch.setattr(training.stop_request, "signum", signal.SIGINT)  # Ctrl-C during the first step
+    out = tmp_path / "c"
+    with pytest.raises(training.Interrupted, match=f"'classifier={out}' uses the model of this checkpoint") as stop:
+        classifier.main(classifier.ClassifierConfig(data=str(style_folder), out_dir=str(out), steps=50, batch_size=8,
+                                                    dim=8, filters=8))
+    assert "after step 1;" in str(stop.value)
+    assert load_classifier(out)[2]["labels"] == ["neg", "pos"]  # and it does
+
+
 def test_load_classifier_errors(tmp_path, transfer_run):
     from textgan.models.classifier import load_classifier
 

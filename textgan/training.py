@@ -799,8 +799,10 @@ def periodic(run: Run, setup: Setup | None, config, step: int, values: dict[str,
             path = save_checkpoint(run.checkpoints, step, modules, optimizers, dict(state or {}, **extra),
                                    keep=config.keep_checkpoints)
         if stop_request.signum is not None and step != last_step:
-            transfer = (state or {}).get("export", {}).get("transfer")
+            export = (state or {}).get("export", {})
+            transfer = export.get("transfer")
             meanwhile = (f"textgan sample --model {run.dir}" if setup else
                          f"textgan transfer --model {run.dir} --from {transfer['styles'][0]} --to "
-                         f"{transfer['styles'][1]} ..." if transfer else "")
+                         f"{transfer['styles'][1]} ..." if transfer else
+                         f"classifier={run.dir}" if "classifier" in export else "")
             raise Interrupted(stop_request.signum, step, path, meanwhile)
