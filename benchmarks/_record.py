@@ -96,12 +96,19 @@ def _from_root(script: str) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else script
 
 
+def command() -> str:
+    """The command line that ran this script, quoted so that it can be pasted, after the textgan settings in the
+    environment (``TEXTGAN_CPU_MATMUL=default``, say), which change what a benchmark measures."""
+    settings = [f"{key}={shlex.quote(value)}" for key, value in sorted(os.environ.items()) if key.startswith("TEXTGAN_")]
+    return " ".join([*settings, "python", shlex.join([_from_root(sys.argv[0]), *sys.argv[1:]])])
+
+
 def record(name: str, results: dict, markdown: str) -> Path:
-    """Write results/<name>.json and results/<name>.md, each with the command, the date, the machine and the
-    command's wall time so far (:func:`wall_seconds`)."""
+    """Write results/<name>.json and results/<name>.md, each with the command (:func:`command`), the date, the
+    machine and the command's wall time so far (:func:`wall_seconds`)."""
     RESULTS.mkdir(exist_ok=True)
     meta = {
-        "command": "python " + shlex.join([_from_root(sys.argv[0]), *sys.argv[1:]]),  # quoted: it can be pasted
+        "command": command(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "wall_seconds": round(wall_seconds(), 1),

@@ -3,6 +3,7 @@ textgan's training step and sampler (``textgan.models.onednn``).
 
     python benchmarks/cpu_matmul.py          # full run: cpu_matmul_<cpu>.{json,md}
     python benchmarks/cpu_matmul.py --quick  # a smoke run, nothing recorded
+    python benchmarks/cpu_matmul.py --name cpu_matmul_amd_epyc_zen4   # beside another CPU of the same name
 
 In one run:
 1. a 2048 x 2048 fp32 product through ``torch.mm`` and through oneDNN (``torch.ops.mkldnn._linear_pointwise``),
@@ -100,6 +101,7 @@ def steps(d: int, repeats: int, runs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--name", default=None, help="results name (default: cpu_matmul_<cpu model>)")
     args = parser.parse_args()
     if onednn._operator() is None:
         raise SystemExit("error: this torch has no oneDNN linear operator; nothing to compare")
@@ -141,7 +143,7 @@ def main() -> None:
     print(md)
     if not args.quick:
         slug = re.sub(r"[^a-z0-9]+", "_", " ".join((cpu_model() or "cpu").lower().split()[:3])).strip("_")
-        record(f"cpu_matmul_{slug}", {"ceilings": ceilings, "products": product_rows, "steps": step_rows,
+        record(args.name or f"cpu_matmul_{slug}", {"ceilings": ceilings, "products": product_rows, "steps": step_rows,
                                       "active": onednn.active()}, md)
 
 

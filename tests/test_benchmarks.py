@@ -235,3 +235,6 @@ def test_a_record_states_the_command_machine_date_and_wall_time(tmp_path, monkey
     assert f", {saved['machine']['cpus']} CPUs" in text and "wall time 12.6 min." in text
     if saved["machine"]["cpu_id"]:
         assert f"{saved['machine']['cpu_model']}, {saved['machine']['cpu_id']})" in text
+    monkeypatch.setenv("TEXTGAN_CPU_MATMUL", "default")  # a setting that changes what is measured is part of it
+    monkeypatch.setenv("TEXTGAN_MALLOC", "a b")
+    assert record.command() == "TEXTGAN_CPU_MATMUL=default TEXTGAN_MALLOC='a b' python benchmarks/speed.py --name 'my run'"
