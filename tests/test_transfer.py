@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 import shutil
 
 import pytest
@@ -359,7 +360,7 @@ def test_a_stopped_classifier_run_says_how_to_use_its_checkpoint(style_folder, t
 
     monkeypatch.setattr(training.stop_request, "signum", signal.SIGINT)  # Ctrl-C during the first step
     out = tmp_path / "c"
-    with pytest.raises(training.Interrupted, match=f"'classifier={out}' uses the model of this checkpoint") as stop:
+    with pytest.raises(training.Interrupted, match=re.escape(f"'classifier={out}' uses the model of this checkpoint")) as stop:
         classifier.main(classifier.ClassifierConfig(data=str(style_folder), out_dir=str(out), steps=50, batch_size=8,
                                                     dim=8, filters=8))
     assert "after step 1;" in str(stop.value)
