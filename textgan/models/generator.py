@@ -139,10 +139,14 @@ def checkpoint_generator(checkpoints: list[Path], *, trust_remote_code: bool = F
     the run keeps one) and records its Hugging Face config; the tokenizer is the run's own, or that
     of the model it started from. Says on stderr which step it loads."""
     checkpoint, tensors, meta = read_run_checkpoint(checkpoints)
-    transfer = (meta.get("export") or {}).get("transfer")
+    export = meta.get("export") or {}
+    transfer = export.get("transfer")
     if transfer:  # as for an exported style-transfer model (textgan sample's --style)
         raise ModelError(f"{checkpoint.parent.parent} is a style-transfer run; choose a style with --style "
                          f"({', '.join(map(str, transfer['styles']))}), or rewrite sentences with textgan transfer")
+    if "classifier" in export:
+        raise ModelError(f"{checkpoint.parent.parent} is a classifier run, not a generator's; give it where a classifier "
+                         "is asked for (classifier=), or a generator or style-transfer run here")
     return generator_from_checkpoint(checkpoint, tensors, meta, trust_remote_code=trust_remote_code)
 
 
@@ -154,9 +158,6 @@ def generator_from_checkpoint(checkpoint: Path, tensors: dict, meta: dict, *, tr
     from transformers import AutoConfig, AutoModelForCausalLM
 
     export = meta.get("export")
-    if export and "classifier" in export:
-        raise ModelError(f"{checkpoint.parent.parent} is a classifier run, not a generator's; give it where a classifier "
-                         "is asked for (classifier=), or a generator or style-transfer run here")
     if not export:
         raise ModelError(f"{checkpoint} does not record a model to export (one of an older textgan); run its command "
                          "again with resume=true to finish and export it")
