@@ -343,6 +343,15 @@ def test_classifier_recipe(style_folder, tmp_path, capsys):
     assert "checkpoint of step 200" in capsys.readouterr().err
     with pytest.raises(ModelError, match="is a classifier run, not a generator"):  # nor is it a generator
         load_generator(str(tmp_path / "c"))
+    tokenizer_json = tmp_path / "c" / "tokenizer" / "tokenizer.json"
+    intact = tokenizer_json.read_bytes()
+    tokenizer_json.write_bytes(intact[: len(intact) // 2])  # cut short: resume cannot mend it, so it must not say so
+    with pytest.raises(ModelError, match="the run's tokenizer is damaged.*fresh out_dir"):
+        load_classifier(tmp_path / "c")
+    tokenizer_json.unlink()
+    with pytest.raises(ModelError, match="tokenizer folder is missing"):
+        load_classifier(tmp_path / "c")
+    tokenizer_json.write_bytes(intact)
     state = json.loads((last / "state.json").read_text(encoding="utf-8"))  # an earlier textgan's checkpoint
     del state["export"]
     (last / "state.json").write_text(json.dumps(state), encoding="utf-8")
