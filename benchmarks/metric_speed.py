@@ -2,13 +2,14 @@
 
     python benchmarks/metric_speed.py            # 10,000 hypotheses (COCO train) against COCO test
     python benchmarks/metric_speed.py --quick    # 500 hypotheses
+    python benchmarks/metric_speed.py --name metric_speed_amd_epyc_zen4   # another machine, beside the first record
 
 textgan and fast-bleu run on the whole input. nltk is quadratic (every hypothesis recounts every
 reference), so it runs on the first --nltk-sentences hypotheses against the same full reference
 set and its time is extrapolated linearly to all of them: per hypothesis its cost does not depend
 on which hypothesis it is. Its scores on those hypotheses are checked against ours (max |diff|).
 nltk is called once per order, as Texygen does. fast-bleu (C++) is optional: pip install fast-bleu.
-Writes benchmarks/results/metric_speed.{json,md}.
+Writes benchmarks/results/metric_speed.{json,md} (or --name's).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED, help="folder with COCO train.txt and test.txt")
     parser.add_argument("--sentences", type=int, default=10_000)
     parser.add_argument("--nltk-sentences", type=int, default=40)
+    parser.add_argument("--name", default="metric_speed", help="results name (default: metric_speed)")
     args = parser.parse_args()
     if not (args.data / "train.txt").exists():
         sys.exit(f"error: {args.data}/train.txt not found; pass --data with the COCO folder (../shared/data/coco)")
@@ -102,7 +104,7 @@ def main() -> None:
     markdown = "\n".join(lines) + "\n"
     print(markdown)
     if not args.quick:
-        record("metric_speed", {"rows": rows}, markdown)
+        record(args.name, {"rows": rows}, markdown)
 
 
 if __name__ == "__main__":
