@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..tokenization import load_run_tokenizer, token_ids
+from ..tokenization import token_ids
 from .generator import ModelError, load_errors, model_folder, run_checkpoints
 
 CONFIG_FILE = "classifier.json"
@@ -127,7 +127,7 @@ def _checkpoint_classifier(checkpoints: list[Path], device):
     ``checkpoints``, with the run's tokenizer. Says on stderr which step it loads."""
     import sys
 
-    from .generator import read_run_checkpoint
+    from .generator import _run_tokenizer, read_run_checkpoint
 
     checkpoint, tensors, meta = read_run_checkpoint(checkpoints)
     info = dict((meta.get("export") or {}).get("classifier") or {})
@@ -142,9 +142,7 @@ def _checkpoint_classifier(checkpoints: list[Path], device):
         raise ModelError(f"{checkpoint}: cannot rebuild the run's classifier from it ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); run its command again with resume=true to "
                          "finish and export it") from None
-    if not (run_dir / "tokenizer" / "tokenizer.json").is_file():
-        raise ModelError(f"{run_dir}: the run's tokenizer folder is missing; its checkpoints cannot be read as text")
-    tokenizer = load_run_tokenizer(run_dir / "tokenizer")  # a damaged one: a one-line error that resume cannot mend
+    tokenizer = _run_tokenizer(run_dir, None, trust_remote_code=False)  # missing or damaged: its own one-line error
     print(f"note: {run_dir} has not exported its classifier (it stopped early, or is still training): using its "
           f"checkpoint of step {meta['step']}", file=sys.stderr)
     return model.to(device).eval(), tokenizer, info
