@@ -127,7 +127,7 @@ def _checkpoint_classifier(checkpoints: list[Path], device):
     ``checkpoints``, with the run's tokenizer. Says on stderr which step it loads."""
     import sys
 
-    from .generator import _run_tokenizer, read_run_checkpoint
+    from .generator import read_run_checkpoint, run_tokenizer
 
     checkpoint, tensors, meta = read_run_checkpoint(checkpoints)
     info = dict((meta.get("export") or {}).get("classifier") or {})
@@ -142,7 +142,8 @@ def _checkpoint_classifier(checkpoints: list[Path], device):
         raise ModelError(f"{checkpoint}: cannot rebuild the run's classifier from it ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); run its command again with resume=true to "
                          "finish and export it") from None
-    tokenizer = _run_tokenizer(run_dir, None, trust_remote_code=False)  # missing or damaged: its own one-line error
+    # a missing or damaged tokenizer gets its own one-line error there
+    tokenizer = run_tokenizer(run_dir, started_from=None, trust_remote_code=False)
     print(f"note: {run_dir} has not exported its classifier (it stopped early, or is still training): using its "
           f"checkpoint of step {meta['step']}", file=sys.stderr)
     return model.to(device).eval(), tokenizer, info

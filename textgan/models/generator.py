@@ -172,13 +172,13 @@ def generator_from_checkpoint(checkpoint: Path, tensors: dict, meta: dict, *, tr
                          f"{str(e).splitlines()[0] if str(e) else ''}); run its command again with resume=true to "
                          "finish and export it") from None
     run_dir = checkpoint.parent.parent
-    tokenizer = _run_tokenizer(run_dir, meta.get("config", {}).get("model"), trust_remote_code)
+    tokenizer = run_tokenizer(run_dir, meta.get("config", {}).get("model"), trust_remote_code)
     print(f"note: {run_dir} has not exported its model (it stopped early, or is still training): using its checkpoint "
           f"of step {meta['step']}", file=sys.stderr)
     return model.eval(), tokenizer
 
 
-def _run_tokenizer(run_dir: Path, started_from: str | None, trust_remote_code: bool):
+def run_tokenizer(run_dir: Path, started_from: str | None, trust_remote_code: bool):
     """The tokenizer of a run's model: the run's own, or that of the model it started from (``model=``),
     which may itself be a run that has not exported yet."""
     from transformers import AutoTokenizer
@@ -194,8 +194,8 @@ def _run_tokenizer(run_dir: Path, started_from: str | None, trust_remote_code: b
     checkpoints = run_checkpoints(local) if local.is_dir() and not (local / "config.json").is_file() else []
     if checkpoints:
         meta = json.loads((checkpoints[0] / "state.json").read_text(encoding="utf-8"))
-        return _run_tokenizer(local if not local.name.startswith("step_") else local.parent.parent,
-                              meta.get("config", {}).get("model"), trust_remote_code)
+        return run_tokenizer(local if not local.name.startswith("step_") else local.parent.parent,
+                             meta.get("config", {}).get("model"), trust_remote_code)
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
                                          local_files_only=hub.cache_only(source))
 
