@@ -115,6 +115,22 @@ def _torchrun(*args, recipe="scratchgan", processes=2):
                           env=env, check=False)
 
 
+@pytest.mark.parametrize("world_size", [None, "2"])
+def test_a_torchrun_process_exits_without_the_interpreters_teardown(world_size):
+    """Every recipe ends through exit_process: under torchrun (WORLD_SIZE > 1) it flushes its output and leaves
+    with os._exit, so no atexit handler or finalizer runs (gloo's worker threads can abort the process there);
+    alone, it exits as usual. Either way the exit status is the recipe's."""
+    script = ("import atexit\nfrom textgan.distributed import exit_process\n"
+              "atexit.register(lambda: print('teardown ran'))\nprint('written', end='')\nexit_process(3)\n")
+    env = {key: value for key, value in os.environ.items() if key != "WORLD_SIZE"}
+    if world_size:
+        env["WORLD_SIZE"] = world_size
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env,
+                            check=False)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert result.stdout == ("written" if world_size else "writtenteardown ran\n")
+
+
 def test_torchrun_two_processes_train_checkpoint_and_resume(tmp_path):
     out = tmp_path / "run"
     common = [f"out_dir={out}", "device=cpu", "grammar_sentences=300", "d_model=32", "n_layers=1", "n_heads=2", "pretrain_steps=4",

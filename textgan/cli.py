@@ -601,5 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `torchrun ... -m textgan.cli train RECIPE` among others
+    from .distributed import exit_process
+
+    exit_process(main())

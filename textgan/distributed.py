@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -100,6 +101,25 @@ def init(device: str = "auto") -> bool:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with exit status ``code``: the last call of a command-line entry point.
+
+    A process that torchrun started leaves without the interpreter's teardown (``os._exit``, once its output is
+    flushed), since gloo can kill it there. A gloo worker thread drops the work of the last all-reduce only after
+    the caller has its result, and that work holds tensors whose Python objects are still alive; dropping them takes
+    the GIL, which a finalizing interpreter answers by ending the thread, and the unwind through gloo's C++ frames
+    calls ``std::terminate`` ("terminate called without an active exception", SIGABRT). :func:`shutdown` does not
+    prevent it: it unregisters the process group, but the worker threads outlive it. It struck 2 of 161 2-process
+    runs on a 2-core AMD EPYC, after the run had written everything, and torchrun failed the whole run for it
+    (``benchmarks/results/torchrun_exit_amd_epyc_zen4.md``). By this point everything a command writes is closed and
+    renamed into place. A process run alone exits as usual (``sys.exit``)."""
+    if launched_world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -10,7 +10,6 @@ trains a CNN sentence classifier on balanced batches. The exported folder
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -148,6 +147,7 @@ def main(config: ClassifierConfig) -> dict:
 
 
 if __name__ == "__main__":
+    from ..distributed import exit_process
     from ._cli import run_recipe
 
-    sys.exit(run_recipe(ClassifierConfig, main, "python -m textgan.recipes.classifier"))
+    exit_process(run_recipe(ClassifierConfig, main, "python -m textgan.recipes.classifier"))

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 from ..config import arg, check_bounds, check_unit_interval
@@ -76,6 +75,7 @@ def main(config: MLEConfig) -> dict:
 
 
 if __name__ == "__main__":
+    from ..distributed import exit_process
     from ._cli import run_recipe
 
-    sys.exit(run_recipe(MLEConfig, main, "python -m textgan.recipes.mle"))
+    exit_process(run_recipe(MLEConfig, main, "python -m textgan.recipes.mle"))

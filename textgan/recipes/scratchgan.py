@@ -18,7 +18,6 @@ ScratchGAN's own estimator (REINFORCE on the sampled token, rewards from D's pre
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -261,6 +260,7 @@ def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, 
 
 
 if __name__ == "__main__":
+    from ..distributed import exit_process
     from ._cli import run_recipe
 
-    sys.exit(run_recipe(ScratchGANConfig, main, "python -m textgan.recipes.scratchgan"))
+    exit_process(run_recipe(ScratchGANConfig, main, "python -m textgan.recipes.scratchgan"))

@@ -12,7 +12,6 @@ batch to the policy-gradient loss, which holds G near its MLE start while D's re
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -164,6 +163,7 @@ def adversarial_step(config, generator, discriminator, gen_opt, ema, prompt, set
 
 
 if __name__ == "__main__":
+    from ..distributed import exit_process
     from ._cli import run_recipe
 
-    sys.exit(run_recipe(SeqGANConfig, main, "python -m textgan.recipes.seqgan"))
+    exit_process(run_recipe(SeqGANConfig, main, "python -m textgan.recipes.seqgan"))

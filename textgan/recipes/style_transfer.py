@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
 
@@ -442,6 +441,7 @@ def report(scores: dict, split: str, judge_name: str) -> str:
 
 
 if __name__ == "__main__":
+    from ..distributed import exit_process
     from ._cli import run_recipe
 
-    sys.exit(run_recipe(StyleTransferConfig, main, "python -m textgan.recipes.style_transfer"))
+    exit_process(run_recipe(StyleTransferConfig, main, "python -m textgan.recipes.style_transfer"))
