@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,6 +130,16 @@ def test_a_torchrun_process_exits_without_the_interpreters_teardown(world_size):
                             check=False)
     assert result.returncode == 3, result.stderr[-2000:]
     assert result.stdout == ("written" if world_size else "writtenteardown ran\n")
+
+
+@pytest.mark.parametrize("module", ["recipes/scratchgan.py", "recipes/seqgan.py", "recipes/mle.py",
+                                    "recipes/style_transfer.py", "recipes/classifier.py", "cli.py", "__main__.py"])
+def test_every_module_torchrun_starts_ends_through_exit_process(module):
+    import textgan
+
+    source = (Path(textgan.__file__).parent / module).read_text(encoding="utf-8")
+    ending = source[source.index('if __name__ == "__main__"'):] if module != "__main__.py" else source
+    assert "exit_process(" in ending and "sys.exit(" not in ending
 
 
 def test_torchrun_two_processes_train_checkpoint_and_resume(tmp_path):
