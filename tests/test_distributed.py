@@ -142,6 +142,33 @@ def test_every_module_torchrun_starts_ends_through_exit_process(module):
     assert "exit_process(" in ending and "sys.exit(" not in ending
 
 
+def test_the_console_script_under_torchrun_ends_through_exit_process(tmp_path):
+    """`torchrun --no-python textgan train RECIPE`: the console script's wrapper ends with sys.exit, so `textgan
+    train` itself leaves through exit_process under torchrun. An atexit handler (from a sitecustomize on the path)
+    shows whether the interpreter's teardown ran: under torchrun it must not, alone it does."""
+    script = Path(sys.executable).with_name("textgan")
+    if not script.is_file():
+        pytest.skip(f"no console script beside {sys.executable}: install the project (pip install -e .)")
+    (tmp_path / "sitecustomize.py").write_text(  # torchrun's own process has its teardown, and says so by name
+        "import atexit, os, sys\n"
+        "atexit.register(lambda: print('teardown ran in', os.path.basename(sys.argv[0]), file=sys.stderr))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env.pop("WORLD_SIZE", None)
+    config = ["device=cpu", "grammar_sentences=300", "d_model=32", "n_layers=1", "n_heads=2", "batch_size=16",
+              "steps=2", "eval_every=1000", "eval_samples=8"]
+    spread = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "--no-python", str(script), "train", "mle", f"out_dir={tmp_path / 'spread'}", *config],
+                            capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert spread.returncode == 0, spread.stderr[-3000:]
+    assert (tmp_path / "spread" / "generator" / "config.json").is_file()
+    assert "teardown ran in textgan" not in spread.stderr and "teardown ran in run.py" in spread.stderr
+    alone = subprocess.run([str(script), "train", "mle", f"out_dir={tmp_path / 'alone'}", *config],
+                           capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "teardown ran in textgan" in alone.stderr
+
+
 def test_torchrun_two_processes_train_checkpoint_and_resume(tmp_path):
     out = tmp_path / "run"
     common = [f"out_dir={out}", "device=cpu", "grammar_sentences=300", "d_model=32", "n_layers=1", "n_heads=2", "pretrain_steps=4",

@@ -571,11 +571,15 @@ def main(argv: list[str] | None = None) -> int:
             if named and ("=" in args.recipe or args.recipe.endswith((".yaml", ".yml"))):  # the order mixed up
                 return _train_error(f"name the recipe first: textgan train {named} [PRESET.yaml] [key=value ...]")
             return _train_error(f"unknown recipe {args.recipe!r}; choose one of {', '.join(RECIPES)}")
+        from .distributed import exit_process, launched_world_size
         from .recipes import load_recipe
         from .recipes._cli import run_recipe
 
         module, config_cls = load_recipe(args.recipe)
-        return run_recipe(config_cls, module.main, f"textgan train {args.recipe}", args.args)
+        code = run_recipe(config_cls, module.main, f"textgan train {args.recipe}", args.args)
+        if launched_world_size() > 1:  # the console script (torchrun --no-python textgan train ...) would sys.exit
+            exit_process(code)
+        return code
     from . import memory
     from .config import ConfigError
     from .data import DataError
