@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import yaml
 
@@ -103,14 +107,43 @@ def plan_run(recipe: str, out: Path, overrides: list[str], retrain: bool) -> lis
     return overrides
 
 
-def run_recipe(recipe: str, overrides: list[str], out: Path) -> dict:
+def launch(recipe: str, args: list[str], output: IO[str] | None, in_process: bool, cwd: Path | None = None) -> None:
+    """Train ``python -m textgan.recipes.<recipe> ARGS`` in a subprocess, as a user runs it, its output (stdout,
+    and stderr too where ``output`` is a file) into ``output`` (None: nowhere); a failed run raises
+    ``CalledProcessError``. ``in_process`` (the --quick smoke runs) trains through the same entry point in this
+    process instead: a smoke run is a few steps, and a fresh interpreter's imports of torch and transformers
+    are most of its time (4 of the 5 seconds of the few steps of MLE that a smoke run trains)."""
+    command = [sys.executable, "-m", f"textgan.recipes.{recipe}", *args]
+    if not in_process:
+        subprocess.run(command, check=True, cwd=cwd, stdout=output or subprocess.DEVNULL,
+                       stderr=subprocess.STDOUT if output else None)
+        return
+    import torch
+
+    from textgan.recipes import load_recipe
+    from textgan.recipes._cli import run_recipe as run_entry_point
+
+    module, config_cls = load_recipe(recipe)
+    here = Path.cwd()
+    sink = output or io.StringIO()
+    try:
+        os.chdir(cwd or here)
+        with torch.enable_grad(), contextlib.redirect_stdout(sink), \
+                (contextlib.redirect_stderr(sink) if output else contextlib.nullcontext()):
+            code = run_entry_point(config_cls, module.main, f"python -m textgan.recipes.{recipe}", args)
+    finally:
+        os.chdir(here)
+    if code:
+        raise subprocess.CalledProcessError(code, command)
+
+
+def run_recipe(recipe: str, overrides: list[str], out: Path, in_process: bool = False) -> dict:
     """Run ``python -m textgan.recipes.<recipe>`` with ``overrides`` (``out_dir=out`` among them) from the
-    repository root, so that preset paths resolve from anywhere. -> the run's final ``metrics.json`` with its
-    wall seconds, start-up included, as ``wall_s``."""
-    command = [sys.executable, "-m", f"textgan.recipes.{recipe}", *overrides]
-    print("running:", " ".join(["python", *command[1:]]), flush=True)
+    repository root, so that preset paths resolve from anywhere (in this process where ``in_process``: see
+    :func:`launch`). -> the run's final ``metrics.json`` with its wall seconds, start-up included, as ``wall_s``."""
+    print("running:", " ".join(["python", "-m", f"textgan.recipes.{recipe}", *overrides]), flush=True)
     start = time.time()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+    launch(recipe, overrides, None, in_process, cwd=ROOT)
     return {"wall_s": round(time.time() - start, 1), **json.loads((out / "metrics.json").read_text())}
 
 
@@ -141,10 +174,9 @@ def train_all(work: Path, common: list[str], recipes: dict[str, list[str] | tupl
             continue
         if "resume=true" in args:
             print(f"{label}: resuming the interrupted run in {out} (its time below is the rest of the run only)")
-        command = [sys.executable, "-m", f"textgan.recipes.{recipe}", *args]
-        print("running:", " ".join(["python", *command[1:]]), flush=True)
+        print("running:", " ".join(["python", "-m", f"textgan.recipes.{recipe}", *args]), flush=True)
         start = time.time()
         with open(work / f"{label}.log", "w") as log:
-            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+            launch(recipe, args, log, in_process=quick)  # a smoke run's in this process
         seconds[label] = round(time.time() - start, 1)
     return seconds

@@ -45,7 +45,7 @@ def meets_bar(row: dict) -> bool:
 
 def run_seed(seed: int, out: Path, quick: bool, changes: list[str] = ()) -> dict:
     overrides = [f"seed={seed}", "print_samples=0", *changes, f"out_dir={out}", *(QUICK if quick else [])]
-    return {"seed": seed, **run_recipe("scratchgan", overrides, out)}
+    return {"seed": seed, **run_recipe("scratchgan", overrides, out, in_process=quick)}
 
 
 def changes_slug(changes: list[str]) -> str:

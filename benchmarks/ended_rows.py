@@ -107,7 +107,7 @@ def main() -> None:
             out = Path(scratch) / "mle"
             overrides = [f"out_dir={out}", f"steps={30 if args.quick else args.steps}", "eval_every=100000",
                          "eval_samples=32"] + (["d_model=32", "n_layers=1"] if args.quick else [])
-            run_recipe("mle", overrides, out)
+            run_recipe("mle", overrides, out, in_process=args.quick)
             path = str(out / "generator")
         model, tokenizer = load_generator(path)
     model.eval()

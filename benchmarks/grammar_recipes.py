@@ -74,7 +74,7 @@ def main() -> None:
             overrides = [*extra, f"out_dir={out}"]  # a preset file, if any, comes first
             if args.quick:
                 overrides += QUICK["mle"] + (QUICK[recipe] if recipe != "mle" else [])  # later values win
-            result = run_recipe(recipe, overrides, out)
+            result = run_recipe(recipe, overrides, out, in_process=args.quick)
             rows.append({"variant": label, "command": " ".join(["python", "-m", f"textgan.recipes.{recipe}", *extra]),
                          "measured": measured, **result})  # result holds the run's wall_s
     if args.only and not args.quick:  # re-run some variants: keep the recorded others

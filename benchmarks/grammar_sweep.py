@@ -80,7 +80,7 @@ def train(model: str, out: Path, seed: int, quick: bool, retrain: bool) -> None:
     if overrides is None:
         print(f"{model}: reusing {out}", flush=True)
         return
-    run_recipe(recipe, overrides, out)
+    run_recipe(recipe, overrides, out, in_process=quick)
 
 
 def differences(config: dict, defaults: dict[str, dict]) -> tuple[str, dict]:

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _pipeline import launch
 from _record import record
 
 from textgan.oracle import Oracle, to_text
@@ -219,9 +220,9 @@ def main() -> None:
         for label, overrides in list(MLE_VARIANTS.items())[: 1 if args.quick else None]:
             out = work / label.split(",")[0]
             extra = ["steps=20", "eval_every=10"] if args.quick else []
-            command = [sys.executable, "-m", "textgan.recipes.mle", *common, *overrides, *extra, f"out_dir={out}"]
             print("running:", label, flush=True)
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with open(os.devnull, "w") as nowhere:  # in this process under --quick (_pipeline.launch)
+                launch("mle", [*common, *overrides, *extra, f"out_dir={out}"], nowhere, in_process=args.quick)
             best, evals = best_evaluation(out)
             rows.append({"model": f"MLE {label}", "nll_test": best["eval/nll_valid"], "best_step": best["step"],
                          "nll_oracle": None, "evals": evals})

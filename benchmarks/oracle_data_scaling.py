@@ -82,7 +82,7 @@ def transformer_row(train: torch.Tensor, test: torch.Tensor, length: int, steps:
                  "checkpoint_every=100000", "print_samples=0", f"out_dir={out}"]
     if quick:
         overrides += ["steps=20", "eval_every=10", "d_model=32"]
-    metrics = run_recipe("mle", overrides, out)
+    metrics = run_recipe("mle", overrides, out, in_process=quick)
     best, evals = best_evaluation(out)
     return {"model": "Transformer, MLE recipe (d128, 2 layers)", "detail": f"step {best['step']} of {steps}",
             "nll_test": best["eval/nll_valid"], "wall_s": metrics["wall_s"], "evals": evals}

@@ -120,14 +120,17 @@ def head_compare(rows: int, vocab: int, steps: int, width: int = 192) -> dict:
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def transfer_steps(warmup_steps: int, adversarial_steps: int, runs: int, data: Path = YELP) -> dict:
+def transfer_steps(warmup_steps: int, adversarial_steps: int, runs: int, data: Path = YELP,
+                   batch_size: int | None = None) -> dict:
     """Mean seconds of the style-transfer recipe's warm-up and adversarial steps (from its log, the
-    first two of each kind left out), ``runs`` runs with each forward in turn, on the style folder ``data``."""
+    first two of each kind left out), ``runs`` runs with each forward in turn, on the style folder ``data``,
+    with the preset's batch or ``batch_size``."""
     from textgan.recipes import load_recipe
 
     module, config_cls = load_recipe("style_transfer")
     preset = yaml.safe_load((ROOT / "recipes" / "yelp_transfer.yaml").read_text())
     preset = {k: preset[k] for k in ("d_model", "n_layers", "n_heads", "max_length", "batch_size")}
+    preset["batch_size"] = batch_size or preset["batch_size"]
     seconds = {name: {"warm-up": [], "adversarial": []} for name in TRANSFER_FORWARDS}
     for _ in range(runs):
         for name in TRANSFER_FORWARDS:
@@ -183,7 +186,7 @@ def main() -> None:
                      f"| {', '.join(f'{recipe_flops / s / 1e9 / ceiling:.0%}' for s in seconds)} |")
     head = []
     for rows, vocab in HEAD_SIZES:
-        head.append({"rows": rows, "vocab": vocab, "seconds": head_compare(rows, vocab, 5 if args.quick else 30)})
+        head.append({"rows": rows, "vocab": vocab, "seconds": head_compare(rows, vocab, 2 if args.quick else 30)})
     lines += ["", (f"The vocabulary head alone (width 192): target log-probabilities, forward and backward, from the "
                    f"whole logits or in blocks of rows (`fast_forward._HeadLogProbs`, which `head_logprobs` takes "
                    f"from {fast_forward.CHUNKED_HEAD_LOGITS:,} logits on); medians, alternating:"), "",
@@ -201,7 +204,7 @@ def main() -> None:
                 for path in YELP.iterdir():
                     first = path.read_text(encoding="utf-8").splitlines(keepends=True)[:2000]
                     (Path(subset) / path.name).write_text("".join(first), encoding="utf-8")
-                transfer = transfer_steps(4, 4, 1, Path(subset))
+                transfer = transfer_steps(3, 3, 1, Path(subset), batch_size=16)
         else:
             transfer = transfer_steps(20, 20, 3)
         lines += ["", ("The style-transfer recipe (`recipes/yelp_transfer.yaml`'s model: d192, 3 layers, 64 Yelp "
