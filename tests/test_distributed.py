@@ -143,9 +143,9 @@ def test_every_module_torchrun_starts_ends_through_exit_process(module):
 
 
 def test_the_console_script_under_torchrun_ends_through_exit_process(tmp_path):
-    """`torchrun --no-python textgan train RECIPE`: the console script's wrapper ends with sys.exit, so `textgan
-    train` itself leaves through exit_process under torchrun. An atexit handler (from a sitecustomize on the path)
-    shows whether the interpreter's teardown ran: under torchrun it must not, alone it does."""
+    """`torchrun --no-python textgan train RECIPE`: the console script (textgan.cli.run) ends through exit_process,
+    not through its generated wrapper's sys.exit. An atexit handler (from a sitecustomize on the path) shows
+    whether the interpreter's teardown ran: under torchrun it must not, alone it does."""
     script = Path(sys.executable).with_name("textgan")
     if not script.is_file():
         pytest.skip(f"no console script beside {sys.executable}: install the project (pip install -e .)")

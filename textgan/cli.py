@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 from .data import argument_text, read_lines, write_text_atomic
 from .recipes import RECIPES
@@ -571,15 +572,11 @@ def main(argv: list[str] | None = None) -> int:
             if named and ("=" in args.recipe or args.recipe.endswith((".yaml", ".yml"))):  # the order mixed up
                 return _train_error(f"name the recipe first: textgan train {named} [PRESET.yaml] [key=value ...]")
             return _train_error(f"unknown recipe {args.recipe!r}; choose one of {', '.join(RECIPES)}")
-        from .distributed import exit_process, launched_world_size
         from .recipes import load_recipe
         from .recipes._cli import run_recipe
 
         module, config_cls = load_recipe(args.recipe)
-        code = run_recipe(config_cls, module.main, f"textgan train {args.recipe}", args.args)
-        if launched_world_size() > 1:  # the console script (torchrun --no-python textgan train ...) would sys.exit
-            exit_process(code)
-        return code
+        return run_recipe(config_cls, module.main, f"textgan train {args.recipe}", args.args)
     from . import memory
     from .config import ConfigError
     from .data import DataError
@@ -603,6 +600,15 @@ def main(argv: list[str] | None = None) -> int:
         again = "; run it again with --resume to keep the rows it made" if args.command == "sweep" else ""
         print(f"interrupted; textgan {args.command} stopped before it finished{again}", file=sys.stderr)
         return 130
+
+
+def run() -> NoReturn:
+    """The console script ``textgan``: :func:`main`, ending through :func:`textgan.distributed.exit_process`
+    rather than the generated wrapper's ``sys.exit``, so that ``torchrun --no-python textgan train RECIPE`` skips
+    the interpreter's teardown as ``torchrun -m textgan.recipes.RECIPE`` does."""
+    from .distributed import exit_process
+
+    exit_process(main())
 
 
 if __name__ == "__main__":  # `torchrun ... -m textgan.cli train RECIPE` among others
