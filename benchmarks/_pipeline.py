@@ -137,6 +137,16 @@ def launch(recipe: str, args: list[str], output: IO[str] | None, in_process: boo
         raise subprocess.CalledProcessError(code, command)
 
 
+def run_logged(recipe: str, args: list[str], log: Path, in_process: bool) -> float:
+    """Train ``python -m textgan.recipes.<recipe> ARGS`` (see :func:`launch`), its output into the file ``log``.
+    -> its wall seconds."""
+    print("running:", " ".join(["python", "-m", f"textgan.recipes.{recipe}", *args]), f"(log: {log})", flush=True)
+    start = time.time()
+    with open(log, "w") as f:
+        launch(recipe, args, f, in_process)
+    return round(time.time() - start, 1)
+
+
 def run_recipe(recipe: str, overrides: list[str], out: Path, in_process: bool = False) -> dict:
     """Run ``python -m textgan.recipes.<recipe>`` with ``overrides`` (``out_dir=out`` among them) from the
     repository root, so that preset paths resolve from anywhere (in this process where ``in_process``: see
@@ -174,9 +184,5 @@ def train_all(work: Path, common: list[str], recipes: dict[str, list[str] | tupl
             continue
         if "resume=true" in args:
             print(f"{label}: resuming the interrupted run in {out} (its time below is the rest of the run only)")
-        print("running:", " ".join(["python", "-m", f"textgan.recipes.{recipe}", *args]), flush=True)
-        start = time.time()
-        with open(work / f"{label}.log", "w") as log:
-            launch(recipe, args, log, in_process=quick)  # a smoke run's in this process
-        seconds[label] = round(time.time() - start, 1)
+        seconds[label] = run_logged(recipe, args, work / f"{label}.log", in_process=quick)  # a smoke run's here
     return seconds

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from _pipeline import launch
+from _pipeline import run_logged
 from _record import record
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "yelp"
@@ -46,24 +46,14 @@ QUICK = {
 }
 
 
-def run(recipe: str, args: list[str], log: Path, quick: bool) -> float:
-    """Train ``python -m textgan.recipes.<recipe> ARGS``, its output into ``log`` (in this process under --quick:
-    ``_pipeline.launch``). -> its wall seconds."""
-    print("running:", " ".join(["python", "-m", f"textgan.recipes.{recipe}", *args]), f"(log: {log})", flush=True)
-    start = time.time()
-    with open(log, "w") as f:
-        launch(recipe, args, f, in_process=quick)
-    return round(time.time() - start, 1)
-
-
 def ensure_judge(classifier: Path, data: Path, work: Path, extra: list[str] = (), quick: bool = False) -> float | None:
     """Train the judge (textgan.recipes.classifier on Yelp train) unless ``classifier`` holds one:
     its training seconds, or None when it was there already."""
     if (classifier / "classifier.json").is_file():
         return None
     work.mkdir(parents=True, exist_ok=True)
-    return run("classifier", [f"data={data}", f"out_dir={classifier.parent}", "steps=4000", *extra],
-               work / "classifier.log", quick)
+    return run_logged("classifier", [f"data={data}", f"out_dir={classifier.parent}", "steps=4000", *extra],
+                      work / "classifier.log", quick)
 
 
 def work_paths(args) -> None:
@@ -100,14 +90,16 @@ def prepare(args) -> dict[str, float]:
         for split, path in (("train", train), ("dev", valid)):
             path.write_text("".join((data / f"{split}.{s}").read_text(encoding="utf-8") for s in ("neg", "pos")),
                             encoding="utf-8")
-        seconds["lm"] = run("mle", [f"data={train}", f"valid_file={valid}", f"out_dir={args.lm.parent}",
-                                    "max_length=20", "d_model=128", "n_layers=2", "steps=2000", "batch_size=128",
-                                    "lr=1e-3", "eval_every=1000", "checkpoint_every=1000", *quick["lm"]],
-                            work / "lm.log", args.quick)
+        seconds["lm"] = run_logged("mle", [f"data={train}", f"valid_file={valid}", f"out_dir={args.lm.parent}",
+                                           "max_length=20", "d_model=128", "n_layers=2", "steps=2000",
+                                           "batch_size=128", "lr=1e-3", "eval_every=1000", "checkpoint_every=1000",
+                                           *quick["lm"]],
+                                   work / "lm.log", args.quick)
     if not (args.model / "transfer.json").is_file():
-        seconds["transfer"] = run("style_transfer", [str(PRESET), f"data={data}", f"out_dir={args.model.parent}",
-                                                     f"classifier={args.classifier}", *quick["transfer"]],
-                                  work / "transfer.log", args.quick)
+        seconds["transfer"] = run_logged("style_transfer", [str(PRESET), f"data={data}",
+                                                            f"out_dir={args.model.parent}",
+                                                            f"classifier={args.classifier}", *quick["transfer"]],
+                                         work / "transfer.log", args.quick)
     return seconds
 
 
