@@ -20,6 +20,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate
 from pathlib import Path
 
 _NONTERMINAL = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -59,6 +60,10 @@ class Grammar:
         self.start = start
         self._check()
         self._expand = lru_cache(maxsize=None)(self._expand_uncached)
+        # Each nonterminal's alternatives with their cumulative probabilities, for sample(): random.choices
+        # would add the weights up again at every draw, and draws the same alternative from these.
+        self._choices = {lhs: ([rhs for rhs, _ in alts], list(accumulate(p for _, p in alts)))
+                         for lhs, alts in rules.items()}
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -137,8 +142,8 @@ class Grammar:
             if not is_nonterminal(symbol):
                 out.append(symbol)
                 continue
-            alternatives = self.rules[symbol]
-            rhs = rng.choices([a for a, _ in alternatives], weights=[p for _, p in alternatives])[0]
+            alternatives, cumulative = self._choices[symbol]
+            rhs = rng.choices(alternatives, cum_weights=cumulative)[0]
             stack.extend(reversed(rhs))
         return out
 
