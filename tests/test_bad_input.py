@@ -47,6 +47,10 @@ def sandbox(tmp_path_factory, trained_generator, transfer_run):
     one = root / "one_style"
     one.mkdir()
     (one / "train.neg").write_text("bad food .\n")
+    for name, log in (("run_ok", b'{"step": 5, "time": 1.0, "gen/loss": 2.5, "disc/loss": 0.7}\n'), ("run_empty", b""),
+                      ("run_cut", b'{"step": 5, "gen/lo'), ("run_bad_utf8", b'{"step": 5, "gen/\xff": 1.0}\n')):
+        (root / name).mkdir()
+        (root / name / "metrics.jsonl").write_bytes(log)
     return {"root": root, "generator": trained_generator, "transfer": transfer_run / "model", "mismatched": mismatched}
 
 
@@ -140,6 +144,24 @@ CASES = [
     ("sweep-missing-references", lambda s: ["sweep", "--model", str(s["generator"]), "--references", R(s, "none.txt"), "--output", R(s, "sw")], ["no such file"]),
     ("sweep-bad-utf8-references", lambda s: ["sweep", "--model", str(s["generator"]), "--references", R(s, "bad.txt"), "--output", R(s, "sw")], ["UTF-8"]),
     ("sweep-empty-references", lambda s: ["sweep", "--model", str(s["generator"]), "--references", R(s, "empty.txt"), "--output", R(s, "sw")], ["no sentences"]),
+    # textgan plot
+    ("plot-missing-run", lambda s: ["plot", R(s, "norun")], ["no such run folder"]),
+    ("plot-folder-without-log", lambda s: ["plot", R(s, "not_a_model")], ["holds no metrics.jsonl"]),
+    ("plot-exported-model-folder", lambda s: ["plot", str(s["generator"])], ["holds no metrics.jsonl", "did you mean"]),
+    ("plot-empty-log", lambda s: ["plot", R(s, "run_empty")], ["no metrics logged yet"]),
+    ("plot-only-a-cut-line", lambda s: ["plot", R(s, "run_cut")], ["no metrics logged yet"]),
+    ("plot-bad-utf8", lambda s: ["plot", R(s, "run_bad_utf8")], ["UTF-8"]),
+    ("plot-empty-run", lambda s: ["plot", ""], ["empty path"]),
+    ("plot-unknown-metric", lambda s: ["plot", R(s, "run_ok"), "--metrics", "dsic"], ["no metric or group 'dsic'", "did you mean 'disc'"]),
+    ("plot-several-runs-without-output", lambda s: ["plot", R(s, "run_ok"), f"b={R(s, 'run_ok')}"], ["--output"]),
+    ("plot-same-label-twice", lambda s: ["plot", f"a={R(s, 'run_ok')}", f"a={R(s, 'run_ok')}", "--output", R(s, "c.png")],
+     ["labelled 'a'"]),
+    ("plot-not-an-image", lambda s: ["plot", R(s, "run_ok"), "--output", R(s, "curves.txt")], ["not an image format"]),
+    ("plot-onto-its-log", lambda s: ["plot", R(s, "run_ok"), "--output", R(s, "run_ok/metrics.jsonl")], ["is the run_ok log"]),
+    ("plot-unwritable-output", lambda s: ["plot", R(s, "run_ok"), "--output", R(s, "no/c.png")], ["cannot write"]),
+    ("plot-output-is-a-directory", lambda s: ["plot", R(s, "run_ok"), "--output", R(s, "adir")], ["directory"]),
+    ("plot-empty-output", lambda s: ["plot", R(s, "run_ok"), "--output", ""], ["--output", "path is empty"]),
+    ("plot-smoothing-of-one", lambda s: ["plot", R(s, "run_ok"), "--smooth", "1"], ["--smooth", "below 1"]),
 ]
 
 

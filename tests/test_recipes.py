@@ -210,7 +210,7 @@ def test_a_fresh_run_removes_the_earlier_runs_exported_model(tmp_path):
     """Until a new run in an earlier run's out_dir exports its own model, its folder must not stand for the
     earlier run's: during training or after a crash, textgan sample --model RUN samples the new run's newest
     checkpoint (or says there is none yet). resume=true keeps the export, and a folder without the export's
-    file (a project's own model/) stays."""
+    file (a project's own model/) stays. The earlier run's curves.png (textgan plot) goes with its log."""
     from textgan.models.generator import ModelError, load_generator
     from textgan.training import Run
 
@@ -219,10 +219,12 @@ def test_a_fresh_run_removes_the_earlier_runs_exported_model(tmp_path):
     assert (run / "generator" / "config.json").is_file()
     (run / "model").mkdir()
     (run / "model" / "notes.txt").write_text("mine\n")
+    (run / "curves.png").write_bytes(b"textgan plot's image of the run's log")
     Run(mle.MLEConfig(out_dir=str(run), **{**TINY_RUN, "steps": 2}, resume=True)).start()
-    assert (run / "generator" / "config.json").is_file()
+    assert (run / "generator" / "config.json").is_file() and (run / "curves.png").is_file()
     Run(mle.MLEConfig(out_dir=str(run), **{**TINY_RUN, "steps": 2})).start()  # a new run, stopped before a checkpoint
     assert not (run / "generator").exists() and (run / "model" / "notes.txt").read_text() == "mine\n"
+    assert not (run / "curves.png").exists()  # not the new run's curves
     with pytest.raises(ModelError, match="exported no model and written no checkpoint yet"):
         load_generator(str(run))
 

@@ -5,6 +5,7 @@
     textgan transfer --from neg --to pos [--model DIR] [--input FILE | SENTENCE ...] [--decoding greedy|sample|beam|rerank]
     textgan evaluate --samples FILE [--references FILE] [--train FILE] [--metrics bleu,self-bleu,...] [--json OUT]
     textgan sweep --model [LABEL=]DIR [--model ...] --temperatures 0.7,1.0,1.2 -n 2000 --references FILE --output DIR
+    textgan plot [LABEL=]RUN [...] [--metrics gen,disc,eval] [--smooth 0.6] [--output FILE]
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ EXAMPLES = """examples:
   textgan evaluate --samples runs/scratchgan         # the scores of a run's last samples
   textgan sweep --model runs/mle --model runs/scratchgan --output sweep   # quality-diversity curves
   textgan transfer --from neg --to pos "the food was cold ."               # with a style-transfer run
+  textgan plot runs/scratchgan                       # its logged metrics over training, in runs/scratchgan/curves.png
 
 'textgan COMMAND --help' lists a command's options."""
 
@@ -242,7 +244,24 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--resume", action="store_true", help="keep the rows an interrupted sweep in --output already "
                        "made from the same models and inputs, and make the rest")
     _add_device_argument(sweep)
+
+    plot = commands.add_parser("plot", help="draw the metrics runs logged over their training steps")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="[LABEL=]run folder (its out_dir) or its metrics.jsonl; "
+                      "several runs share the panels, a colour each")
+    plot.add_argument("--metrics", default="", help="comma-separated metric names or groups, e.g. disc,eval,"
+                      "gen/entropy (default: every metric logged more than once)")
+    plot.add_argument("--smooth", type=_smoothing, default=0.6, help="weight of the moving average drawn over the "
+                      "training metrics, from 0 (none) to below 1 (default 0.6, TensorBoard's)")
+    plot.add_argument("--output", default="", action=_PathAction, help="image file, .png, .pdf or .svg (default: "
+                      "curves.png in the run folder; needed for several runs)")
     return parser
+
+
+def _smoothing(text: str) -> float:
+    value = _number(text, float, "a number in [0, 1)")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {value}")
+    return value
 
 
 def _add_device_argument(parser) -> None:
@@ -532,6 +551,44 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .curves import CurvesError, check_image_path, log_of, plot_curves, read_log, select
+
+    if len(args.runs) > 1 and not args.output:
+        raise CurvesError("name the image with --output when plotting several runs, e.g. --output curves.png")
+    logs = {}
+    for spec in args.runs:
+        label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        log = log_of(path)
+        label = label or log.parent.resolve().name
+        if label in logs:
+            raise CurvesError(f"two runs are labelled {label!r}; name them, e.g. {label}-2={path}")
+        logs[label] = log
+    output = args.output or str(next(iter(logs.values())).parent / "curves.png")
+    _check_output(output, {f"{label} log": str(log) for label, log in logs.items()})
+    check_image_path(output)
+    runs = {}
+    for label, log in logs.items():
+        runs[label], skipped = read_log(log)
+        if skipped:
+            print(f"note: {log}: passed over {skipped} line(s) that are not whole records (a run killed while it "
+                  "wrote one)", file=sys.stderr)
+    names = list(dict.fromkeys(name for series in runs.values() for name in series))
+    metrics = select(names, args.metrics)
+    single = [] if args.metrics else [name for name in metrics if all(len(s.get(name, ((), ()))[1]) <= 1
+                                                                       for s in runs.values())]
+    if len(single) < len(metrics):  # by default no panel for a lone value (a final test score): no curve to draw
+        metrics = [name for name in metrics if name not in single]
+    else:
+        single = []
+    title = next(iter(logs)) if len(logs) == 1 else ""
+    path = plot_curves(runs, output, metrics, smooth=args.smooth, title=title)
+    last = max(series[name][0][-1] for series in runs.values() for name in metrics if name in series)
+    print(f"wrote {path}: {len(metrics)} metrics of {len(runs)} run{'s' if len(runs) > 1 else ''}, to step {last}"
+          + (f" ({len(single)} logged once each left out, such as {single[0]}: --metrics draws them)" if single else ""))
+    return 0
+
+
 TRAIN_USAGE = f"""usage: textgan train RECIPE [PRESET.yaml] [key=value ...]
 
 Run a training recipe; RECIPE is one of {', '.join(RECIPES)}.
@@ -579,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_recipe(config_cls, module.main, f"textgan train {args.recipe}", args.args)
     from . import memory
     from .config import ConfigError
+    from .curves import CurvesError
     from .data import DataError
     from .evaluation import EvaluationError
     from .fed import EncoderError
@@ -588,12 +646,14 @@ def main(argv: list[str] | None = None) -> int:
     from .sampling import PromptError
     from .transfer import StyleError
 
-    command = {"sample": cmd_sample, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "transfer": cmd_transfer}[args.command]
+    command = {"sample": cmd_sample, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "transfer": cmd_transfer,
+               "plot": cmd_plot}[args.command]
     try:
         onednn.setting()  # a bad TEXTGAN_CPU_MATMUL stops the command before it reads anything
         memory.keep_freed_memory()  # as a bad TEXTGAN_MALLOC does
         return command(args)
-    except (ConfigError, ModelError, DataError, EvaluationError, EncoderError, OracleError, PromptError, StyleError) as e:
+    except (ConfigError, CurvesError, ModelError, DataError, EvaluationError, EncoderError, OracleError, PromptError,
+            StyleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: files are written whole or not at all, so say so and stop, no traceback

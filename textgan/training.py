@@ -344,8 +344,8 @@ class Run:
 
     def start(self) -> None:
         """Write the resolved config and the new tokenizer; a fresh run (not ``resume``) first removes
-        what an earlier run left in ``out_dir`` (checkpoints, metrics, samples and the model it exported),
-        if an earlier run is there: a folder with a textgan ``config.yaml``, never a user's own samples.txt.
+        what an earlier run left in ``out_dir`` (checkpoints, metrics and their plot, samples and the model
+        it exported), if an earlier run is there: a folder with a textgan ``config.yaml``, never a user's own samples.txt.
         Until the new run exports its own, its folder then stands for its newest checkpoint, not for the
         earlier run's model (``textgan sample --model RUN`` during training or after a crash)."""
         if not self.writes:
@@ -354,7 +354,8 @@ class Run:
             import shutil
 
             shutil.rmtree(self.checkpoints, ignore_errors=True)
-            for name in ("metrics.jsonl", "samples.txt", "metrics.json", "rewrites_dev.txt", "rewrites_test.txt"):
+            for name in ("metrics.jsonl", "samples.txt", "metrics.json", "curves.png", "rewrites_dev.txt",
+                         "rewrites_test.txt"):
                 (self.dir / name).unlink(missing_ok=True)
             for name, marker in EXPORTS.items():  # only a folder that holds what the export writes
                 if (self.dir / name / marker).is_file():

@@ -1,0 +1,223 @@
+"""Training curves: the metrics a run logs to ``metrics.jsonl``, one panel each (``textgan plot``).
+
+A GAN's log is read for its dynamics more than for a final number: whether the discriminator wins
+(its accuracies near 1, the reward falling), whether the generator collapses (entropy, sample length
+and the evaluations' distinct-4 and unique rates falling together), whether the evaluations still
+improve. Every number a run logs is a series over its steps. Training metrics, logged every
+``log_every`` steps from one batch each, are noisy: they are drawn faint, with a moving average over
+them (TensorBoard's, an exponential average debiased so that it starts at the first value), except
+learning rates (``.../lr``), which are schedules;
+evaluations (``eval/``, ``test/``) are drawn as points, the run's final one (``metrics.json``) at its
+last logged step, and a reference value of the training corpus (``ref/distinct_4`` beside
+``eval/distinct_4``) as a dashed line in its panel. Several runs share the panels, a colour each.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from pathlib import Path
+
+from .data import read_text
+
+LOG = "metrics.jsonl"
+FINAL = "metrics.json"  # a finished run's final evaluation, beside its log
+NOT_METRICS = ("step", "time")  # every record's own fields; and timings, "time/...", are no curves
+EVALUATIONS = ("eval/", "test/", "ref/")  # logged at evaluation steps only: points, not smoothed
+
+Series = dict[str, tuple[list[int], list[float]]]  # metric -> (steps, values)
+
+
+class CurvesError(ValueError):
+    """A run's log or a plotting option cannot be used; the message says what to do."""
+
+
+def log_of(path: str | Path) -> Path:
+    """The ``metrics.jsonl`` of a run folder, or ``path`` itself where it names a file."""
+    if not str(path).strip():
+        raise CurvesError("no run was named (an empty path); give a run folder (its out_dir), e.g. runs/scratchgan")
+    path = Path(path)
+    if path.is_dir():
+        if (path / LOG).is_file():
+            return path / LOG
+        if (path / "config.yaml").is_file():  # a run that has not logged yet
+            raise CurvesError(f"{path}: no metrics logged yet (a run logs every log_every steps); plot it once it has "
+                              "trained that far")
+        parent = path.resolve().parent  # a run's exported model, say: the run is the folder above
+        hint = any((parent / name).is_file() for name in (LOG, "config.yaml"))
+        raise CurvesError(f"{path} holds no {LOG}; give a textgan run folder (its out_dir)"
+                          + (f" (did you mean {path.parent}, the run it belongs to?)" if hint else ""))
+    if not path.exists():
+        raise CurvesError(f"{path}: no such run folder or file; give a run folder (its out_dir), e.g. runs/scratchgan")
+    return path
+
+
+def read_log(path: str | Path) -> tuple[Series, int]:
+    """The series of a ``metrics.jsonl``: metric -> (steps, values), in the order first logged, and the number
+    of lines that are not records (the last line of a run killed while it wrote, which its resumption drops).
+    Values that are not finite become NaN (a gap in the curve); fields that are not numbers are left out."""
+    series: Series = {}
+    skipped = 0
+    for line in read_text(path).splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            step = int(record["step"])
+        except (ValueError, KeyError, TypeError, IndexError):
+            skipped += 1
+            continue
+        _add(series, step, record)
+    if not series:
+        raise CurvesError(f"{path}: no metrics logged yet (a run logs every log_every steps); plot it once it has "
+                          "trained that far")
+    _add_final(series, Path(path))
+    return series, skipped
+
+
+def _add(series: Series, step: int, record: dict) -> None:
+    """Append the numbers of one record at ``step``; a non-finite value as NaN (null in metrics.json)."""
+    for name, value in record.items():
+        if name in NOT_METRICS or name.startswith("time/") or isinstance(value, bool):
+            continue
+        if value is None or isinstance(value, (int, float)):
+            steps, values = series.setdefault(name, ([], []))
+            steps.append(step)
+            values.append(float(value) if value is not None and math.isfinite(value) else math.nan)
+
+
+def _add_final(series: Series, log: Path) -> None:
+    """A finished run's final evaluation, its ``metrics.json``, at its last logged step: the recipes evaluate once
+    more when they finish, and write that only there. Left out where the file is older than the log (a finished
+    run resumed for more steps has not written its new one yet) or is not a record."""
+    final = log.with_name(FINAL)
+    if log.name != LOG or not final.is_file() or final.stat().st_mtime_ns < log.stat().st_mtime_ns:
+        return
+    try:
+        record = json.loads(final.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return
+    if not isinstance(record, dict):
+        return
+    last = max(steps[-1] for steps, _ in series.values())
+    _add(series, last, {name: value for name, value in record.items()
+                        if name not in series or series[name][0][-1] < last})  # not twice at one step
+
+
+def smoothed(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing: the exponential moving average ``a = weight * a + (1 - weight) * v``, divided by
+    ``1 - weight ** n`` after n values so that it starts at the first value and not at 0. NaNs stay gaps and do
+    not count. ``weight`` 0 gives the values back."""
+    if not 0 <= weight < 1:
+        raise CurvesError(f"the smoothing weight must be in [0, 1), got {weight}")
+    out, average, count = [], 0.0, 0
+    for value in values:
+        if math.isnan(value):
+            out.append(math.nan)
+            continue
+        count += 1
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**count))
+    return out
+
+
+def select(names: list[str], wanted: str) -> list[str]:
+    """The metrics among ``names`` that ``wanted`` asks for: comma-separated names (``disc/real_acc``) or groups
+    (``disc``, ``disc/``: every metric whose name starts with ``disc/``), in the order asked; every name where
+    ``wanted`` is empty. An entry that matches nothing is an error naming the closest name or group."""
+    if not wanted.strip():
+        return list(names)
+    groups = list(dict.fromkeys(name.split("/", 1)[0] for name in names if "/" in name))
+    chosen: list[str] = []
+    for entry in (part.strip() for part in wanted.split(",")):
+        if not entry:
+            continue
+        group = entry.rstrip("/")
+        matched = [entry] if entry in names else [n for n in names if n.startswith(group + "/")]
+        if not matched:
+            close = difflib.get_close_matches(entry, names + groups, n=1)
+            raise CurvesError(f"no metric or group {entry!r} in the log" + (f" (did you mean {close[0]!r}?)" if close
+                              else "") + f"; choose from the groups {', '.join(groups)} or names such as "
+                              f"{', '.join(names[:4])}")
+        chosen += [name for name in matched if name not in chosen]
+    if not chosen:
+        raise CurvesError("--metrics names no metric; give names or groups separated by commas, e.g. disc,eval")
+    return chosen
+
+
+def check_image_path(path: str | Path) -> None:
+    """``path``'s suffix is an image format matplotlib writes (.png, .pdf, .svg, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise CurvesError(f"cannot draw {path}: " + (f"'.{suffix}' is not an image format" if suffix else
+                          "it has no file extension") + "; name a .png, .pdf or .svg file")
+
+
+def _reference_of(name: str) -> str | None:
+    """The evaluation a ``ref/`` metric is the corpus's value of (``ref/distinct_4`` -> ``eval/distinct_4``)."""
+    return "eval/" + name[len("ref/"):] if name.startswith("ref/") else None
+
+
+def plot_curves(runs: dict[str, Series], path: str | Path, metrics: list[str], smooth: float = 0.6,
+                title: str = "") -> Path:
+    """Draw ``metrics`` of each run (label -> :func:`read_log` series) over steps, a panel each, into ``path``,
+    written whole or not at all (a temporary file beside it, then renamed). -> ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    check_image_path(path)
+    panels = [name for name in metrics if not _reference_of(name) or _reference_of(name) not in metrics]
+    columns = min(4, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.5 * rows + 0.4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, name in zip(axes.flat, panels):
+        reference = "ref/" + name[len("eval/"):] if name.startswith("eval/") else None
+        for i, (label, series) in enumerate(runs.items()):
+            colour = colours[i % len(colours)]
+            if name in series:
+                steps, values = series[name]
+                if name.startswith(EVALUATIONS) or smooth == 0 or len(values) < 2:
+                    ax.plot(steps, values, color=colour, marker="o", markersize=3, linewidth=1.2, label=label)
+                elif name.endswith("/lr"):  # a schedule, not a noisy measurement: as it is
+                    ax.plot(steps, values, color=colour, linewidth=1.5, label=label)
+                else:
+                    ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
+                    ax.plot(steps, smoothed(values, smooth), color=colour, linewidth=1.5, label=label)
+            if reference in series and reference in metrics:
+                ax.plot(*series[reference], color=colour, linestyle="--", linewidth=1.0, alpha=0.8)
+        shown = f"{name}  (dashed: {reference})" if any(reference in s for s in runs.values()) and reference in metrics \
+            else name
+        ax.set_title(shown, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("step", fontsize=8)
+    if len(runs) > 1:  # one legend for the figure, with every run (some may lack the first panel's metric)
+        legend = {}
+        for ax in axes.flat:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+        fig.legend(legend.values(), legend.keys(), loc="upper center", ncol=min(len(legend), 6), fontsize=8,
+                   frameon=False)
+    elif title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")  # its suffix keeps the format
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
