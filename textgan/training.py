@@ -640,7 +640,7 @@ def finish(run: Run, setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
     (run.dir / "metrics.json").write_text(json.dumps(values, indent=2), encoding="utf-8")
     print(report(values))
     print(f"\nrun folder: {run.dir}  (generator exported to {run.dir / 'generator'}; "
-          f"try: textgan sample --model {run.dir / 'generator'} -n 10)")
+          f"try: textgan sample --model {run.dir / 'generator'} -n 10; training curves: textgan plot {run.dir})")
     return values
 
 
