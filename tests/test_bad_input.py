@@ -162,6 +162,7 @@ CASES = [
     ("plot-output-is-a-directory", lambda s: ["plot", R(s, "run_ok"), "--output", R(s, "adir")], ["directory"]),
     ("plot-empty-output", lambda s: ["plot", R(s, "run_ok"), "--output", ""], ["--output", "path is empty"]),
     ("plot-smoothing-of-one", lambda s: ["plot", R(s, "run_ok"), "--smooth", "1"], ["--smooth", "below 1"]),
+    ("plot-unknown-x-axis", lambda s: ["plot", R(s, "run_ok"), "--x", "hours"], ["--x", "invalid choice"]),
 ]
 
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from conftest import run_module
 
-from textgan.curves import CurvesError, read_log, select, smoothed
+from textgan.curves import CurvesError, minutes_at, read_log, select, smoothed
 
 
 def _write_log(folder, records, tail=""):
@@ -44,6 +44,17 @@ def test_a_final_evaluation_older_than_the_log_is_left_out(tmp_path):
     older = log.stat().st_mtime_ns - 10**9
     os.utime(final, ns=(older, older))
     assert "eval/nll" not in read_log(log)[0]
+
+
+def test_the_training_clock_runs_on_over_a_resumption(tmp_path):
+    """A resumed process's records restart their time near 0: minutes go on from the last time before."""
+    log = _write_log(tmp_path / "run", [
+        {"step": 10, "time": 60.0, "gen/loss": 3.0}, {"step": 10, "time": 90.0, "eval/nll": 4.0},
+        {"step": 20, "time": 120.0, "gen/loss": 2.0},
+        {"step": 30, "time": 30.0, "gen/loss": 1.5},  # resumed from step 20's checkpoint
+        {"step": 40, "time": 90.0, "gen/loss": 1.0}, {"step": 50, "gen/loss": 0.5},
+    ], tail='{"step": 60, "ti')
+    assert minutes_at(log) == {10: 1.0, 20: 2.0, 30: 2.5, 40: 3.5}
 
 
 def test_smoothing_is_tensorboards_debiased_moving_average():
@@ -106,6 +117,9 @@ def test_textgan_plot_compares_runs_on_chosen_metrics(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"wrote {out}: 3 metrics of 2 runs, to step 4"
     _image_size(out)
+    timed = _write_log(tmp_path / "timed", [{"step": s, "time": 30.0 * s, "gen/loss": 1.0 / s} for s in (1, 2, 3)])
+    result = run_module("textgan", "plot", str(a.parent), str(timed.parent), "--x", "minutes", "--output", str(out))
+    assert result.returncode == 0 and "3 metrics of 2 runs, to step 3" in result.stdout, result  # a has no times
     once = _write_log(tmp_path / "once", [{"step": 5, "test/bleu": 20.0}])  # only lone values: drawn all the same
     result = run_module("textgan", "plot", str(once.parent))
     assert result.returncode == 0 and result.stdout.strip().endswith(": 1 metrics of 1 run, to step 5"), result

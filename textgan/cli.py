@@ -5,7 +5,7 @@
     textgan transfer --from neg --to pos [--model DIR] [--input FILE | SENTENCE ...] [--decoding greedy|sample|beam|rerank]
     textgan evaluate --samples FILE [--references FILE] [--train FILE] [--metrics bleu,self-bleu,...] [--json OUT]
     textgan sweep --model [LABEL=]DIR [--model ...] --temperatures 0.7,1.0,1.2 -n 2000 --references FILE --output DIR
-    textgan plot [LABEL=]RUN [...] [--metrics gen,disc,eval] [--smooth 0.6] [--output FILE]
+    textgan plot [LABEL=]RUN [...] [--metrics gen,disc,eval] [--smooth 0.6] [--x step|minutes] [--output FILE]
 """
 
 from __future__ import annotations
@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "gen/entropy (default: every metric logged more than once)")
     plot.add_argument("--smooth", type=_smoothing, default=0.6, help="weight of the moving average drawn over the "
                       "training metrics, from 0 (none) to below 1 (default 0.6, TensorBoard's)")
+    plot.add_argument("--x", choices=("step", "minutes"), default="step", help="the x axis: training steps, or "
+                      "minutes of training, to compare recipes whose steps cost differently (default step)")
     plot.add_argument("--output", default="", action=_PathAction, help="image file, .png, .pdf or .svg (default: "
                       "curves.png in the run folder; needed for several runs)")
     return parser
@@ -552,7 +554,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .curves import CurvesError, check_image_path, log_of, plot_curves, read_log, select
+    from .curves import CurvesError, check_image_path, log_of, minutes_at, plot_curves, read_log, select
 
     if len(args.runs) > 1 and not args.output:
         raise CurvesError("name the image with --output when plotting several runs, e.g. --output curves.png")
@@ -582,7 +584,8 @@ def cmd_plot(args) -> int:
     else:
         single = []
     title = next(iter(logs)) if len(logs) == 1 else ""
-    path = plot_curves(runs, output, metrics, smooth=args.smooth, title=title)
+    clocks = {label: minutes_at(log) for label, log in logs.items()} if args.x == "minutes" else None
+    path = plot_curves(runs, output, metrics, smooth=args.smooth, title=title, clocks=clocks)
     last = max(series[name][0][-1] for series in runs.values() for name in metrics if name in series)
     print(f"wrote {path}: {len(metrics)} metrics of {len(runs)} run{'s' if len(runs) > 1 else ''}, to step {last}"
           + (f" ({len(single)} logged once each left out, such as {single[0]}: --metrics draws them)" if single else ""))

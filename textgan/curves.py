@@ -77,6 +77,28 @@ def read_log(path: str | Path) -> tuple[Series, int]:
     return series, skipped
 
 
+def minutes_at(path: str | Path) -> dict[int, float]:
+    """The minutes a run had trained at each step it logged: the ``time`` of the step's first record (seconds
+    since its process started the run), carried over resumptions. A resumed process starts its clock again, so
+    where a record's time is below the one before it, the time before is added to all that follows; the time
+    between a crashed process's last record and the crash is lost."""
+    clock: dict[int, float] = {}
+    offset = last = 0.0
+    for line in read_text(path).splitlines():
+        try:
+            record = json.loads(line)
+            step, seconds = int(record["step"]), float(record["time"])
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
+        if not math.isfinite(seconds):
+            continue
+        if seconds < last:
+            offset += last
+        last = seconds
+        clock.setdefault(step, (offset + seconds) / 60)
+    return clock
+
+
 def _add(series: Series, step: int, record: dict) -> None:
     """Append the numbers of one record at ``step``; a non-finite value as NaN (null in metrics.json)."""
     for name, value in record.items():
@@ -164,9 +186,12 @@ def _reference_of(name: str) -> str | None:
 
 
 def plot_curves(runs: dict[str, Series], path: str | Path, metrics: list[str], smooth: float = 0.6,
-                title: str = "") -> Path:
+                title: str = "", clocks: dict[str, dict[int, float]] | None = None) -> Path:
     """Draw ``metrics`` of each run (label -> :func:`read_log` series) over steps, a panel each, into ``path``,
-    written whole or not at all (a temporary file beside it, then renamed). -> ``path``."""
+    written whole or not at all (a temporary file beside it, then renamed). -> ``path``.
+
+    With ``clocks`` (label -> :func:`minutes_at`) the x axis is minutes of training instead: runs of recipes
+    whose steps cost differently (an MLE step and a GAN step) compared at equal compute."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,12 +203,16 @@ def plot_curves(runs: dict[str, Series], path: str | Path, metrics: list[str], s
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.5 * rows + 0.4), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def x_of(label: str, steps: list[int]) -> list[float]:
+        return steps if clocks is None else [clocks[label].get(step, math.nan) for step in steps]
+
     for ax, name in zip(axes.flat, panels):
         reference = "ref/" + name[len("eval/"):] if name.startswith("eval/") else None
         for i, (label, series) in enumerate(runs.items()):
             colour = colours[i % len(colours)]
             if name in series:
-                steps, values = series[name]
+                steps, values = x_of(label, series[name][0]), series[name][1]
                 if name.startswith(EVALUATIONS) or smooth == 0 or len(values) < 2:
                     ax.plot(steps, values, color=colour, marker="o", markersize=3, linewidth=1.2, label=label)
                 elif name.endswith("/lr"):  # a schedule, not a noisy measurement: as it is
@@ -192,7 +221,8 @@ def plot_curves(runs: dict[str, Series], path: str | Path, metrics: list[str], s
                     ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
                     ax.plot(steps, smoothed(values, smooth), color=colour, linewidth=1.5, label=label)
             if reference in series and reference in metrics:
-                ax.plot(*series[reference], color=colour, linestyle="--", linewidth=1.0, alpha=0.8)
+                ax.plot(x_of(label, series[reference][0]), series[reference][1], color=colour, linestyle="--",
+                        linewidth=1.0, alpha=0.8)
         shown = f"{name}  (dashed: {reference})" if any(reference in s for s in runs.values()) and reference in metrics \
             else name
         ax.set_title(shown, fontsize=9)
@@ -200,8 +230,9 @@ def plot_curves(runs: dict[str, Series], path: str | Path, metrics: list[str], s
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("step", fontsize=8)
+    for i, ax in enumerate(axes.flat[: len(panels)]):
+        if i + columns >= len(panels):  # the lowest panel of its column
+            ax.set_xlabel("minutes of training" if clocks is not None else "step", fontsize=8)
     if len(runs) > 1:  # one legend for the figure, with every run (some may lack the first panel's metric)
         legend = {}
         for ax in axes.flat:
