@@ -425,7 +425,8 @@ def main(config: StyleTransferConfig) -> dict:
     (run.dir / f"rewrites_{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(report(scores, split, judge_name))
     print(f"\nrun folder: {run.dir}  (model exported to {run.dir / 'model'}; "
-          f"try: textgan transfer --model {run.dir / 'model'} --from {styles[0]} --to {styles[1]} \"...\")")
+          f"try: textgan transfer --model {run.dir / 'model'} --from {styles[0]} --to {styles[1]} \"...\"; "
+          f"training curves: textgan plot {run.dir})")
     return scores
 
 
