@@ -5,11 +5,11 @@ A GAN's log is read for its dynamics more than for a final number: whether the d
 and the evaluations' distinct-4 and unique rates falling together), whether the evaluations still
 improve. Every number a run logs is a series over its steps. Training metrics, logged every
 ``log_every`` steps from one batch each, are noisy: they are drawn faint, with a moving average over
-them (TensorBoard's, an exponential average debiased so that it starts at the first value), except
-learning rates (``.../lr``), which are schedules;
-evaluations (``eval/``, ``test/``) are drawn as points, the run's final one (``metrics.json``) at its
-last logged step, and a reference value of the training corpus (``ref/distinct_4`` beside
-``eval/distinct_4``) as a dashed line in its panel. Several runs share the panels, a colour each.
+them (TensorBoard's, an exponential average debiased so that it starts at the first value); learning
+rates (``.../lr``), schedules, are drawn as they are. Evaluations (``eval/``, ``test/``) are drawn
+as points, the run's final one (``metrics.json``) at its last logged step, and a reference value of
+the training corpus (``ref/distinct_4`` beside ``eval/distinct_4``) as a dashed line in its panel.
+Several runs share the panels, a colour each.
 """
 
 from __future__ import annotations
