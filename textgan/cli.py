@@ -492,6 +492,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _labelled(spec: str) -> tuple[str, str]:
+    """``LABEL=PATH`` (sweep's --model, plot's runs) as (label, path); a plain PATH as ("", path)."""
+    label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    return label, path
+
+
 def cmd_sweep(args) -> int:
     import hashlib
     from pathlib import Path
@@ -509,7 +515,7 @@ def cmd_sweep(args) -> int:
     device = _device(args.device)
     models = {}
     for spec in args.model:
-        label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        label, path = _labelled(spec)
         label = label or os.path.basename(os.path.normpath(path)) or path
         if label == "generator":  # a run's exported folder: name it after the run
             label = os.path.basename(os.path.dirname(os.path.normpath(path))) or label
@@ -554,21 +560,20 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .curves import CurvesError, check_image_path, log_of, minutes_at, plot_curves, read_log, select
+    from .curves import CurvesError, log_of, minutes_at, plot_curves, read_log, select
 
     if len(args.runs) > 1 and not args.output:
         raise CurvesError("name the image with --output when plotting several runs, e.g. --output curves.png")
     logs = {}
     for spec in args.runs:
-        label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        label, path = _labelled(spec)
         log = log_of(path)
         label = label or log.parent.resolve().name
         if label in logs:
             raise CurvesError(f"two runs are labelled {label!r}; name them, e.g. {label}-2={path}")
         logs[label] = log
     output = args.output or str(next(iter(logs.values())).parent / "curves.png")
-    _check_output(output, {f"{label} log": str(log) for label, log in logs.items()})
-    check_image_path(output)
+    _check_output(output, {f"{label} log": str(log) for label, log in logs.items()})  # the format: plot_curves
     runs = {}
     for label, log in logs.items():
         runs[label], skipped = read_log(log)

@@ -59,22 +59,28 @@ def read_log(path: str | Path) -> tuple[Series, int]:
     of lines that are not records (the last line of a run killed while it wrote, which its resumption drops).
     Values that are not finite become NaN (a gap in the curve); fields that are not numbers are left out."""
     series: Series = {}
-    skipped = 0
-    for line in read_text(path).splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            step = int(record["step"])
-        except (ValueError, KeyError, TypeError, IndexError):
-            skipped += 1
-            continue
+    records, skipped = _records(path)
+    for step, record in records:
         _add(series, step, record)
     if not series:
         raise CurvesError(f"{path}: no metrics logged yet (a run logs every log_every steps); plot it once it has "
                           "trained that far")
     _add_final(series, Path(path))
     return series, skipped
+
+
+def _records(path: str | Path) -> tuple[list[tuple[int, dict]], int]:
+    """The records of a ``metrics.jsonl`` with their steps, and the number of non-blank lines that are not one."""
+    records, skipped = [], 0
+    for line in read_text(path).splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            records.append((int(record["step"]), record))
+        except (ValueError, KeyError, TypeError, IndexError):
+            skipped += 1
+    return records, skipped
 
 
 def minutes_at(path: str | Path) -> dict[int, float]:
@@ -84,11 +90,10 @@ def minutes_at(path: str | Path) -> dict[int, float]:
     between a crashed process's last record and the crash is lost."""
     clock: dict[int, float] = {}
     offset = last = 0.0
-    for line in read_text(path).splitlines():
+    for step, record in _records(path)[0]:
         try:
-            record = json.loads(line)
-            step, seconds = int(record["step"]), float(record["time"])
-        except (ValueError, KeyError, TypeError, IndexError):
+            seconds = float(record["time"])
+        except (ValueError, KeyError, TypeError):
             continue
         if not math.isfinite(seconds):
             continue
@@ -180,9 +185,13 @@ def check_image_path(path: str | Path) -> None:
                           "it has no file extension") + "; name a .png, .pdf or .svg file")
 
 
-def _reference_of(name: str) -> str | None:
-    """The evaluation a ``ref/`` metric is the corpus's value of (``ref/distinct_4`` -> ``eval/distinct_4``)."""
-    return "eval/" + name[len("ref/"):] if name.startswith("ref/") else None
+def _counterpart(name: str) -> str | None:
+    """The corpus's reference value of an evaluation and the evaluation of a reference value (``eval/distinct_4``
+    <-> ``ref/distinct_4``), drawn in one panel; None for other metrics."""
+    for prefix, other in (("eval/", "ref/"), ("ref/", "eval/")):
+        if name.startswith(prefix):
+            return other + name[len(prefix):]
+    return None
 
 
 def plot_curves(runs: dict[str, Series], path: str | Path, metrics: list[str], smooth: float = 0.6,
@@ -198,7 +207,7 @@ def plot_curves(runs: dict[str, Series], path: str | Path, metrics: list[str], s
     import matplotlib.pyplot as plt
 
     check_image_path(path)
-    panels = [name for name in metrics if not _reference_of(name) or _reference_of(name) not in metrics]
+    panels = [name for name in metrics if not (name.startswith("ref/") and _counterpart(name) in metrics)]
     columns = min(4, len(panels))
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.5 * rows + 0.4), squeeze=False)
@@ -208,7 +217,7 @@ def plot_curves(runs: dict[str, Series], path: str | Path, metrics: list[str], s
         return steps if clocks is None else [clocks[label].get(step, math.nan) for step in steps]
 
     for ax, name in zip(axes.flat, panels):
-        reference = "ref/" + name[len("eval/"):] if name.startswith("eval/") else None
+        reference = _counterpart(name) if name.startswith("eval/") else None
         for i, (label, series) in enumerate(runs.items()):
             colour = colours[i % len(colours)]
             if name in series:
