@@ -137,13 +137,14 @@ def launch(recipe: str, args: list[str], output: IO[str] | None, in_process: boo
         raise subprocess.CalledProcessError(code, command)
 
 
-def run_logged(recipe: str, args: list[str], log: Path, in_process: bool) -> float:
-    """Train ``python -m textgan.recipes.<recipe> ARGS`` (see :func:`launch`), its output into the file ``log``.
-    -> its wall seconds."""
-    print("running:", " ".join(["python", "-m", f"textgan.recipes.{recipe}", *args]), f"(log: {log})", flush=True)
+def run_logged(recipe: str, args: list[str], log: Path | None, in_process: bool, cwd: Path | None = None) -> float:
+    """Train ``python -m textgan.recipes.<recipe> ARGS`` (see :func:`launch`), its output into the file ``log``
+    (None: nowhere). -> its wall seconds, start-up included."""
+    print("running:", " ".join(["python", "-m", f"textgan.recipes.{recipe}", *args]),
+          *([f"(log: {log})"] if log else []), flush=True)
     start = time.time()
-    with open(log, "w") as f:
-        launch(recipe, args, f, in_process)
+    with open(log, "w") if log else contextlib.nullcontext() as f:
+        launch(recipe, args, f, in_process, cwd)
     return round(time.time() - start, 1)
 
 
@@ -151,10 +152,8 @@ def run_recipe(recipe: str, overrides: list[str], out: Path, in_process: bool = 
     """Run ``python -m textgan.recipes.<recipe>`` with ``overrides`` (``out_dir=out`` among them) from the
     repository root, so that preset paths resolve from anywhere (in this process where ``in_process``: see
     :func:`launch`). -> the run's final ``metrics.json`` with its wall seconds, start-up included, as ``wall_s``."""
-    print("running:", " ".join(["python", "-m", f"textgan.recipes.{recipe}", *overrides]), flush=True)
-    start = time.time()
-    launch(recipe, overrides, None, in_process, cwd=ROOT)
-    return {"wall_s": round(time.time() - start, 1), **json.loads((out / "metrics.json").read_text())}
+    wall = run_logged(recipe, overrides, None, in_process, cwd=ROOT)
+    return {"wall_s": wall, **json.loads((out / "metrics.json").read_text())}
 
 
 def train_all(work: Path, common: list[str], recipes: dict[str, list[str] | tuple[str, list[str]]], quick: bool,
