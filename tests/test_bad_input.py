@@ -8,7 +8,9 @@ words the message must contain). ``textgan transfer`` has its own rows in test_t
 import shutil
 import subprocess
 import sys
+import zipfile
 
+import numpy as np
 import pytest
 from conftest import run_module
 from transformers import AutoTokenizer
@@ -47,6 +49,11 @@ def sandbox(tmp_path_factory, trained_generator, transfer_run):
     one = root / "one_style"
     one.mkdir()
     (one / "train.neg").write_text("bad food .\n")
+    (root / "text.npz").write_text("not an archive\n")  # oracle files that np.load would guess another format for
+    np.save(root / "lone_array.npy", np.zeros(3))
+    with zipfile.ZipFile(root / "raw_member.npz", "w") as archive:  # a zip whose member is no .npy array
+        archive.writestr("Wi.npy", b"not an array")
+    np.savez(root / "other_arrays.npz", weights=np.zeros(3))
     for name, log in (("run_ok", b'{"step": 5, "time": 1.0, "gen/loss": 2.5, "disc/loss": 0.7}\n'), ("run_empty", b""),
                       ("run_cut", b'{"step": 5, "gen/lo'), ("run_bad_utf8", b'{"step": 5, "gen/\xff": 1.0}\n')):
         (root / name).mkdir()
@@ -123,6 +130,14 @@ CASES = [
     ("evaluate-bad-utf8", lambda s: ["evaluate", "--samples", R(s, "bad.txt")], ["UTF-8"]),
     ("evaluate-bad-utf8-references", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--references", R(s, "bad.txt")], ["UTF-8"]),
     ("evaluate-lm-wrong-kind", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--lm", R(s, "not_a_model")], ["config.json"]),
+    ("evaluate-oracle-not-an-archive", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--oracle", R(s, "text.npz")],
+     ["not an npz file", "seqgan_oracle.npz"]),
+    ("evaluate-oracle-lone-array", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--oracle", R(s, "lone_array.npy")],
+     ["not an npz file"]),
+    ("evaluate-oracle-raw-member", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--oracle", R(s, "raw_member.npz")],
+     ["not an npz file", "'Wi' not a numpy array"]),
+    ("evaluate-oracle-other-arrays", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--oracle", R(s, "other_arrays.npz")],
+     ["oracle parameters missing", "seqgan_oracle.npz"]),
     ("evaluate-unknown-metric", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--metrics", "bleu9"], ["unknown metric"]),
     ("evaluate-unwritable-json", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--json", R(s, "no/s.json")], ["cannot write"]),
     # an empty optional path (an unset shell variable): not quietly the same as leaving the option out

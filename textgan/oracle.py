@@ -13,6 +13,7 @@ word-level tokenizer and the recipes handle it like any other corpus.
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ class Oracle:
     def __init__(self, params: dict[str, torch.Tensor]):
         missing = [k for k in PARAMETERS if k not in params]
         if missing:
-            raise OracleError(f"oracle parameters missing: {', '.join(missing)}")
+            raise OracleError(f"oracle parameters missing: {', '.join(missing)}; pass the path to seqgan_oracle.npz")
         self.p = {k: params[k].double() for k in PARAMETERS}
         self.vocab_size = self.p["g_embeddings"].shape[0]
         self._check_shapes()
@@ -59,12 +60,20 @@ class Oracle:
         path = Path(path)
         if not path.is_file():
             raise OracleError(f"oracle file {path} not found; pass the path to seqgan_oracle.npz")
+        # np.load takes any file it can guess a format for (a lone .npy array, a pickle it then refuses), so an
+        # npz is told by its zip archive first, and each member must read as an array
+        not_npz = f"{path} is not an npz file of oracle parameters (numpy.savez's zip of arrays)"
+        if not zipfile.is_zipfile(path):
+            raise OracleError(f"{not_npz}; pass the path to seqgan_oracle.npz")
         try:
             with np.load(path, allow_pickle=False) as arrays:
-                params = {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
-        except (ValueError, OSError) as e:
-            raise OracleError(f"{path} is not an npz file of oracle parameters ({e})") from None
-        return cls(params)
+                loaded = {k: arrays[k] for k in arrays.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise OracleError(f"{not_npz}: {e}") from None
+        bad = [k for k, v in loaded.items() if not isinstance(v, np.ndarray)]
+        if bad:
+            raise OracleError(f"{not_npz}: its {', '.join(map(repr, bad))} not a numpy array")
+        return cls({k: torch.from_numpy(v.copy()) for k, v in loaded.items()})
 
     def _step(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         p = self.p
