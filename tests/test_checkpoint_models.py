@@ -47,6 +47,20 @@ def test_a_run_without_its_export_samples_from_its_newest_checkpoint(recipe, ext
     assert step_2.returncode == 0 and "of step 2" in step_2.stderr
 
 
+def test_a_runs_checkpoints_folder_stands_for_its_newest_checkpoint_after_the_run_has_ended(tmp_path):
+    out = tmp_path / "run"
+    assert run("textgan.recipes.mle", f"out_dir={out}", *TINY, "steps=4").returncode == 0
+    for folder, step in ((out / "checkpoints", 4), (out / "checkpoints" / "step_00000002", 2)):
+        result = run("textgan", "sample", "--model", str(folder), "-n", "2")
+        assert result.returncode == 0, result.stderr
+        # the note says which model was asked for, and where the one the run exported is: not "has not exported"
+        assert f"checkpoint of step {step} (the model it exported at its end is {out / 'generator'})" in result.stderr
+        assert "has not exported" not in result.stderr
+    checkpoint_4, _ = load_generator(str(out / "checkpoints"))
+    step_4, _ = load_generator(str(out / "checkpoints" / "step_00000004"))
+    assert _same_weights(checkpoint_4, step_4)
+
+
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
     out = tmp_path / "run"
     assert run("textgan.recipes.mle", f"out_dir={out}", *TINY, "steps=4").returncode == 0

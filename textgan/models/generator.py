@@ -109,12 +109,13 @@ def model_digest(path: str) -> str:
 
 def run_checkpoints(folder: Path) -> list[Path]:
     """The checkpoints a local folder stands for, newest first: itself, if it is a checkpoint folder
-    (``runs/x/checkpoints/step_00000500``), or those of a textgan run folder."""
+    (``runs/x/checkpoints/step_00000500``), those it holds if it is a run's ``checkpoints`` folder, or
+    those of a textgan run folder."""
     from ..checkpoint import list_checkpoints
 
     if folder.name.startswith("step_") and (folder / "state.json").is_file():
         return [folder]
-    return list_checkpoints(folder / "checkpoints")[::-1]
+    return (list_checkpoints(folder) or list_checkpoints(folder / "checkpoints"))[::-1]
 
 
 def read_run_checkpoint(checkpoints: list[Path]) -> tuple[Path, dict, dict]:
@@ -173,8 +174,12 @@ def generator_from_checkpoint(checkpoint: Path, tensors: dict, meta: dict, *, tr
                          "finish and export it") from None
     run_dir = checkpoint.parent.parent
     tokenizer = run_tokenizer(run_dir, meta.get("config", {}).get("model"), trust_remote_code)
-    print(f"note: {run_dir} has not exported its model (it stopped early, or is still training): using its checkpoint "
-          f"of step {meta['step']}", file=sys.stderr)
+    if (run_dir / "generator" / "config.json").is_file():  # a checkpoint named itself, though the run has ended
+        print(f"note: using {run_dir}'s checkpoint of step {meta['step']} (the model it exported at its end is "
+              f"{run_dir / 'generator'})", file=sys.stderr)
+    else:
+        print(f"note: {run_dir} has not exported its model (it stopped early, or is still training): using its "
+              f"checkpoint of step {meta['step']}", file=sys.stderr)
     return model.eval(), tokenizer
 
 
@@ -194,8 +199,7 @@ def run_tokenizer(run_dir: Path, started_from: str | None, trust_remote_code: bo
     checkpoints = run_checkpoints(local) if local.is_dir() and not (local / "config.json").is_file() else []
     if checkpoints:
         meta = json.loads((checkpoints[0] / "state.json").read_text(encoding="utf-8"))
-        return run_tokenizer(local if not local.name.startswith("step_") else local.parent.parent,
-                             meta.get("config", {}).get("model"), trust_remote_code)
+        return run_tokenizer(checkpoints[0].parent.parent, meta.get("config", {}).get("model"), trust_remote_code)
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
                                          local_files_only=hub.cache_only(source))
 
