@@ -1,6 +1,7 @@
 """The SeqGAN oracle: a proper distribution, reproducible samples, and the published entropy."""
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -69,6 +70,33 @@ def test_evaluate_refuses_samples_that_are_not_oracle_sequences(tmp_path, capsys
     assert "no line is an oracle sequence (20 token ids below 4" in capsys.readouterr().err
     assert main(["evaluate", "--samples", str(tmp_path / "words.txt"), "--metrics", "nll-oracle"]) == 2
     assert "needs --oracle" in capsys.readouterr().err
+
+
+def test_sweep_with_an_oracle_refuses_a_model_that_cannot_write_oracle_ids(tmp_path, trained_generator, capsys):
+    """A model of another vocabulary would only score inf at every temperature: one line, before any sampling.
+    A model trained on the oracle's sequences is swept, with a finite NLL-oracle."""
+    from textgan.cli import main
+    from textgan.recipes import mle
+
+    oracle = tiny_oracle()
+    np.savez(tmp_path / "oracle.npz", **{k: v.numpy() for k, v in oracle.p.items()})
+    words = ["sweep", "--model", str(trained_generator), "--oracle", str(tmp_path / "oracle.npz"), "-n", "8",
+             "--temperatures", "1.0", "--output", str(tmp_path / "words")]
+    assert main(words) == 2
+    assert "cannot write oracle sequences (no token of its vocabulary is an oracle id, 0-3)" in capsys.readouterr().err
+    assert not (tmp_path / "words").exists()
+
+    (tmp_path / "train.txt").write_text("\n".join(to_text(oracle.sample(256, seed=0))) + "\n")
+    # long enough to learn where a sequence ends (after 20 ids): samples of another length are not scored
+    mle.main(mle.MLEConfig(data=str(tmp_path / "train.txt"), out_dir=str(tmp_path / "run"), d_model=32, n_layers=1,
+                           n_heads=2, steps=150, lr=3e-3, batch_size=32, eval_samples=8, eval_every=1000,
+                           checkpoint_every=1000))
+    ids = ["sweep", "--model", str(tmp_path / "run"), "--oracle", str(tmp_path / "oracle.npz"), "-n", "8",
+           "--temperatures", "1.0", "--metrics", "nll-oracle", "--output", str(tmp_path / "ids"), "--x", "nll-oracle",
+           "--y", "nll-oracle"]
+    assert main(ids) == 0, capsys.readouterr().err
+    row, = json.loads((tmp_path / "ids" / "sweep.json").read_text())
+    assert math.isfinite(row["nll-oracle"]) and row["oracle-dropped"] < 8
 
 
 def test_real_oracle_entropy_matches_the_published_value():

@@ -513,7 +513,7 @@ def cmd_sweep(args) -> int:
     if not temperatures or any(not 0 < t < float("inf") for t in temperatures):
         raise EvaluationError(f"--temperatures must be finite positive numbers separated by commas, got {args.temperatures!r}")
     device = _device(args.device)
-    models = {}
+    models, vocabularies = {}, {}
     for spec in args.model:
         label, path = _labelled(spec)
         label = label or os.path.basename(os.path.normpath(path)) or path
@@ -521,7 +521,7 @@ def cmd_sweep(args) -> int:
             label = os.path.basename(os.path.dirname(os.path.normpath(path))) or label
         if label in models:  # the second would overwrite the first's samples and row
             raise EvaluationError(f"two --model entries are labelled {label!r}; name them, e.g. --model mle={path}")
-        load_generator(path)  # fail now, not after sampling the first model
+        vocabularies[label] = load_generator(path)[1].get_vocab()  # fail now, not after sampling the first model
         models[label] = path
     if not args.output.strip():  # not this folder, which would take sweep.json, sweep.png and samples/
         raise EvaluationError("--output is empty; name the folder for the sweep, e.g. --output sweeps/NAME")
@@ -534,6 +534,12 @@ def cmd_sweep(args) -> int:
     # held-out sentences (independent draws from the grammar, held out from every such run alike)
     grammar = all(trained_on_grammar(path) for path in models.values())
     inputs = _scoring_inputs(args, grammar=grammar)
+    if "nll-oracle" in inputs["metrics"] and inputs["oracle"] is not None:  # else every row scores inf, for nothing
+        ids = inputs["oracle"].vocab_size
+        for label, vocabulary in vocabularies.items():
+            if not any(token.isdigit() and int(token) < ids for token in vocabulary):
+                raise EvaluationError(f"model {label!r} cannot write oracle sequences (no token of its vocabulary is an "
+                                      f"oracle id, 0-{ids - 1}); --oracle scores models trained on the oracle's data")
     valid = read_lines(args.valid) if args.valid else inputs["references"]
     if valid is None and grammar:
         first = next(iter(models.values()))
