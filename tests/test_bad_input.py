@@ -103,6 +103,8 @@ CASES = [
     ("sample-model-wrong-kind", lambda s: ["sample", "--model", R(s, "not_a_model")], ["config.json"]),
     ("sample-tokenizer-mismatch", lambda s: ["sample", "--model", str(s["mismatched"])], ["do not belong together"]),
     ("sample-tokenizer-without-eos", lambda s: ["sample", "--model", R(s, "no_eos")], ["eos_token"]),
+    ("sample-run-subfolder", lambda s: ["sample", "--model", str(s["generator"].parent / "tokenizer")],
+     ["tokenizer holds no model", "give the run folder", "which has one"]),
     ("sample-truncated-weights", lambda s: ["sample", "--model", R(s, "truncated")], ["cannot load a causal LM"]),
     ("sample-zero-temperature", lambda s: ["sample", "--model", str(s["generator"]), "--temperature", "0"], ["temperature"]),
     ("sample-negative-n", lambda s: ["sample", "--model", str(s["generator"]), "-n", "-2"], ["-n"]),
