@@ -332,6 +332,10 @@ def test_classifier_recipe(style_folder, tmp_path, capsys):
     assert classify(by_run[0], by_run[1], ["the food was awful ."], by_run[2]["labels"]) == ["neg"]
     sentences = ["the food was awful .", "the staff was lovely .", "what a place ."]
     exported = by_run[0](encode_batch(by_run[1], sentences, by_run[0].pad_id))
+    capsys.readouterr()
+    load_classifier(tmp_path / "c" / "checkpoints")  # a checkpoint named though the run has ended: where its export is
+    assert f"checkpoint of step 200 (the classifier it exported at its end is {tmp_path / 'c' / 'classifier'})" in (
+        capsys.readouterr().err)
     # a run that stopped before it exported (or is still training) stands for its newest checkpoint's classifier,
     # here the last step's, so the same as its export
     shutil.rmtree(tmp_path / "c" / "classifier")

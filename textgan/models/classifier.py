@@ -125,9 +125,8 @@ def _records_classifier(checkpoint: Path) -> bool:
 def _checkpoint_classifier(checkpoints: list[Path], device):
     """(model, tokenizer, info) of the classifier a run exports when it ends, rebuilt from the first intact one of
     ``checkpoints``, with the run's tokenizer. Says on stderr which step it loads."""
-    import sys
 
-    from .generator import read_run_checkpoint, run_tokenizer
+    from .generator import read_run_checkpoint, run_tokenizer, say_checkpoint
 
     checkpoint, tensors, meta = read_run_checkpoint(checkpoints)
     info = dict((meta.get("export") or {}).get("classifier") or {})
@@ -144,8 +143,8 @@ def _checkpoint_classifier(checkpoints: list[Path], device):
                          "finish and export it") from None
     # a missing or damaged tokenizer gets its own one-line error there
     tokenizer = run_tokenizer(run_dir, started_from=None, trust_remote_code=False)
-    print(f"note: {run_dir} has not exported its classifier (it stopped early, or is still training): using its "
-          f"checkpoint of step {meta['step']}", file=sys.stderr)
+    say_checkpoint(run_dir, meta["step"], model_folder(str(run_dir), names=("classifier",), marker=CONFIG_FILE),
+                   "classifier")
     return model.to(device).eval(), tokenizer, info
 
 

@@ -154,7 +154,6 @@ def checkpoint_generator(checkpoints: list[Path], *, trust_remote_code: bool = F
 def generator_from_checkpoint(checkpoint: Path, tensors: dict, meta: dict, *, trust_remote_code: bool = False):
     """(model, tokenizer) of the export a checkpoint records (:func:`checkpoint_generator`), from its
     tensors and state as :func:`read_run_checkpoint` gives them."""
-    import sys
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -174,13 +173,22 @@ def generator_from_checkpoint(checkpoint: Path, tensors: dict, meta: dict, *, tr
                          "finish and export it") from None
     run_dir = checkpoint.parent.parent
     tokenizer = run_tokenizer(run_dir, meta.get("config", {}).get("model"), trust_remote_code)
-    if (run_dir / "generator" / "config.json").is_file():  # a checkpoint named itself, though the run has ended
-        print(f"note: using {run_dir}'s checkpoint of step {meta['step']} (the model it exported at its end is "
-              f"{run_dir / 'generator'})", file=sys.stderr)
-    else:
-        print(f"note: {run_dir} has not exported its model (it stopped early, or is still training): using its "
-              f"checkpoint of step {meta['step']}", file=sys.stderr)
+    say_checkpoint(run_dir, meta["step"], model_folder(str(run_dir)))
     return model.eval(), tokenizer
+
+
+def say_checkpoint(run_dir: Path, step: int, exported: str, what: str = "model") -> None:
+    """Say on stderr which checkpoint stands in for a run's exported ``what``: the run has exported none
+    (``exported``, the folder it would, is ``run_dir`` itself: it stopped early, or is still training), or
+    a checkpoint was asked for by name though the run has ended (then ``exported`` is its export)."""
+    import sys
+
+    if Path(exported) != run_dir:
+        print(f"note: using {run_dir}'s checkpoint of step {step} (the {what} it exported at its end is {exported})",
+              file=sys.stderr)
+    else:
+        print(f"note: {run_dir} has not exported its {what} (it stopped early, or is still training): using its "
+              f"checkpoint of step {step}", file=sys.stderr)
 
 
 def run_tokenizer(run_dir: Path, started_from: str | None, trust_remote_code: bool):
