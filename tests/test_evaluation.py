@@ -1,11 +1,20 @@
 """Scoring sample sets, `textgan evaluate` and `textgan sweep`: results, files, and one-line errors."""
 
 import json
+import math
 
 import pytest
 from test_cli import _assert_clean_error, run
 
-from textgan.evaluation import EvaluationError, default_metrics, parse_metrics, score
+from textgan.data import json_text
+from textgan.evaluation import (
+    EvaluationError,
+    default_metrics,
+    format_table,
+    parse_metrics,
+    plot_sweep,
+    score,
+)
 
 SAMPLES = ["a man rides a bike", "a man rides a red bike", "two dogs play in the snow", "a man rides a bike"]
 REFERENCES = ["a man rides a bike down the street", "two dogs play in the snow", "a cat sleeps on a bed"]
@@ -45,6 +54,18 @@ def files(tmp_path):
     samples.write_text("\n".join(SAMPLES) + "\n")
     references.write_text("\n".join(REFERENCES) + "\n")
     return samples, references
+
+
+def test_scores_without_a_finite_value_are_null_in_json_and_skipped_in_plots(tmp_path):
+    """JSON has no inf: Python's ``Infinity`` would break strict readers (jq, JavaScript) of sweep.json."""
+    rows = [{"model": "m", "temperature": t, "nll-oracle": v, "nll-test": 7.0 + t}
+            for t, v in ((0.7, 9.1), (1.0, math.inf), (1.3, None))]
+    text = json_text(rows)
+    strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert [r["nll-oracle"] for r in strict] == [9.1, None, None]
+    assert "| m | 1.000 | inf | 8.000 |" in format_table(rows) and "| m | 1.300 | n/a | 8.300 |" in format_table(rows)
+    plot_sweep(strict, "nll-oracle", "nll-test", tmp_path / "sweep.png")  # the one finite point is drawn, no error
+    assert (tmp_path / "sweep.png").stat().st_size > 0
 
 
 def test_evaluate_prints_a_table_and_writes_json(files, tmp_path):

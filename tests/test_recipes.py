@@ -229,6 +229,22 @@ def test_a_fresh_run_removes_the_earlier_runs_exported_model(tmp_path):
         load_generator(str(run))
 
 
+def test_a_logged_value_that_is_not_finite_is_null_in_the_log(tmp_path):
+    """A diverged loss (nan) or an unbounded score (inf) in metrics.jsonl: null, which every JSON reader takes,
+    not Python's NaN / Infinity, which strict ones (jq, JavaScript) refuse; textgan plot draws it as a gap."""
+    from textgan.curves import read_log
+    from textgan.training import Run
+
+    run = Run(mle.MLEConfig(out_dir=str(tmp_path / "run"), **TINY_RUN))
+    run.start()
+    run.log(1, {"gen/loss": math.nan, "eval/nll": math.inf, "disc/loss": 0.5})
+    line = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1]
+    record = json.loads(line, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert record["gen/loss"] is None and record["eval/nll"] is None and record["disc/loss"] == 0.5
+    series, skipped = read_log(tmp_path / "run" / "metrics.jsonl")
+    assert skipped == 0 and math.isnan(series["gen/loss"][1][0]) and series["disc/loss"][1] == [0.5]
+
+
 def test_a_crash_while_exporting_leaves_no_part_of_a_model(tmp_path, monkeypatch, capsys):
     """The export is written beside the run's folder name and renamed into place: a crash halfway (a full disk)
     leaves no generator/ with a config.json and half its weights, so the run folder stands for its newest

@@ -456,8 +456,8 @@ def _scoring_inputs(args, grammar: bool = False) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-    import json
 
+    from .data import json_text
     from .evaluation import EvaluationError, format_table, last_evaluation, score
 
     if all(os.path.isfile(os.path.join(args.samples, name)) for name in ("samples.txt", "config.yaml")):
@@ -486,9 +486,9 @@ def cmd_evaluate(args) -> int:
     print(format_table([{"metric": k, "value": v} for k, v in scores.items()]))
     if args.json:
         step = {"samples_step": steps[-1]} if steps else {}
-        write_text_atomic(args.json, json.dumps({"samples_file": args.samples, **step,
-                                                 "references_file": args.references or None,
-                                                 "metrics": inputs["metrics"], "scores": scores}, indent=2) + "\n")
+        write_text_atomic(args.json, json_text({"samples_file": args.samples, **step,
+                                                "references_file": args.references or None,
+                                                "metrics": inputs["metrics"], "scores": scores}))
     return 0
 
 

@@ -8,6 +8,8 @@ drawn by ``(seed, step)`` so that a resumed run sees exactly the batches it woul
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -36,6 +38,22 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def json_text(value, indent: int | None = 2) -> str:
+    """``value`` as JSON text and a newline, with a float that is not finite (NLL-oracle where no sample could be
+    scored: inf; a diverged loss: nan) written as null: JSON has no inf or nan, and Python's ``Infinity`` and
+    ``NaN`` break other readers (jq, JavaScript)."""
+    def plain(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return json.dumps(plain(value), indent=indent) + "\n"
 
 
 def decode_utf8(raw: bytes, name: str | Path) -> str:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import metrics as text_metrics
 from .bleu import bleu, self_bleu
-from .data import write_text_atomic
+from .data import json_text, write_text_atomic
 from .sampling import sample_texts
 
 ALL_METRICS = ("bleu", "self-bleu", "distinct", "unique", "copied", "fed", "lm", "reverse-lm", "nll-oracle", "grammar")
@@ -187,6 +187,8 @@ def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
 
     def cell(v):
+        if v is None:  # a score with no value (sweep.json's null for inf)
+            return "n/a"
         if isinstance(v, float):
             return f"{v:.3f}" if math.isfinite(v) else str(v)
         return str(v)
@@ -259,8 +261,8 @@ def sweep(
             if valid:
                 row["nll-test"], _ = sentences_nll(model, tokenizer, valid, temperature=t)
             rows.append(row)
-            write_text_atomic(out_dir / "sweep.json", json.dumps(rows, indent=2) + "\n")
-    write_text_atomic(out_dir / "sweep.json", json.dumps(rows, indent=2) + "\n")
+            write_text_atomic(out_dir / "sweep.json", json_text(rows))
+    write_text_atomic(out_dir / "sweep.json", json_text(rows))
     return rows
 
 
@@ -300,6 +302,10 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps([__version__, value], sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def plot_sweep(rows: list[dict], x: str, y: str, path: str | Path, title: str = "", baselines: dict | None = None) -> Path:
     """One curve per model through its temperatures, ``x`` against ``y``; ``baselines``: label -> (x, y) points."""
     import matplotlib
@@ -309,7 +315,7 @@ def plot_sweep(rows: list[dict], x: str, y: str, path: str | Path, title: str = 
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label in dict.fromkeys(r["model"] for r in rows):
-        points = [r for r in rows if r["model"] == label and x in r and y in r]
+        points = [r for r in rows if r["model"] == label and _finite(r.get(x)) and _finite(r.get(y))]
         ax.plot([r[x] for r in points], [r[y] for r in points], marker="o", label=label)
         for r in points:
             ax.annotate(f"{r['temperature']:g}", (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")

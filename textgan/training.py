@@ -22,7 +22,7 @@ import yaml
 from . import distributed, metrics
 from .checkpoint import CheckpointError, CheckpointMismatch, list_checkpoints, load_checkpoint, write_folder_atomic
 from .config import ConfigError, arg, check_bounds, check_choice, check_heads, check_unit_interval, parse_betas, to_dict
-from .data import Corpus, encode, load_corpus, sample_blocks, sequence_mask, write_text_atomic
+from .data import Corpus, encode, json_text, load_corpus, sample_blocks, sequence_mask, write_text_atomic
 from .losses import DISC_OBJECTIVES, mle_loss
 from .models.classifier import CONFIG_FILE as CLASSIFIER_FILE
 from .models.generator import build_generator, load_generator, scored_logprobs, token_logprobs
@@ -369,7 +369,7 @@ class Run:
             return
         record = {"step": step, "time": round(time.time() - self.started, 2), **values}
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_text(record, indent=None))
 
     def write_samples(self, step: int, texts: list[str]) -> None:
         """Append an evaluation's samples under a ``# step N`` line, replacing an earlier block of the same
@@ -637,7 +637,7 @@ def finish(run: Run, setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
     run.export("generator", lambda folder: export_generator(setup.generator, setup.tokenizer, folder))
     values = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
     values["time/total_s"] = round(time.time() - run.started, 1)
-    (run.dir / "metrics.json").write_text(json.dumps(values, indent=2), encoding="utf-8")
+    (run.dir / "metrics.json").write_text(json_text(values), encoding="utf-8")
     print(report(values))
     print(f"\nrun folder: {run.dir}  (generator exported to {run.dir / 'generator'}; "
           f"try: textgan sample --model {run.dir / 'generator'} -n 10; training curves: textgan plot {run.dir})")

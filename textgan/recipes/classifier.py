@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError, arg, check_bounds, check_unit_interval
-from ..data import step_seed
+from ..data import json_text, step_seed
 from ..distributed import shard
 from ..models.classifier import SentenceClassifier, classify, encode_batch, save_classifier
 from ..rl import loss_mean
@@ -90,7 +90,6 @@ def accuracy(model, tokenizer, data: dict[str, list[str]], styles: list[str]) ->
 
 
 def main(config: ClassifierConfig) -> dict:
-    import json
     import time
 
     from ..tokenization import build_word_tokenizer
@@ -139,7 +138,7 @@ def main(config: ClassifierConfig) -> dict:
     extra["dev_accuracy"] = scores["eval/accuracy"]
     out = run.export("classifier", lambda folder: save_classifier(model, tokenizer, styles, folder, extra=extra))
     scores["time/total_s"] = round(time.time() - run.started, 1)
-    (run.dir / "metrics.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
+    (run.dir / "metrics.json").write_text(json_text(scores), encoding="utf-8")
     for key, value in scores.items():
         print(f"{key:<24} {value:.4f}")
     print(f"\nclassifier exported to {out}")
