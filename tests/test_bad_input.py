@@ -137,7 +137,7 @@ CASES = [
     ("evaluate-oracle-lone-array", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--oracle", R(s, "lone_array.npy")],
      ["not an npz file"]),
     ("evaluate-oracle-raw-member", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--oracle", R(s, "raw_member.npz")],
-     ["not an npz file", "'Wi' not a numpy array"]),
+     ["not an npz file", "'Wi' is not a numpy array"]),
     ("evaluate-oracle-other-arrays", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--oracle", R(s, "other_arrays.npz")],
      ["oracle parameters missing", "seqgan_oracle.npz"]),
     ("evaluate-unknown-metric", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--metrics", "bleu9"], ["unknown metric"]),

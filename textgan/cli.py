@@ -456,7 +456,6 @@ def _scoring_inputs(args, grammar: bool = False) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-
     from .data import json_text
     from .evaluation import EvaluationError, format_table, last_evaluation, score
 

@@ -72,7 +72,8 @@ class Oracle:
             raise OracleError(f"{not_npz}: {e}") from None
         bad = [k for k, v in loaded.items() if not isinstance(v, np.ndarray)]
         if bad:
-            raise OracleError(f"{not_npz}: its {', '.join(map(repr, bad))} not a numpy array")
+            raise OracleError(f"{not_npz}: {', '.join(map(repr, bad))} {'is' if len(bad) == 1 else 'are'} not a "
+                              "numpy array")
         return cls({k: torch.from_numpy(v.copy()) for k, v in loaded.items()})
 
     def _step(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
