@@ -24,6 +24,7 @@ def sandbox(tmp_path_factory, trained_generator, transfer_run):
     (root / "empty.txt").write_text("")
     (root / "blank.txt").write_text("\n   \n\n")
     (root / "bad.txt").write_bytes(b"a fine line\n\xff\xfe not utf-8\n")
+    (root / "one.txt").write_text("a man riding a bike .\n")
     (root / "ok.txt").write_text("a man riding a bike .\na dog on a couch .\n" * 20)
     (root / "adir").mkdir()
     (root / "not_a_model").mkdir()
@@ -140,6 +141,8 @@ CASES = [
      ["not an npz file", "'Wi' is not a numpy array"]),
     ("evaluate-oracle-other-arrays", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--oracle", R(s, "other_arrays.npz")],
      ["oracle parameters missing", "seqgan_oracle.npz"]),
+    ("evaluate-self-bleu-of-one-sample", lambda s: ["evaluate", "--samples", R(s, "one.txt"), "--metrics", "self-bleu"],
+     ["holds one sample", "leave self-bleu out"]),
     ("evaluate-unknown-metric", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--metrics", "bleu9"], ["unknown metric"]),
     ("evaluate-unwritable-json", lambda s: ["evaluate", "--samples", R(s, "ok.txt"), "--json", R(s, "no/s.json")], ["cannot write"]),
     # an empty optional path (an unset shell variable): not quietly the same as leaving the option out
@@ -156,6 +159,8 @@ CASES = [
     ("sweep-infinite-temperature", lambda s: ["sweep", "--model", str(s["generator"]), "--temperatures", "1,inf", "--output", R(s, "sw")], ["temperatures"]),
     ("sweep-same-label-twice", lambda s: ["sweep", "--model", f"a={s['generator']}", "--model", f"a={s['generator']}", "--output", R(s, "sw")],
      ["labelled 'a'"]),
+    ("sweep-self-bleu-of-one-sample", lambda s: ["sweep", "--model", str(s["generator"]), "-n", "1", "--output", R(s, "sw")],
+     ["-n 1", "give -n 2 or more"]),
     ("sweep-empty-output", lambda s: ["sweep", "--model", str(s["generator"]), "--output", ""], ["--output is empty"]),
     ("sweep-output-is-a-file", lambda s: ["sweep", "--model", str(s["generator"]), "--output", R(s, "ok.txt")], ["is a file"]),
     ("sweep-missing-references", lambda s: ["sweep", "--model", str(s["generator"]), "--references", R(s, "none.txt"), "--output", R(s, "sw")], ["no such file"]),

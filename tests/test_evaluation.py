@@ -68,6 +68,13 @@ def test_scores_without_a_finite_value_are_null_in_json_and_skipped_in_plots(tmp
     assert (tmp_path / "sweep.png").stat().st_size > 0
 
 
+def test_one_sample_is_scored_without_self_bleu_and_says_so(tmp_path):
+    (tmp_path / "one.txt").write_text("a man riding a bike .\n")
+    result = run("textgan", "evaluate", "--samples", str(tmp_path / "one.txt"))
+    assert result.returncode == 0, result.stderr
+    assert "holds one sample: no self-bleu" in result.stderr and "distinct-1" in result.stdout
+
+
 def test_evaluate_prints_a_table_and_writes_json(files, tmp_path):
     samples, references = files
     out = tmp_path / "scores.json"

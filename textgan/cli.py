@@ -474,6 +474,12 @@ def cmd_evaluate(args) -> int:
     from .training import trained_on_grammar
 
     inputs = _scoring_inputs(args, grammar=trained_on_grammar(args.samples))
+    if "self-bleu" in inputs["metrics"] and len(samples) < 2:  # each sample against the others: none here
+        if args.metrics:
+            raise EvaluationError(f"{args.samples} holds one sample, and self-bleu scores each against the others; "
+                                  "give at least two, or leave self-bleu out of --metrics")
+        print(f"note: {args.samples} holds one sample: no self-bleu, which scores each against the others",
+              file=sys.stderr)
     if "nll-oracle" in inputs["metrics"] and inputs["oracle"] is not None:  # without --oracle, score() says so
         from .oracle import from_text
 
@@ -533,6 +539,9 @@ def cmd_sweep(args) -> int:
     # held-out sentences (independent draws from the grammar, held out from every such run alike)
     grammar = all(trained_on_grammar(path) for path in models.values())
     inputs = _scoring_inputs(args, grammar=grammar)
+    if "self-bleu" in inputs["metrics"] and args.num < 2:  # each sample against the others: none here
+        raise EvaluationError("-n 1 draws one sample per temperature, and self-bleu scores each against the others; "
+                              "give -n 2 or more, or --metrics without self-bleu")
     if "nll-oracle" in inputs["metrics"] and inputs["oracle"] is not None:  # else every row scores inf, for nothing
         ids = inputs["oracle"].vocab_size
         for label, vocabulary in vocabularies.items():
