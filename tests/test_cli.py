@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 from conftest import run_module as run
 
 
@@ -100,7 +101,6 @@ def test_hub_reachable_honours_the_endpoint_and_offline_mode(monkeypatch):
 def test_model_names_that_cannot_be_found_fail_at_once(tmp_path, monkeypatch):
     """A path whose first folder is here is a path, not a hub name; a hub name with no hub in reach is looked
     up in the local cache only (no retries against the network) and fails in one line."""
-    import pytest
 
     from textgan import hub
     from textgan.models import generator
@@ -131,7 +131,6 @@ def test_a_hub_model_in_the_local_cache_loads_offline(trained_generator, tmp_pat
 
 
 def test_device_names():
-    import pytest
     import torch
 
     from textgan.cli import _device
@@ -253,3 +252,22 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
         assert cli.main(argv) == 130
         again = "; run it again with --resume to keep the rows it made" if argv[0] == "sweep" else ""
         assert capsys.readouterr().err.strip() == f"interrupted; textgan {argv[0]} stopped before it finished{again}"
+
+
+@pytest.mark.parametrize("argv", [
+    ["-m", "textgan", "sample", "--model", "{generator}", "-n", "50"],
+    ["-m", "textgan", "evaluate", "--samples", "{samples}"],
+    ["-m", "textgan", "--version"],
+    ["-m", "textgan.recipes.scratchgan", "--help"],
+], ids=["sample", "evaluate", "version", "recipe-help"])
+def test_a_reader_that_goes_away_ends_the_command_quietly(argv, trained_generator, tmp_path):
+    """`textgan ... | head`: when the reader of its output is gone the command stops as SIGPIPE would stop it
+    (exit 141), with no BrokenPipeError traceback. Here the pipe's reading end is closed before the command
+    writes to it."""
+    (tmp_path / "samples.txt").write_text("a man riding a bike .\na dog on a couch .\n")
+    argv = [word.format(generator=trained_generator, samples=tmp_path / "samples.txt") for word in argv]
+    process = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait() == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

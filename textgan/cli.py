@@ -628,6 +628,17 @@ def _train_error(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``textgan ARGV``: the exit status. A reader of its output that goes away early (``| head``) ends it
+    quietly (:func:`textgan.distributed.reader_gone`)."""
+    from .distributed import reader_gone
+
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return reader_gone()
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:  # a first try: the commands, rather than argparse's "required: command"
         build_parser().print_help(sys.stderr)

@@ -103,6 +103,19 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def reader_gone() -> int:
+    """What a command does when the reader of its standard output has gone (``textgan evaluate ... | head``, a
+    BrokenPipeError): no traceback. Standard output is pointed at the null device, so that the interpreter's last
+    flush of it cannot fail again, and the exit status is the one a shell gives a program that SIGPIPE ended,
+    141. Files the command writes are written whole or not at all, as they always are."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+    except (OSError, ValueError):  # no descriptor to point (a test's captured stdout): nothing will flush to it
+        pass
+    return 128 + 13  # SIGPIPE
+
+
 def exit_process(code: int) -> NoReturn:
     """End the process with exit status ``code``: the last call of a command-line entry point.
 

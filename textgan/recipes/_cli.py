@@ -46,6 +46,8 @@ def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> in
     except KeyboardInterrupt:  # before the training loop: nothing to save
         print("interrupted; nothing was saved", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of its output has gone (`| head`): stop as a SIGPIPE would, no traceback
+        return distributed.reader_gone()  # (a run keeps its checkpoints: resume=true goes on from the last)
     finally:
         distributed.shutdown()
     return 0
