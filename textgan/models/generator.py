@@ -241,11 +241,11 @@ def load_generator(path: str, *, trust_remote_code: bool = False):
                 return checkpoint_generator(checkpoints, trust_remote_code=trust_remote_code)
             from ..training import run_config
 
-            if not (local / "config.yaml").is_file() and run_config(local) is not None:  # a folder inside a run
+            if run_config(local) is not None:  # a run folder, or a folder inside one (runs/x/tokenizer)
                 run = local.parent
-                if run_checkpoints(run) or model_folder(str(run)) != str(run):
+                if not (local / "config.yaml").is_file() and (run_checkpoints(run) or model_folder(str(run)) != str(run)):
                     raise ModelError(f"{path} holds no model; give the run folder {run}, which has one")
-            if run_config(local) is not None:  # a run folder, started afresh or still before its first checkpoint
+                # a run started afresh, or still before its first checkpoint
                 raise ModelError(f"{path}: this run has exported no model and written no checkpoint yet; sample once "
                                  "it has written one (every checkpoint_every steps) or finished")
             raise ModelError(f"{path} has no config.json; give a textgan run folder (or its 'generator' folder) or a "
