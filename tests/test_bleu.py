@@ -91,3 +91,17 @@ def test_bad_arguments_raise():
         bleu(["a"], [])
     with pytest.raises(ValueError, match="orders"):
         bleu(["a"], ["a"], orders=(0,))
+    with pytest.raises(ValueError, match="at least one hypothesis"):  # a mean over none, not 0.0
+        bleu([], ["a b"])
+    with pytest.raises(ValueError, match="at least one hypothesis"):
+        bleu(iter([]), ["a b"])
+
+
+@pytest.mark.parametrize("call", [lambda: bleu("a b c", ["a b c"]), lambda: bleu(["a b c"], "a b c"),
+                                  lambda: self_bleu("a b c d"), lambda: bleu_scores(b"a b", ["a b"])],
+                         ids=["hypotheses", "references", "self-bleu", "bytes"])
+def test_one_string_in_place_of_a_list_of_sentences_is_refused(call):
+    """Iterating over a string would score each character as a one-token sentence and return a plausible
+    number (BLEU-2 0.19 for bleu("a b c", "a b c")); the call names the mistake instead."""
+    with pytest.raises(TypeError, match="list of sentences.*wrap it in a list"):
+        call()

@@ -6,6 +6,7 @@ import math
 import pytest
 from test_cli import _assert_clean_error, run
 
+from textgan import metrics as text_metrics
 from textgan.data import json_text
 from textgan.evaluation import (
     EvaluationError,
@@ -36,6 +37,16 @@ def test_metric_names_and_requirements():
     with pytest.raises(EvaluationError, match="no samples"):
         score([], ["distinct"])
     assert "bleu" not in default_metrics(references=False, train=False, lm=False, oracle=False, grammar=False)
+
+
+def test_a_string_in_place_of_a_list_of_sentences_is_refused():
+    """One string would be scored a character a sentence (distinct-1 of 'a b c' is 0.6); it is refused."""
+    with pytest.raises(TypeError, match="samples must be a list of sentences"):
+        score("a man rides a bike", ["distinct"])
+    with pytest.raises(TypeError, match="references must be a list of sentences"):
+        score(SAMPLES, ["bleu"], references="a man rides a bike")
+    with pytest.raises(ValueError, match="positive integer n"):
+        text_metrics.distinct_n(SAMPLES, 0)
 
 
 def test_reverse_lm_and_lm_scores_are_finite(trained_generator):

@@ -34,7 +34,13 @@ EPSILON = 0.1
 
 
 def tokenize(sentences: Iterable[str | Tokens]) -> list[list[str]]:
-    """Strings are split on whitespace; token lists are kept as they are."""
+    """Strings are split on whitespace; token lists are kept as they are.
+
+    A single string in place of the collection is a TypeError: iterating over it would score each of
+    its characters as a sentence of one token and return a number that means nothing."""
+    if isinstance(sentences, (str, bytes)):
+        raise TypeError(f"expected a list of sentences (strings or token lists), got one {type(sentences).__name__}:"
+                        f" {sentences[:40]!r}; wrap it in a list")
     return [s.split() if isinstance(s, str) else list(s) for s in sentences]
 
 
@@ -159,7 +165,10 @@ def self_bleu_scores(sentences: Iterable[str | Tokens], orders: Sequence[int] = 
 
 
 def _mean(scores: dict[int, list[float]]) -> dict[int, float]:
-    return {n: math.fsum(v) / len(v) if v else 0.0 for n, v in scores.items()}
+    """The mean per order; a ValueError where there were no hypotheses, whose mean is undefined (not 0)."""
+    if not next(iter(scores.values()), []):
+        raise ValueError("BLEU needs at least one hypothesis")
+    return {n: math.fsum(v) / len(v) for n, v in scores.items()}
 
 
 def bleu(

@@ -142,7 +142,13 @@ def score(
     encoder=None,
     reverse_lm_steps: int = 1000,
 ) -> dict[str, float]:
-    """Compute the named metrics of a sample set. ``lm`` is a (model, tokenizer) pair."""
+    """Compute the named metrics of a sample set. ``lm`` is a (model, tokenizer) pair.
+
+    Self-BLEU needs two samples: with one, ``self-bleu-n`` is left out of the result (``textgan evaluate``
+    says so, or refuses where ``--metrics`` asked for it)."""
+    for name, value in (("samples", samples), ("references", references), ("train", train)):
+        if isinstance(value, (str, bytes)):
+            raise TypeError(f"{name} must be a list of sentences, got one {type(value).__name__}; wrap it in a list")
     if not samples:
         raise EvaluationError("no samples to score")
     given = {"references": references, "train": train, "lm": lm, "oracle": oracle}

@@ -12,6 +12,8 @@ def ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
 
 def distinct_n(sentences: list[str], n: int) -> float:
     """Distinct n-grams over all n-grams in the set (Li et al. 2016). 0 if there are none."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"distinct-n needs a positive integer n, got {n!r}")
     counts = Counter(g for s in sentences for g in ngrams(s.split(), n))
     total = sum(counts.values())
     return len(counts) / total if total else 0.0
