@@ -602,3 +602,40 @@ def test_prompts_the_model_cannot_continue_are_refused(tiny_generator, word_toke
     with pytest.raises(PromptError, match="the prompt is 2 tokens, and sentences are at most 2"):
         sample_texts(tiny_generator, word_tokenizer, 2, prompt="a man", max_length=2)
     assert len(sample_texts(tiny_generator, word_tokenizer, 2, prompt="  ")) == 2  # blank: unconditional
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"temperature": float("nan")}, "temperature must be a finite positive number"),
+    ({"temperature": float("inf")}, "temperature must be a finite positive number"),
+    ({"temperature": 0.0}, "temperature must be a finite positive number"),
+    ({"top_p": 0.0}, "top_p must be in \\(0, 1\\]"),
+    ({"top_p": 1.5}, "top_p must be in \\(0, 1\\]"),
+    ({"top_k": -1}, "top_k must be a whole number, zero or more"),
+    ({"top_k": 2.5}, "top_k must be a whole number, zero or more"),
+])
+def test_sampling_settings_out_of_range_are_refused_by_name(tiny_generator, word_tokenizer, settings, message):
+    """Out of range, sampling used to fail deep inside (a nan temperature or top_p=0 leaves no probability:
+    'index 11 is out of bounds'; top_k=-1: 'selected index k out of range') or quietly mean another setting
+    (top_p=1.5 as 1); each entry point now names the setting."""
+    from textgan.sampling import PrefixCompleter, sample_texts
+
+    prompt = _prompt(word_tokenizer, 2)
+    _, eos, pad = special_ids(word_tokenizer)
+    with pytest.raises(ValueError, match=message):
+        sample(tiny_generator, prompt, 5, eos_id=eos, pad_id=pad, **settings)
+    with pytest.raises(ValueError, match=message):
+        sample_texts(tiny_generator, word_tokenizer, 2, **settings)
+    with pytest.raises(ValueError, match=message):
+        PrefixCompleter(tiny_generator, prompt, prompt.new_full((2, 3), pad), eos_id=eos, pad_id=pad, **settings)
+    with pytest.raises(ValueError, match=message):
+        filter_logits(torch.zeros(2, 4), **settings)
+
+
+@pytest.mark.parametrize("counts", [{"n": -1}, {"batch_size": 0}, {"max_length": 0}])
+def test_sample_texts_refuses_counts_out_of_range(tiny_generator, word_tokenizer, counts):
+    """batch_size=0 was a ZeroDivisionError, n=-1 an empty list, max_length=0 the model's whole length."""
+    from textgan.sampling import sample_texts
+
+    with pytest.raises(ValueError, match="sample_texts needs n >= 0, batch_size >= 1 and max_length >= 1"):
+        sample_texts(tiny_generator, word_tokenizer, **{"n": 2, **counts})
+    assert sample_texts(tiny_generator, word_tokenizer, 0) == []

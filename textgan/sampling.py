@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -66,10 +68,27 @@ def _ordinary(out):
     return out
 
 
+def check_settings(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> None:
+    """A ValueError naming the first sampling setting out of range: a temperature that is not a finite positive
+    number, a negative top-k, a top-p outside (0, 1]. Outside them sampling would fail deep inside (an index out
+    of bounds where every probability is nan) or quietly mean something else."""
+    if not 0 < temperature < math.inf:  # nan too
+        raise ValueError(f"temperature must be a finite positive number, got {temperature}")
+    if not isinstance(top_k, numbers.Integral) or top_k < 0:
+        raise ValueError(f"top_k must be a whole number, zero or more (0: no top-k), got {top_k!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1: no nucleus filtering), got {top_p}")
+
+
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Temperature, then top-k, then nucleus (top-p) filtering. logits: (B, V) -> (B, V)."""
-    if temperature <= 0:
-        raise ValueError("temperature must be positive when sampling")
+    """Temperature, then top-k, then nucleus (top-p) filtering. logits: (B, V) -> (B, V).
+    Settings out of range are a ValueError (:func:`check_settings`)."""
+    check_settings(temperature, top_k, top_p)
+    return _filter_logits(logits, temperature, top_k, top_p)
+
+
+def _filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """:func:`filter_logits` without the checks, for the token loop: its callers check the settings once."""
     if temperature != 1.0:
         logits = logits / temperature
     if top_k and top_k < logits.shape[-1]:
@@ -146,6 +165,7 @@ def sample(
     (q/k/v, the MLP's) in bf16 and everything else (attention, norms, the output layer, the token
     draws) in fp32: see :func:`matmul_dtype`.
     """
+    check_settings(temperature, top_k, top_p)
     low = matmul_dtype(prompt.device)
     with torch.autocast(prompt.device.type, enabled=False):
         return _sample(model, prompt, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p, fast, prompt_mask,
@@ -264,7 +284,7 @@ def _draw_tokens(logits, next_logits, finished, max_new_tokens, eos_id, pad_id, 
             token = logits.argmax(-1, keepdim=True)  # (held rows, 1)
             token_logp = torch.zeros(token.shape, device=token.device)
         else:
-            probs = filter_logits(logits.float(), temperature, top_k, top_p).softmax(-1)  # (held rows, V)
+            probs = _filter_logits(logits.float(), temperature, top_k, top_p).softmax(-1)  # (held rows, V)
             uniform = torch.rand(B, 1, device=probs.device, dtype=probs.dtype)
             token = _draw_column(probs, uniform if held is None else uniform[held])
             token_logp = probs.gather(1, token).log_()  # a drawn token's probability is > 0
@@ -324,6 +344,7 @@ class PrefixCompleter:
                  prefix_batch_rows: int | None = None):
         from .models.fast_decode import LlamaDecoder, supports
 
+        check_settings(temperature, top_k, top_p)
         self.model, self.prompt, self.tokens, self.length = model, prompt, tokens, tokens.shape[1]
         self.options = {"eos_id": eos_id, "pad_id": pad_id, "temperature": temperature, "top_k": top_k, "top_p": top_p}
         self.base = None
@@ -477,12 +498,14 @@ def sample_texts(model, tokenizer, n: int, *, prompt: str = "", temperature: flo
     prompt's included), defaults to, and is capped at, the model's position limit less BOS and EOS;
     a row the model has not ended by then is cut one token later.
     """
-    import math
-
     from tqdm.auto import tqdm
 
     from .tokenization import special_ids
 
+    if n < 0 or batch_size < 1 or (max_length is not None and max_length < 1):
+        raise ValueError(f"sample_texts needs n >= 0, batch_size >= 1 and max_length >= 1 (or None), got n={n}, "
+                         f"batch_size={batch_size}, max_length={max_length}")
+    check_settings(temperature, top_k, top_p)
     bos, eos, pad = special_ids(tokenizer)
     limit = getattr(model.config, "max_position_embeddings", 64) - 2
     max_length = min(max_length or limit, limit)
