@@ -40,6 +40,21 @@ def test_discounted_returns_hand_computed():
     assert_close(discounted_returns(rewards, MASK, 0.0), rewards * MASK)
     scratch = discounted_returns(torch.ones(1, 3), torch.ones(1, 3, dtype=torch.bool), 0.23)
     assert_close(scratch, torch.tensor([[1 + 0.23 + 0.23**2, 1.23, 1.0]]))
+    assert_close(discounted_returns(rewards, MASK, 1), (rewards * MASK).flip(1).cumsum(1).flip(1) * MASK)
+
+
+@pytest.mark.parametrize("discount", [-0.5, 1.5, float("nan")])
+def test_a_discount_outside_0_1_is_refused(discount):
+    """Outside [0, 1] the returns were computed all the same (discount -1 alternates signs, 1.5 grows
+    without bound): a ValueError names the setting, as the recipes' config checks do."""
+    with pytest.raises(ValueError, match="discount must be in \\[0, 1\\]"):
+        discounted_returns(torch.ones(2, 3), MASK, discount)
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0, float("nan")])
+def test_an_ema_decay_outside_0_1_is_refused(decay):
+    with pytest.raises(ValueError, match="decay must be in \\[0, 1\\)"):
+        EMABaseline(4, decay=decay)
 
 
 def test_batch_mean_and_leave_one_out_baselines():

@@ -72,7 +72,10 @@ def rewards_from_logits(logits: torch.Tensor, kind: str = "scratchgan") -> torch
 
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:
-    """R_t = Σ_{s ≥ t} discount^(s−t) · r_s over the unmasked positions. (B, T) -> (B, T)."""
+    """R_t = Σ_{s ≥ t} discount^(s−t) · r_s over the unmasked positions. (B, T) -> (B, T).
+    ``discount`` in [0, 1] (a ValueError outside it, nan included)."""
+    if not 0 <= discount <= 1:
+        raise ValueError(f"discount must be in [0, 1], got {discount}")
     rewards = rewards * mask.to(rewards.dtype)
     returns = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
@@ -171,6 +174,8 @@ class EMABaseline:
     """
 
     def __init__(self, max_length: int, decay: float = 0.9):
+        if not 0 <= decay < 1:
+            raise ValueError(f"the baseline's decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.value = torch.zeros(max_length)
         self.initialized = False
