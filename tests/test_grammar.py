@@ -40,6 +40,12 @@ def test_toy_probabilities_sum_to_one_and_match_sampling():
         assert abs(c / 20000 - p) < 5 * math.sqrt(p * (1 - p) / 20000) + 1e-3
 
 
+def test_sample_takes_a_random_generator_or_a_seed():
+    g = Grammar.default()
+    assert g.sample(7) == g.sample(random.Random(7))
+    assert g.is_grammatical(" ".join(g.sample(7)))
+
+
 def test_recursive_grammar_is_rejected():
     with pytest.raises(ValueError, match="recursive"):
         Grammar.from_text("S -> a S | b")

@@ -56,6 +56,13 @@ def test_unknown_kind():
         build_tokenizer("chars", ["a b"])
 
 
+@pytest.mark.parametrize("kind", ["word", "bpe", "unigram"])
+def test_one_string_in_place_of_the_sentences_is_refused(kind):
+    """Iterated, a string trained a vocabulary of its characters without a word of warning."""
+    with pytest.raises(TypeError, match="got one str; wrap it in a list"):
+        build_tokenizer(kind, "a man rides a bike", vocab_size=20)
+
+
 def test_unigram_vocabulary_too_small_is_a_data_error():
     """sentencepiece refuses a vocabulary smaller than what it must hold; the message says to raise vocab_size."""
     from textgan.data import DataError

@@ -133,8 +133,10 @@ class Grammar:
         return sorted(words)
 
     # ---------------------------------------------------------------- sampling
-    def sample(self, rng: random.Random) -> list[str]:
-        """One sentence, as a list of words."""
+    def sample(self, rng: random.Random | int) -> list[str]:
+        """One sentence, as a list of words, drawn with ``rng`` (a ``random.Random``, or a seed for a new one)."""
+        if isinstance(rng, int):
+            rng = random.Random(rng)
         out: list[str] = []
         stack = [self.start]
         while stack:
