@@ -179,6 +179,73 @@ def test_a_run_stopped_by_bad_input_leaves_the_earlier_run_in_its_folder(tmp_pat
         assert _folder(run) == before, change
 
 
+def _hold_lock(run, owner="4242"):
+    """Hold ``run``'s folder lock as another process would (a descriptor of this process's own, which flock
+    sets against every other): returns the descriptor, whose closing lets go."""
+    import fcntl
+    import os
+
+    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{owner}\n".encode(), 0)
+    return fd
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "pwrite"), reason="flock run-folder locks are POSIX only")
+def test_a_run_folder_another_run_is_writing_is_refused_and_left_as_it_was(tmp_path):
+    """Two runs in one out_dir (the same command started twice, or resume=true while the run still trains) used
+    to write into each other: a fresh start removed the other's checkpoints, a resume appended its steps to the
+    other's log. The first run's lock on the folder refuses the second, before it loads anything where the
+    first had started already, or when it starts; the folder stays as it was, and once the lock is let go
+    (the holder ends, or is killed) runs go on there."""
+    import os
+
+    from textgan.config import ConfigError
+    from textgan.training import Run
+
+    module, config = _config("mle", tmp_path)
+    module.main(config)
+    run = tmp_path / "mle"
+    fd = _hold_lock(run)  # ended: finish() let go of the lock, so "another process" can take it
+    before = _folder(run)
+    try:
+        for resume in (False, True):
+            with pytest.raises(ConfigError, match=r"out_dir=.*mle is in use by another run \(process 4242\)"):
+                module.main(dataclasses.replace(config, resume=resume))
+            assert _folder(run) == before, resume
+        late = Run(dataclasses.replace(config, out_dir=str(tmp_path / "late")))  # the other run starts meanwhile
+        other = _hold_lock(tmp_path / "late", owner="")
+        with pytest.raises(ConfigError, match=r"late is in use by another run, which is writing"):
+            late.start()
+        os.close(other)
+    finally:
+        os.close(fd)
+    resumed = module.main(dataclasses.replace(config, resume=True))
+    assert resumed["eval/nll_valid"] > 0
+    os.close(_hold_lock(run))  # let go of at the end again
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "pwrite"), reason="flock run-folder locks are POSIX only")
+def test_a_run_that_stopped_in_this_process_does_not_lock_out_its_resumption(tmp_path):
+    """A run that raised (Ctrl-C, a diverged loss) may live on in a traceback, its lock with it: the same
+    process resumes all the same (a notebook, a test), and the lock goes once every Run holding it is gone."""
+    import gc
+
+    from textgan.training import _HELD, Run
+
+    module, config = _config("mle", tmp_path)
+    folder = str((tmp_path / "mle").resolve())
+    stopped = Run(config)
+    stopped.start()
+    assert folder in _HELD
+    module.main(dataclasses.replace(config, resume=True))
+    assert folder in _HELD  # still the stopped run's
+    del stopped
+    gc.collect()
+    assert folder not in _HELD
+
+
 def test_resume_with_another_model_size_is_refused_and_changes_nothing(tmp_path):
     """resume=true with d_model changed: intact checkpoints that do not fit are not 'damaged'; skipping them would
     start over and overwrite them. A one-line ConfigError instead, with the run folder as it was."""

@@ -12,6 +12,7 @@ import random
 import signal
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,75 @@ def grammar_run_valid(path: str | Path) -> list[str] | None:
                        valid_fraction=saved.get("valid_fraction", 0.05), seed=saved.get("seed", 0)).valid
 
 
+LOCK = ".lock"  # in a run folder: held (flock) by the process whose run is writing there
+_HELD: dict[str, list] = {}  # resolved run folder -> [descriptor of its LOCK, Runs of this process using it]
+
+
+def _in_use(folder: Path, fd: int) -> ConfigError:
+    owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return ConfigError(f"out_dir={folder} is in use by another run{f' (process {owner})' if owner.isdigit() else ''}, "
+                       "which is writing its checkpoints and logs there; wait for it to end or stop it (a second run "
+                       "would overwrite them), or choose another out_dir")
+
+
+def _lock_folder(folder: Path):
+    """Take the run folder's lock for this process (:data:`LOCK`, an exclusive ``flock``), or add to this
+    process's hold on it; return the function that lets go, or None where there are no such locks (not POSIX,
+    a file system without them). Another process's hold is a ConfigError. The kernel drops a lock with its
+    process, so a run killed by SIGKILL or a crash leaves none behind to clear."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    key = str(folder.resolve())
+    held = _HELD.get(key)
+    if held is None:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            error = _in_use(folder, fd)
+            os.close(fd)
+            raise error from None
+        except OSError:  # no locks on this file system: run unguarded, as before
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        held = _HELD[key] = [fd, 0]
+    held[1] += 1
+
+    def let_go():
+        held[1] -= 1
+        if held[1] == 0 and _HELD.get(key) is held:
+            del _HELD[key]
+            os.close(held[0])  # closing the descriptor drops the lock
+    return let_go
+
+
+def _check_not_in_use(folder: Path) -> None:
+    """A ConfigError at once where another process holds ``folder``'s lock (before a run loads its data and
+    builds its models); creates nothing, and takes nothing: :meth:`Run.start` takes the lock."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    if str(folder.resolve()) in _HELD:  # this process's own run (or an earlier one it has not let go)
+        return
+    try:
+        fd = os.open(folder / LOCK, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(folder, fd) from None
+    except OSError:
+        pass
+    finally:
+        os.close(fd)  # and with it the lock this check took
+
+
 class Run:
     """The run folder and its logs. Under torchrun only rank 0 writes; other ranks' writes are no-ops.
 
@@ -303,6 +373,11 @@ class Run:
     :meth:`start`, which :func:`restore` calls once the recipe has read its data and built its models:
     a run that stops on bad input (a missing file, a damaged model) leaves an earlier run's
     checkpoints, logs and tokenizer in the same folder as they were.
+
+    Two runs never write one folder at once: :meth:`start` takes the folder's lock (:data:`LOCK`) until
+    :meth:`close` (which :func:`finish` calls) or the process ends, and a run whose folder another process
+    holds stops with one line, at once if that run had started before it, instead of removing the other's
+    checkpoints (a fresh start) or writing its steps into the other's log (``resume=true``).
     """
 
     def __init__(self, config: RunConfig):
@@ -313,6 +388,7 @@ class Run:
         self.last_diversity: dict | None = None  # the previous evaluation's scores, to spot mode collapse
         self.writes = distributed.is_main()
         self._tokenizer = None  # a new run's tokenizer, saved by start()
+        self._let_go = None  # drops the folder's lock (start() takes it)
         if not self.writes:
             return
         try:
@@ -323,6 +399,7 @@ class Run:
         except OSError as e:
             raise ConfigError(f"cannot write the run folder out_dir={config.out_dir} ({e.strerror or type(e).__name__}); "
                               "choose a folder you can write") from None
+        _check_not_in_use(self.dir)
         if (self.dir / "config.yaml").is_file() and not self._earlier_run():
             raise ConfigError(f"out_dir={config.out_dir} holds a config.yaml that is not a textgan run's, which the run "
                               "would overwrite; choose another out_dir (e.g. runs/NAME)")
@@ -350,6 +427,10 @@ class Run:
         earlier run's model (``textgan sample --model RUN`` during training or after a crash)."""
         if not self.writes:
             return
+        if self._let_go is None:
+            let_go = _lock_folder(self.dir)
+            if let_go is not None:
+                self._let_go = weakref.finalize(self, let_go)  # at close(), or when this Run is collected
         if not self.config.resume and (self.dir / "config.yaml").is_file() and self._earlier_run():
             import shutil
 
@@ -363,6 +444,11 @@ class Run:
         if self._tokenizer is not None:
             self._tokenizer.save_pretrained(self.dir / "tokenizer")
         (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False), encoding="utf-8")
+
+    def close(self) -> None:
+        """Let go of the run folder's lock (:meth:`start`): another run may write there now."""
+        if self._let_go is not None:
+            self._let_go()
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.writes:
@@ -641,6 +727,7 @@ def finish(run: Run, setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
     print(report(values))
     print(f"\nrun folder: {run.dir}  (generator exported to {run.dir / 'generator'}; "
           f"try: textgan sample --model {run.dir / 'generator'} -n 10; training curves: textgan plot {run.dir})")
+    run.close()
     return values
 
 

@@ -142,6 +142,7 @@ def main(config: ClassifierConfig) -> dict:
     for key, value in scores.items():
         print(f"{key:<24} {value:.4f}")
     print(f"\nclassifier exported to {out}")
+    run.close()
     return scores
 
 

@@ -427,6 +427,7 @@ def main(config: StyleTransferConfig) -> dict:
     print(f"\nrun folder: {run.dir}  (model exported to {run.dir / 'model'}; "
           f"try: textgan transfer --model {run.dir / 'model'} --from {styles[0]} --to {styles[1]} \"...\"; "
           f"training curves: textgan plot {run.dir})")
+    run.close()
     return scores
 
 
