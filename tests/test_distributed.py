@@ -250,6 +250,29 @@ def test_a_bad_argument_under_torchrun_is_said_once(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_folder_in_use_under_torchrun_stops_every_process_with_its_line(tmp_path):
+    """Only rank 0 checks the run folder (and takes its lock); its error is every process's, each saying the one
+    line, where the other processes used to fail in their next collective with a gloo traceback."""
+    import fcntl
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run is training there
+        os.write(fd, b"4242\n")
+        result = _torchrun(f"out_dir={folder}", "steps=2", recipe="mle")
+    finally:
+        os.close(fd)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    said = (f"error: out_dir={folder} is in use by another run (process 4242), which is writing its checkpoints and "
+            "logs there; wait for it to end or stop it (a second run would overwrite them), or choose another out_dir")
+    assert errors == [said, said], result.stderr[-3000:]
+    assert "[rank1]: Traceback" not in result.stderr and "[rank0]: Traceback" not in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+
+
 def test_an_unknown_recipe_under_torchrun_is_said_once(tmp_path):
     """`torchrun ... -m textgan.cli train NAME`: the CLI's own errors, before any recipe runs, are said once too."""
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -80,6 +80,19 @@ def say_for_all(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+def raise_rank_zeros(message: str | None) -> None:
+    """Raise rank 0's ConfigError (``message``, None for none) in every process: for what only rank 0 checks, its
+    run folder (writable, not another run's while that run trains). Under torchrun every process joins the call,
+    and each then stops with the same line, where the others would otherwise wait on rank 0 in their next
+    collective and fail there with a traceback of their own. Run alone: raises ``message``, if any."""
+    if active():
+        shared = [message]
+        dist.broadcast_object_list(shared, src=0)
+        message = shared[0]
+    if message:
+        raise ConfigError(message)
+
+
 def init(device: str = "auto") -> bool:
     """Join the process group that ``torchrun`` describes in the environment; False when run alone."""
     if launched_world_size() <= 1 or not dist.is_available():

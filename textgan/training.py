@@ -389,20 +389,29 @@ class Run:
         self.writes = distributed.is_main()
         self._tokenizer = None  # a new run's tokenizer, saved by start()
         self._let_go = None  # drops the folder's lock (start() takes it)
-        if not self.writes:
-            return
+        error = None
+        if self.writes:
+            try:
+                self._check_folder()
+            except ConfigError as e:
+                error = str(e)
+        distributed.raise_rank_zeros(error)
+
+    def _check_folder(self) -> None:
+        """A ConfigError unless out_dir can be written, is no other process's run's while it trains, and holds no
+        config.yaml but a textgan run's."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             probe = self.dir / ".write_test"
             probe.write_text("")
             probe.unlink()
         except OSError as e:
-            raise ConfigError(f"cannot write the run folder out_dir={config.out_dir} ({e.strerror or type(e).__name__}); "
-                              "choose a folder you can write") from None
+            raise ConfigError(f"cannot write the run folder out_dir={self.config.out_dir} "
+                              f"({e.strerror or type(e).__name__}); choose a folder you can write") from None
         _check_not_in_use(self.dir)
         if (self.dir / "config.yaml").is_file() and not self._earlier_run():
-            raise ConfigError(f"out_dir={config.out_dir} holds a config.yaml that is not a textgan run's, which the run "
-                              "would overwrite; choose another out_dir (e.g. runs/NAME)")
+            raise ConfigError(f"out_dir={self.config.out_dir} holds a config.yaml that is not a textgan run's, which "
+                              "the run would overwrite; choose another out_dir (e.g. runs/NAME)")
 
     def _earlier_run(self) -> bool:
         """Whether out_dir's config.yaml is a textgan run's resolved config (not a user's own file of that name)."""
@@ -742,7 +751,12 @@ def restore(run: Run, modules: dict, optimizers: dict, device) -> dict | None:
     reads as if it had never stopped.
     """
     state = _load_newest(run, modules, optimizers, device) if run.config.resume else None
-    run.start()  # after loading: a resume that fails leaves the run's config.yaml as it was
+    error = None
+    try:
+        run.start()  # after loading: a resume that fails leaves the run's config.yaml as it was
+    except ConfigError as e:  # another process's run took the folder meanwhile: every process stops
+        error = str(e)
+    distributed.raise_rank_zeros(error)
     if run.config.resume:
         run.truncate_log(state["step"] if state else 0)
     distributed.broadcast_modules(modules.values())  # every process starts from rank 0's weights
