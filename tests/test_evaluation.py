@@ -191,6 +191,30 @@ def test_an_interrupted_sweep_resumes_to_what_an_unbroken_one_writes(trained_gen
     assert fresh.returncode == 0 and "0 of 1 rows are done" in fresh.stderr
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "pwrite"), reason="flock folder locks are POSIX only")
+def test_a_sweep_into_a_folder_another_sweep_is_writing_is_refused(trained_generator, files, tmp_path):
+    """Two sweeps into one --output used to interleave their samples and leave whichever sweep.json was written
+    last; the second now stops with one line, and the folder is as it was."""
+    import fcntl
+    import os
+
+    out = tmp_path / "sweep"
+    sweep = ("textgan", "sweep", "--model", f"tiny={trained_generator}", "--temperatures", "1.0", "-n", "4",
+             "--references", str(files[1]), "--output", str(out))
+    assert run(*sweep).returncode == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    fd = os.open(out / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another sweep is writing there
+        os.pwrite(fd, b"4242\n", 0)
+        _assert_clean_error(run(*sweep), "is in use by another sweep or run (process 4242)")
+        _assert_clean_error(run(*sweep, "--resume"), "give another --output")
+    finally:
+        os.close(fd)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    assert run(*sweep, "--resume").returncode == 0  # let go of: the folder is free again
+
+
 def test_sweep_errors(trained_generator, files, tmp_path):
     references = files[1]
     sweep = ("textgan", "sweep", "--references", str(references))

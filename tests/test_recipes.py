@@ -232,7 +232,8 @@ def test_a_run_that_stopped_in_this_process_does_not_lock_out_its_resumption(tmp
     process resumes all the same (a notebook, a test), and the lock goes once every Run holding it is gone."""
     import gc
 
-    from textgan.training import _HELD, Run
+    from textgan.checkpoint import _HELD
+    from textgan.training import Run
 
     module, config = _config("mle", tmp_path)
     folder = str((tmp_path / "mle").resolve())

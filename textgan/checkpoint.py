@@ -21,6 +21,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,76 @@ import torch
 from safetensors.torch import load_file, save_file
 
 PREFIX = "step_"
+
+
+LOCK = ".lock"  # in a run (or sweep) folder: held, by flock, by the process writing there
+_HELD: dict[str, list] = {}  # resolved folder -> [descriptor of its LOCK, holders in this process]
+
+
+def _owner(fd: int) -> str:
+    """The process id the lock's holder wrote into it, or '' where it has not (yet)."""
+    owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return owner if owner.isdigit() else ""
+
+
+def lock_folder(folder: Path, in_use: Callable[[Path, str], Exception]) -> Callable[[], None] | None:
+    """Take ``folder``'s lock for this process (:data:`LOCK`, an exclusive ``flock``, with the process id written
+    into it), or add to this process's hold on it; return the function that lets go (once per take), or None where
+    there are no such locks (not POSIX, a file system without them). Another process's hold raises
+    ``in_use(folder, its process id or '')``. The kernel drops a lock with its process, so a process killed by
+    SIGKILL or a crash leaves none behind to clear; and a holder in this process that stopped with an exception
+    (alive in a traceback) does not lock out the next take in the same process."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    key = str(folder.resolve())
+    held = _HELD.get(key)
+    if held is None:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            error = in_use(folder, _owner(fd))
+            os.close(fd)
+            raise error from None
+        except OSError:  # no locks on this file system: go on unguarded
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        held = _HELD[key] = [fd, 0]
+    held[1] += 1
+
+    def let_go():
+        held[1] -= 1
+        if held[1] == 0 and _HELD.get(key) is held:
+            del _HELD[key]
+            os.close(held[0])  # closing the descriptor drops the lock
+    return let_go
+
+
+def check_not_in_use(folder: Path, in_use: Callable[[Path, str], Exception]) -> None:
+    """Raise ``in_use(folder, owner)`` at once where another process holds ``folder``'s lock (:func:`lock_folder`):
+    before a run loads its data and builds its models. Creates nothing and keeps nothing."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    if str(folder.resolve()) in _HELD:  # this process's own (or one it has not let go of yet)
+        return
+    try:
+        fd = os.open(folder / LOCK, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise in_use(folder, _owner(fd)) from None
+    except OSError:
+        pass
+    finally:
+        os.close(fd)  # and with it the lock this check took
 
 
 class CheckpointError(ValueError):

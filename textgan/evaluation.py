@@ -236,6 +236,7 @@ def sweep(
     ``inputs`` the caller names, e.g. the files behind an oracle or LM, and the textgan version)
     and one of each model folder's files. A sweep of other inputs is an :class:`EvaluationError`.
     """
+    from .checkpoint import lock_folder
     from .models.generator import load_generator, model_digest
 
     out_dir = Path(out_dir)
@@ -243,33 +244,44 @@ def sweep(
                      "references": references, "valid": valid, "inputs": inputs or {},
                      "score": {k: v for k, v in score_kwargs.items() if _plain(v)}})
     state = {"setup": setup, "models": {label: model_digest(path) for label, path in models.items()}}
-    done = _resumable_rows(out_dir, state) if resume else {}
-    if resume and progress:
-        print(f"resuming the sweep in {out_dir}: {len(done)} of {len(models) * len(temperatures)} rows are done",
-              file=sys.stderr)
-    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
-    if not done:  # an earlier sweep's rows must not outlive the state that described them
-        write_text_atomic(out_dir / "sweep.json", "[]\n")
-    write_text_atomic(out_dir / SWEEP_STATE, json.dumps(state, indent=2) + "\n")
-    rows = []
-    for label, path in models.items():
-        if any((label, t) not in done for t in temperatures):  # a model whose rows are all kept is not loaded
-            model, tokenizer = load_generator(path)
-            model = model.to(device)
-        for t in tqdm(temperatures, desc=f"sweep {label}", disable=not progress):
-            if (label, t) in done:
-                rows.append(done[label, t])
-                continue
-            texts = sample_texts(model, tokenizer, n, temperature=t, seed=seed, progress=progress)
-            write_text_atomic(out_dir / "samples" / f"{label}_T{t:g}.txt", "\n".join(texts) + "\n")
-            row = {"model": label, "temperature": t}
-            row |= score(texts, metrics, references=references, **score_kwargs)
-            if valid:
-                row["nll-test"], _ = sentences_nll(model, tokenizer, valid, temperature=t)
-            rows.append(row)
-            write_text_atomic(out_dir / "sweep.json", json_text(rows))
-    write_text_atomic(out_dir / "sweep.json", json_text(rows))
-    return rows
+    out_dir.mkdir(parents=True, exist_ok=True)
+    let_go = lock_folder(out_dir, _sweep_in_use)  # two sweeps into one folder would mix their rows
+    try:
+        done = _resumable_rows(out_dir, state) if resume else {}
+        if resume and progress:
+            print(f"resuming the sweep in {out_dir}: {len(done)} of {len(models) * len(temperatures)} rows are done",
+                  file=sys.stderr)
+        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        if not done:  # an earlier sweep's rows must not outlive the state that described them
+            write_text_atomic(out_dir / "sweep.json", "[]\n")
+        write_text_atomic(out_dir / SWEEP_STATE, json.dumps(state, indent=2) + "\n")
+        rows = []
+        for label, path in models.items():
+            if any((label, t) not in done for t in temperatures):  # a model whose rows are all kept is not loaded
+                model, tokenizer = load_generator(path)
+                model = model.to(device)
+            for t in tqdm(temperatures, desc=f"sweep {label}", disable=not progress):
+                if (label, t) in done:
+                    rows.append(done[label, t])
+                    continue
+                texts = sample_texts(model, tokenizer, n, temperature=t, seed=seed, progress=progress)
+                write_text_atomic(out_dir / "samples" / f"{label}_T{t:g}.txt", "\n".join(texts) + "\n")
+                row = {"model": label, "temperature": t}
+                row |= score(texts, metrics, references=references, **score_kwargs)
+                if valid:
+                    row["nll-test"], _ = sentences_nll(model, tokenizer, valid, temperature=t)
+                rows.append(row)
+                write_text_atomic(out_dir / "sweep.json", json_text(rows))
+        write_text_atomic(out_dir / "sweep.json", json_text(rows))
+        return rows
+    finally:
+        if let_go is not None:
+            let_go()
+
+
+def _sweep_in_use(folder: Path, owner: str) -> EvaluationError:
+    return EvaluationError(f"{folder} is in use by another sweep or run{f' (process {owner})' if owner else ''}; "
+                           "wait for it to end or stop it, or give another --output")
 
 
 def _resumable_rows(out_dir: Path, state: dict) -> dict[tuple[str, float], dict]:

@@ -21,7 +21,15 @@ import torch
 import yaml
 
 from . import distributed, metrics
-from .checkpoint import CheckpointError, CheckpointMismatch, list_checkpoints, load_checkpoint, write_folder_atomic
+from .checkpoint import (
+    CheckpointError,
+    CheckpointMismatch,
+    check_not_in_use,
+    list_checkpoints,
+    load_checkpoint,
+    lock_folder,
+    write_folder_atomic,
+)
 from .config import ConfigError, arg, check_bounds, check_choice, check_heads, check_unit_interval, parse_betas, to_dict
 from .data import Corpus, encode, json_text, load_corpus, sample_blocks, sequence_mask, write_text_atomic
 from .losses import DISC_OBJECTIVES, mle_loss
@@ -297,73 +305,10 @@ def grammar_run_valid(path: str | Path) -> list[str] | None:
                        valid_fraction=saved.get("valid_fraction", 0.05), seed=saved.get("seed", 0)).valid
 
 
-LOCK = ".lock"  # in a run folder: held (flock) by the process whose run is writing there
-_HELD: dict[str, list] = {}  # resolved run folder -> [descriptor of its LOCK, Runs of this process using it]
-
-
-def _in_use(folder: Path, fd: int) -> ConfigError:
-    owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    return ConfigError(f"out_dir={folder} is in use by another run{f' (process {owner})' if owner.isdigit() else ''}, "
-                       "which is writing its checkpoints and logs there; wait for it to end or stop it (a second run "
-                       "would overwrite them), or choose another out_dir")
-
-
-def _lock_folder(folder: Path):
-    """Take the run folder's lock for this process (:data:`LOCK`, an exclusive ``flock``), or add to this
-    process's hold on it; return the function that lets go, or None where there are no such locks (not POSIX,
-    a file system without them). Another process's hold is a ConfigError. The kernel drops a lock with its
-    process, so a run killed by SIGKILL or a crash leaves none behind to clear."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    key = str(folder.resolve())
-    held = _HELD.get(key)
-    if held is None:
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            error = _in_use(folder, fd)
-            os.close(fd)
-            raise error from None
-        except OSError:  # no locks on this file system: run unguarded, as before
-            os.close(fd)
-            return None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        held = _HELD[key] = [fd, 0]
-    held[1] += 1
-
-    def let_go():
-        held[1] -= 1
-        if held[1] == 0 and _HELD.get(key) is held:
-            del _HELD[key]
-            os.close(held[0])  # closing the descriptor drops the lock
-    return let_go
-
-
-def _check_not_in_use(folder: Path) -> None:
-    """A ConfigError at once where another process holds ``folder``'s lock (before a run loads its data and
-    builds its models); creates nothing, and takes nothing: :meth:`Run.start` takes the lock."""
-    try:
-        import fcntl
-    except ImportError:
-        return
-    if str(folder.resolve()) in _HELD:  # this process's own run (or an earlier one it has not let go)
-        return
-    try:
-        fd = os.open(folder / LOCK, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise _in_use(folder, fd) from None
-    except OSError:
-        pass
-    finally:
-        os.close(fd)  # and with it the lock this check took
+def _in_use(folder: Path, owner: str) -> ConfigError:
+    return ConfigError(f"out_dir={folder} is in use by another run{f' (process {owner})' if owner else ''}, which is "
+                       "writing its checkpoints and logs there; wait for it to end or stop it (a second run would "
+                       "overwrite them), or choose another out_dir")
 
 
 class Run:
@@ -374,7 +319,7 @@ class Run:
     a run that stops on bad input (a missing file, a damaged model) leaves an earlier run's
     checkpoints, logs and tokenizer in the same folder as they were.
 
-    Two runs never write one folder at once: :meth:`start` takes the folder's lock (:data:`LOCK`) until
+    Two runs never write one folder at once: :meth:`start` takes the folder's lock (:data:`textgan.checkpoint.LOCK`) until
     :meth:`close` (which :func:`finish` calls) or the process ends, and a run whose folder another process
     holds stops with one line, at once if that run had started before it, instead of removing the other's
     checkpoints (a fresh start) or writing its steps into the other's log (``resume=true``).
@@ -408,7 +353,7 @@ class Run:
         except OSError as e:
             raise ConfigError(f"cannot write the run folder out_dir={self.config.out_dir} "
                               f"({e.strerror or type(e).__name__}); choose a folder you can write") from None
-        _check_not_in_use(self.dir)
+        check_not_in_use(self.dir, _in_use)
         if (self.dir / "config.yaml").is_file() and not self._earlier_run():
             raise ConfigError(f"out_dir={self.config.out_dir} holds a config.yaml that is not a textgan run's, which "
                               "the run would overwrite; choose another out_dir (e.g. runs/NAME)")
@@ -437,7 +382,7 @@ class Run:
         if not self.writes:
             return
         if self._let_go is None:
-            let_go = _lock_folder(self.dir)
+            let_go = lock_folder(self.dir, _in_use)
             if let_go is not None:
                 self._let_go = weakref.finalize(self, let_go)  # at close(), or when this Run is collected
         if not self.config.resume and (self.dir / "config.yaml").is_file() and self._earlier_run():
