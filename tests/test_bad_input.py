@@ -117,6 +117,10 @@ CASES = [
      ["unknown option --bogus", "see 'textgan sample --help'"]),
     ("sample-misspelt-option", lambda s: ["sample", "--model", str(s["generator"]), "--temprature=0.9"],
      ["unknown option --temprature (did you mean --temperature?)"]),
+    ("transfer-model-missing", lambda s: ["transfer", "--model", R(s, "nomodel"), "--from", "neg", "--to", "pos", "x"],
+     ["no such folder", "style_transfer run folder"]),
+    ("transfer-model-is-a-file", lambda s: ["transfer", "--model", R(s, "ok.txt"), "--from", "neg", "--to", "pos", "x"],
+     ["is a file", "style_transfer run folder"]),
     # a misspelt required option is named as such, not reported as the missing one it was meant to be
     ("transfer-misspelt-required-option", lambda s: ["transfer", "--model", str(s["transfer"]), "--form", "neg", "--to", "pos"],
      ["unknown option --form (did you mean --from?)", "see 'textgan transfer --help'"]),

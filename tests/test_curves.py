@@ -98,6 +98,9 @@ def test_textgan_plot_draws_a_runs_log_into_its_folder(transfer_run, tmp_path):
     result = run_module("textgan", "plot", str(run))
     assert result.returncode == 0, result.stderr
     series, _ = read_log(run / "metrics.jsonl")
+    assert {k: v[0] for k, v in read_log(run)[0].items()} == {k: v[0] for k, v in series.items()}  # its log
+    with pytest.raises(CurvesError, match="no such run folder or file"):  # not read_text's hint about sentences
+        read_log(run / "missing.jsonl")
     once = [name for name, (steps, _) in series.items() if len(steps) == 1]  # the test set's scores, at the end
     assert any(name.startswith("test/") for name in once) and "gen/loss" not in once
     assert result.stdout.strip() == (f"wrote {run / 'curves.png'}: {len(series) - len(once)} metrics of 1 run, to step "

