@@ -271,3 +271,20 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(argv, trained_generato
     err = process.stderr.read().decode()
     assert process.wait() == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_a_full_disk_is_one_line_that_names_the_file(trained_generator, tmp_path, monkeypatch):
+    """textgan sample --output on a full disk: one line naming the file (not its temporary), exit 1, nothing left."""
+    import errno
+    import pathlib
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    out = tmp_path / "samples.txt"
+    result = run("textgan", "sample", "--model", str(trained_generator), "-n", "3", "--output", str(out))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (f"error: cannot write {out}: No space left on device; free space "
+                                                      "(or fix the disk), then run the command again")
+    assert not list(tmp_path.iterdir())

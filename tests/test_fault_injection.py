@@ -120,3 +120,70 @@ def test_signal_writes_a_checkpoint_and_exits_cleanly(tmp_path, signum):
     resumed.send_signal(signal.SIGTERM)
     resumed.communicate(timeout=120)
     assert resumed.returncode == 128 + signal.SIGTERM
+
+
+NO_SPACE = "Error while serializing: I/O error: No space left on device (os error 28)"  # as safetensors says it
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "log", "tokenizer"])
+def test_a_full_disk_stops_the_run_with_one_line_and_its_checkpoints_as_they_were(tmp_path, monkeypatch, where):
+    """A write the disk refuses (ENOSPC: a checkpoint through safetensors, a line of metrics.jsonl, the tokenizer
+    through tokenizers, each raising an error of its own kind) used to end the run with a traceback and, for a
+    checkpoint, a half-written .tmp_step folder. Now: one line naming the file, exit 1, no partial checkpoint,
+    and the same command with resume=true goes on from the newest intact checkpoint."""
+    import errno
+
+    from textgan import checkpoint, training
+
+    args = [f"out_dir={tmp_path / 'run'}", "grammar_sentences=200", "d_model=32", "n_layers=1", "n_heads=2",
+            "batch_size=8", "eval_every=4", "log_every=1", "checkpoint_every=2", "print_samples=0", "steps=6"]
+    real_save, real_json_text = checkpoint.save_file, training.json_text
+
+    def full(*a, **k):
+        raise (Exception(NO_SPACE) if where != "log" else OSError(errno.ENOSPC, "No space left on device"))
+
+    if where == "checkpoint":  # the second checkpoint, at step 4, finds the disk full
+        saved = []
+        monkeypatch.setattr(checkpoint, "save_file", lambda *a, **k: full() if saved else saved.append(real_save(*a, **k)))
+        said = f"cannot write {tmp_path / 'run' / 'checkpoints' / 'step_00000004'}: No space left on device"
+    elif where == "log":  # the log line of step 3
+        monkeypatch.setattr(training, "json_text", lambda v, indent=2: full() if v.get("step") == 3
+                            else real_json_text(v, indent))
+        said = f"cannot write {tmp_path / 'run' / 'metrics.jsonl'}: No space left on device"
+    else:
+        from transformers import PreTrainedTokenizerFast
+
+        monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", full)
+        said = f"cannot write {tmp_path / 'run' / 'tokenizer'}: No space left on device"
+    result = run_module("textgan.recipes.mle", *args)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [(f"error: {said}; the run stopped with its checkpoints as they were: free space (or fix the "
+                      "disk), then run the same command with resume=true")], result.stderr[-2000:]
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert not list(checkpoints.glob(".tmp_*")) if checkpoints.is_dir() else True  # nothing half-written
+    monkeypatch.undo()  # space freed
+    resumed = run_module("textgan.recipes.mle", *args, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert run_module("textgan.recipes.mle", *args[1:], f"out_dir={tmp_path / 'ref'}").returncode == 0
+
+    def logged(run):
+        return [json.loads(line)["step"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    assert logged("run") == logged("ref")  # the resumed log reads as one unbroken run's
+
+
+def test_write_failure_tells_a_full_disk_from_other_errors(tmp_path):
+    import errno
+    from pathlib import Path
+
+    from textgan.checkpoint import write_failure, writing
+
+    target = Path(tmp_path / "x")
+    failed = write_failure(Exception(NO_SPACE), target)
+    assert isinstance(failed, OSError) and failed.errno == errno.ENOSPC and failed.filename == str(target)
+    assert write_failure(OSError(errno.EROFS, "Read-only file system"), target).errno == errno.EROFS
+    assert write_failure(ValueError("a bug"), target) is None
+    assert write_failure(OSError(errno.ENOENT, "No such file"), target) is None
+    with pytest.raises(ValueError, match="a bug"), writing(target):
+        raise ValueError("a bug")

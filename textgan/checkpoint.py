@@ -16,10 +16,13 @@ The last ``keep`` are kept.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -150,16 +153,54 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# errno values of a write that failed for the disk's sake, not the program's: full, over quota, read-only, failing
+DISK_ERRORS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EIO", "EFBIG")
+                        if hasattr(errno, name))
+
+
+def write_failure(error: BaseException, path: Path) -> OSError | None:
+    """``error``, raised while writing ``path``, as an OSError naming ``path`` where the disk refused the write
+    (:data:`DISK_ERRORS`), or None. safetensors reports such a failure as its own error whose message holds the
+    errno ("No space left on device (os error 28)")."""
+    if isinstance(error, OSError):
+        code, reason = error.errno, error.strerror or str(error)
+    else:
+        found = re.search(r"\(os error (\d+)\)", str(error))
+        code = int(found.group(1)) if found else None
+        reason = os.strerror(code) if code is not None else str(error)
+    return OSError(code, reason, str(path)) if code in DISK_ERRORS else None
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """Inside it, a write that the disk refuses (:func:`write_failure`) is raised as an OSError naming ``path``,
+    whatever library wrote it (tokenizers and safetensors raise errors of their own); other errors pass as they are."""
+    try:
+        yield
+    except Exception as e:
+        failed = write_failure(e, path)
+        if failed is None:
+            raise
+        raise failed from None
+
+
 def write_folder_atomic(final: Path, tmp: Path, write) -> Path:
     """Write the folder ``final`` whole or not at all: ``write(tmp)`` fills ``tmp``, a sibling cleared of
     what a crash left there, whose files are then flushed to disk before it takes ``final``'s place. A crash
     leaves the earlier ``final`` or none (and perhaps ``tmp``), never part of one."""
     shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    for path in tmp.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
+    try:
+        write(tmp)
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # what was written of it: a full disk keeps none of its space
+        failed = write_failure(e, final)
+        if failed is None:
+            raise
+        raise failed from None
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -689,6 +689,15 @@ def _main(argv: list[str] | None = None) -> int:
             StyleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk (or one that refuses writes): files are written whole or not at all
+        from .checkpoint import DISK_ERRORS
+
+        if e.errno not in DISK_ERRORS:
+            raise
+        again = " with --resume, which keeps the rows it made" if args.command == "sweep" else ""
+        print(f"error: cannot write {e.filename or 'its output'}: {e.strerror}; free space (or fix the disk), then "
+              f"run the command again{again}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C: files are written whole or not at all, so say so and stop, no traceback
         again = "; run it again with --resume to keep the rows it made" if args.command == "sweep" else ""
         print(f"interrupted; textgan {args.command} stopped before it finished{again}", file=sys.stderr)

@@ -20,6 +20,7 @@ import math
 import os
 from pathlib import Path
 
+from .checkpoint import writing
 from .data import read_text
 
 LOG = "metrics.jsonl"
@@ -254,10 +255,19 @@ def plot_curves(runs: dict[str, Series], path: str | Path, metrics: list[str], s
     elif title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig, path: str | Path, dpi: int) -> Path:
+    """Save and close ``fig``: written beside ``path`` and renamed into place, so the image is whole or the one
+    before; a disk that refuses the write is an OSError naming ``path`` (:func:`textgan.checkpoint.writing`)."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")  # its suffix keeps the format
     try:
-        fig.savefig(tmp, dpi=110)
+        with writing(path):
+            fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)
     finally:
         plt.close(fig)

@@ -33,10 +33,15 @@ class Corpus:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write UTF-8 text to a temporary file beside ``path``, then rename it into place."""
+    """Write UTF-8 text to a temporary file beside ``path``, then rename it into place. A write that fails (a full
+    disk) leaves ``path`` as it was and no temporary file, and raises an OSError naming ``path``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None  # the file meant, not its temporary
     os.replace(tmp, path)
 
 

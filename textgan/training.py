@@ -29,6 +29,7 @@ from .checkpoint import (
     load_checkpoint,
     lock_folder,
     write_folder_atomic,
+    writing,
 )
 from .config import ConfigError, arg, check_bounds, check_choice, check_heads, check_unit_interval, parse_betas, to_dict
 from .data import Corpus, encode, json_text, load_corpus, sample_blocks, sequence_mask, write_text_atomic
@@ -396,8 +397,11 @@ class Run:
                 if (self.dir / name / marker).is_file():
                     shutil.rmtree(self.dir / name)
         if self._tokenizer is not None:
-            self._tokenizer.save_pretrained(self.dir / "tokenizer")
-        (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False), encoding="utf-8")
+            with writing(self.dir / "tokenizer"):
+                self._tokenizer.save_pretrained(self.dir / "tokenizer")
+        with writing(self.dir / "config.yaml"):
+            (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False),
+                                                  encoding="utf-8")
 
     def close(self) -> None:
         """Let go of the run folder's lock (:meth:`start`): another run may write there now."""
@@ -408,7 +412,8 @@ class Run:
         if not self.writes:
             return
         record = {"step": step, "time": round(time.time() - self.started, 2), **values}
-        with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        path = self.dir / "metrics.jsonl"
+        with writing(path), open(path, "a", encoding="utf-8") as f:  # a line cut by a full disk: dropped on resume
             f.write(json_text(record, indent=None))
 
     def write_samples(self, step: int, texts: list[str]) -> None:
@@ -417,7 +422,8 @@ class Run:
         if not self.writes:
             return
         self._keep_samples(lambda logged: logged < step)
-        with open(self.dir / "samples.txt", "a", encoding="utf-8") as f:
+        path = self.dir / "samples.txt"
+        with writing(path), open(path, "a", encoding="utf-8") as f:
             f.write(f"# step {step}\n" + "\n".join(texts) + "\n")
 
     def _keep_samples(self, keep) -> None:
@@ -677,7 +683,8 @@ def finish(run: Run, setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
     run.export("generator", lambda folder: export_generator(setup.generator, setup.tokenizer, folder))
     values = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
     values["time/total_s"] = round(time.time() - run.started, 1)
-    (run.dir / "metrics.json").write_text(json_text(values), encoding="utf-8")
+    with writing(run.dir / "metrics.json"):
+        (run.dir / "metrics.json").write_text(json_text(values), encoding="utf-8")
     print(report(values))
     print(f"\nrun folder: {run.dir}  (generator exported to {run.dir / 'generator'}; "
           f"try: textgan sample --model {run.dir / 'generator'} -n 10; training curves: textgan plot {run.dir})")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> int:
     from .. import distributed, memory
+    from ..checkpoint import DISK_ERRORS
     from ..config import ConfigError, parse_args
     from ..data import DataError
     from ..models import onednn
@@ -48,6 +49,13 @@ def run_recipe(config_cls, main, prog: str, argv: list[str] | None = None) -> in
         return 130
     except BrokenPipeError:  # the reader of its output has gone (`| head`): stop as a SIGPIPE would, no traceback
         return distributed.reader_gone()  # (a run keeps its checkpoints: resume=true goes on from the last)
+    except OSError as e:  # after BrokenPipeError, one of them
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"error: cannot write {e.filename or 'to the run folder'}: {e.strerror}; the run stopped with its "
+              "checkpoints as they were: free space (or fix the disk), then run the same command with resume=true",
+              file=sys.stderr)
+        return 1
     finally:
         distributed.shutdown()
     return 0
