@@ -320,10 +320,11 @@ class Run:
     a run that stops on bad input (a missing file, a damaged model) leaves an earlier run's
     checkpoints, logs and tokenizer in the same folder as they were.
 
-    Two runs never write one folder at once: :meth:`start` takes the folder's lock (:data:`textgan.checkpoint.LOCK`) until
-    :meth:`close` (which :func:`finish` calls) or the process ends, and a run whose folder another process
-    holds stops with one line, at once if that run had started before it, instead of removing the other's
-    checkpoints (a fresh start) or writing its steps into the other's log (``resume=true``).
+    Two runs never write one folder at once: :meth:`start` takes the folder's lock
+    (:func:`textgan.checkpoint.lock_folder`) until :meth:`close` (which :func:`finish` calls) or the process
+    ends, and a run whose folder another process holds stops with one line, at once if that run had started
+    before it, instead of removing the other's checkpoints (a fresh start) or writing its steps into the
+    other's log (``resume=true``).
     """
 
     def __init__(self, config: RunConfig):
