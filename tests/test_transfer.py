@@ -740,6 +740,26 @@ def test_set_rerank_checks_its_weights(transfer_run):
         Rewriter(rewriter.model, rewriter.tokenizer, rewriter.styles, 20, content_weight=-1.0)
 
 
+def test_rewriter_calls_out_of_range_are_refused_by_name(transfer_run):
+    """One string in place of the sentences was rewritten a character a sentence; beam=0 failed with 'cannot
+    reshape tensor of 0 elements', beam=-1 with 'Repeats must be non-negative'; sample(n=-1) returned []."""
+    rewriter = Rewriter.load(transfer_run / "model")
+    with pytest.raises(TypeError, match="expected a list of sentences, got one str; wrap it in a list"):
+        rewriter.rewrite("the food was cold .", "neg", "pos")
+    with pytest.raises(TypeError, match="got one str"):
+        rewriter.rewrite_candidates("the food was cold .", "neg", "pos")
+    for beam in (0, -1):
+        with pytest.raises(ValueError, match=f"beam and batch_size must be at least 1, got beam={beam}"):
+            rewriter.rewrite(["the food"], "neg", "pos", decoding="beam", beam=beam)
+        with pytest.raises(ValueError, match="beam and batch_size must be at least 1"):
+            rewriter.rewrite_candidates(["the food"], "neg", "pos", beam=beam)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        rewriter.rewrite(["the food"], "neg", "pos", batch_size=0)
+    with pytest.raises(ValueError, match="n must be zero or more, got -1"):
+        rewriter.sample(rewriter.styles[0], -1)
+    assert rewriter.sample(rewriter.styles[0], 0) == [] and rewriter.rewrite([], "neg", "pos") == []
+
+
 def test_rerank_weights_survive_save_and_load(transfer_run, tmp_path):
     rewriter = Rewriter.load(transfer_run / "model")
     rewriter.set_rerank(style_weight=0.5, content_weight=2.0, overlap_weight=3.0, copy_bias=1.5, lm_style_weight=0.7)

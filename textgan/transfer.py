@@ -375,6 +375,15 @@ def rerank_choice(terms: dict[str, torch.Tensor], style_weight: float, content_w
 # --------------------------------------------------------------------------- the model
 
 
+def _check_call(sentences, *, beam: int = 1, batch_size: int = 1) -> None:
+    """A TypeError for one string given in place of the sentences (each character would be rewritten as a sentence),
+    a ValueError for a beam or batch size under 1 (they failed deep inside with a reshape error)."""
+    if isinstance(sentences, (str, bytes)):
+        raise TypeError(f"expected a list of sentences, got one {type(sentences).__name__}; wrap it in a list")
+    if beam < 1 or batch_size < 1:
+        raise ValueError(f"beam and batch_size must be at least 1, got beam={beam}, batch_size={batch_size}")
+
+
 class Rewriter:
     """A trained style-transfer model: the causal LM, its tokenizer, the styles and the text policy.
 
@@ -525,6 +534,7 @@ class Rewriter:
         """
         if decoding not in DECODING:
             raise ValueError(f"decoding must be one of {', '.join(DECODING)}, got {decoding!r}")
+        _check_call(sentences, beam=beam, batch_size=batch_size)
         src, tgt = self.layout.style_id(source), self.layout.style_id(target)
         outputs = [""] * len(sentences)
         device = next(self.model.parameters()).device
@@ -549,6 +559,7 @@ class Rewriter:
         one beam search. ``lm_style=False`` skips the lm_style term (zeros) when no d > 0 will be tried.
         Empty lines get K empty rewrites.
         """
+        _check_call(sentences, beam=beam, batch_size=batch_size)
         src, tgt = self.layout.style_id(source), self.layout.style_id(target)
         texts = [[""] * beam for _ in sentences]
         terms = {name: torch.zeros(len(sentences), beam) for name in ("forward", "style", "content", "overlap", "lm_style")}
@@ -699,6 +710,9 @@ class Rewriter:
         continuing ``prompt`` (normalized as the training text was) when one is given."""
         from tqdm.auto import tqdm
 
+        if n < 0:
+            raise ValueError(f"n must be zero or more, got {n}")
+        _check_call([], batch_size=batch_size)
         s = self.layout.style_id(style)
         text = normalize(prompt) if self.normalized and prompt.strip() else prompt
         prefix = encode_prompt(self.tokenizer, text, self.layout.max_length)
