@@ -330,6 +330,10 @@ def test_classifier_recipe(style_folder, tmp_path, capsys):
     assert classify(model, tokenizer, ["the food was awful .", "the staff was lovely ."], info["labels"]) == ["neg", "pos"]
     by_run = load_classifier(tmp_path / "c")  # the run folder stands for its classifier
     assert classify(by_run[0], by_run[1], ["the food was awful ."], by_run[2]["labels"]) == ["neg"]
+    with pytest.raises(TypeError, match="got one str; wrap it in a list"):  # not a verdict per character
+        classify(model, tokenizer, "the food was awful .", info["labels"])
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        classify(model, tokenizer, ["the food"], info["labels"], batch_size=0)
     sentences = ["the food was awful .", "the staff was lovely .", "what a place ."]
     exported = by_run[0](encode_batch(by_run[1], sentences, by_run[0].pad_id))
     capsys.readouterr()
