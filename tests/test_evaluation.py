@@ -39,6 +39,26 @@ def test_metric_names_and_requirements():
     assert "bleu" not in default_metrics(references=False, train=False, lm=False, oracle=False, grammar=False)
 
 
+def test_sentences_nll_refuses_what_it_cannot_score(trained_generator):
+    """A temperature of 0 returned nan; no sentences said that none fits the length limit."""
+    from textgan.evaluation import sentences_nll
+    from textgan.models import load_generator
+
+    model, tokenizer = load_generator(str(trained_generator))
+    with pytest.raises(ValueError, match="temperature must be a finite positive number"):
+        sentences_nll(model, tokenizer, ["a man"], temperature=0)
+    with pytest.raises(ValueError, match="batch_size at least 1"):
+        sentences_nll(model, tokenizer, ["a man"], batch_size=0)
+    with pytest.raises(TypeError, match="got one str"):
+        sentences_nll(model, tokenizer, "a man")
+    with pytest.raises(EvaluationError, match="no sentences to score"):
+        sentences_nll(model, tokenizer, [])
+    with pytest.raises(EvaluationError, match="none of the 1 sentences fits the model's length limit"):
+        sentences_nll(model, tokenizer, [" ".join(["a"] * 500)])
+    nll, dropped = sentences_nll(model, tokenizer, ["a man", " ".join(["a"] * 500)])
+    assert math.isfinite(nll) and dropped == 1
+
+
 def test_a_string_in_place_of_a_list_of_sentences_is_refused():
     """One string would be scored a character a sentence (distinct-1 of 'a b c' is 0.6); it is refused."""
     with pytest.raises(TypeError, match="samples must be a list of sentences"):

@@ -37,6 +37,19 @@ def test_samples_are_reproducible_and_follow_the_model():
     assert torch.allclose(empirical, exact, atol=4 * math.sqrt(0.25 / 4000))
 
 
+def test_nll_and_sample_refuse_what_they_cannot_score():
+    """No sequences was a ZeroDivisionError, an id past the vocabulary an index error deep in the LSTM, n=0 a
+    torch.cat error."""
+    oracle = tiny_oracle()
+    with pytest.raises(ValueError, match="at least one sequence"):
+        oracle.nll(torch.zeros(0, 20, dtype=torch.long))
+    with pytest.raises(ValueError, match="token ids must be in \\[0, 4\\), got 0..7"):
+        oracle.nll(torch.tensor([[0, 7]]))
+    with pytest.raises(ValueError, match="n and batch_size must be at least 1"):
+        oracle.sample(0, seed=1)
+    assert oracle.nll(torch.tensor([[0, 3]])) > 0
+
+
 def test_text_round_trip_drops_malformed_lines():
     tokens = torch.tensor([[1, 2, 3], [0, 0, 4]])
     parsed, dropped = from_text(to_text(tokens) + ["1 2", "1 2 x", "1 2 9"], length=3, vocab_size=5)

@@ -94,11 +94,18 @@ def sentences_nll(model, tokenizer, sentences: list[str], temperature: float = 1
     from .tokenization import special_ids
     from .training import nll_on
 
+    if isinstance(sentences, (str, bytes)):
+        raise TypeError(f"expected a list of sentences, got one {type(sentences).__name__}; wrap it in a list")
+    if not 0 < temperature < math.inf or batch_size < 1:  # a temperature of 0 gave nan
+        raise ValueError(f"temperature must be a finite positive number and batch_size at least 1, got "
+                         f"temperature={temperature}, batch_size={batch_size}")
+    if not sentences:
+        raise EvaluationError("no sentences to score")
     _, eos, pad = special_ids(tokenizer)
     limit = getattr(model.config, "max_position_embeddings", 64) - 2
     ids, dropped = encode(sentences, tokenizer, limit)
     if not len(ids):
-        raise EvaluationError("no sentence fits the model's length limit")
+        raise EvaluationError(f"none of the {len(sentences)} sentences fits the model's length limit ({limit} tokens)")
     ids = ids[:, : int((ids != pad).sum(1).max()) + 1]  # no wider than the longest sentence
     model.eval()
     return nll_on(model, ids, eos, batch_size, temperature), dropped

@@ -95,6 +95,8 @@ class Oracle:
     @torch.no_grad()
     def sample(self, n: int, seed: int, batch_size: int = 1000) -> torch.Tensor:
         """(n, 20) long: n sequences sampled at temperature 1, reproducible from ``seed``."""
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"n and batch_size must be at least 1, got n={n}, batch_size={batch_size}")
         rng = torch.Generator().manual_seed(seed)
         out = []
         for start in range(0, n, batch_size):
@@ -121,7 +123,13 @@ class Oracle:
         return torch.stack(out, 1)
 
     def nll(self, tokens: torch.Tensor, batch_size: int = 2000) -> float:
-        """NLL-oracle: mean per-token negative log-likelihood (nats) of (N, T) sequences."""
+        """NLL-oracle: mean per-token negative log-likelihood (nats) of (N, T) sequences; a ValueError for no tokens
+        or a token that is not an oracle id."""
+        if not tokens.numel():
+            raise ValueError("NLL-oracle needs at least one sequence")
+        if tokens.min() < 0 or tokens.max() >= self.vocab_size:
+            raise ValueError(f"NLL-oracle: token ids must be in [0, {self.vocab_size}), got "
+                             f"{int(tokens.min())}..{int(tokens.max())}")
         total = sum(-self.token_logprobs(tokens[i : i + batch_size]).sum().item() for i in range(0, len(tokens), batch_size))
         return total / tokens.numel()
 
