@@ -140,3 +140,9 @@ def test_hf_dataset_with_no_hub_in_reach_reads_the_cache_only(monkeypatch):
         load_corpus("hf:someone/corpus")
     assert seen["offline"] == (True, True)
     assert (huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE) == before
+
+
+def test_a_grammar_corpus_of_no_sentences_is_refused():
+    """grammar_sentences=0 gave an empty training set beside a validation sentence."""
+    with pytest.raises(DataError, match="grammar_sentences must be at least 1, got 0"):
+        load_corpus("grammar", grammar_sentences=0)

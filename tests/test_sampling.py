@@ -639,3 +639,14 @@ def test_sample_texts_refuses_counts_out_of_range(tiny_generator, word_tokenizer
     with pytest.raises(ValueError, match="sample_texts needs n >= 0, batch_size >= 1 and max_length >= 1"):
         sample_texts(tiny_generator, word_tokenizer, **{"n": 2, **counts})
     assert sample_texts(tiny_generator, word_tokenizer, 0) == []
+
+
+def test_build_generator_refuses_special_ids_outside_its_vocabulary():
+    """transformers only warned, and the first forward pass failed with an index error (or, for vocab_size=0,
+    building did)."""
+    from textgan.models import build_generator
+
+    with pytest.raises(ValueError, match="bos_id=10 outside the vocabulary of 5 tokens \\(ids 0..4\\)"):
+        build_generator(5, bos_id=10, eos_id=2, pad_id=0)
+    with pytest.raises(ValueError, match="bos_id=1, eos_id=2, pad_id=0 outside the vocabulary of 0 tokens"):
+        build_generator(0, bos_id=1, eos_id=2, pad_id=0)

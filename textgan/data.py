@@ -162,6 +162,8 @@ def load_corpus(
     """
     grammar = None
     if source == "grammar":
+        if grammar_sentences < 1:
+            raise DataError(f"grammar_sentences must be at least 1, got {grammar_sentences}")
         grammar = Grammar.default()
         # Training and validation sentences come from independent seeds of the same grammar.
         train = grammar.sample_corpus(grammar_sentences, seed=seed)

@@ -48,6 +48,10 @@ def build_generator(
 
     if d_model % n_heads:
         raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+    named = {"bos_id": bos_id, "eos_id": eos_id, "pad_id": pad_id}
+    outside = [f"{name}={value}" for name, value in named.items() if not 0 <= value < vocab_size]
+    if outside:  # transformers only warns, and the first forward pass fails with an index error
+        raise ValueError(f"{', '.join(outside)} outside the vocabulary of {vocab_size} tokens (ids 0..{vocab_size - 1})")
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=d_model,
