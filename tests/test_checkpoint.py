@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from torch.testing import assert_close
 
@@ -148,3 +149,36 @@ def test_mismatched_checkpoint_changes_nothing(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, other.parameters()))
     with pytest.raises(CheckpointError, match="no weights"):
         load_checkpoint(list_checkpoints(tmp_path)[0], {"generator": other}, {})
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "pwrite"), reason="flock folder locks are POSIX only")
+def test_a_lock_file_this_user_cannot_write_still_locks(tmp_path, monkeypatch):
+    """Another user's .lock (mode 644) cannot be opened for writing, but flock needs only to read it: the run
+    takes the lock through a read-only descriptor, where os.open used to end it with a PermissionError."""
+    import errno
+    import fcntl
+    import os
+
+    from textgan.checkpoint import LOCK, lock_folder
+
+    (tmp_path / LOCK).write_text("123\n")
+    real_open = os.open
+
+    def open_(path, flags, *args):
+        if str(path).endswith(LOCK) and flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_)
+    let_go = lock_folder(tmp_path, lambda folder, owner: AssertionError(owner))
+    monkeypatch.undo()
+    assert let_go is not None
+    probe = os.open(tmp_path / LOCK, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):  # held
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        let_go()
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go of
+    finally:
+        os.close(probe)
+    assert (tmp_path / LOCK).read_text() == "123\n"  # not its to rewrite

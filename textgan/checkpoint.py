@@ -58,7 +58,15 @@ def lock_folder(folder: Path, in_use: Callable[[Path, str], Exception]) -> Calla
     key = str(folder.resolve())
     held = _HELD.get(key)
     if held is None:
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:  # another user's lock file: flock needs only to read it
+            try:
+                fd = os.open(folder / LOCK, os.O_RDONLY)
+            except OSError:
+                return None
+        except OSError:
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -68,8 +76,9 @@ def lock_folder(folder: Path, in_use: Callable[[Path, str], Exception]) -> Calla
         except OSError:  # no locks on this file system: go on unguarded
             os.close(fd)
             return None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # the holder's id, for another process's message (not on a read-only file)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         held = _HELD[key] = [fd, 0]
     held[1] += 1
 
