@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError, arg, check_bounds, check_unit_interval
-from ..data import json_text, step_seed
+from ..data import json_text, step_seed, write_text_atomic
 from ..distributed import shard
 from ..models.classifier import SentenceClassifier, classify, encode_batch, save_classifier
 from ..rl import loss_mean
@@ -138,7 +138,7 @@ def main(config: ClassifierConfig) -> dict:
     extra["dev_accuracy"] = scores["eval/accuracy"]
     out = run.export("classifier", lambda folder: save_classifier(model, tokenizer, styles, folder, extra=extra))
     scores["time/total_s"] = round(time.time() - run.started, 1)
-    (run.dir / "metrics.json").write_text(json_text(scores), encoding="utf-8")
+    write_text_atomic(run.dir / "metrics.json", json_text(scores))
     for key, value in scores.items():
         print(f"{key:<24} {value:.4f}")
     print(f"\nclassifier exported to {out}")

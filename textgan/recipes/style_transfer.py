@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, arg, check_bounds, check_choice, check_heads, check_unit_interval, parse_betas
-from ..data import json_text, sequence_mask, step_seed
+from ..data import json_text, sequence_mask, step_seed, write_text_atomic
 from ..distributed import seed_step, shard
 from ..losses import mle_loss
 from ..models.classifier import SentenceClassifier, classify, load_classifier
@@ -421,8 +421,8 @@ def main(config: StyleTransferConfig) -> dict:
     scores["time/total_s"] = round(time.time() - run.started, 1)
     scores["judge"] = judge_name
     run.log(config.steps, {k: v for k, v in scores.items() if isinstance(v, float)})
-    (run.dir / "metrics.json").write_text(json_text(scores), encoding="utf-8")
-    (run.dir / f"rewrites_{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(run.dir / "metrics.json", json_text(scores))
+    write_text_atomic(run.dir / f"rewrites_{split}.txt", "\n".join(lines) + "\n")
     print(report(scores, split, judge_name))
     print(f"\nrun folder: {run.dir}  (model exported to {run.dir / 'model'}; "
           f"try: textgan transfer --model {run.dir / 'model'} --from {styles[0]} --to {styles[1]} \"...\"; "
