@@ -27,6 +27,8 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from .config import check_sentences
+
 Tokens = Sequence[str]
 
 # nltk's SmoothingFunction().method1 adds this count to a zero precision.
@@ -38,9 +40,7 @@ def tokenize(sentences: Iterable[str | Tokens]) -> list[list[str]]:
 
     A single string in place of the collection is a TypeError: iterating over it would score each of
     its characters as a sentence of one token and return a number that means nothing."""
-    if isinstance(sentences, (str, bytes)):
-        raise TypeError(f"expected a list of sentences (strings or token lists), got one {type(sentences).__name__}:"
-                        f" {sentences[:40]!r}; wrap it in a list")
+    check_sentences(sentences)
     return [s.split() if isinstance(s, str) else list(s) for s in sentences]
 
 

@@ -31,6 +31,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+try:
+    import fcntl  # the run-folder lock (lock_folder); POSIX only
+except ImportError:
+    fcntl = None
+
 PREFIX = "step_"
 
 
@@ -44,6 +49,20 @@ def _owner(fd: int) -> str:
     return owner if owner.isdigit() else ""
 
 
+def _flock(fd: int, folder: Path, in_use: Callable[[Path, str], Exception]) -> bool:
+    """Take ``fd``'s exclusive lock without waiting: True; False where the file system has no locks. Where another
+    process holds it, ``fd`` is closed and ``in_use(folder, its holder's process id or '')`` raised."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        error = in_use(folder, _owner(fd))
+        os.close(fd)
+        raise error from None
+    except OSError:
+        return False
+
+
 def lock_folder(folder: Path, in_use: Callable[[Path, str], Exception]) -> Callable[[], None] | None:
     """Take ``folder``'s lock for this process (:data:`LOCK`, an exclusive ``flock``, with the process id written
     into it), or add to this process's hold on it; return the function that lets go (once per take), or None where
@@ -51,9 +70,7 @@ def lock_folder(folder: Path, in_use: Callable[[Path, str], Exception]) -> Calla
     ``in_use(folder, its process id or '')``. The kernel drops a lock with its process, so a process killed by
     SIGKILL or a crash leaves none behind to clear; and a holder in this process that stopped with an exception
     (alive in a traceback) does not lock out the next take in the same process."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return None
     key = str(folder.resolve())
     held = _HELD.get(key)
@@ -67,13 +84,7 @@ def lock_folder(folder: Path, in_use: Callable[[Path, str], Exception]) -> Calla
                 return None
         except OSError:
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            error = in_use(folder, _owner(fd))
-            os.close(fd)
-            raise error from None
-        except OSError:  # no locks on this file system: go on unguarded
+        if not _flock(fd, folder, in_use):  # no locks on this file system: go on unguarded
             os.close(fd)
             return None
         with contextlib.suppress(OSError):  # the holder's id, for another process's message (not on a read-only file)
@@ -93,9 +104,7 @@ def lock_folder(folder: Path, in_use: Callable[[Path, str], Exception]) -> Calla
 def check_not_in_use(folder: Path, in_use: Callable[[Path, str], Exception]) -> None:
     """Raise ``in_use(folder, owner)`` at once where another process holds ``folder``'s lock (:func:`lock_folder`):
     before a run loads its data and builds its models. Creates nothing and keeps nothing."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return
     if str(folder.resolve()) in _HELD:  # this process's own (or one it has not let go of yet)
         return
@@ -103,14 +112,8 @@ def check_not_in_use(folder: Path, in_use: Callable[[Path, str], Exception]) -> 
         fd = os.open(folder / LOCK, os.O_RDONLY)
     except OSError:
         return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise in_use(folder, _owner(fd)) from None
-    except OSError:
-        pass
-    finally:
-        os.close(fd)  # and with it the lock this check took
+    _flock(fd, folder, in_use)
+    os.close(fd)  # and with it the lock this check took
 
 
 class CheckpointError(ValueError):
@@ -199,17 +202,15 @@ def write_folder_atomic(final: Path, tmp: Path, write) -> Path:
     leaves the earlier ``final`` or none (and perhaps ``tmp``), never part of one."""
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        write(tmp)
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
-    except Exception as e:
+        with writing(final):
+            write(tmp)
+            for path in tmp.rglob("*"):
+                if path.is_file():
+                    with open(path, "rb") as f:
+                        os.fsync(f.fileno())
+    except Exception:
         shutil.rmtree(tmp, ignore_errors=True)  # what was written of it: a full disk keeps none of its space
-        failed = write_failure(e, final)
-        if failed is None:
-            raise
-        raise failed from None
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -68,6 +68,15 @@ def check_unit_interval(config, names: tuple[str, ...], closed: bool = False) ->
             raise ConfigError(f"{name} must be in [0, 1{']' if closed else ')'}, got {value}")
 
 
+def check_sentences(value, name: str = "") -> None:
+    """A TypeError for one string (or bytes) given where a list of sentences belongs: iterated, it would be taken
+    a character a sentence, and the call would return a plausible number or vocabulary that means nothing.
+    ``name``: the argument's, for the message."""
+    if isinstance(value, (str, bytes)):
+        what = f"{name} must be" if name else "expected"
+        raise TypeError(f"{what} a list of sentences, got one {type(value).__name__}; wrap it in a list")
+
+
 def check_heads(config) -> None:
     """Raise a ConfigError unless ``config.d_model`` splits evenly into ``config.n_heads`` heads."""
     if config.d_model % config.n_heads:

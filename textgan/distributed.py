@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import NoReturn
 
 import torch
@@ -80,11 +81,17 @@ def say_for_all(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-def raise_rank_zeros(message: str | None) -> None:
-    """Raise rank 0's ConfigError (``message``, None for none) in every process: for what only rank 0 checks, its
-    run folder (writable, not another run's while that run trains). Under torchrun every process joins the call,
-    and each then stops with the same line, where the others would otherwise wait on rank 0 in their next
-    collective and fail there with a traceback of their own. Run alone: raises ``message``, if any."""
+def raise_rank_zeros(check: Callable[[], object] | None) -> None:
+    """Run ``check`` (None: nothing to run here) and raise rank 0's ConfigError from it in every process: for what
+    only rank 0 checks, its run folder (writable, not another run's while that run trains). Under torchrun every
+    process joins the call, and each then stops with the same line, where the others would otherwise wait on rank 0
+    in their next collective and fail there with a traceback of their own. Run alone: raises the check's error."""
+    message = None
+    if check is not None:
+        try:
+            check()
+        except ConfigError as e:
+            message = str(e)
     if active():
         shared = [message]
         dist.broadcast_object_list(shared, src=0)

@@ -30,8 +30,9 @@ from tqdm.auto import tqdm
 
 from . import metrics as text_metrics
 from .bleu import bleu, self_bleu
+from .config import check_sentences
 from .data import json_text, write_text_atomic
-from .sampling import sample_texts
+from .sampling import check_settings, sample_texts
 
 ALL_METRICS = ("bleu", "self-bleu", "distinct", "unique", "copied", "fed", "lm", "reverse-lm", "nll-oracle", "grammar")
 NEEDS = {"bleu": "references", "fed": "references", "reverse-lm": "references", "copied": "train", "lm": "lm",
@@ -94,11 +95,10 @@ def sentences_nll(model, tokenizer, sentences: list[str], temperature: float = 1
     from .tokenization import special_ids
     from .training import nll_on
 
-    if isinstance(sentences, (str, bytes)):
-        raise TypeError(f"expected a list of sentences, got one {type(sentences).__name__}; wrap it in a list")
-    if not 0 < temperature < math.inf or batch_size < 1:  # a temperature of 0 gave nan
-        raise ValueError(f"temperature must be a finite positive number and batch_size at least 1, got "
-                         f"temperature={temperature}, batch_size={batch_size}")
+    check_sentences(sentences)
+    check_settings(temperature)  # a temperature of 0 gave nan
+    if batch_size < 1:
+        raise ValueError(f"sentences_nll needs batch_size at least 1, got {batch_size}")
     if not sentences:
         raise EvaluationError("no sentences to score")
     _, eos, pad = special_ids(tokenizer)
@@ -153,8 +153,7 @@ def score(
     Self-BLEU needs two samples: with one, ``self-bleu-n`` is left out of the result (``textgan evaluate``
     says so, or refuses where ``--metrics`` asked for it)."""
     for name, value in (("samples", samples), ("references", references), ("train", train)):
-        if isinstance(value, (str, bytes)):
-            raise TypeError(f"{name} must be a list of sentences, got one {type(value).__name__}; wrap it in a list")
+        check_sentences(value, name)
     if not samples:
         raise EvaluationError("no samples to score")
     given = {"references": references, "train": train, "lm": lm, "oracle": oracle}

@@ -29,6 +29,8 @@ from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from .config import check_sentences
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]
 TOKENIZER_KINDS = ("word", "bpe", "unigram")
@@ -61,17 +63,9 @@ def token_ids(tokenizer, sentences: list[str]) -> list[list[int]]:
     return [encoding.ids for encoding in encode(sentences, add_special_tokens=False)]
 
 
-def _check_sentences(sentences) -> None:
-    """A TypeError for one string given in place of the sentences: iterated, it would train a vocabulary of its
-    characters."""
-    if isinstance(sentences, (str, bytes)):
-        raise TypeError(f"expected the training sentences (a list of strings), got one {type(sentences).__name__}; "
-                        "wrap it in a list")
-
-
 def build_word_tokenizer(sentences: Iterable[str], vocab_size: int | None = None, min_frequency: int = 1):
     """Word-level tokenizer: the ``vocab_size`` most frequent words (all, if None)."""
-    _check_sentences(sentences)
+    check_sentences(sentences)
     counts = Counter(word for sentence in sentences for word in sentence.split())
     words = [w for w, c in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0])) if c >= min_frequency]
     if vocab_size is not None:
@@ -85,7 +79,7 @@ def build_word_tokenizer(sentences: Iterable[str], vocab_size: int | None = None
 
 def build_bpe_tokenizer(sentences: Iterable[str], vocab_size: int = 8000):
     """Byte-pair encoding over whitespace-split words; word starts are marked with ``▁``."""
-    _check_sentences(sentences)
+    check_sentences(sentences)
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace(prepend_scheme="never")  # keeps the first word's space
@@ -96,7 +90,7 @@ def build_bpe_tokenizer(sentences: Iterable[str], vocab_size: int = 8000):
 
 def build_unigram_tokenizer(sentences: Iterable[str], vocab_size: int = 8000):
     """SentencePiece unigram model, trained by ``sentencepiece``, converted to ``tokenizers``."""
-    _check_sentences(sentences)
+    check_sentences(sentences)
     import sentencepiece as spm
 
     with tempfile.TemporaryDirectory() as tmp:

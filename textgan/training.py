@@ -336,13 +336,7 @@ class Run:
         self.writes = distributed.is_main()
         self._tokenizer = None  # a new run's tokenizer, saved by start()
         self._let_go = None  # drops the folder's lock (start() takes it)
-        error = None
-        if self.writes:
-            try:
-                self._check_folder()
-            except ConfigError as e:
-                error = str(e)
-        distributed.raise_rank_zeros(error)
+        distributed.raise_rank_zeros(self._check_folder if self.writes else None)
 
     def _check_folder(self) -> None:
         """A ConfigError unless out_dir can be written, is no other process's run's while it trains, and holds no
@@ -400,9 +394,7 @@ class Run:
         if self._tokenizer is not None:
             with writing(self.dir / "tokenizer"):
                 self._tokenizer.save_pretrained(self.dir / "tokenizer")
-        with writing(self.dir / "config.yaml"):
-            (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False),
-                                                  encoding="utf-8")
+        write_text_atomic(self.dir / "config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
 
     def close(self) -> None:
         """Let go of the run folder's lock (:meth:`start`): another run may write there now."""
@@ -684,8 +676,7 @@ def finish(run: Run, setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
     run.export("generator", lambda folder: export_generator(setup.generator, setup.tokenizer, folder))
     values = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
     values["time/total_s"] = round(time.time() - run.started, 1)
-    with writing(run.dir / "metrics.json"):
-        (run.dir / "metrics.json").write_text(json_text(values), encoding="utf-8")
+    write_text_atomic(run.dir / "metrics.json", json_text(values))
     print(report(values))
     print(f"\nrun folder: {run.dir}  (generator exported to {run.dir / 'generator'}; "
           f"try: textgan sample --model {run.dir / 'generator'} -n 10; training curves: textgan plot {run.dir})")
@@ -704,12 +695,9 @@ def restore(run: Run, modules: dict, optimizers: dict, device) -> dict | None:
     reads as if it had never stopped.
     """
     state = _load_newest(run, modules, optimizers, device) if run.config.resume else None
-    error = None
-    try:
-        run.start()  # after loading: a resume that fails leaves the run's config.yaml as it was
-    except ConfigError as e:  # another process's run took the folder meanwhile: every process stops
-        error = str(e)
-    distributed.raise_rank_zeros(error)
+    # after loading: a resume that fails leaves the run's config.yaml as it was; another process's run that took
+    # the folder meanwhile stops every process
+    distributed.raise_rank_zeros(run.start)
     if run.config.resume:
         run.truncate_log(state["step"] if state else 0)
     distributed.broadcast_modules(modules.values())  # every process starts from rank 0's weights

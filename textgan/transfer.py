@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from . import sampling
 from .bleu import ngram_counts
+from .config import check_sentences
 from .data import DataError, read_lines, read_text, sequence_mask
 from .models.fast_forward import causal_lm_hidden, head_logprobs
 from .models.generator import ModelError, load_errors
@@ -375,11 +376,10 @@ def rerank_choice(terms: dict[str, torch.Tensor], style_weight: float, content_w
 # --------------------------------------------------------------------------- the model
 
 
-def _check_call(sentences, *, beam: int = 1, batch_size: int = 1) -> None:
+def _check_call(sentences=(), *, beam: int = 1, batch_size: int = 1) -> None:
     """A TypeError for one string given in place of the sentences (each character would be rewritten as a sentence),
     a ValueError for a beam or batch size under 1 (they failed deep inside with a reshape error)."""
-    if isinstance(sentences, (str, bytes)):
-        raise TypeError(f"expected a list of sentences, got one {type(sentences).__name__}; wrap it in a list")
+    check_sentences(sentences)
     if beam < 1 or batch_size < 1:
         raise ValueError(f"beam and batch_size must be at least 1, got beam={beam}, batch_size={batch_size}")
 
@@ -712,7 +712,7 @@ class Rewriter:
 
         if n < 0:
             raise ValueError(f"n must be zero or more, got {n}")
-        _check_call([], batch_size=batch_size)
+        _check_call(batch_size=batch_size)
         s = self.layout.style_id(style)
         text = normalize(prompt) if self.normalized and prompt.strip() else prompt
         prefix = encode_prompt(self.tokenizer, text, self.layout.max_length)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import check_sentences
 from ..tokenization import token_ids
 from .generator import ModelError, load_errors, model_folder, run_checkpoints
 
@@ -164,8 +165,7 @@ def encode_batch(tokenizer, sentences: list[str], pad_id: int, max_length: int =
 def classify(model: SentenceClassifier, tokenizer, sentences: list[str], labels: list[str],
              batch_size: int = 512) -> list[str]:
     """The predicted label of each sentence."""
-    if isinstance(sentences, (str, bytes)):
-        raise TypeError(f"expected a list of sentences, got one {type(sentences).__name__}; wrap it in a list")
+    check_sentences(sentences)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = next(model.parameters()).device
