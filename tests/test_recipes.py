@@ -492,6 +492,22 @@ def test_gan_recipes_export_the_weight_average_and_resume_it(name, extra, part, 
         torch.testing.assert_close(exported[key], resumed[key], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["mle", "scratchgan", "seqgan", "classifier", "style_transfer"])
+def test_a_config_made_in_python_is_checked_before_the_run_starts(name, tmp_path):
+    """``main(Config(...))`` from Python meets a bad value as the command line does: a ConfigError naming it,
+    before the run reads data or makes its folder (it used to reach the data loader, which failed with
+    "max(): Expected reduction dim to be specified" for batch_size=0)."""
+    from textgan.config import ConfigError
+    from textgan.recipes import load_recipe
+
+    module, config_cls = load_recipe(name)
+    data = {"data": str(tmp_path / "styles")} if name in ("classifier", "style_transfer") else {}  # they need one
+    config = config_cls(out_dir=str(tmp_path / "run"), batch_size=0, **data)
+    with pytest.raises(ConfigError, match="batch_size"):
+        module.main(config)
+    assert not (tmp_path / "run").exists()
+
+
 def test_gen_average_must_be_below_one():
     from textgan.config import ConfigError
 

@@ -328,6 +328,7 @@ class Run:
     """
 
     def __init__(self, config: RunConfig):
+        config.check()  # a config made in Python is checked as the command line's is, before anything is written
         self.config = config
         self.dir = Path(config.out_dir)
         self.checkpoints = self.dir / "checkpoints"
