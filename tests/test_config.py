@@ -54,6 +54,39 @@ def test_ill_typed_and_out_of_range_values(item, message):
         parse_args(MLEConfig, [item])
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("steps", "100", r"steps must be an integer, got '100' \(str\)"),  # was a TypeError from a comparison
+    ("steps", 1.5, "steps must be an integer"),  # was accepted, and range() failed once training began
+    ("steps", None, "steps must be an integer"),
+    ("batch_size", True, "batch_size must be an integer"),
+    ("lr", "1e-3", "lr must be a finite number"),
+    ("lr", float("nan"), "lr must be a finite number"),  # was accepted: nan <= 0 is False
+    ("resume", "yes", r"resume must be true or false"),  # was accepted, and read as true
+    ("data", 3, "data must be a string"),
+])
+def test_a_config_made_in_python_is_type_checked(field, value, message):
+    """A config made in Python meets its check with what the command line's parsing guarantees: each field
+    of its declared type, a float finite; a ConfigError naming the field, not a TypeError deep inside."""
+    with pytest.raises(ConfigError, match=message):
+        MLEConfig(**{field: value}).check()
+
+
+def test_numpy_numbers_in_a_config_become_plain_ones():
+    """``steps=np.int64(...)`` or a rate from ``np.linspace`` passes the check and becomes Python's int or float of
+    the same value: transformers' model configs refuse numpy's int64 and yaml.safe_dump its numbers."""
+    import numpy as np
+    import yaml
+
+    from textgan.config import to_dict
+
+    rate = np.linspace(1e-4, 1e-3, 3)[1]
+    config = MLEConfig(steps=np.int64(7), lr=rate, temperature=np.float32(0.5), grad_clip=2)
+    config.check()
+    assert (config.steps, config.lr, config.temperature, config.grad_clip) == (7, float(rate), 0.5, 2.0)
+    assert [type(v) for v in (config.steps, config.lr, config.temperature, config.grad_clip)] == [int, float, float, float]
+    assert yaml.safe_load(yaml.safe_dump(to_dict(config))) == to_dict(config)
+
+
 def test_recipe_specific_checks():
     with pytest.raises(ConfigError, match="baseline must be one of"):
         parse_args(ScratchGANConfig, ["baseline=median"])

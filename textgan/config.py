@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 import os
 import sys
 import typing
@@ -66,6 +67,31 @@ def check_unit_interval(config, names: tuple[str, ...], closed: bool = False) ->
         value = getattr(config, name)
         if not (0 <= value <= 1 if closed else 0 <= value < 1):
             raise ConfigError(f"{name} must be in [0, 1{']' if closed else ')'}, got {value}")
+
+
+def check_types(config) -> None:
+    """Raise a ConfigError unless every field of the dataclass ``config`` holds a value of its declared type (a
+    finite number for a float): what parsing a command line or preset guarantees, checked for a config made in
+    Python, where ``steps="100"`` would fail as a TypeError deep inside and ``steps=1.5`` or a nan rate would run.
+    A numpy number (``steps=np.int64(500)``, a rate from ``np.linspace``) is replaced by Python's int or float of
+    the same value, which transformers' model configs and YAML require."""
+    for name, typ in _types(type(config)).items():
+        value = getattr(config, name)
+        if typ is bool:
+            ok, what = isinstance(value, bool), "true or false (a bool)"
+        elif typ is int:
+            ok, what = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+        elif typ is float:
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            what = "a finite number"
+        elif typ is str:
+            ok, what = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+        if typ in (int, float) and type(value) is not typ:
+            setattr(config, name, typ(value))
 
 
 def check_sentences(value, name: str = "") -> None:

@@ -31,7 +31,17 @@ from .checkpoint import (
     write_folder_atomic,
     writing,
 )
-from .config import ConfigError, arg, check_bounds, check_choice, check_heads, check_unit_interval, parse_betas, to_dict
+from .config import (
+    ConfigError,
+    arg,
+    check_bounds,
+    check_choice,
+    check_heads,
+    check_types,
+    check_unit_interval,
+    parse_betas,
+    to_dict,
+)
 from .data import Corpus, encode, json_text, load_corpus, sample_blocks, sequence_mask, write_text_atomic
 from .losses import DISC_OBJECTIVES, mle_loss
 from .models.classifier import CONFIG_FILE as CLASSIFIER_FILE
@@ -67,6 +77,7 @@ class BaseConfig:
     compile: bool = arg(False, "compile the model's training forward with torch.compile (seconds of start-up; see README)")
 
     def check(self) -> None:
+        check_types(self)  # a config made in Python; one parsed from a command line has its types already
         if not self.out_dir.strip():  # `out_dir=$OUT` with OUT unset: not a wish to write into this folder
             raise ConfigError("out_dir is empty; name the run folder, e.g. out_dir=runs/NAME (out_dir=. for this one)")
         check_choice("precision", self.precision, PRECISIONS)
