@@ -39,6 +39,20 @@ def test_metric_names_and_requirements():
     assert "bleu" not in default_metrics(references=False, train=False, lm=False, oracle=False, grammar=False)
 
 
+def test_score_from_python_takes_metrics_as_a_list_or_a_string_and_refuses_unknown_ones():
+    """score's metrics as the CLI's comma-separated text or a list; a misspelt or missing name is an error (it
+    used to be skipped silently, its scores absent), and a string is not matched by substring (``"self-bleu"``
+    asked for BLEU too, which then needed references)."""
+    assert set(score(SAMPLES, "self-bleu,unique", orders=(2,))) == {"samples", "self-bleu-2", "unique"}
+    assert score(SAMPLES, "unique") == score(SAMPLES, ["unique"])
+    with pytest.raises(EvaluationError, match="unknown metric blue; choose from bleu"):
+        score(SAMPLES, ["blue"], references=REFERENCES)
+    with pytest.raises(EvaluationError, match="no metric named"):
+        score(SAMPLES, [])
+    with pytest.raises(TypeError, match=r"orders must be a sequence of n-gram orders such as \(2, 3, 4, 5\), got 4"):
+        score(SAMPLES, ["self-bleu"], orders=4)  # was "'int' object is not iterable"
+
+
 def test_sentences_nll_refuses_what_it_cannot_score(trained_generator):
     """A temperature of 0 returned nan; no sentences said that none fits the length limit."""
     from textgan.evaluation import sentences_nll

@@ -81,6 +81,8 @@ def _closest(lengths: list[int], length: int) -> int:
 
 
 def check_orders(orders: Sequence[int]) -> list[int]:
+    if isinstance(orders, (int, str)):  # orders=4 would be taken for one order, or for 1..4
+        raise TypeError(f"orders must be a sequence of n-gram orders such as (2, 3, 4, 5), got {orders!r}")
     orders = list(orders)
     if not orders or any(not isinstance(n, int) or n < 1 for n in orders):
         raise ValueError(f"orders must be positive integers, got {orders}")

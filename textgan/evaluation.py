@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics as text_metrics
-from .bleu import bleu, self_bleu
+from .bleu import bleu, check_orders, self_bleu
 from .config import check_sentences
 from .data import json_text, write_text_atomic
 from .sampling import check_settings, sample_texts
@@ -57,11 +57,14 @@ def last_evaluation(lines: list[str]) -> tuple[list[str], list[int]]:
     return (blocks[-1][1], steps) if steps else (lines, [])
 
 
-def parse_metrics(text: str) -> list[str]:
-    names = [m.strip() for m in text.split(",") if m.strip()]
+def parse_metrics(text: str | list[str]) -> list[str]:
+    """Metric names, from a comma-separated string (``--metrics bleu,self-bleu``) or a list; an EvaluationError
+    for none or an unknown one."""
+    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
     unknown = [m for m in names if m not in ALL_METRICS]
     if unknown or not names:
-        raise EvaluationError(f"unknown metric {', '.join(unknown) or '(none)'}; choose from {','.join(ALL_METRICS)}")
+        what = f"unknown metric {', '.join(unknown)}" if unknown else "no metric named"
+        raise EvaluationError(f"{what}; choose from {','.join(ALL_METRICS)}")
     return names
 
 
@@ -148,12 +151,15 @@ def score(
     encoder=None,
     reverse_lm_steps: int = 1000,
 ) -> dict[str, float]:
-    """Compute the named metrics of a sample set. ``lm`` is a (model, tokenizer) pair.
+    """Compute the named metrics of a sample set (``metrics``: names of :data:`ALL_METRICS`, as a list or
+    comma-separated). ``lm`` is a (model, tokenizer) pair.
 
     Self-BLEU needs two samples: with one, ``self-bleu-n`` is left out of the result (``textgan evaluate``
     says so, or refuses where ``--metrics`` asked for it)."""
     for name, value in (("samples", samples), ("references", references), ("train", train)):
         check_sentences(value, name)
+    metrics = parse_metrics(metrics)  # a misspelt name used to be skipped, its scores missing from the result
+    check_orders(orders)
     if not samples:
         raise EvaluationError("no samples to score")
     given = {"references": references, "train": train, "lm": lm, "oracle": oracle}
