@@ -265,6 +265,28 @@ def test_sweep_errors(trained_generator, files, tmp_path):
                             "--temperatures", "1.0"), "bleu-5")
 
 
+@pytest.mark.parametrize("change, error, message", [
+    ({"models": "runs/mle"}, TypeError, "models must map labels to model folders"),  # was "no attribute 'items'"
+    ({"temperatures": 1.0}, TypeError, "temperatures must be a list"),  # was "'float' object is not iterable"
+    ({"temperatures": []}, ValueError, "at least one model and one temperature"),  # were 0 rows and an empty sweep
+    ({"models": {}}, ValueError, "at least one model and one temperature"),
+    ({"temperatures": [1.0, 0.0]}, ValueError, "temperature must be a finite positive number"),
+    ({"n": 0}, ValueError, "n of at least 1"),  # was "no samples to score", after sampling
+    ({"metrics": ["blue"]}, EvaluationError, "unknown metric blue"),  # was raised after the first sampling
+    ({"references": "a man rides a bike"}, TypeError, "references must be a list of sentences"),
+])
+def test_sweep_from_python_checks_its_arguments_before_it_writes(trained_generator, tmp_path, change, error, message):
+    """evaluation.sweep refuses arguments it cannot use before it samples or makes its folder."""
+    from textgan.evaluation import sweep
+
+    arguments = {"models": {"tiny": str(trained_generator)}, "temperatures": [1.0], "n": 4, "metrics": ["distinct"],
+                 "out_dir": tmp_path / "sweep", "progress": False}
+    with pytest.raises(error, match=message):
+        sweep(**{**arguments, **change})
+    assert not (tmp_path / "sweep").exists()
+    assert {"distinct-4", "unique"} <= set(sweep(**{**arguments, "metrics": "distinct,unique"})[0])  # as --metrics
+
+
 def test_a_grammar_run_is_scored_by_the_grammar_and_swept_with_no_files(trained_generator, tmp_path):
     """The default run trains on the embedded grammar, which scores its samples exactly: evaluate adds the
     grammatical rate for a run's samples, and sweep needs no files, tracing the grammatical rate against NLL on

@@ -250,6 +250,20 @@ def sweep(
     from .checkpoint import lock_folder
     from .models.generator import load_generator, model_digest
 
+    if not isinstance(models, dict):
+        raise TypeError(f"models must map labels to model folders, e.g. {{'mle': 'runs/mle'}}; got {models!r}")
+    if isinstance(temperatures, (int, float, str)):
+        raise TypeError(f"temperatures must be a list of temperatures, e.g. [0.8, 1.0]; got {temperatures!r}")
+    if not models or not temperatures:
+        raise ValueError(f"a sweep needs at least one model and one temperature; got {len(models)} and "
+                         f"{len(temperatures)}")
+    for t in temperatures:
+        check_settings(t)
+    if n < 1:
+        raise ValueError(f"a sweep needs n of at least 1 sample a point, got {n}")
+    metrics = parse_metrics(metrics)  # before anything is sampled or written
+    for name, value in (("references", references), ("valid", valid)):
+        check_sentences(value, name)
     out_dir = Path(out_dir)
     setup = _digest({"n": n, "seed": seed, "metrics": metrics, "device": torch.device(device).type,
                      "references": references, "valid": valid, "inputs": inputs or {},
