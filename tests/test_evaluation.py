@@ -83,6 +83,26 @@ def test_a_string_in_place_of_a_list_of_sentences_is_refused():
         text_metrics.distinct_n(SAMPLES, 0)
 
 
+def test_the_metric_functions_refuse_one_string_and_no_sentences():
+    """textgan.metrics and fed, called directly: one string is refused as score refuses it (unique_rate('abc')
+    was 1.0, and copy_rate against a string compared with its characters), and so is an empty set of sentences,
+    whose rates were 0.0, the figure of a model that never copies or never repeats itself."""
+    from textgan.fed import fed
+
+    for call in (lambda: text_metrics.unique_rate("a man"), lambda: text_metrics.distinct_n("a man", 1),
+                 lambda: text_metrics.grammar_scores("a man"), lambda: fed("a man", SAMPLES, encoder=None)):
+        with pytest.raises(TypeError, match="must be a list of sentences|expected a list of sentences"):
+            call()
+    with pytest.raises(TypeError, match="training must be a list of sentences"):
+        text_metrics.copy_rate(SAMPLES, "a man rides a bike")
+    for call in (lambda: text_metrics.unique_rate([]), lambda: text_metrics.copy_rate([], SAMPLES),
+                 lambda: text_metrics.distinct_n([], 2), lambda: text_metrics.grammar_scores([])):
+        with pytest.raises(ValueError, match="no sentences to score"):
+            call()
+    assert text_metrics.distinct_n(["a"], 2) == 0.0  # sentences without a bigram: none of them is distinct
+    assert text_metrics.grammar_scores(["a man rides a bike ."])["grammatical"] in (0.0, 1.0)  # the embedded grammar
+
+
 def test_reverse_lm_and_lm_scores_are_finite(trained_generator):
     from textgan.grammar import Grammar
     from textgan.models.generator import load_generator

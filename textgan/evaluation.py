@@ -186,9 +186,7 @@ def score(
         out["nll-oracle"] = oracle.nll(tokens) if len(tokens) else math.inf
         out["oracle-dropped"] = dropped
     if "grammar" in metrics:
-        from .grammar import Grammar
-
-        scores = text_metrics.grammar_scores(samples, grammar or Grammar.default())
+        scores = text_metrics.grammar_scores(samples, grammar)  # None: the embedded grammar
         out["grammatical"], out["grammar-nll"] = scores["grammatical"], scores["grammar_nll"]
     if "fed" in metrics:
         from .fed import fed, load_encoder

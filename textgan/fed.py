@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from . import hub
+from .config import check_sentences
 
 Encoder = Callable[[list[str]], torch.Tensor]
 
@@ -111,6 +112,8 @@ def _reference_embeddings(references: list[str], encoder: Encoder) -> torch.Tens
 
 def fed(samples: list[str], references: list[str], encoder: Encoder) -> dict[str, float]:
     """FED between samples and references. Returns ``fed`` and the set sizes ``fed_n_samples``, ``fed_n_references``."""
+    check_sentences(samples, "samples")
+    check_sentences(references, "references")
     if len(samples) < 2 or len(references) < 2:
         raise ValueError("FED needs at least two samples and two references")
     a, b = encoder(samples), _reference_embeddings(references, encoder)
