@@ -48,6 +48,7 @@ def test_an_option_written_another_way_is_shown_as_key_value(argv, bad, written)
     ("grad_clip=0", "grad_clip must be positive"),  # clip_grad_norm_ with 0 would zero every gradient
     ("weight_decay=-1", "weight_decay must be zero or positive"),
     ("d_model=30", r"d_model \(30\) must be a multiple of n_heads \(4\)"),  # else a ValueError when the model is built
+    ("vocab_size=3", "vocab_size must be 0 \\(every word\\) or more than the 4 special tokens"),  # was every word <unk>
 ])
 def test_ill_typed_and_out_of_range_values(item, message):
     with pytest.raises(ConfigError, match=message):

@@ -146,3 +146,11 @@ def test_a_grammar_corpus_of_no_sentences_is_refused():
     """grammar_sentences=0 gave an empty training set beside a validation sentence."""
     with pytest.raises(DataError, match="grammar_sentences must be at least 1, got 0"):
         load_corpus("grammar", grammar_sentences=0)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5, -0.1])
+def test_a_valid_fraction_outside_0_and_1_is_refused(fraction):
+    """valid_fraction=1.5 held out 30,000 grammar sentences from 20,000 and was accepted; the recipes' config check
+    refused it, load_corpus called from Python did not."""
+    with pytest.raises(DataError, match=f"valid_fraction must be between 0 and 1, got {fraction}"):
+        load_corpus("grammar", grammar_sentences=10, valid_fraction=fraction)

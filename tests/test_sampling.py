@@ -650,3 +650,17 @@ def test_build_generator_refuses_special_ids_outside_its_vocabulary():
         build_generator(5, bos_id=10, eos_id=2, pad_id=0)
     with pytest.raises(ValueError, match="bos_id=1, eos_id=2, pad_id=0 outside the vocabulary of 0 tokens"):
         build_generator(0, bos_id=1, eos_id=2, pad_id=0)
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ({"d_model": 0}, "needs positive sizes .*got d_model=0"),  # was "0.0 cannot be raised to a negative power"
+    ({"n_layers": 0, "n_heads": 0}, "got n_layers=0, n_heads=0"),
+    ({"max_positions": 0}, "got max_positions=0"),  # was a model that cannot hold a token
+    ({"d_ff": -1}, "got d_ff=-1"),
+    ({"dropout": 1.5}, r"dropout must be in \[0, 1\)"),  # was accepted
+])
+def test_build_generator_refuses_sizes_it_cannot_build(sizes, message):
+    from textgan.models import build_generator
+
+    with pytest.raises(ValueError, match=message):
+        build_generator(10, bos_id=0, eos_id=1, pad_id=2, **sizes)

@@ -63,6 +63,18 @@ def test_one_string_in_place_of_the_sentences_is_refused(kind):
         build_tokenizer(kind, "a man rides a bike", vocab_size=20)
 
 
+def test_a_word_vocabulary_without_room_for_a_word_is_refused():
+    """vocab_size up to the 4 special tokens, or sentences without a word, built a tokenizer of the special tokens
+    alone, which reads every word as <unk>."""
+    from textgan.tokenization import build_word_tokenizer
+
+    with pytest.raises(ValueError, match="vocab_size must be more than the 4 special tokens, got 4"):
+        build_word_tokenizer(["a man rides a bike"], vocab_size=4)
+    with pytest.raises(ValueError, match="no words to build a vocabulary from"):
+        build_word_tokenizer(["", "  "])
+    assert len(build_word_tokenizer(["a man rides a bike"], vocab_size=5)) == 5
+
+
 def test_unigram_vocabulary_too_small_is_a_data_error():
     """sentencepiece refuses a vocabulary smaller than what it must hold; the message says to raise vocab_size."""
     from textgan.data import DataError

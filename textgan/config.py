@@ -103,6 +103,16 @@ def check_sentences(value, name: str = "") -> None:
         raise TypeError(f"{what} a list of sentences, got one {type(value).__name__}; wrap it in a list")
 
 
+def check_vocab_size(config) -> None:
+    """Raise a ConfigError unless ``config.vocab_size`` is 0 (every word) or leaves room for a word beside the
+    tokenizer's special tokens (with 1-4 every word was <unk>)."""
+    from .tokenization import SPECIAL_TOKENS
+
+    if 0 < config.vocab_size <= len(SPECIAL_TOKENS):
+        raise ConfigError(f"vocab_size must be 0 (every word) or more than the {len(SPECIAL_TOKENS)} special tokens "
+                          f"({', '.join(SPECIAL_TOKENS)}), got {config.vocab_size}")
+
+
 def check_heads(config) -> None:
     """Raise a ConfigError unless ``config.d_model`` splits evenly into ``config.n_heads`` heads."""
     if config.d_model % config.n_heads:

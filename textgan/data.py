@@ -160,6 +160,8 @@ def load_corpus(
             training sentences (shuffled by ``seed``) are held out.
         grammar_sentences: how many sentences to sample from the grammar.
     """
+    if not 0 < valid_fraction < 1:  # 1.5 held out more sentences than there were, and left none to train on
+        raise DataError(f"valid_fraction must be between 0 and 1, got {valid_fraction}")
     grammar = None
     if source == "grammar":
         if grammar_sentences < 1:

@@ -64,9 +64,14 @@ def token_ids(tokenizer, sentences: list[str]) -> list[list[int]]:
 
 
 def build_word_tokenizer(sentences: Iterable[str], vocab_size: int | None = None, min_frequency: int = 1):
-    """Word-level tokenizer: the ``vocab_size`` most frequent words (all, if None)."""
+    """Word-level tokenizer: the ``vocab_size`` most frequent words (all, if None); ``vocab_size`` counts the
+    special tokens."""
     check_sentences(sentences)
+    if vocab_size is not None and vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must be more than the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
     counts = Counter(word for sentence in sentences for word in sentence.split())
+    if not counts:  # a tokenizer of the special tokens alone, every word <unk>
+        raise ValueError("no words to build a vocabulary from: the sentences are empty or blank")
     words = [w for w, c in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0])) if c >= min_frequency]
     if vocab_size is not None:
         words = words[: max(0, vocab_size - len(SPECIAL_TOKENS))]

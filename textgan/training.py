@@ -39,6 +39,7 @@ from .config import (
     check_heads,
     check_types,
     check_unit_interval,
+    check_vocab_size,
     parse_betas,
     to_dict,
 )
@@ -118,6 +119,7 @@ class RunConfig(BaseConfig):
                                      "eval_every", "eval_samples", "checkpoint_every", "grammar_sentences"),
                      non_negative=("vocab_size", "d_ff", "print_samples", "keep_checkpoints"))
         check_heads(self)
+        check_vocab_size(self)
         if not self.data.strip():
             raise ConfigError("data is empty; give data=grammar (the embedded corpus), a text file with one sentence "
                               "per line, or hf:NAME")

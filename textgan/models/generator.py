@@ -46,6 +46,13 @@ def build_generator(
     """A Llama-architecture decoder sized for a CPU (about 0.5M parameters by default)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    sizes = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads,
+             "max_positions": max_positions}
+    small = [f"{name}={value}" for name, value in sizes.items() if value < 1] + ([f"d_ff={d_ff}"] if d_ff < 0 else [])
+    if small:  # else a ZeroDivisionError from the rotary embeddings, or a model that cannot hold a token
+        raise ValueError(f"build_generator needs positive sizes (d_ff 0 for 4 * d_model), got {', '.join(small)}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if d_model % n_heads:
         raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
     named = {"bos_id": bos_id, "eos_id": eos_id, "pad_id": pad_id}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, arg, check_bounds, check_unit_interval
+from ..config import ConfigError, arg, check_bounds, check_unit_interval, check_vocab_size
 from ..data import json_text, step_seed, write_text_atomic
 from ..distributed import shard
 from ..models.classifier import SentenceClassifier, classify, encode_batch, save_classifier
@@ -65,6 +65,7 @@ class ClassifierConfig(BaseConfig):
                                      "checkpoint_every", "lr", "grad_clip"),
                      non_negative=("vocab_size", "keep_checkpoints", "weight_decay"))
         check_unit_interval(self, ("dropout",))
+        check_vocab_size(self)
 
 
 def balanced_batch(data: dict[str, list[str]], styles: list[str], batch_size: int, step: int, seed: int):

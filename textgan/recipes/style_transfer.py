@@ -35,7 +35,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, arg, check_bounds, check_choice, check_heads, check_unit_interval, parse_betas
+from ..config import (
+    ConfigError,
+    arg,
+    check_bounds,
+    check_choice,
+    check_heads,
+    check_unit_interval,
+    check_vocab_size,
+    parse_betas,
+)
 from ..data import json_text, sequence_mask, step_seed, write_text_atomic
 from ..distributed import seed_step, shard
 from ..losses import mle_loss
@@ -135,6 +144,7 @@ class StyleTransferConfig(BaseConfig):
                                    "keep_checkpoints", "weight_decay"))
         check_unit_interval(self, ("noise_drop", "lm_fraction", "baseline_decay", "disc_dropout"))
         check_heads(self)
+        check_vocab_size(self)
         check_choice("baseline", self.baseline, BASELINE_KINDS)
         check_choice("decoding", self.decoding, DECODING)
         parse_betas(self.betas)
