@@ -664,3 +664,25 @@ def test_build_generator_refuses_sizes_it_cannot_build(sizes, message):
 
     with pytest.raises(ValueError, match=message):
         build_generator(10, bos_id=0, eos_id=1, pad_id=2, **sizes)
+
+
+def test_sampling_and_scoring_leave_a_training_model_in_training_mode(word_tokenizer, sentences):
+    """sample_texts and sentences_nll switch dropout off while they run and then give the model back in the mode
+    it was in: they used to leave it in eval mode, so a training loop of one's own that sampled between steps
+    trained on without its dropout."""
+    from textgan.evaluation import sentences_nll
+    from textgan.models import build_generator
+    from textgan.sampling import sample_texts
+    from textgan.tokenization import special_ids
+
+    bos, eos, pad = special_ids(word_tokenizer)
+    torch.manual_seed(0)
+    model = build_generator(len(word_tokenizer), bos_id=bos, eos_id=eos, pad_id=pad, d_model=32, n_layers=2,
+                            n_heads=2, max_positions=24, dropout=0.5)
+    assert model.training
+    texts, nll = sample_texts(model, word_tokenizer, 8, seed=3), sentences_nll(model, word_tokenizer, sentences[:20])
+    assert model.training
+    model.eval()  # without dropout, as they ran
+    assert sample_texts(model, word_tokenizer, 8, seed=3) == texts
+    assert sentences_nll(model, word_tokenizer, sentences[:20]) == nll
+    assert not model.training

@@ -32,7 +32,7 @@ from . import metrics as text_metrics
 from .bleu import bleu, check_orders, self_bleu
 from .config import check_sentences
 from .data import json_text, write_text_atomic
-from .sampling import check_settings, sample_texts
+from .sampling import check_settings, eval_mode, sample_texts
 
 ALL_METRICS = ("bleu", "self-bleu", "distinct", "unique", "copied", "fed", "lm", "reverse-lm", "nll-oracle", "grammar")
 NEEDS = {"bleu": "references", "fed": "references", "reverse-lm": "references", "copied": "train", "lm": "lm",
@@ -110,8 +110,8 @@ def sentences_nll(model, tokenizer, sentences: list[str], temperature: float = 1
     if not len(ids):
         raise EvaluationError(f"none of the {len(sentences)} sentences fits the model's length limit ({limit} tokens)")
     ids = ids[:, : int((ids != pad).sum(1).max()) + 1]  # no wider than the longest sentence
-    model.eval()
-    return nll_on(model, ids, eos, batch_size, temperature), dropped
+    with eval_mode(model):
+        return nll_on(model, ids, eos, batch_size, temperature), dropped
 
 
 def reverse_lm_nll(samples: list[str], references: list[str], steps: int = 1000, seed: int = 0) -> float:

@@ -482,6 +482,18 @@ def sample_batches(model, n: int, batch_size: int, max_length: int, *, bos_id: i
                      temperature=temperature, top_k=top_k, top_p=top_p)
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    """``model`` in eval mode (no dropout) inside the block, and in the mode it was in again after it: sampling or
+    scoring in the middle of a training loop leaves the loop's model as it found it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 class PromptError(ValueError):
     """A prompt the model cannot continue (unknown words, too long); the message says what to do."""
 
@@ -511,10 +523,9 @@ def sample_texts(model, tokenizer, n: int, *, prompt: str = "", temperature: flo
     max_length = min(max_length or limit, limit)
     prefix = encode_prompt(tokenizer, prompt, max_length)
     device = next(model.parameters()).device
-    model.eval()
     texts: list[str] = []
     cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=cuda), eval_mode(model):
         torch.manual_seed(seed)
         batches = sample_batches(model, n, batch_size, max_length - len(prefix), bos_id=bos, eos_id=eos, pad_id=pad,
                                  temperature=temperature, top_k=top_k, top_p=top_p, device=device, prefix=prefix)

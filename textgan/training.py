@@ -48,7 +48,7 @@ from .losses import DISC_OBJECTIVES, mle_loss
 from .models.classifier import CONFIG_FILE as CLASSIFIER_FILE
 from .models.generator import build_generator, load_generator, scored_logprobs, token_logprobs
 from .rl import BASELINE_KINDS
-from .sampling import bf16_sampling, sample_texts
+from .sampling import bf16_sampling, eval_mode, sample_texts
 from .tokenization import TOKENIZER_KINDS, build_tokenizer, load_run_tokenizer, special_ids
 from .transfer import CONFIG_FILE as TRANSFER_FILE
 
@@ -532,12 +532,11 @@ def evaluate(setup: Setup, config: RunConfig, n: int | None = None) -> tuple[dic
         return {}, []
     n = n or config.eval_samples
     generator = setup.generator
-    was_training = generator.training
-    # its own seeded stream: resuming a run reproduces it exactly
-    samples = sample_texts(generator, setup.tokenizer, n, temperature=config.temperature, max_length=config.max_length,
-                           seed=config.seed + 1)
-    out = {"eval/nll_valid": nll_on(generator, setup.valid_ids, setup.eos_id)}
-    generator.train(was_training)
+    with eval_mode(generator):
+        # its own seeded stream: resuming a run reproduces it exactly
+        samples = sample_texts(generator, setup.tokenizer, n, temperature=config.temperature,
+                               max_length=config.max_length, seed=config.seed + 1)
+        out = {"eval/nll_valid": nll_on(generator, setup.valid_ids, setup.eos_id)}
     reference = random.Random(config.seed).sample(setup.corpus.train, min(n, len(setup.corpus.train)))
     for k in (1, 2, 3, 4):
         out[f"eval/distinct_{k}"] = metrics.distinct_n(samples, k)
