@@ -88,6 +88,41 @@ def _image_size(path):
     return matplotlib.image.imread(path).shape if path.suffix == ".png" else None
 
 
+def test_plot_curves_from_python_chooses_metrics_as_textgan_plot_does(tmp_path):
+    """plot_curves takes names or groups, as a list or comma-separated; a metric no run logged, no runs at all or a
+    smoothing weight outside [0, 1) are errors. Each used to draw an image of empty panels (a string was taken a
+    character a panel), or nothing but a blank figure."""
+    from textgan.curves import plot_curves
+
+    series, _ = read_log(_write_log(tmp_path / "run", [{"step": s, "gen/loss": 3.0 / s, "disc/acc": 0.5 + s / 100}
+                                                       for s in (10, 20, 30)]))
+    runs = {"a": series}
+    for metrics in ("gen", ["gen"], "gen/loss,disc", ["gen/loss", "disc/acc"], "", []):
+        path = tmp_path / "ok.png"
+        path.unlink(missing_ok=True)
+        assert plot_curves(runs, path, metrics) == path and path.stat().st_size > 0
+    for kwargs, message in (({"metrics": ["nosuch"]}, "no metric or group 'nosuch' in the log"),
+                            ({"metrics": "gen/los"}, "did you mean 'gen/loss'"),
+                            ({"runs": {}}, "no runs to draw"),
+                            ({"smooth": 1.0}, r"smoothing weight must be in \[0, 1\), got 1.0")):
+        with pytest.raises(CurvesError, match=message):
+            plot_curves(**{"runs": runs, "path": tmp_path / "bad.png", "metrics": "gen", **kwargs})
+        assert not (tmp_path / "bad.png").exists()
+
+
+def test_plot_sweep_refuses_an_axis_no_row_holds(tmp_path):
+    """A misspelt axis drew an empty plot; it is an error naming what the rows hold."""
+    from textgan.evaluation import EvaluationError, plot_sweep
+
+    rows = [{"model": "a", "temperature": t, "bleu-5": 0.2 * t, "self-bleu-4": 0.3 * t} for t in (0.8, 1.0)]
+    assert plot_sweep(rows, "bleu-5", "self-bleu-4", tmp_path / "ok.png").stat().st_size > 0
+    with pytest.raises(EvaluationError, match="no sweep row holds 'bleu5'; they hold bleu-5, self-bleu-4"):
+        plot_sweep(rows, "bleu5", "self-bleu-4", tmp_path / "bad.png")
+    with pytest.raises(EvaluationError, match="there are no rows"):
+        plot_sweep([], "bleu-5", "self-bleu-4", tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_textgan_plot_draws_a_runs_log_into_its_folder(transfer_run, tmp_path):
     """A real run's log (the style-transfer fixture's: training, evaluation and test records), copied with its
     metrics.json so as to leave the shared fixture as it is."""

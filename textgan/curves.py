@@ -197,19 +197,26 @@ def _counterpart(name: str) -> str | None:
     return None
 
 
-def plot_curves(runs: dict[str, Series], path: str | Path, metrics: list[str], smooth: float = 0.6,
+def plot_curves(runs: dict[str, Series], path: str | Path, metrics: list[str] | str = "", smooth: float = 0.6,
                 title: str = "", clocks: dict[str, dict[int, float]] | None = None) -> Path:
     """Draw ``metrics`` of each run (label -> :func:`read_log` series) over steps, a panel each, into ``path``,
     written whole or not at all (a temporary file beside it, then renamed). -> ``path``.
 
-    With ``clocks`` (label -> :func:`minutes_at`) the x axis is minutes of training instead: runs of recipes
-    whose steps cost differently (an MLE step and a GAN step) compared at equal compute."""
+    ``metrics``: names or groups (``disc`` for every ``disc/...``), as a list or comma-separated as ``textgan plot
+    --metrics`` takes them (:func:`select`); empty, every metric the runs logged. With ``clocks`` (label ->
+    :func:`minutes_at`) the x axis is minutes of training instead: runs of recipes whose steps cost differently
+    (an MLE step and a GAN step) compared at equal compute."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     check_image_path(path)
+    if not runs:
+        raise CurvesError("no runs to draw; give label -> read_log(run)[0] for at least one run")
+    smoothed([], smooth)  # the weight is checked even where no panel smooths
+    names = list(dict.fromkeys(name for series in runs.values() for name in series))
+    metrics = select(names, metrics if isinstance(metrics, str) else ",".join(metrics))  # unknown: an error
     panels = [name for name in metrics if not (name.startswith("ref/") and _counterpart(name) in metrics)]
     columns = min(4, len(panels))
     rows = math.ceil(len(panels) / columns)

@@ -349,6 +349,11 @@ def _finite(value) -> bool:
 
 def plot_sweep(rows: list[dict], x: str, y: str, path: str | Path, title: str = "", baselines: dict | None = None) -> Path:
     """One curve per model through its temperatures, ``x`` against ``y``; ``baselines``: label -> (x, y) points."""
+    for axis in (x, y):  # a misspelt axis drew an empty plot
+        if not any(axis in row for row in rows):
+            held = sorted({key for row in rows for key in row} - {"model", "temperature"})
+            raise EvaluationError(f"no sweep row holds {axis!r}" + (f"; they hold {', '.join(held)}" if rows else
+                                                                    " (there are no rows)"))
     import matplotlib
 
     matplotlib.use("Agg")
