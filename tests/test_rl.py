@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from textgan import rl
 from textgan.rl import (
     EMABaseline,
     baseline_values,
@@ -234,3 +235,24 @@ def test_baselines_reduce_variance():
     variance = {b: _estimates(b)[0].var(0).sum().item() for b in ("none", "ema", "batch_mean", "leave_one_out")}
     for b in ("ema", "batch_mean", "leave_one_out"):
         assert variance[b] < 0.5 * variance["none"], variance
+
+
+@pytest.mark.parametrize("call", [
+    lambda r, m: rl.discounted_returns(r, m[:, :-1], 0.9),  # a mask cut one position short: torch's message
+    lambda r, m: rl.discounted_returns(r[:, :1], m, 0.9),  # (B, 1) returns broadcast over every position
+    lambda r, m: rl.batch_mean_baseline(r, m[0]),  # a (T,) mask broadcast over every row
+    lambda r, m: rl.leave_one_out_baseline(r, m[:1]),
+    lambda r, m: rl.center_rewards(r, m.T),
+    lambda r, m: rl.reward_increments(r[0], m[0]),  # one row, not a batch
+    lambda r, m: rl.normalize_advantages(r[:, :1], m),
+    lambda r, m: rl.reinforce_loss(r, r[:, :1], m),  # a sentence-level advantage (B, 1)
+    lambda r, m: rl.reinforce_loss(r, r, m, entropy=r[:, :-1], entropy_coef=0.1),
+    lambda r, m: rl.ema_update(torch.zeros(8), r, m[:, :1], 0.9),
+])
+def test_reward_maths_refuses_tensors_that_would_broadcast(call):
+    """Every (B, T) function of the reward maths takes only tensors of one (B, T) shape: a (B, 1), (T,) or (1, T)
+    tensor used to broadcast silently (the per-position baseline of one row applied to all, a sentence's advantage
+    to every token), training on a wrong gradient."""
+    rewards, mask = torch.randn(4, 6), torch.ones(4, 6, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"needs \(B, T\) tensors of one shape, got "):
+        call(rewards, mask)

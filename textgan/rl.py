@@ -25,6 +25,16 @@ REWARD_KINDS = ("scratchgan", "log_d", "logit")
 BASELINE_KINDS = ("ema", "batch_mean", "leave_one_out", "none")
 
 
+def _check_bt(function: str, **tensors: torch.Tensor | None) -> None:
+    """A ValueError unless the given tensors are (B, T) and of one shape (a mask bool or float). Broadcasting would
+    otherwise pair a (B, 1) or (T,) tensor, or a batch cut one position short, with every row or position and
+    train on a wrong gradient without a word: the silent shape bug of text-GAN reward code."""
+    shapes = {name: tuple(t.shape) for name, t in tensors.items() if t is not None}
+    if len(set(shapes.values())) > 1 or any(len(shape) != 2 for shape in shapes.values()):
+        raise ValueError(f"{function} needs (B, T) tensors of one shape, got "
+                         + ", ".join(f"{name} {shape}" for name, shape in shapes.items()))
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
     """Mean of ``x`` over the True entries of ``mask`` (0 if there are none). -> scalar. With ``reduce``
     (a statistic, not a loss: the sums lose their gradient) the mean over every process's entries."""
@@ -76,6 +86,7 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: floa
     ``discount`` in [0, 1] (a ValueError outside it, nan included)."""
     if not 0 <= discount <= 1:
         raise ValueError(f"discount must be in [0, 1], got {discount}")
+    _check_bt("discounted_returns", rewards=rewards, mask=mask)
     rewards = rewards * mask.to(rewards.dtype)
     returns = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
@@ -98,6 +109,7 @@ def _masked_sums(x: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None,
 
 def batch_mean_baseline(returns: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
     """Per-position mean of the returns over the rows still running there. (B, T) -> (B, T)."""
+    _check_bt("batch_mean_baseline", returns=returns, mask=mask)
     total, count = _masked_sums(returns, mask, reduce, dim=0)
     mean = total / count.clamp_min(1.0)  # (T,)
     return mean.expand_as(returns)
@@ -124,6 +136,7 @@ def reward_increments(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     inherits the low score, however good it is. The increments credit each token with only its
     own effect; they telescope, so the undiscounted return of token t is r_last − r_(t−1).
     """
+    _check_bt("reward_increments", rewards=rewards, mask=mask)
     previous = F.pad(rewards[:, :-1], (1, 0))
     return (rewards - previous) * mask.to(rewards.dtype)
 
@@ -133,6 +146,7 @@ def leave_one_out_baseline(returns: torch.Tensor, mask: torch.Tensor, reduce: Re
 
     Where a row is alone at a position the baseline is 0.
     """
+    _check_bt("leave_one_out_baseline", returns=returns, mask=mask)
     m = mask.to(returns.dtype)
     total, count = _masked_sums(returns, mask, reduce, dim=0)  # (T,)
     others = (count - m).clamp_min(1.0)
@@ -152,6 +166,7 @@ def ema_update(
     Positions no row reached keep their value. ``reduce`` maps the per-position sums and counts,
     (2, T_max), to the ones to average (under torchrun: their sums over processes).
     """
+    _check_bt("ema_update", returns=returns, mask=mask)
     T = returns.shape[1]
     m = mask.to(returns.dtype)
     stats = torch.zeros(2, len(baseline), dtype=returns.dtype, device=returns.device)
@@ -232,6 +247,7 @@ def advantage_scale(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1
 def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
                          reduce: Reduce | None = None) -> torch.Tensor:
     """Zero mean, unit variance over the unmasked entries. (B, T) -> (B, T), 0 at padding."""
+    _check_bt("normalize_advantages", advantages=advantages, mask=mask)
     mean = masked_mean(advantages, mask, reduce)
     return (advantages - mean) / advantage_scale(advantages, mask, eps, reduce) * mask.to(advantages.dtype)
 
@@ -249,6 +265,7 @@ def reinforce_loss(
     −mean_t[ logπ(a_t) · A_t ] − entropy_coef · mean_t[ H_t ], over unmasked positions.
     Advantages are treated as constants. All inputs (B, T) -> scalar.
     """
+    _check_bt("reinforce_loss", logprobs=logprobs, advantages=advantages, mask=mask, entropy=entropy)
     if entropy is None or not entropy_coef:
         return -loss_mean(logprobs * advantages.detach(), mask)
     policy, mean_entropy = loss_means((logprobs * advantages.detach(), mask), (entropy, mask))
