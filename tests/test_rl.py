@@ -248,6 +248,7 @@ def test_baselines_reduce_variance():
     lambda r, m: rl.reinforce_loss(r, r[:, :1], m),  # a sentence-level advantage (B, 1)
     lambda r, m: rl.reinforce_loss(r, r, m, entropy=r[:, :-1], entropy_coef=0.1),
     lambda r, m: rl.ema_update(torch.zeros(8), r, m[:, :1], 0.9),
+    lambda r, m: rl.mc_rollout_rewards(r.long(), m[:, :-1], None, None, 2),
 ])
 def test_reward_maths_refuses_tensors_that_would_broadcast(call):
     """Every (B, T) function of the reward maths takes only tensors of one (B, T) shape: a (B, 1), (T,) or (1, T)
@@ -256,3 +257,11 @@ def test_reward_maths_refuses_tensors_that_would_broadcast(call):
     rewards, mask = torch.randn(4, 6), torch.ones(4, 6, dtype=torch.bool)
     with pytest.raises(ValueError, match=r"needs \(B, T\) tensors of one shape, got "):
         call(rewards, mask)
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.0])
+def test_mc_rollout_rewards_needs_at_least_one_rollout(k):
+    """K=0 gave nan rewards (the mean of no completions) and K=-1 torch's 'Repeats must be non-negative'."""
+    tokens, mask = torch.randint(4, 10, (3, 5)), torch.ones(3, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match="needs num_rollouts of at least 1"):
+        rl.mc_rollout_rewards(tokens, mask, lambda prefixes, rows: tokens[rows], lambda s: torch.zeros(len(s)), k)

@@ -294,6 +294,9 @@ def mc_rollout_rewards(
         (B, T) rewards, 0 at padding. At each row's last position the reward is the score
         of the sentence itself (no completion is needed).
     """
+    if not isinstance(num_rollouts, int) or num_rollouts < 1:  # 0 gave nan rewards: the mean of no completions
+        raise ValueError(f"mc_rollout_rewards needs num_rollouts of at least 1, got {num_rollouts!r}")
+    _check_bt("mc_rollout_rewards", tokens=tokens, mask=mask)
     B, T = tokens.shape
     rewards = torch.zeros(B, T, device=tokens.device)
     lengths = mask.sum(1)
