@@ -123,6 +123,8 @@ def test_discriminator_objectives_hand_computed():
     assert_close(discriminator_loss(real, fake, objective="lsgan"), torch.tensor(3.0))
     with pytest.raises(ValueError):
         discriminator_loss(real, fake, objective="wasserstein")
+    with pytest.raises(TypeError):  # the objective is named: a third positional argument is the real mask
+        discriminator_loss(real, fake, None, None, "hinge")
 
 
 def test_discriminator_loss_respects_masks():
@@ -131,6 +133,8 @@ def test_discriminator_loss_respects_masks():
     mask = torch.tensor([[True, False]])
     loss = discriminator_loss(real, fake, mask, mask, objective="hinge")
     assert_close(loss, torch.tensor(0.0))
+    with pytest.raises(ValueError, match=r"fake_mask \(2,\) must have the shape of fake_logits \(1, 2\)"):
+        discriminator_loss(real, fake, mask, mask[0])  # a (T,) mask would broadcast over the rows
 
 
 def test_mle_loss_masks_padding():

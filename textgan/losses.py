@@ -17,10 +17,10 @@ def mle_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_mask: torch.Tensor | None = None,
-                       fake_mask: torch.Tensor | None = None, objective: str = "bce") -> torch.Tensor:
+                       fake_mask: torch.Tensor | None = None, *, objective: str = "bce") -> torch.Tensor:
     """Loss that pushes real logits up and fake logits down.
 
-    Works for per-token logits (B, T) with masks, or per-sentence logits (B,) without.
+    Works for per-token logits (B, T) with masks of their shape, or per-sentence logits (B,) without.
 
     - ``bce``: −log D(real) − log(1 − D(fake)), the standard GAN cross-entropy
     - ``hinge``: relu(1 − real) + relu(1 + fake)
@@ -34,5 +34,8 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, rea
         real_term, fake_term = 0.5 * (real_logits - 1) ** 2, 0.5 * fake_logits**2
     else:
         raise ValueError(f"unknown discriminator objective {objective!r}; choose one of {', '.join(DISC_OBJECTIVES)}")
+    for name, logits, mask in (("real", real_logits, real_mask), ("fake", fake_logits, fake_mask)):
+        if mask is not None and mask.shape != logits.shape:  # it would broadcast over rows or positions
+            raise ValueError(f"{name}_mask {tuple(mask.shape)} must have the shape of {name}_logits {tuple(logits.shape)}")
     real, fake = loss_means((real_term, real_mask), (fake_term, fake_mask))
     return real + fake

@@ -241,7 +241,7 @@ def adversarial_step(config, generator, discriminator, optimizers, ema, prompt, 
     for _ in range(config.disc_steps):
         real_hidden = discriminator.hidden(real_tokens)  # kept for the auxiliary LM loss
         real_logits, fake_logits = discriminator.score(real_hidden, real_tokens), discriminator(fake.tokens)
-        disc_loss = discriminator_loss(real_logits, fake_logits, real_mask, mask, config.disc_objective)
+        disc_loss = discriminator_loss(real_logits, fake_logits, real_mask, mask, objective=config.disc_objective)
         if config.disc_lm_weight:
             lm_loss = discriminator.lm_loss(real_hidden, real_tokens, real_mask)
             disc_loss = disc_loss + config.disc_lm_weight * lm_loss
