@@ -334,6 +334,10 @@ def test_classifier_recipe(style_folder, tmp_path, capsys):
         classify(model, tokenizer, "the food was awful .", info["labels"])
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         classify(model, tokenizer, ["the food"], info["labels"], batch_size=0)
+    with pytest.raises(TypeError, match="labels must be a list of class names"):  # its characters were the labels
+        classify(model, tokenizer, ["the food"], "np")
+    with pytest.raises(ValueError, match=r"labels must name the model's 2 classes, got 1: \['neg'\]"):
+        classify(model, tokenizer, ["the food was lovely ."], ["neg"])  # an IndexError where it said pos
     sentences = ["the food was awful .", "the staff was lovely .", "what a place ."]
     exported = by_run[0](encode_batch(by_run[1], sentences, by_run[0].pad_id))
     capsys.readouterr()

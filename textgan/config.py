@@ -94,13 +94,13 @@ def check_types(config) -> None:
             setattr(config, name, typ(value))
 
 
-def check_sentences(value, name: str = "") -> None:
+def check_sentences(value, name: str = "", items: str = "sentences") -> None:
     """A TypeError for one string (or bytes) given where a list of sentences belongs: iterated, it would be taken
     a character a sentence, and the call would return a plausible number or vocabulary that means nothing.
-    ``name``: the argument's, for the message."""
+    ``name``: the argument's, for the message; ``items``: what the list holds, if not sentences."""
     if isinstance(value, (str, bytes)):
         what = f"{name} must be" if name else "expected"
-        raise TypeError(f"{what} a list of sentences, got one {type(value).__name__}; wrap it in a list")
+        raise TypeError(f"{what} a list of {items}, got one {type(value).__name__}; wrap it in a list")
 
 
 def check_vocab_size(config) -> None:

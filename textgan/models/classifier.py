@@ -164,16 +164,20 @@ def encode_batch(tokenizer, sentences: list[str], pad_id: int, max_length: int =
 @torch.no_grad()
 def classify(model: SentenceClassifier, tokenizer, sentences: list[str], labels: list[str],
              batch_size: int = 512) -> list[str]:
-    """The predicted label of each sentence."""
+    """The predicted label of each sentence; ``labels``: the name of each of the model's classes, in order (the
+    ``labels`` of :func:`load_classifier`'s info)."""
+    from ..sampling import eval_mode
+
     check_sentences(sentences)
+    check_sentences(labels, "labels", items="class names")  # a string gave its characters as labels
+    if len(labels) != model.arch["n_classes"]:  # fewer gave an IndexError, more named classes it has not got
+        raise ValueError(f"labels must name the model's {model.arch['n_classes']} classes, got {len(labels)}: {labels}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     predicted = []
-    for start in range(0, len(sentences), batch_size):
-        tokens = encode_batch(tokenizer, sentences[start : start + batch_size], model.pad_id).to(device)
-        predicted.extend(labels[i] for i in model(tokens).argmax(-1).tolist())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(sentences), batch_size):
+            tokens = encode_batch(tokenizer, sentences[start : start + batch_size], model.pad_id).to(device)
+            predicted.extend(labels[i] for i in model(tokens).argmax(-1).tolist())
     return predicted
