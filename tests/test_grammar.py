@@ -44,6 +44,9 @@ def test_sample_takes_a_random_generator_or_a_seed():
     g = Grammar.default()
     assert g.sample(7) == g.sample(random.Random(7))
     assert g.is_grammatical(" ".join(g.sample(7)))
+    assert g.sample_corpus(0) == []
+    with pytest.raises(ValueError, match="sample_corpus needs n >= 0, got -1"):  # was an empty corpus
+        g.sample_corpus(-1)
 
 
 def test_recursive_grammar_is_rejected():

@@ -151,6 +151,8 @@ class Grammar:
 
     def sample_corpus(self, n: int, seed: int = 0) -> list[str]:
         """``n`` sentences (space-joined words), deterministic for a given seed."""
+        if n < 0:
+            raise ValueError(f"sample_corpus needs n >= 0, got {n}")
         rng = random.Random(seed)
         return [" ".join(self.sample(rng)) for _ in range(n)]
 
