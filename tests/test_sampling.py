@@ -686,3 +686,23 @@ def test_sampling_and_scoring_leave_a_training_model_in_training_mode(word_token
     assert sample_texts(model, word_tokenizer, 8, seed=3) == texts
     assert sentences_nll(model, word_tokenizer, sentences[:20]) == nll
     assert not model.training
+
+
+def test_sample_refuses_a_prompt_it_cannot_continue(tiny_generator, word_tokenizer):
+    """A 1-D or float prompt, a mask of another shape and ids outside the vocabulary used to fail deep in the
+    decoder (IndexError, RuntimeError); passing the model's positions decodes ones it never trained on, and warns."""
+    from textgan.tokenization import special_ids
+
+    bos, eos, pad = special_ids(word_tokenizer)
+    prompt = torch.full((4, 1), bos)
+    ends = {"eos_id": eos, "pad_id": pad}
+    for bad, kwargs, message in ((prompt[:, 0], {}, r"prompt must be a \(B, P\) tensor of token ids"),
+                                 (prompt.float(), {}, "prompt must be a .* tensor of token ids"),
+                                 (prompt, {"prompt_mask": torch.ones(4, 2, dtype=torch.bool)}, "prompt_mask \\(4, 2\\)"),
+                                 (prompt + 10**6, {}, "outside the model's vocabulary of 333 tokens"),
+                                 (prompt, {"max_new_tokens": -1}, "max_new_tokens must be an integer >= 0")):
+        with pytest.raises(ValueError, match=message):
+            sample(tiny_generator, bad, **{"max_new_tokens": 5, **ends, **kwargs})
+    with pytest.warns(UserWarning, match="pass the model's 24 positions, which it never trained beyond; ask for at "
+                                         "most 23 new tokens"):
+        assert sample(tiny_generator, prompt, 30, **ends).tokens.shape[0] == 4

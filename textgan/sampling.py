@@ -13,6 +13,7 @@ import contextlib
 import functools
 import math
 import numbers
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -166,10 +167,33 @@ def sample(
     draws) in fp32: see :func:`matmul_dtype`.
     """
     check_settings(temperature, top_k, top_p)
+    _check_prompt(model, prompt, max_new_tokens, prompt_mask)
     low = matmul_dtype(prompt.device)
     with torch.autocast(prompt.device.type, enabled=False):
         return _sample(model, prompt, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p, fast, prompt_mask,
                        low)
+
+
+def _check_prompt(model, prompt: torch.Tensor, max_new_tokens: int, prompt_mask: torch.Tensor | None) -> None:
+    """A ValueError for a prompt :func:`sample` cannot continue: not a (B, P) tensor of token ids of the model's
+    vocabulary, or a mask of another shape (each failed deep in the decoder, an IndexError). A warning where prompt
+    and new tokens pass the model's positions, as ``generate()`` gives one: rotary embeddings decode positions the
+    model never trained on, and learned ones fail."""
+    if prompt.dim() != 2 or prompt.dtype not in (torch.long, torch.int):
+        raise ValueError(f"prompt must be a (B, P) tensor of token ids (long), got {tuple(prompt.shape)} {prompt.dtype}")
+    if prompt_mask is not None and prompt_mask.shape != prompt.shape:
+        raise ValueError(f"prompt_mask {tuple(prompt_mask.shape)} must have the prompt's shape {tuple(prompt.shape)}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    vocab = model.get_input_embeddings().num_embeddings
+    if prompt.numel() and not 0 <= int(prompt.min()) <= int(prompt.max()) < vocab:
+        raise ValueError(f"the prompt holds ids outside the model's vocabulary of {vocab} tokens "
+                         f"({int(prompt.min())}..{int(prompt.max())})")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and prompt.shape[1] + max_new_tokens > limit:
+        warnings.warn(f"a prompt of {prompt.shape[1]} tokens and {max_new_tokens} new ones pass the model's {limit} "
+                      f"positions, which it never trained beyond; ask for at most {max(limit - prompt.shape[1], 0)} "
+                      "new tokens", stacklevel=3)
 
 
 # Opt-in: sample with bf16 projections under bfloat16 autocast (see matmul_dtype); recipes set it for their
