@@ -186,9 +186,9 @@ def _check_prompt(model, prompt: torch.Tensor, max_new_tokens: int, prompt_mask:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     vocab = model.get_input_embeddings().num_embeddings
-    if prompt.numel() and not 0 <= int(prompt.min()) <= int(prompt.max()) < vocab:
-        raise ValueError(f"the prompt holds ids outside the model's vocabulary of {vocab} tokens "
-                         f"({int(prompt.min())}..{int(prompt.max())})")
+    low, high = torch.stack(torch.aminmax(prompt)).tolist() if prompt.numel() else (0, 0)  # one host sync
+    if not 0 <= low <= high < vocab:
+        raise ValueError(f"the prompt holds ids outside the model's vocabulary of {vocab} tokens ({low}..{high})")
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and prompt.shape[1] + max_new_tokens > limit:
         warnings.warn(f"a prompt of {prompt.shape[1]} tokens and {max_new_tokens} new ones pass the model's {limit} "
