@@ -68,6 +68,9 @@ def test_load_style_data_holds_out_dev(tmp_path):
     data = load_style_data(tmp_path, dev_size=5)
     assert len(data.dev["a"]) == 5 and len(data.train["a"]) == 45
     assert not set(data.dev["a"]) & set(data.train["a"])
+    for size in (0, -1):  # said "too few sentences (50) to hold out a dev set"
+        with pytest.raises(ValueError, match=f"dev_size must be at least 1, got {size}"):
+            load_style_data(tmp_path, dev_size=size)
 
 
 def test_load_style_data_errors(tmp_path):

@@ -128,6 +128,8 @@ def load_style_data(folder: str | Path, *, normalized: bool = True, dev_size: in
     """
     import random
 
+    if dev_size < 1:  # was taken for "too few sentences to hold out a dev set"
+        raise ValueError(f"dev_size must be at least 1, got {dev_size}")
     folder = Path(folder)
     if not folder.is_dir():
         what = "is a file" if folder.exists() else "no such folder"
