@@ -81,10 +81,11 @@ def test_numpy_numbers_in_a_config_become_plain_ones():
     from textgan.config import to_dict
 
     rate = np.linspace(1e-4, 1e-3, 3)[1]
-    config = MLEConfig(steps=np.int64(7), lr=rate, temperature=np.float32(0.5), grad_clip=2)
+    config = MLEConfig(steps=np.int64(7), lr=rate, temperature=np.float32(0.5), grad_clip=2, resume=np.bool_(False))
     config.check()
-    assert (config.steps, config.lr, config.temperature, config.grad_clip) == (7, float(rate), 0.5, 2.0)
-    assert [type(v) for v in (config.steps, config.lr, config.temperature, config.grad_clip)] == [int, float, float, float]
+    values = (config.steps, config.lr, config.temperature, config.grad_clip, config.resume)
+    assert values == (7, float(rate), 0.5, 2.0, False)
+    assert [type(v) for v in values] == [int, float, float, float, bool]
     assert yaml.safe_load(yaml.safe_dump(to_dict(config))) == to_dict(config)
 
 

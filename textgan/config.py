@@ -73,12 +73,13 @@ def check_types(config) -> None:
     """Raise a ConfigError unless every field of the dataclass ``config`` holds a value of its declared type (a
     finite number for a float): what parsing a command line or preset guarantees, checked for a config made in
     Python, where ``steps="100"`` would fail as a TypeError deep inside and ``steps=1.5`` or a nan rate would run.
-    A numpy number (``steps=np.int64(500)``, a rate from ``np.linspace``) is replaced by Python's int or float of
-    the same value, which transformers' model configs and YAML require."""
+    A numpy number or bool (``steps=np.int64(500)``, a rate from ``np.linspace``) is replaced by Python's of the
+    same value, which transformers' model configs and YAML require."""
     for name, typ in _types(type(config)).items():
         value = getattr(config, name)
         if typ is bool:
-            ok, what = isinstance(value, bool), "true or false (a bool)"
+            numpy = sys.modules.get("numpy")  # a numpy bool exists only once numpy is imported: no import here
+            ok, what = isinstance(value, (bool, numpy.bool_) if numpy else bool), "true or false (a bool)"
         elif typ is int:
             ok, what = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
         elif typ is float:
@@ -90,7 +91,7 @@ def check_types(config) -> None:
             continue
         if not ok:
             raise ConfigError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
-        if typ in (int, float) and type(value) is not typ:
+        if typ in (bool, int, float) and type(value) is not typ:
             setattr(config, name, typ(value))
 
 
