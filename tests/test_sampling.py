@@ -706,3 +706,18 @@ def test_sample_refuses_a_prompt_it_cannot_continue(tiny_generator, word_tokeniz
     with pytest.warns(UserWarning, match="pass the model's 24 positions, which it never trained beyond; ask for at "
                                          "most 23 new tokens"):
         assert sample(tiny_generator, prompt, 30, **ends).tokens.shape[0] == 4
+
+
+def test_export_generator_refuses_a_file_or_no_folder(tiny_generator, word_tokenizer, tmp_path, monkeypatch):
+    """Given a file, transformers logged an error, wrote nothing, and the export returned the path as if done;
+    given "", it filled the current folder with the model's files."""
+    from textgan.models.generator import export_generator, load_generator
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="afile is a file; give a folder"):
+        export_generator(tiny_generator, word_tokenizer, tmp_path / "afile")
+    with pytest.raises(ValueError, match="no folder was named"):
+        export_generator(tiny_generator, word_tokenizer, "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    load_generator(str(export_generator(tiny_generator, word_tokenizer, tmp_path / "model")))

@@ -283,11 +283,15 @@ def load_generator(path: str, *, trust_remote_code: bool = False):
 
 
 def export_generator(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save model and tokenizer in Hugging Face format (safetensors weights)."""
+    """Save model and tokenizer in Hugging Face format (safetensors weights) into the folder ``out_dir``."""
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    if not str(out_dir).strip():  # Path("") is the current folder, which would take the model's files
+        raise ValueError("no folder was named (an empty path); give the folder to export the model to")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # transformers logs an error, writes nothing and returns
+        raise ValueError(f"{out_dir} is a file; give a folder to export the model to")
+    hf_logging.disable_progress_bar()
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
