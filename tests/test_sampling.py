@@ -715,7 +715,7 @@ def test_export_generator_refuses_a_file_or_no_folder(tiny_generator, word_token
 
     (tmp_path / "afile").write_text("x")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match="afile is a file; give a folder"):
+    with pytest.raises(ValueError, match="afile is a file; give a folder to save the model into"):
         export_generator(tiny_generator, word_tokenizer, tmp_path / "afile")
     with pytest.raises(ValueError, match="no folder was named"):
         export_generator(tiny_generator, word_tokenizer, "")

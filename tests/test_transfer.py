@@ -792,3 +792,19 @@ def test_load_refuses_bad_rerank_weights(transfer_run, tmp_path):
     (damaged / "transfer.json").write_text(json.dumps(info))
     with pytest.raises(ModelError, match="damaged"):
         Rewriter.load(damaged)
+
+
+def test_saving_a_classifier_or_rewriter_refuses_a_file_or_no_folder(tmp_path, transfer_run, monkeypatch):
+    """save_classifier("") wrote its files into the current folder, and into a file it failed with FileExistsError;
+    Rewriter.save goes through export_generator, which refuses both too."""
+    from textgan.models.classifier import save_classifier
+
+    model = Rewriter.load(transfer_run / "model")
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    for out, message in (("", "no folder was named"), (tmp_path / "afile", "afile is a file; give a folder")):
+        with pytest.raises(ValueError, match=message):
+            save_classifier(model.discriminator, model.tokenizer, ["neg", "pos", "rewrite"], out)
+        with pytest.raises(ValueError, match=message):
+            model.save(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

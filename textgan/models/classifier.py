@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import check_sentences
 from ..tokenization import token_ids
-from .generator import ModelError, load_errors, model_folder, run_checkpoints
+from .generator import ModelError, export_folder, load_errors, model_folder, run_checkpoints
 
 CONFIG_FILE = "classifier.json"
 
@@ -73,7 +73,7 @@ def build_classifier(architecture: dict, weights: str | Path | dict[str, torch.T
 def save_classifier(model: SentenceClassifier, tokenizer, labels: list[str], out_dir: str | Path,
                     extra: dict | None = None) -> Path:
     """Write the weights (safetensors), ``classifier.json`` and the tokenizer into ``out_dir``."""
-    out_dir = Path(out_dir)
+    out_dir = export_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_weights(model, out_dir / "model.safetensors")
     tokenizer.save_pretrained(out_dir)

@@ -282,15 +282,22 @@ def load_generator(path: str, *, trust_remote_code: bool = False):
     return model, tokenizer
 
 
+def export_folder(out_dir: str | Path) -> Path:
+    """``out_dir`` as the folder a model is saved into, or a ValueError: an empty path would be the current folder,
+    which would take the model's files, and into a file transformers writes nothing, logging an error only."""
+    if not str(out_dir).strip():
+        raise ValueError("no folder was named (an empty path); give the folder to save the model into")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file; give a folder to save the model into")
+    return out_dir
+
+
 def export_generator(model, tokenizer, out_dir: str | Path) -> Path:
     """Save model and tokenizer in Hugging Face format (safetensors weights) into the folder ``out_dir``."""
     from transformers.utils import logging as hf_logging
 
-    if not str(out_dir).strip():  # Path("") is the current folder, which would take the model's files
-        raise ValueError("no folder was named (an empty path); give the folder to export the model to")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():  # transformers logs an error, writes nothing and returns
-        raise ValueError(f"{out_dir} is a file; give a folder to export the model to")
+    out_dir = export_folder(out_dir)
     hf_logging.disable_progress_bar()
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
