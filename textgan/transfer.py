@@ -40,7 +40,7 @@ from .config import check_sentences
 from .data import DataError, read_lines, read_text, sequence_mask
 from .models.fast_forward import causal_lm_hidden, head_logprobs
 from .models.generator import ModelError, load_errors
-from .sampling import ROW_MULTIPLE, _decoder, _draw_tokens, encode_prompt, inference, left_pad, sample
+from .sampling import ROW_MULTIPLE, _decoder, _draw_tokens, encode_prompt, eval_mode, inference, left_pad, sample
 from .tokenization import token_ids
 
 SEP = "<sep>"
@@ -226,12 +226,8 @@ def word_tensor(words: list[list[int]], pad_id: int) -> torch.Tensor:
 @torch.no_grad()
 def discriminator_logits(disc, words: list[list[int]], pad_id: int) -> torch.Tensor:
     """The discriminator's logits (B, classes) for word-id lists, with dropout off; its mode is restored."""
-    was_training = disc.training  # callers run mid-training: the recipe's step and its evaluations
-    disc.eval()
-    try:
+    with eval_mode(disc):  # callers run mid-training: the recipe's step and its evaluations
         return disc(word_tensor(words, pad_id).to(next(disc.parameters()).device))
-    finally:
-        disc.train(was_training)
 
 
 def style_reward(disc, words: list[list[int]], classes: torch.Tensor, pad_id: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from ..losses import discriminator_loss
 from ..models.discriminator import build_discriminator
 from ..models.generator import token_logprobs
 from ..rl import EMABaseline, baseline_values, masked_mean, mc_rollout_rewards, reinforce_loss
-from ..sampling import PrefixCompleter, sample
+from ..sampling import PrefixCompleter, eval_mode, sample
 from ..training import (
     GANConfig,
     Run,
@@ -138,12 +138,9 @@ def adversarial_step(config, generator, discriminator, gen_opt, ema, prompt, set
     # 2. Monte-Carlo rollouts: K completions of every prefix, scored by D
     complete = PrefixCompleter(generator, prompt, fake.tokens, eos_id=setup.eos_id, pad_id=setup.pad_id)
 
-    with torch.no_grad():
-        was_training = discriminator.training
-        discriminator.eval()
+    with torch.no_grad(), eval_mode(discriminator):
         rewards = mc_rollout_rewards(fake.tokens, mask, complete, lambda s: torch.sigmoid(discriminator(s)),
                                      config.num_rollouts)
-        discriminator.train(was_training)
 
     # 3. baseline: Q-values are already expected final rewards, so no discounting
     advantages = rewards - baseline_values(config.baseline, rewards, mask, ema, ema.reduce)  # the global batch's
